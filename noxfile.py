@@ -1,0 +1,52 @@
+"""Nox sessions: tests, lint, typecheck, bench, proto."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff lint and format check."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """pyright in strict mode over the library."""
+    session.install("-e", ".[dev]")
+    session.run("pyright")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the side-by-side benchmarks."""
+    session.install("-e", ".[dev]")
+    session.run("python", "benchmarks/bench_codec.py", *session.posargs)
+
+
+@nox.session
+def proto(session: nox.Session) -> None:
+    """Regenerate the protobuf module from tinkex_trio/_proto/tinker_public.proto."""
+    session.install("grpcio-tools")
+    session.run(
+        "python",
+        "-m",
+        "grpc_tools.protoc",
+        "-Itinkex_trio/_proto",
+        "--python_out=tinkex_trio/_proto",
+        "--pyi_out=tinkex_trio/_proto",
+        "tinkex_trio/_proto/tinker_public.proto",
+    )
