@@ -1,0 +1,288 @@
+"""The exception hierarchy of tinkex_trio.
+
+Every failure a user can see is a :class:`TinkexError`. Each error carries the facts needed to act on it
+(status, parsed body, request id, category, retry-after) and never the API key: messages are scrubbed of
+anything that looks like a Tinker credential before they are stored.
+
+::
+
+    TinkexError
+    ├── APIError
+    │   ├── APIStatusError
+    │   │   ├── BadRequestError            400
+    │   │   ├── AuthenticationError        401
+    │   │   ├── BillingError               402
+    │   │   ├── PermissionDeniedError      403
+    │   │   ├── NotFoundError              404
+    │   │   ├── ConflictError              409
+    │   │   ├── GoneError                  410
+    │   │   ├── UnprocessableEntityError   422
+    │   │   ├── RateLimitError             429
+    │   │   └── InternalServerError        5xx
+    │   ├── APIConnectionError
+    │   │   └── APITimeoutError
+    │   └── ResponseValidationError
+    ├── RequestFailedError                 a future that failed (category user/server/unknown)
+    ├── CircuitOpenError                   the breaker is open: failing fast
+    ├── SessionExpiredError                the server forgot the session (410 on heartbeat)
+    └── ConfigError                        bad configuration, raised before any request
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BillingError",
+    "CircuitOpenError",
+    "ConfigError",
+    "ConflictError",
+    "GoneError",
+    "InternalServerError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestErrorCategory",
+    "RequestFailedError",
+    "ResponseValidationError",
+    "SessionExpiredError",
+    "TinkexError",
+    "UnprocessableEntityError",
+    "redact",
+    "status_error_class",
+]
+
+# A Tinker key (``tml-...``) or a JWT (three base64url segments starting with ``eyJ``).
+_SECRET_RE = re.compile(r"tml-[A-Za-z0-9_\-\.]+|eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with anything that looks like a Tinker credential replaced by ``<redacted>``."""
+    return _SECRET_RE.sub("<redacted>", text)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {redact(str(k)): _redact_value(v) for k, v in value.items()}  # pyright: ignore[reportUnknownVariableType,reportUnknownArgumentType]
+    if isinstance(value, list | tuple):
+        return [_redact_value(v) for v in value]  # pyright: ignore[reportUnknownVariableType]
+    return value
+
+
+class RequestErrorCategory(enum.StrEnum):
+    """Who is to blame for a failed future, as the server reports it."""
+
+    UNKNOWN = "unknown"
+    SERVER = "server"
+    USER = "user"
+
+
+class TinkexError(Exception):
+    """Base class of every error raised by tinkex_trio."""
+
+    message: str
+
+    def __init__(self, message: str) -> None:
+        self.message = redact(message)
+        super().__init__(self.message)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class ConfigError(TinkexError, ValueError):
+    """The configuration is invalid. Raised when a :class:`~tinkex_trio.Config` is built, before any request."""
+
+
+class APIError(TinkexError):
+    """A request to the Tinker API did not produce a usable result."""
+
+    request_id: str | None
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class APIStatusError(APIError):
+    """The server answered with a non-success HTTP status.
+
+    Attributes:
+        status_code: the HTTP status.
+        body: the parsed JSON body, else the body text, else ``None``.
+        retry_after: seconds the server asked us to wait (``retry-after-ms`` / ``retry-after``), if any.
+        headers: the response headers (lower-cased names).
+    """
+
+    status_code: int
+    body: object
+    retry_after: float | None
+    headers: dict[str, str]
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        status_code: int,
+        body: object = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        if message is None:
+            message = f"Error code: {status_code} - {body!r}" if body is not None else f"Error code: {status_code}"
+        super().__init__(message, request_id=request_id)
+        self.status_code = status_code
+        self.body = _redact_value(body)
+        self.retry_after = retry_after
+        self.headers = {k.lower(): redact(v) for k, v in (headers or {}).items() if k.lower() != "x-api-key"}
+
+
+class BadRequestError(APIStatusError):
+    """HTTP 400."""
+
+
+class AuthenticationError(APIStatusError):
+    """HTTP 401."""
+
+
+class BillingError(APIStatusError):
+    """HTTP 402."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """HTTP 403."""
+
+
+class NotFoundError(APIStatusError):
+    """HTTP 404."""
+
+
+class ConflictError(APIStatusError):
+    """HTTP 409."""
+
+
+class GoneError(APIStatusError):
+    """HTTP 410: the resource (a session, a future) is gone."""
+
+
+class UnprocessableEntityError(APIStatusError):
+    """HTTP 422."""
+
+
+class RateLimitError(APIStatusError):
+    """HTTP 429."""
+
+
+class InternalServerError(APIStatusError):
+    """HTTP 5xx."""
+
+
+_STATUS_CLASSES: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: BillingError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    410: GoneError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+
+def status_error_class(status_code: int) -> type[APIStatusError]:
+    """The error class for an HTTP status, per protocol §11 (5xx → InternalServerError, else APIStatusError)."""
+    if status_code >= 500:
+        return InternalServerError
+    return _STATUS_CLASSES.get(status_code, APIStatusError)
+
+
+class APIConnectionError(APIError):
+    """The request did not get an HTTP response: connection refused or reset, TLS failure, protocol error."""
+
+    def __init__(self, message: str = "Connection error.", *, request_id: str | None = None) -> None:
+        super().__init__(message, request_id=request_id)
+
+
+class APITimeoutError(APIConnectionError):
+    """The request timed out."""
+
+    def __init__(self, message: str = "Request timed out.", *, request_id: str | None = None) -> None:
+        super().__init__(message, request_id=request_id)
+
+
+class ResponseValidationError(APIError):
+    """The server's answer was not valid: not JSON, or a field of the wrong type or missing.
+
+    Attributes:
+        field: the JSON path of the offending field (e.g. ``$.sequences[0].tokens``), if known.
+        body: the raw body (truncated to 2 KiB), for diagnosis.
+    """
+
+    field: str | None
+    body: bytes | None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        body: bytes | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, request_id=request_id)
+        self.field = field
+        self.body = body[:2048] if body is not None else None
+
+
+class RequestFailedError(TinkexError):
+    """The server ran the request and it failed (a future's ``{"error": ..., "category": ...}`` reply).
+
+    ``category`` tells who is to blame: ``user`` (bad input: do not retry), ``server`` or ``unknown``.
+    """
+
+    request_id: str | None
+    category: RequestErrorCategory
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request_id: str | None = None,
+        category: RequestErrorCategory | str = RequestErrorCategory.UNKNOWN,
+    ) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        try:
+            self.category = RequestErrorCategory(category)
+        except ValueError:
+            self.category = RequestErrorCategory.UNKNOWN
+
+
+class CircuitOpenError(TinkexError):
+    """The circuit breaker for this (base_url, key) is open: the call failed fast without a request.
+
+    ``retry_after`` is the number of seconds until the breaker lets a trial call through.
+    """
+
+    retry_after: float
+
+    def __init__(self, message: str = "circuit breaker is open", *, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class SessionExpiredError(TinkexError):
+    """The server no longer knows this session (it answered 410 to a heartbeat). Open a new session."""
