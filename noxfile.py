@@ -39,8 +39,9 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def proto(session: nox.Session) -> None:
-    """Regenerate the protobuf module from tinkex_trio/_proto/tinker_public.proto."""
-    session.install("grpcio-tools")
+    """Regenerate the protobuf module from tinkex_trio/_proto/tinkex_wire.proto."""
+    # Pinned: the protoc version decides the protobuf runtime floor in pyproject (gencode <= runtime).
+    session.install("grpcio-tools==1.85.1")
     session.run(
         "python",
         "-m",
@@ -48,5 +49,5 @@ def proto(session: nox.Session) -> None:
         "-Itinkex_trio/_proto",
         "--python_out=tinkex_trio/_proto",
         "--pyi_out=tinkex_trio/_proto",
-        "tinkex_trio/_proto/tinker_public.proto",
+        "tinkex_trio/_proto/tinkex_wire.proto",
     )
