@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Literal, TypeAlias
 
@@ -55,6 +56,21 @@ class TensorData(WireStruct, gc=False):
     shape: list[int] | None = None
     sparse_crow_indices: list[int] | None = None
     sparse_col_indices: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        # Cheap structural checks only (they run on every decode): the values themselves are checked by to_numpy.
+        if self.sparse_crow_indices is None and self.sparse_col_indices is None:
+            if self.shape is not None and math.prod(self.shape) != len(self.data):
+                raise ValueError(f"{len(self.data)} values do not fill shape {self.shape}")
+            return
+        if self.sparse_crow_indices is None or self.sparse_col_indices is None:
+            raise ValueError("sparse_crow_indices and sparse_col_indices come together")
+        if self.shape is None or len(self.shape) != 2:
+            raise ValueError("a sparse CSR tensor needs a 2-D shape")
+        if len(self.sparse_crow_indices) != self.shape[0] + 1:
+            raise ValueError("sparse_crow_indices needs rows + 1 entries")
+        if len(self.sparse_col_indices) != len(self.data):
+            raise ValueError("sparse_col_indices needs one entry per value")
 
     # -- construction -----------------------------------------------------------------------------------------
 
@@ -116,8 +132,7 @@ class TensorData(WireStruct, gc=False):
 
         ``ValueError`` if the fields are inconsistent (wrong number of values, bad CSR indices).
         """
-        np_dtype = _NP_DTYPES[self.dtype]
-        values = np.asarray(self.data, dtype=np_dtype)
+        values = self._values()
         if self.sparse_crow_indices is None and self.sparse_col_indices is None:
             if self.shape is None:
                 return values
@@ -125,6 +140,15 @@ class TensorData(WireStruct, gc=False):
                 raise ValueError(f"TensorData has {values.size} values for shape {self.shape}")
             return values.reshape(self.shape)
         return self._sparse_to_numpy(values, pad_value)
+
+    def _values(self) -> npt.NDArray[Any]:
+        np_dtype = _NP_DTYPES[self.dtype]
+        if self.dtype == "int64":
+            raw = np.asarray(self.data)
+            if raw.size and raw.dtype.kind not in "iu" and (raw.dtype.kind != "f" or not _is_integral(raw)):
+                raise ValueError("an int64 TensorData holds non-integer values")
+            return raw.astype(np_dtype, copy=False)
+        return np.asarray(self.data, dtype=np_dtype)
 
     def _sparse_to_numpy(self, values: npt.NDArray[Any], pad_value: int | float) -> npt.NDArray[Any]:
         if self.sparse_crow_indices is None or self.sparse_col_indices is None:
