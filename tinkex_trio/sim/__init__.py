@@ -1,1 +1,30 @@
-"""The simulated Tinker server."""
+"""The simulated Tinker server: an ASGI app speaking the Tinker protocol, fault injection, and a loopback server.
+
+``import tinkex_trio`` never imports this package. Serving (`open_sim_server`, ``tinkex-trio serve``) needs the
+``sim`` extra (hypercorn, trustme), imported only when a server is opened.
+"""
+
+from tinkex_trio.sim._faults import (
+    EndpointFaults,
+    FaultConfig,
+    FaultMiddleware,
+    Latency,
+    ResolvedFaults,
+    SimulatedConnectionReset,
+    endpoint_name,
+)
+from tinkex_trio.sim._server import SimServer, SimStats, StatsMiddleware, open_sim_server
+
+__all__ = [
+    "EndpointFaults",
+    "FaultConfig",
+    "FaultMiddleware",
+    "Latency",
+    "ResolvedFaults",
+    "SimServer",
+    "SimStats",
+    "SimulatedConnectionReset",
+    "StatsMiddleware",
+    "endpoint_name",
+    "open_sim_server",
+]

@@ -56,6 +56,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 API_PREFIX = "/api/v1/"
 HEARTBEAT_ENDPOINT = "session_heartbeat"
 _DISCONNECT_WAIT_S = 10.0
+_FLUSH_WAIT_S = 5.0
 
 LatencyDist = Literal["fixed", "uniform", "exponential"]
 
@@ -193,6 +194,17 @@ class ResolvedFaults(msgspec.Struct, frozen=True, kw_only=True):
     malformed_rate: float
     truncate_rate: float
 
+    def validate(self) -> None:
+        total = (
+            sum(self.error_rates.values())
+            + self.reset_rate
+            + self.reset_after_rate
+            + self.malformed_rate
+            + self.truncate_rate
+        )
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"the outcome rates (resets, errors, malformed, truncated) add up to {total:.3f} > 1")
+
     @property
     def quiet(self) -> bool:
         """True when nothing can happen to the request (the fast path)."""
@@ -311,7 +323,7 @@ class FaultConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict
         for key, override in self.endpoints.items():
             try:
                 override.validate()
-                self.resolve(key if key.startswith("/") else API_PREFIX + key, key)
+                self.resolve(key if key.startswith("/") else API_PREFIX + key, key).validate()
             except ValueError as exc:
                 raise ValueError(f"endpoints[{key!r}]: {exc}") from None
 
@@ -488,6 +500,14 @@ class ConnectionControl(Protocol):
         """Reset (RST) the connection whose peer is ``client``; False when there is no such connection."""
         ...
 
+    def bytes_sent(self, client: tuple[str, int] | None) -> int | None:
+        """Bytes written so far on the connection whose peer is ``client`` (None when unknown)."""
+        ...
+
+    async def close_when_sent(self, client: tuple[str, int] | None, target: int, limit_s: float) -> bool:
+        """Once ``bytes_sent`` reaches ``target`` (or after ``limit_s``), close the connection (FIN)."""
+        ...
+
 
 class FaultCounters(Protocol):
     """Where the middleware counts what it injected (`SimStats` implements it)."""
@@ -610,10 +630,7 @@ class FaultMiddleware:
         await self._truncate(scope, send, captured, body_delay)
 
     async def _reset(self, scope: Scope, receive: Receive) -> None:
-        client: tuple[str, int] | None = None
-        raw_client = scope.get("client")
-        if raw_client is not None:
-            client = (str(raw_client[0]), int(raw_client[1]))
+        client = _client_of(scope)
         if self.connections is None or not self.connections.abort(client):
             raise SimulatedConnectionReset("simulated connection reset (no connection to reset)")
         # The server notices the closed socket and tells us; wait for that so nothing is answered on its behalf.
@@ -629,15 +646,30 @@ class FaultMiddleware:
         declared = max(len(body), len(sent) + 1)
         headers = [(k, v) for k, v in captured.headers if k.lower() != b"content-length"]
         headers.append((b"content-length", str(declared).encode()))
+        client = _client_of(scope)
+        conns = self.connections
+        before = conns.bytes_sent(client) if conns is not None else None
         await send({"type": "http.response.start", "status": captured.status, "headers": headers})
         if body_delay > 0.0:
             await trio.sleep(body_delay)
-        if scope.get("http_version") == "2":
-            # HTTP/2: end the stream short of its content-length (the client's h2 stack rejects it).
-            await send({"type": "http.response.body", "body": sent, "more_body": False})
+        # Part of the body, and the message is left open.
+        await send({"type": "http.response.body", "body": sent, "more_body": True})
+        if scope.get("http_version") != "2":
+            # HTTP/1.1: returning now makes the server close the connection in the middle of the message.
+            return
+        # HTTP/2: the server would keep the stream open forever; once the partial DATA frame is on the wire,
+        # close the connection (FIN). Served without a connection registry: end the stream short instead.
+        if conns is not None and before is not None:
+            await conns.close_when_sent(client, before + len(sent), _FLUSH_WAIT_S)
         else:
-            # HTTP/1.1: send part of the body and stop; the server closes the connection mid-message.
-            await send({"type": "http.response.body", "body": sent, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _client_of(scope: Scope) -> tuple[str, int] | None:
+    raw = scope.get("client")
+    if raw is None:
+        return None
+    return (str(raw[0]), int(raw[1]))
 
 
 def _pick_outcome(rf: ResolvedFaults, u: float) -> tuple[_Outcome, int]:

@@ -1,0 +1,726 @@
+"""Serving the simulated Tinker server over real loopback sockets: `open_sim_server`.
+
+hypercorn does the HTTP (HTTP/1.1 and HTTP/2) but the accept loop is ours: every accepted TCP connection is wrapped
+in a `_Connection` (byte counting, a registry keyed by the peer address) before TLS and before hypercorn's
+per-connection `TCPServer` sees it. That registry is how the fault middleware resets a connection: ASGI has no
+"reset" message, so `_Connection.abort` sets ``SO_LINGER {on, 0}`` on the socket and closes it, which makes the
+kernel send a TCP RST at once (the client sees ECONNRESET), and hypercorn, whose reads and writes then fail with
+``ClosedResourceError``, tears the connection down quietly.
+
+hypercorn and trustme are imported only when a server is opened (the ``sim`` extra).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import shutil
+import socket as stdlib_socket
+import ssl
+import struct
+import tempfile
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, cast
+
+import trio
+
+from tinkex_trio.sim._faults import (
+    ASGIApp,
+    FaultConfig,
+    FaultMiddleware,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    endpoint_name,
+)
+
+if TYPE_CHECKING:
+    from tinkex_trio.sim._config import SimConfig
+
+__all__ = [
+    "SIM_EXTRA_HINT",
+    "SimServer",
+    "SimStats",
+    "StatsMiddleware",
+    "open_sim_server",
+    "require_sim_extra",
+]
+
+SIM_EXTRA_HINT = "the simulated server needs hypercorn and trustme: pip install 'tinkex_trio[sim]'"
+_LOG = logging.getLogger("tinkex_trio.sim.server")
+
+
+class SimExtraMissingError(ImportError):
+    """hypercorn or trustme is not installed."""
+
+
+def require_sim_extra(*, tls: bool = True) -> None:
+    """Raise `SimExtraMissingError` (one line naming the ``sim`` extra) if the serving dependencies are missing."""
+    try:
+        import hypercorn.config  # pyright: ignore[reportUnusedImport]
+        import hypercorn.trio.tcp_server  # noqa: F401  # pyright: ignore[reportUnusedImport]
+
+        if tls:
+            import trustme  # noqa: F401  # pyright: ignore[reportUnusedImport]
+    except ImportError as exc:
+        raise SimExtraMissingError(f"{SIM_EXTRA_HINT} ({exc.name} is missing)") from None
+
+
+# -- statistics ---------------------------------------------------------------------------------------------------
+
+
+class SimStats:
+    """What the server saw, as the client saw it (counted outside the fault middleware).
+
+    ``requests[(endpoint, status)]`` counts answered requests; status 0 means no response was sent (a reset).
+    ``faults[(kind, endpoint)]`` counts injected faults (``reset``, ``error_503``, ``malformed``, ``outage``...).
+    ``bytes_in``/``bytes_out`` are HTTP body bytes; ``wire_bytes_in``/``wire_bytes_out`` are TCP payload bytes
+    (including TLS). ``connections_opened`` counts accepted connections, ``connections_open`` the live ones.
+    """
+
+    def __init__(self) -> None:
+        self.requests: Counter[tuple[str, int]] = Counter()
+        self.faults: Counter[tuple[str, str]] = Counter()
+        self.http_versions: Counter[str] = Counter()
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.wire_bytes_in = 0
+        self.wire_bytes_out = 0
+        self.connections_opened = 0
+        self.connections_open = 0
+        self.connection_errors = 0
+
+    def count_fault(self, kind: str, endpoint: str) -> None:
+        self.faults[(kind, endpoint)] += 1
+
+    @property
+    def total_requests(self) -> int:
+        return sum(self.requests.values())
+
+    @property
+    def resets(self) -> int:
+        """Connections reset by fault injection (``reset`` and ``reset_after``)."""
+        return sum(n for (kind, _), n in self.faults.items() if kind in ("reset", "reset_after"))
+
+    def by_endpoint(self) -> dict[str, int]:
+        out: Counter[str] = Counter()
+        for (endpoint, _), n in self.requests.items():
+            out[endpoint] += n
+        return dict(out)
+
+    def by_status(self) -> dict[int, int]:
+        out: Counter[int] = Counter()
+        for (_, status), n in self.requests.items():
+            out[status] += n
+        return dict(out)
+
+    def count(self, endpoint: str, status: int | None = None) -> int:
+        """Requests answered on ``endpoint`` (with ``status`` when given)."""
+        if status is not None:
+            return self.requests[(endpoint, status)]
+        return sum(n for (e, _), n in self.requests.items() if e == endpoint)
+
+    def fault_count(self, kind: str, endpoint: str | None = None) -> int:
+        return sum(n for (k, e), n in self.faults.items() if k == kind and (endpoint is None or e == endpoint))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data (JSON-able)."""
+        return {
+            "requests": [{"endpoint": e, "status": s, "count": n} for (e, s), n in sorted(self.requests.items())],
+            "faults": [{"kind": k, "endpoint": e, "count": n} for (k, e), n in sorted(self.faults.items())],
+            "http_versions": dict(self.http_versions),
+            "resets": self.resets,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "wire_bytes_in": self.wire_bytes_in,
+            "wire_bytes_out": self.wire_bytes_out,
+            "connections_opened": self.connections_opened,
+            "connections_open": self.connections_open,
+            "connection_errors": self.connection_errors,
+        }
+
+    def clear(self) -> None:
+        """Zero every counter except ``connections_open``."""
+        open_now = self.connections_open
+        self.__init__()
+        self.connections_open = open_now
+
+
+class StatsMiddleware:
+    """ASGI middleware that counts requests by endpoint and status, and body bytes, into a `SimStats`."""
+
+    def __init__(self, app: ASGIApp, stats: SimStats) -> None:
+        self.app = app
+        self.stats = stats
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        stats = self.stats
+        status = 0
+
+        async def counting_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                stats.bytes_in += len(message.get("body", b""))
+            return message
+
+        endpoint = endpoint_name(scope["path"])
+
+        async def counting_send(message: Message) -> None:
+            # Counted before the message goes out, so a client that has its answer sees it counted.
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                stats.requests[(endpoint, status)] += 1
+            elif message["type"] == "http.response.body":
+                stats.bytes_out += len(message.get("body", b""))
+            await send(message)
+
+        stats.http_versions[str(scope.get("http_version", "?"))] += 1
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        finally:
+            if status == 0:
+                stats.requests[(endpoint, 0)] += 1
+
+
+# -- connections --------------------------------------------------------------------------------------------------
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class _Connection(trio.abc.HalfCloseableStream):
+    """An accepted TCP connection: counts bytes, registers itself by peer address, can be reset."""
+
+    def __init__(self, stream: trio.SocketStream, registry: _Registry) -> None:
+        self._stream = stream
+        self._registry = registry
+        self.socket = stream.socket  # hypercorn's TCPServer reads .socket (or .transport_stream.socket under TLS)
+        peer = stream.socket.getpeername()
+        self.peer: tuple[str, int] = (str(peer[0]), int(peer[1]))
+        self.aborted = False
+        self.sent_total = 0
+        self._sent_event = trio.Event()
+        registry.add(self)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+        self._registry.stats.wire_bytes_out += len(data)
+        self.sent_total += len(data)
+        self._sent_event.set()
+        self._sent_event = trio.Event()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self._stream.receive_some(max_bytes)
+        self._registry.stats.wire_bytes_in += len(data)
+        return data
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        self._registry.remove(self)
+        await self._stream.aclose()
+
+    async def close_when_sent(self, target: int, limit_s: float) -> None:
+        """Wait (at most ``limit_s``) until ``sent_total >= target``, then shut the connection down (FIN)."""
+        with trio.move_on_after(limit_s):
+            while self.sent_total < target and not self.aborted:
+                await self._sent_event.wait()
+        with contextlib.suppress(OSError):
+            self.socket.shutdown(stdlib_socket.SHUT_RDWR)
+
+    def abort(self) -> None:
+        """Reset the connection: SO_LINGER {1, 0} then close, so the kernel sends RST instead of FIN."""
+        if self.aborted:
+            return
+        self.aborted = True
+        with contextlib.suppress(OSError):
+            self.socket.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_LINGER, _LINGER_RESET)
+        self._registry.remove(self)
+        # trio's close() wakes any task blocked on this socket with ClosedResourceError.
+        self.socket.close()
+
+
+class _Registry:
+    """Live connections by peer address; what `FaultMiddleware` uses to reset the connection of a request."""
+
+    def __init__(self, stats: SimStats) -> None:
+        self.stats = stats
+        self._by_peer: dict[tuple[str, int], _Connection] = {}
+        self._empty = trio.Event()
+        self._empty.set()
+
+    def add(self, conn: _Connection) -> None:
+        self._by_peer[conn.peer] = conn
+        self.stats.connections_opened += 1
+        self.stats.connections_open = len(self._by_peer)
+        if self._empty.is_set():
+            self._empty = trio.Event()
+
+    def remove(self, conn: _Connection) -> None:
+        if self._by_peer.get(conn.peer) is conn:
+            del self._by_peer[conn.peer]
+            self.stats.connections_open = len(self._by_peer)
+            if not self._by_peer:
+                self._empty.set()
+
+    def get(self, client: tuple[str, int]) -> _Connection | None:
+        return self._by_peer.get(client)
+
+    def abort(self, client: tuple[str, int] | None) -> bool:
+        if client is None:
+            return False
+        conn = self._by_peer.get(client)
+        if conn is None:
+            return False
+        conn.abort()
+        return True
+
+    def bytes_sent(self, client: tuple[str, int] | None) -> int | None:
+        conn = None if client is None else self._by_peer.get(client)
+        return None if conn is None else conn.sent_total
+
+    async def close_when_sent(self, client: tuple[str, int] | None, target: int, limit_s: float) -> bool:
+        conn = None if client is None else self._by_peer.get(client)
+        if conn is None:
+            return False
+        await conn.close_when_sent(target, limit_s)
+        return True
+
+    def abort_all(self) -> None:
+        for conn in list(self._by_peer.values()):
+            conn.abort()
+
+    def __len__(self) -> int:
+        return len(self._by_peer)
+
+    async def wait_empty(self) -> None:
+        await self._empty.wait()
+
+
+class _Listener(trio.abc.Listener[trio.abc.Stream]):
+    """Accepts TCP connections, wraps them in `_Connection`, and in TLS when configured."""
+
+    def __init__(self, inner: trio.SocketListener, registry: _Registry, ssl_context: ssl.SSLContext | None) -> None:
+        self._inner = inner
+        self._registry = registry
+        self._ssl_context = ssl_context
+
+    async def accept(self) -> trio.abc.Stream:
+        for _ in range(1_000_000):
+            stream = await self._inner.accept()
+            try:
+                conn = _Connection(stream, self._registry)
+            except OSError:  # the peer went away between accept() and getpeername()
+                await stream.aclose()
+                continue
+            if self._ssl_context is None:
+                return conn
+            return trio.SSLStream(conn, self._ssl_context, server_side=True, https_compatible=True)
+        raise RuntimeError("unreachable")  # pragma: no cover
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+# -- ASGI lifespan (run ourselves: our accept loop replaces hypercorn's worker_serve) ------------------------------
+
+
+class _Lifespan:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.supported = True
+        self._send, self._receive = trio.open_memory_channel[Message](2)
+        self._started = trio.Event()
+        self._stopped = trio.Event()
+        self._failure: str | None = None
+
+    async def run(self) -> None:
+        scope: Scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+        try:
+            await self.app(scope, self._receive.receive, self._app_send)
+        except Exception:
+            # An app without lifespan support raises on this scope: carry on without it (the ASGI spec's rule).
+            if not self._started.is_set():
+                self.supported = False
+            else:
+                _LOG.exception("the simulator app failed during lifespan")
+        finally:
+            self._started.set()
+            self._stopped.set()
+
+    async def _app_send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "lifespan.startup.complete":
+            self._started.set()
+        elif kind == "lifespan.startup.failed":
+            self._failure = str(message.get("message", ""))
+            self._started.set()
+        elif kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            self._stopped.set()
+
+    async def startup(self, limit_s: float) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            self._send.send_nowait({"type": "lifespan.startup"})
+        with trio.fail_after(limit_s):
+            await self._started.wait()
+        if self._failure is not None:
+            raise RuntimeError(f"the simulator app failed to start: {self._failure}")
+
+    async def shutdown(self, limit_s: float) -> None:
+        if not self.supported or self._stopped.is_set():
+            return
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.WouldBlock):
+            self._send.send_nowait({"type": "lifespan.shutdown"})
+        with trio.move_on_after(limit_s):
+            await self._stopped.wait()
+
+
+# -- the server -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class SimServer:
+    """A running simulator, as yielded by `open_sim_server`."""
+
+    base_url: str
+    """``http(s)://host:port`` (no trailing slash; API paths are under ``/api/v1/``)."""
+    host: str
+    port: int
+    tls: bool
+    http2: bool
+    config: SimConfig
+    """The live configuration: change ``config.faults`` (or anything else) while the server runs."""
+    app: ASGIApp
+    """The simulator app itself (`create_app`'s ``SimApp``), or the app given to `open_sim_server`."""
+    asgi_app: ASGIApp
+    """What hypercorn serves: ``StatsMiddleware(FaultMiddleware(app))``."""
+    stats: SimStats
+    ca_pem: bytes | None = None
+    """The CA certificate (PEM) that signed the server's certificate; None without TLS."""
+    ca_pem_path: Path | None = None
+    """A temporary file holding `ca_pem` (e.g. for ``SSL_CERT_FILE`` of a subprocess); removed when the server stops."""
+    _registry: _Registry | None = field(default=None, repr=False)
+
+    @property
+    def faults(self) -> FaultConfig:
+        return self.config.faults
+
+    def url(self, path: str) -> str:
+        return self.base_url + (path if path.startswith("/") else "/" + path)
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """A client-side SSLContext that trusts the server's CA (for httpx's ``verify=``)."""
+        if self.ca_pem is None:
+            raise RuntimeError("this simulator was started without TLS")
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        ctx.load_verify_locations(cadata=self.ca_pem.decode("ascii"))
+        return ctx
+
+    def start_outage(self, duration_s: float) -> None:
+        """Every request fails with 503 for ``duration_s`` seconds of trio time from now."""
+        self.config.faults.start_outage(duration_s)
+
+    def end_outage(self) -> None:
+        self.config.faults.end_outage()
+
+    @property
+    def connection_count(self) -> int:
+        return 0 if self._registry is None else len(self._registry)
+
+    def reset_all_connections(self) -> None:
+        """Reset (RST) every open connection now."""
+        if self._registry is not None:
+            self._registry.abort_all()
+
+
+def _format_host(host: str) -> str:
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]"
+    except ValueError:
+        pass
+    return host
+
+
+def _url_host(host: str) -> str:
+    """The host to put in URLs: a wildcard bind address is reached through loopback."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def _write_ca_file(directory: str, pem: bytes) -> Path:
+    path = Path(directory) / "tinkex-sim-ca.pem"
+    path.write_bytes(pem)
+    return path
+
+
+def _make_tls(host: str, http2: bool) -> tuple[ssl.SSLContext, bytes]:
+    import trustme
+
+    ca = trustme.CA(organization_name="tinkex_trio simulator")
+    names = {host, "localhost", "127.0.0.1", "::1"}
+    cert = ca.issue_cert(*sorted(n for n in names if n))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    cert.configure_cert(ctx)  # pyright: ignore[reportUnknownMemberType]
+    ctx.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
+    return ctx, ca.cert_pem.bytes()
+
+
+class _ServerManager:
+    """The async context manager returned by `open_sim_server`."""
+
+    def __init__(
+        self,
+        config: SimConfig | None,
+        *,
+        app: ASGIApp | None,
+        tls: bool,
+        host: str,
+        port: int,
+        http2: bool,
+        graceful_timeout: float,
+        keep_alive_timeout: float,
+        backlog: int,
+    ) -> None:
+        self._config = config
+        self._app = app
+        self._tls = tls
+        self._host = host
+        self._port = port
+        self._http2 = http2
+        self._graceful_timeout = graceful_timeout
+        self._keep_alive_timeout = keep_alive_timeout
+        self._backlog = backlog
+        self._nursery_manager: contextlib.AbstractAsyncContextManager[trio.Nursery] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._server: SimServer | None = None
+        self._tmpdir: str | None = None
+        self._lifespan: _Lifespan | None = None
+        self._terminate: Callable[[], Awaitable[None]] | None = None
+        self._listener_scope: trio.CancelScope | None = None
+        self._registry: _Registry | None = None
+
+    async def __aenter__(self) -> SimServer:
+        require_sim_extra(tls=self._tls)
+        from hypercorn.config import Config as HypercornConfig
+        from hypercorn.trio.tcp_server import TCPServer
+        from hypercorn.trio.worker_context import WorkerContext
+
+        if self._config is None:
+            from tinkex_trio.sim._config import SimConfig
+
+            config = SimConfig()
+        else:
+            config = self._config
+        if config.faults.seed is None:
+            config.faults.seed = config.seed
+        if self._app is None:
+            from tinkex_trio.sim._app import create_app
+
+            inner: ASGIApp = cast(ASGIApp, create_app(config))
+        else:
+            inner = self._app
+
+        stats = SimStats()
+        registry = _Registry(stats)
+        asgi_app = StatsMiddleware(
+            FaultMiddleware(inner, lambda: config.faults, connections=registry, counters=stats), stats
+        )
+
+        hc = HypercornConfig()
+        hc.accesslog = None
+        if _LOG.level == logging.NOTSET:
+            _LOG.setLevel(logging.ERROR)
+        hc.errorlog = _LOG
+        hc.keep_alive_timeout = self._keep_alive_timeout
+        hc.graceful_timeout = self._graceful_timeout
+        hc.include_server_header = False
+
+        ssl_context: ssl.SSLContext | None = None
+        ca_pem: bytes | None = None
+        ca_path: Path | None = None
+        if self._tls:
+            ssl_context, ca_pem = _make_tls(self._host, self._http2)
+            self._tmpdir = tempfile.mkdtemp(prefix="tinkex-sim-")
+            ca_path = _write_ca_file(self._tmpdir, ca_pem)
+
+        family = stdlib_socket.AF_INET6 if ":" in self._host else stdlib_socket.AF_INET
+        sock = trio.socket.socket(family, stdlib_socket.SOCK_STREAM)
+        try:
+            if os.name != "nt":
+                sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
+            await sock.bind((self._host, self._port))
+            sock.listen(self._backlog)
+        except BaseException:
+            sock.close()
+            self._cleanup_tmp()
+            raise
+        bound_port = int(sock.getsockname()[1])
+        listener = _Listener(trio.SocketListener(sock), registry, ssl_context)
+
+        context = WorkerContext(None)
+        wrapped = _HypercornApp(asgi_app)
+
+        async def handle(stream: trio.abc.Stream) -> None:
+            try:
+                await TCPServer(wrapped, hc, context, {}, cast(Any, stream))  # pyright: ignore[reportArgumentType]
+            except Exception:
+                stats.connection_errors += 1
+                _LOG.debug("connection handler failed", exc_info=True)
+            finally:
+                inner_conn: object = stream
+                if isinstance(stream, trio.SSLStream):
+                    inner_conn = cast(trio.SSLStream[trio.abc.Stream], stream).transport_stream
+                if isinstance(inner_conn, _Connection):
+                    registry.remove(inner_conn)
+
+        self._nursery_manager = trio.open_nursery()
+        nursery = await self._nursery_manager.__aenter__()
+        self._nursery = nursery
+        try:
+            lifespan = _Lifespan(asgi_app)
+            self._lifespan = lifespan
+            nursery.start_soon(lifespan.run)
+            await lifespan.startup(limit_s=60.0)
+
+            async def serve_connections(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+                with trio.CancelScope() as scope:
+                    task_status.started(scope)
+                    await trio.serve_listeners(handle, [listener], handler_nursery=nursery)
+
+            self._listener_scope = await nursery.start(serve_connections)
+
+            async def terminate() -> None:
+                await context.terminated.set()
+
+            self._terminate = terminate
+        except BaseException as exc:
+            nursery.cancel_scope.cancel()
+            await self._close_nursery(exc)
+            raise
+
+        scheme = "https" if self._tls else "http"
+        url_host = _url_host(self._host)
+        self._server = SimServer(
+            base_url=f"{scheme}://{_format_host(url_host)}:{bound_port}",
+            host=url_host,
+            port=bound_port,
+            tls=self._tls,
+            http2=self._http2,
+            config=config,
+            app=inner,
+            asgi_app=asgi_app,
+            stats=stats,
+            ca_pem=ca_pem,
+            ca_pem_path=ca_path,
+            _registry=registry,
+        )
+        self._registry = registry
+        return self._server
+
+    async def _close_nursery(self, exc: BaseException | None) -> None:
+        manager = self._nursery_manager
+        self._nursery_manager = None
+        self._nursery = None
+        self._cleanup_tmp()
+        if manager is not None:
+            if exc is None:
+                await manager.__aexit__(None, None, None)
+            else:
+                await manager.__aexit__(type(exc), exc, exc.__traceback__)
+
+    def _cleanup_tmp(self) -> None:
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        nursery = self._nursery
+        assert nursery is not None
+        with trio.CancelScope(shield=True):
+            # Stop accepting, let idle keep-alive connections close, give busy ones a moment, then cancel the rest.
+            if self._listener_scope is not None:
+                self._listener_scope.cancel()
+            if self._terminate is not None:
+                await self._terminate()
+            registry = self._registry
+            if registry is not None:
+                with trio.move_on_after(self._graceful_timeout):
+                    await registry.wait_empty()
+                registry.abort_all()
+            if self._lifespan is not None:
+                await self._lifespan.shutdown(limit_s=self._graceful_timeout)
+            nursery.cancel_scope.cancel()
+        # The body's exception (if any) is not the nursery's business: it propagates unwrapped.
+        await self._close_nursery(None)
+        return False
+
+
+class _HypercornApp:
+    """hypercorn's app-wrapper calling convention (scope, receive, send, sync_spawn, call_soon) around an ASGI app."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, sync_spawn: Any, call_soon: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+def open_sim_server(
+    config: SimConfig | None = None,
+    *,
+    tls: bool = True,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    http2: bool = True,
+    app: ASGIApp | None = None,
+    graceful_timeout: float = 1.0,
+    keep_alive_timeout: float = 75.0,
+    backlog: int = 1024,
+) -> contextlib.AbstractAsyncContextManager[SimServer]:
+    """Serve the simulator on a real socket for the duration of an ``async with`` block (trio only).
+
+    ``port=0`` picks a free port (see `SimServer.port` / `SimServer.base_url`). With ``tls`` the server presents a
+    certificate from a fresh trustme CA (trust it with `SimServer.client_ssl_context` or
+    ``SSL_CERT_FILE=<SimServer.ca_pem_path>``), and offers HTTP/2 through ALPN when ``http2``; without TLS it speaks
+    HTTP/1.1 (and HTTP/2 with prior knowledge). ``app`` serves another ASGI app instead of ``create_app(config)``,
+    still behind the stats and fault middleware. On exit, idle connections are closed, busy ones get
+    ``graceful_timeout`` seconds, then everything is cancelled.
+
+    Requires the ``sim`` extra (hypercorn, trustme).
+    """
+    return _ServerManager(
+        config,
+        app=app,
+        tls=tls,
+        host=host,
+        port=port,
+        http2=http2,
+        graceful_timeout=graceful_timeout,
+        keep_alive_timeout=keep_alive_timeout,
+        backlog=backlog,
+    )
