@@ -80,6 +80,8 @@ class QueueSettings:
     queue_capacity: int = 1024
     seq_gap_timeout_s: float | None = 120.0
     future_failure_rate: float = 0.0
+    fail_future: Callable[[], bool] | None = None
+    """Decides whether a future fails with an injected server fault (overrides ``future_failure_rate``)."""
     forced_queue_state: QueueState | None = None
     max_retained: int = 20_000
     threads: bool = True
@@ -424,11 +426,7 @@ class FuturesQueue:
             delay = max(settings.base_s + settings.per_token_s * job.tokens, 0.0)
             if delay > 0:
                 await trio.sleep(delay)
-            if (
-                job.can_fail
-                and settings.future_failure_rate > 0
-                and self._fault_rng.random() < settings.future_failure_rate
-            ):
+            if job.can_fail and self._injected_failure(settings):
                 self._finish(record, "failed", error="injected server fault: the request failed", category="server")
                 return
             try:
@@ -453,6 +451,12 @@ class FuturesQueue:
                 record.status = "queued"
                 record.started_at = None
                 lane.fifo.appendleft(record)
+
+    def _injected_failure(self, settings: QueueSettings) -> bool:
+        if settings.fail_future is not None:
+            return settings.fail_future()
+        rate = settings.future_failure_rate
+        return rate > 0 and self._fault_rng.random() < rate
 
     def _finish(
         self,

@@ -1,0 +1,458 @@
+"""The simulated server's state: sessions, training models (training runs), sampling sessions and checkpoints.
+
+Plain synchronous bookkeeping, touched only from the trio thread (the numpy work of a future runs in a worker thread
+and hands its result back to the trio thread, which records it here). Ids follow the protocol:
+
+- sessions: ``sess-<hex>`` (no ``:`` or ``/``);
+- training models (= training run ids): ``{session_id}:train:{model_seq_id}`` (the SDK builds this itself for
+  create-via-load);
+- sampling sessions: ``{session_id}:sample:{sampling_session_seq_id}``;
+- checkpoints: ``tinker://{model_id}/weights/{name}`` (training: weights + optimizer state) and
+  ``tinker://{model_id}/sampler_weights/{name}`` (sampler: weights only); the checkpoint id is ``weights/{name}`` or
+  ``sampler_weights/{name}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import trio
+
+from tinkex_trio.sim._model import LoraModel, ModelConfig, OptimizerFamily, SimUserError
+
+__all__ = [
+    "CheckpointKind",
+    "CheckpointRecord",
+    "ModelRecord",
+    "ParsedPath",
+    "SamplerRecord",
+    "SessionRecord",
+    "SimState",
+    "StateError",
+    "checkpoint_id_of",
+    "parse_tinker_path",
+]
+
+CheckpointKind = Literal["training", "sampler"]
+_SEGMENT_OF: dict[CheckpointKind, str] = {"training": "weights", "sampler": "sampler_weights"}
+_KIND_OF: dict[str, CheckpointKind] = {"weights": "training", "sampler_weights": "sampler"}
+
+
+class StateError(Exception):
+    """A request refers to something that does not exist or conflicts with the state; the app answers ``status``."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ParsedPath:
+    """A parsed ``tinker://{training_run_id}/{weights|sampler_weights}/{name}`` path."""
+
+    training_run_id: str
+    kind: CheckpointKind
+    name: str
+
+    @property
+    def checkpoint_id(self) -> str:
+        return f"{_SEGMENT_OF[self.kind]}/{self.name}"
+
+    @property
+    def tinker_path(self) -> str:
+        return f"tinker://{self.training_run_id}/{self.checkpoint_id}"
+
+
+def checkpoint_id_of(kind: CheckpointKind, name: str) -> str:
+    return f"{_SEGMENT_OF[kind]}/{name}"
+
+
+def parse_tinker_path(path: str) -> ParsedPath:
+    """Parse a tinker path; a malformed one raises :class:`SimUserError`."""
+    if not path.startswith("tinker://"):
+        raise SimUserError(f"invalid tinker path {path!r}: must start with 'tinker://'")
+    parts = path.removeprefix("tinker://").split("/")
+    if len(parts) != 3 or not all(parts) or parts[1] not in _KIND_OF:
+        raise SimUserError(
+            f"invalid tinker path {path!r}: expected tinker://<training_run_id>/<weights|sampler_weights>/<name>"
+        )
+    return ParsedPath(training_run_id=parts[0], kind=_KIND_OF[parts[1]], name=parts[2])
+
+
+def check_checkpoint_name(name: str) -> str:
+    if not name or "/" in name or name in (".", "..") or len(name) > 256:
+        raise SimUserError(f"invalid checkpoint name {name!r}: must be non-empty, without '/', at most 256 characters")
+    return name
+
+
+@dataclass
+class SessionRecord:
+    session_id: str
+    tags: list[str]
+    user_metadata: dict[str, Any]
+    sdk_version: str
+    project_id: str | None
+    display_name: str | None
+    created_at: datetime
+    last_heartbeat: float
+    """trio time of the last heartbeat (or of the creation)."""
+    heartbeats: int = 0
+    finished: str | None = None
+    """The first finish reason (``success``, ``errored``, ``interrupted``), once finished."""
+    finish_detail: str | None = None
+    model_ids: list[str] = field(default_factory=list[str])
+    sampler_ids: list[str] = field(default_factory=list[str])
+    sampling_clients_joined: int = 0
+
+
+@dataclass
+class CheckpointRecord:
+    training_run_id: str
+    kind: CheckpointKind
+    name: str
+    data: bytes
+    """``LoraModel.to_bytes``: weights and, for training checkpoints, the optimizer state."""
+    base_model: str
+    lora_rank: int
+    optimizer: OptimizerFamily
+    lora_flags: dict[str, bool]
+    time: datetime
+    user_metadata: dict[str, str] | None = None
+    expires_at: datetime | None = None
+    public: bool = False
+
+    @property
+    def checkpoint_id(self) -> str:
+        return checkpoint_id_of(self.kind, self.name)
+
+    @property
+    def tinker_path(self) -> str:
+        return f"tinker://{self.training_run_id}/{self.checkpoint_id}"
+
+    @property
+    def size_bytes(self) -> int:
+        return len(self.data)
+
+    def set_ttl(self, ttl_seconds: int | None) -> None:
+        self.expires_at = None if ttl_seconds is None else self.time + timedelta(seconds=ttl_seconds)
+
+    def to_json(self) -> dict[str, Any]:
+        """The protocol's Checkpoint object."""
+        out: dict[str, Any] = {
+            "checkpoint_id": self.checkpoint_id,
+            "checkpoint_type": self.kind,
+            "time": self.time.isoformat(),
+            "tinker_path": self.tinker_path,
+            "size_bytes": self.size_bytes,
+            "public": self.public,
+        }
+        if self.user_metadata is not None:
+            out["user_metadata"] = self.user_metadata
+        if self.expires_at is not None:
+            out["expires_at"] = self.expires_at.isoformat()
+        return out
+
+
+@dataclass
+class ModelRecord:
+    """A training model (= a training run). ``model`` is ``None`` until its create/load future has run."""
+
+    model_id: str
+    session_id: str
+    base_model: str
+    lora_rank: int
+    optimizer: OptimizerFamily
+    lora_flags: dict[str, bool]
+    user_metadata: dict[str, Any] | None
+    created_at: datetime
+    model: LoraModel | None = None
+    last_request_time: datetime = field(default_factory=_now)
+    steps_applied: int = 0
+    """Optimizer steps applied through optim_step (each exactly once, however often it was re-sent)."""
+    forward_backward_applied: int = 0
+    forward_applied: int = 0
+    applied_seq_ids: list[int] = field(default_factory=list[int])
+    """The seq_ids whose work was applied, in order of application."""
+    checkpoints: dict[str, CheckpointRecord] = field(default_factory=dict[str, CheckpointRecord])
+    inflight_model: LoraModel | None = None
+    """The shared weights of this model's ``inflight`` sampling sessions (replaced by every inflight save)."""
+    failed: str | None = None
+    """Why creating the model failed (then every later request fails too)."""
+
+    def touch(self) -> None:
+        self.last_request_time = _now()
+
+    def last_checkpoint(self, kind: CheckpointKind) -> CheckpointRecord | None:
+        found = [c for c in self.checkpoints.values() if c.kind == kind]
+        return found[-1] if found else None
+
+    def to_training_run(self, owner: str) -> dict[str, Any]:
+        """The protocol's TrainingRun object."""
+        out: dict[str, Any] = {
+            "training_run_id": self.model_id,
+            "base_model": self.base_model,
+            "model_owner": owner,
+            "is_lora": True,
+            "corrupted": self.failed is not None,
+            "lora_rank": self.lora_rank,
+            "last_request_time": self.last_request_time.isoformat(),
+        }
+        last = self.last_checkpoint("training")
+        if last is not None:
+            out["last_checkpoint"] = last.to_json()
+        last_sampler = self.last_checkpoint("sampler")
+        if last_sampler is not None:
+            out["last_sampler_checkpoint"] = last_sampler.to_json()
+        if self.user_metadata is not None:
+            out["user_metadata"] = {str(k): str(v) for k, v in self.user_metadata.items()}
+        return out
+
+
+@dataclass
+class SamplerRecord:
+    """A sampling session: fixed weights (a snapshot), or the live ``inflight`` weights of a training model."""
+
+    sampling_session_id: str
+    session_id: str
+    base_model: str
+    model_path: str | None
+    model: LoraModel | None
+    source_model_id: str | None = None
+    """For ``inflight`` sessions: the training model whose ``inflight_model`` is sampled."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """One LoraModel is not thread-safe: sampling workers take turns on the numpy part."""
+    client_counter: int = 0
+    samples_applied: int = 0
+    completions: list[dict[str, Any]] = field(default_factory=list[dict[str, Any]])
+    """Events for ``retrieve_futures``: ``{"cursor", "clone", "completion"}``; the cursor is the list index + 1."""
+    completion_event: trio.Event = field(default_factory=trio.Event)
+
+    def notify_completion(self, completion: dict[str, Any], clone: int) -> None:
+        self.completions.append({"cursor": len(self.completions) + 1, "clone": clone, "completion": completion})
+        self.completion_event.set()
+        self.completion_event = trio.Event()
+
+
+class SimState:
+    """All state of one simulated server."""
+
+    def __init__(self, *, seed: int = 0) -> None:
+        self._rng = random.Random(seed)
+        self.sessions: dict[str, SessionRecord] = {}
+        self.models: dict[str, ModelRecord] = {}
+        self.samplers: dict[str, SamplerRecord] = {}
+        self.telemetry_events: int = 0
+        self.telemetry_batches: int = 0
+        self.issued_jwts: int = 0
+        self._base_models: dict[tuple[str, ModelConfig], LoraModel] = {}
+        self._base_lock = threading.Lock()
+
+    # -- ids --------------------------------------------------------------------------------------------------------
+
+    def random_hex(self, nbytes: int = 8) -> str:
+        return f"{self._rng.getrandbits(8 * nbytes):0{2 * nbytes}x}"
+
+    def random_seed(self) -> int:
+        return self._rng.getrandbits(62)
+
+    # -- sessions ---------------------------------------------------------------------------------------------------
+
+    def create_session(
+        self,
+        *,
+        tags: list[str],
+        user_metadata: dict[str, Any],
+        sdk_version: str,
+        project_id: str | None,
+        display_name: str | None,
+    ) -> SessionRecord:
+        session_id = f"sess-{self.random_hex(8)}"
+        while session_id in self.sessions:
+            session_id = f"sess-{self.random_hex(8)}"
+        record = SessionRecord(
+            session_id=session_id,
+            tags=list(tags),
+            user_metadata=dict(user_metadata),
+            sdk_version=sdk_version,
+            project_id=project_id,
+            display_name=display_name,
+            created_at=_now(),
+            last_heartbeat=trio.current_time(),
+        )
+        self.sessions[session_id] = record
+        return record
+
+    def session(self, session_id: str) -> SessionRecord:
+        record = self.sessions.get(session_id)
+        if record is None:
+            raise StateError(404, f"session {session_id!r} not found")
+        return record
+
+    # -- models -----------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def model_id_for(session_id: str, model_seq_id: int) -> str:
+        return f"{session_id}:train:{model_seq_id}"
+
+    @staticmethod
+    def sampler_id_for(session_id: str, sampling_session_seq_id: int) -> str:
+        return f"{session_id}:sample:{sampling_session_seq_id}"
+
+    def add_model(
+        self,
+        *,
+        session: SessionRecord,
+        model_seq_id: int,
+        base_model: str,
+        lora_rank: int,
+        optimizer: OptimizerFamily,
+        lora_flags: dict[str, bool],
+        user_metadata: dict[str, Any] | None,
+    ) -> ModelRecord:
+        model_id = self.model_id_for(session.session_id, model_seq_id)
+        record = ModelRecord(
+            model_id=model_id,
+            session_id=session.session_id,
+            base_model=base_model,
+            lora_rank=lora_rank,
+            optimizer=optimizer,
+            lora_flags=dict(lora_flags),
+            user_metadata=user_metadata,
+            created_at=_now(),
+        )
+        self.models[model_id] = record
+        session.model_ids.append(model_id)
+        return record
+
+    def model(self, model_id: str) -> ModelRecord:
+        record = self.models.get(model_id)
+        if record is None:
+            raise StateError(404, f"model {model_id!r} not found")
+        return record
+
+    # -- checkpoints ------------------------------------------------------------------------------------------------
+
+    def find_checkpoint(self, path: str) -> CheckpointRecord:
+        """The checkpoint at ``path``; a malformed path raises SimUserError, a missing one StateError(404)."""
+        parsed = parse_tinker_path(path)
+        model = self.models.get(parsed.training_run_id)
+        checkpoint = model.checkpoints.get(parsed.checkpoint_id) if model is not None else None
+        if checkpoint is None:
+            raise StateError(404, f"checkpoint {path!r} not found")
+        return checkpoint
+
+    def all_checkpoints(self) -> list[CheckpointRecord]:
+        found = [c for m in self.models.values() for c in m.checkpoints.values()]
+        found.sort(key=lambda c: c.time)
+        return found
+
+    @staticmethod
+    def make_checkpoint(
+        record: ModelRecord,
+        kind: CheckpointKind,
+        name: str,
+        data: bytes,
+        *,
+        ttl_seconds: int | None,
+        user_metadata: dict[str, str] | None,
+    ) -> CheckpointRecord:
+        checkpoint = CheckpointRecord(
+            training_run_id=record.model_id,
+            kind=kind,
+            name=name,
+            data=data,
+            base_model=record.base_model,
+            lora_rank=record.lora_rank,
+            optimizer=record.optimizer,
+            lora_flags=dict(record.lora_flags),
+            time=_now(),
+            user_metadata=user_metadata,
+        )
+        checkpoint.set_ttl(ttl_seconds)
+        return checkpoint
+
+    # -- samplers ---------------------------------------------------------------------------------------------------
+
+    def base_model(self, base_model: str, cfg: ModelConfig) -> LoraModel:
+        """The untrained base model (a LoRA model whose update is zero), cached per name and config."""
+        key = (base_model, cfg)
+        with self._base_lock:
+            model = self._base_models.get(key)
+            if model is None:
+                model = LoraModel(base_model, 1, 0, cfg)
+                self._base_models[key] = model
+            return model
+
+    def add_sampler(
+        self,
+        *,
+        session: SessionRecord,
+        sampling_session_seq_id: int,
+        base_model: str,
+        model_path: str | None,
+        model: LoraModel | None,
+        source_model_id: str | None = None,
+    ) -> SamplerRecord:
+        sampler_id = self.sampler_id_for(session.session_id, sampling_session_seq_id)
+        existing = self.samplers.get(sampler_id)
+        if existing is not None:
+            return existing
+        record = SamplerRecord(
+            sampling_session_id=sampler_id,
+            session_id=session.session_id,
+            base_model=base_model,
+            model_path=model_path,
+            model=model,
+            source_model_id=source_model_id,
+        )
+        self.samplers[sampler_id] = record
+        session.sampler_ids.append(sampler_id)
+        return record
+
+    def sampler(self, sampling_session_id: str) -> SamplerRecord:
+        record = self.samplers.get(sampling_session_id)
+        if record is None:
+            raise StateError(404, f"sampling session {sampling_session_id!r} not found")
+        return record
+
+    def sampler_model(self, record: SamplerRecord) -> LoraModel:
+        """The weights a sample on ``record`` uses right now."""
+        if record.source_model_id is not None:
+            source = self.models.get(record.source_model_id)
+            if source is not None and source.inflight_model is not None:
+                return source.inflight_model
+        if record.model is None:
+            raise SimUserError(f"sampling session {record.sampling_session_id!r} has no weights")
+        return record.model
+
+    # -- auth -------------------------------------------------------------------------------------------------------
+
+    def issue_jwt(self, lifetime_s: int) -> str:
+        """An unsigned JWT with ``exp``/``iat``/``sub``/``org_id`` claims (the SDK does not check signatures)."""
+        now = int(_now().timestamp())
+        header = {"alg": "none", "typ": "JWT"}
+        claims = {
+            "sub": f"sim-user-{self.random_hex(4)}",
+            "org_id": "sim-org",
+            "email": "sim@example.invalid",
+            "iat": now,
+            "exp": now + max(lifetime_s, 1),
+        }
+        self.issued_jwts += 1
+
+        def part(obj: dict[str, Any]) -> str:
+            raw = json.dumps(obj, separators=(",", ":")).encode()
+            return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+        return f"{part(header)}.{part(claims)}.sim"
