@@ -8,7 +8,7 @@ from typing import Literal, TypeAlias
 import msgspec
 
 from ._base import WireStruct, sent
-from ._training import OptimizerConfig
+from ._training import AdamOptimizerConfig, OptimizerConfig
 
 __all__ = [
     "AccessScope",
@@ -117,7 +117,7 @@ class WeightsInfoResponse(WireStruct):
     train_unembed: bool | None = None
     train_mlp: bool | None = None
     train_attn: bool | None = None
-    optimizer_config: OptimizerConfig | None = None
+    optimizer_config: OptimizerConfig = sent(AdamOptimizerConfig())
 
 
 class ListSessionsResponse(WireStruct):
