@@ -198,8 +198,9 @@ def test_tinkex_circuit_breaker_values(raw: str, expected: bool) -> None:
 
 
 def test_tinkex_circuit_breaker_bad_value_names_the_variable() -> None:
-    with pytest.raises(ConfigError, match="TINKEX_CIRCUIT_BREAKER"):
+    with pytest.raises(ConfigError, match="TINKEX_CIRCUIT_BREAKER") as info:
         Config.create(KEY, env={"TINKEX_CIRCUIT_BREAKER": "maybe"})
+    assert info.value.key == "TINKEX_CIRCUIT_BREAKER"
 
 
 def test_unknown_override_is_an_error() -> None:
@@ -271,6 +272,7 @@ def test_invalid_keys_rejected_without_revealing_them(key: str) -> None:
             build()
         text = str(info.value) + repr(info.value) + info.value.message
         assert text.startswith("api_key:")
+        assert info.value.key == "api_key"
         assert "SECRET" not in text
         assert "4242" not in text
 
@@ -399,9 +401,11 @@ def test_section_field_validation(section: str, name: str, value: object, detail
     with pytest.raises(ConfigError) as direct:
         SECTIONS[section](**{name: value})
     assert str(direct.value) == expected
+    assert direct.value.key == f"{section}.{name}"
     with pytest.raises(ConfigError) as via_create:
         make(**{section: {name: value}})
     assert str(via_create.value) == expected
+    assert via_create.value.key == f"{section}.{name}"
 
 
 def test_every_numeric_field_is_covered_by_the_table() -> None:
@@ -577,6 +581,10 @@ def test_from_toml_bad(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         Config.from_toml(path, env={})
     assert str(info.value) == message
+    assert type(info.value) is ConfigError
+    # ``key`` names the offending setting: the quoted name, or the text before the first ": ".
+    expected_key = message.split("'")[1] if message.startswith("unknown") else message.split(": ")[0]
+    assert info.value.key == expected_key
 
 
 def test_from_toml_bad_key_not_revealed(tmp_path: Path) -> None:
@@ -592,5 +600,6 @@ def test_from_toml_invalid_toml(tmp_path: Path) -> None:
 
 
 def test_from_toml_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read config file"):
+    with pytest.raises(ConfigError, match="cannot read config file") as info:
         Config.from_toml(tmp_path / "nope.toml", env={"TINKER_API_KEY": KEY})
+    assert info.value.key is None

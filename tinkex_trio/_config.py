@@ -85,18 +85,20 @@ def validate_api_key(key: object) -> str:
     segments). The error message never contains the key.
     """
     if key is None or key == "":
-        raise ConfigError("api_key: no API key given: pass api_key= or set TINKER_API_KEY")
+        raise ConfigError("api_key: no API key given: pass api_key= or set TINKER_API_KEY", key="api_key")
     if not isinstance(key, str):
-        raise ConfigError(f"api_key: expected str, got {type(key).__name__}")
+        raise ConfigError(f"api_key: expected str, got {type(key).__name__}", key="api_key")
     if any(c.isspace() or not c.isprintable() for c in key):
-        raise ConfigError("api_key: the key contains whitespace or control characters")
+        raise ConfigError("api_key: the key contains whitespace or control characters", key="api_key")
     if key.startswith("tml-"):
         if len(key) == len("tml-"):
-            raise ConfigError("api_key: the key is empty after the 'tml-' prefix")
+            raise ConfigError("api_key: the key is empty after the 'tml-' prefix", key="api_key")
         return key
     if _is_jwt(key):
         return key
-    raise ConfigError("api_key: the key must start with the 'tml-' prefix or be a JWT ('eyJ...', three segments)")
+    raise ConfigError(
+        "api_key: the key must start with the 'tml-' prefix or be a JWT ('eyJ...', three segments)", key="api_key"
+    )
 
 
 def redact_key(key: str) -> str:
@@ -118,16 +120,15 @@ def key_fingerprint(key: str) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-class _FieldError(ConfigError):
-    """A ConfigError about one key; ``key`` is as qualified as the raiser knew, ``detail`` is the rest."""
+def _field_error(key: str, detail: str) -> ConfigError:
+    return ConfigError(f"{key}: {detail}", key=key)
 
-    key: str
-    detail: str
 
-    def __init__(self, key: str, detail: str) -> None:
-        super().__init__(f"{key}: {detail}")
-        self.key = key
-        self.detail = detail
+def _requalify(exc: ConfigError, prefix: str) -> ConfigError:
+    """The same error with its key (and message) prefixed by ``prefix``, e.g. ``"pools.training."``."""
+    if exc.key is None:
+        return exc
+    return ConfigError(prefix + exc.message, key=prefix + exc.key)
 
 
 def _got(value: object) -> str:
@@ -216,7 +217,7 @@ class _Validated(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
             try:
                 normalised = check(value)
             except ValueError as exc:
-                raise _FieldError(self._key_prefix + name, str(exc)) from None
+                raise _field_error(self._key_prefix + name, str(exc)) from None
             if normalised is not value:
                 msgspec.structs.force_setattr(self, name, normalised)
         self._check_together()
@@ -225,7 +226,7 @@ class _Validated(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
         """Cross-field checks, after each field is valid."""
 
     def _fail(self, name: str, detail: str) -> None:
-        raise _FieldError(self._key_prefix + name, detail)
+        raise _field_error(self._key_prefix + name, detail)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -455,7 +456,7 @@ def _api_key(value: object) -> str:
     try:
         return validate_api_key(value)
     except ConfigError as exc:
-        # validate_api_key's messages start with "api_key: "; strip it, _FieldError adds the key back.
+        # validate_api_key's messages start with "api_key: "; strip it, _field_error adds the key back.
         raise ValueError(exc.message.removeprefix("api_key: ")) from None
 
 
@@ -612,7 +613,7 @@ def _env_word(env: Mapping[str, str], name: str, *, strict: bool) -> bool | None
         return False
     if raw in _TRUE_WORDS or not strict:
         return True
-    raise ConfigError(f"{name}: expected on|off (or 1|0, true|false, yes|no), got {raw!r}")
+    raise ConfigError(f"{name}: expected on|off (or 1|0, true|false, yes|no), got {raw!r}", key=name)
 
 
 def _parse_tags(raw: str) -> tuple[str, ...]:
@@ -669,12 +670,12 @@ def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> None:
 def _construct(cls: type[_Validated], data: object, path: str) -> Any:
     """Build ``cls`` from a mapping, naming the offending key (qualified by ``path``) on any error."""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path.rstrip('.')}: expected a table, got {_got(data)}")
+        raise _field_error(path.rstrip("."), f"expected a table, got {_got(data)}")
     items: dict[str, Any] = dict(data)  # pyright: ignore[reportUnknownArgumentType]
     known = set(cls.__struct_fields__)
     for key in items:
         if key not in known:
-            raise ConfigError(f"unknown config key {path + str(key)!r}")
+            raise ConfigError(f"unknown config key {path + str(key)!r}", key=path + str(key))
     if cls is PoolsConfig:
         items = {k: _construct(PoolLimits, v, f"{path}{k}.") for k, v in items.items()}
     elif cls is Config:
@@ -684,10 +685,10 @@ def _construct(cls: type[_Validated], data: object, path: str) -> Any:
     elif cls is PoolLimits:
         try:
             return PoolLimits(**items)
-        except _FieldError as exc:
-            raise _FieldError(path + exc.key, exc.detail) from None
+        except ConfigError as exc:
+            raise _requalify(exc, path) from None
     if cls is Config and "api_key" not in items:
-        raise ConfigError("api_key: no API key given: pass api_key= or set TINKER_API_KEY")
+        raise ConfigError("api_key: no API key given: pass api_key= or set TINKER_API_KEY", key="api_key")
     return cls(**items)
 
 

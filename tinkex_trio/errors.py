@@ -102,7 +102,17 @@ class TinkexError(Exception):
 
 
 class ConfigError(TinkexError, ValueError):
-    """The configuration is invalid. Raised when a :class:`~tinkex_trio.Config` is built, before any request."""
+    """The configuration is invalid. Raised when a :class:`~tinkex_trio.Config` is built, before any request.
+
+    ``key`` is the offending setting as a dotted path (``"retry.max_retries"``), or the environment variable's
+    name, when the error is about one key; otherwise ``None``.
+    """
+
+    key: str | None
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class APIError(TinkexError):
