@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -78,6 +79,17 @@ def test_emit_builds_the_event() -> None:
             tel.RETRY, {"delay_ms": 500.0, "attempt": 1}, {"reason": "timeout", "status": None, "ok": False}, 100.0
         ),
         TelemetryEvent(tel.RETRY, {}, {}, 5.5),
+    ]
+
+
+def test_events_are_json_encodable() -> None:
+    bus = TelemetryBus(clock=lambda: 1.0)
+    got = collect(bus, "h", "*")
+    bus.emit(tel.METRICS_SNAPSHOT)
+    bus.emit(tel.RETRY, {"delay_ms": 2.0}, {"reason": "timeout", "status": None})
+    assert [msgspec.json.decode(msgspec.json.encode(e)) for e in got] == [
+        {"name": tel.METRICS_SNAPSHOT, "measurements": {}, "metadata": {}, "time": 1.0},
+        {"name": tel.RETRY, "measurements": {"delay_ms": 2.0}, "metadata": {"reason": "timeout", "status": None}, "time": 1.0},
     ]
 
 

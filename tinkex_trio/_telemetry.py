@@ -21,7 +21,6 @@ import time as _time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 import trio
 
@@ -88,21 +87,18 @@ ALL_EVENTS: frozenset[str] = frozenset(
 
 MetadataValue = str | int | float | bool | None
 
-_EMPTY_MEASUREMENTS: Mapping[str, float] = MappingProxyType({})
-_EMPTY_METADATA: Mapping[str, MetadataValue] = MappingProxyType({})
-
 
 @dataclass(frozen=True, slots=True)
 class TelemetryEvent:
     """One event. ``measurements`` are numbers (durations in ms, counts, sizes); ``metadata`` are labels.
 
-    ``time`` is on the bus's clock (``trio.current_time()`` inside a session). Treat the mappings as read-only:
-    every handler and subscriber of one emit sees the same event object.
+    ``time`` is on the bus's clock (``trio.current_time()`` inside a session). The dicts are the bus's own copies,
+    but every handler and subscriber of one emit sees the same event object: treat them as read-only.
     """
 
     name: str
-    measurements: Mapping[str, float] = field(default_factory=lambda: _EMPTY_MEASUREMENTS)
-    metadata: Mapping[str, MetadataValue] = field(default_factory=lambda: _EMPTY_METADATA)
+    measurements: dict[str, float] = field(default_factory=lambda: dict[str, float]())
+    metadata: dict[str, MetadataValue] = field(default_factory=lambda: dict[str, MetadataValue]())
     time: float = 0.0
 
 
@@ -286,8 +282,8 @@ class TelemetryBus:
             return
         event = TelemetryEvent(
             name,
-            dict(measurements) if measurements else _EMPTY_MEASUREMENTS,
-            _scrub(metadata) if metadata else _EMPTY_METADATA,
+            dict(measurements) if measurements else {},
+            _scrub(metadata) if metadata else {},
             self._clock() if time is None else time,
         )
         for attached in handlers:
