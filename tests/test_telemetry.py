@@ -89,7 +89,12 @@ def test_events_are_json_encodable() -> None:
     bus.emit(tel.RETRY, {"delay_ms": 2.0}, {"reason": "timeout", "status": None})
     assert [msgspec.json.decode(msgspec.json.encode(e)) for e in got] == [
         {"name": tel.METRICS_SNAPSHOT, "measurements": {}, "metadata": {}, "time": 1.0},
-        {"name": tel.RETRY, "measurements": {"delay_ms": 2.0}, "metadata": {"reason": "timeout", "status": None}, "time": 1.0},
+        {
+            "name": tel.RETRY,
+            "measurements": {"delay_ms": 2.0},
+            "metadata": {"reason": "timeout", "status": None},
+            "time": 1.0,
+        },
     ]
 
 
