@@ -680,3 +680,16 @@ def test_pattern_changes_what_the_base_produces(pattern_model: tuple[LoraModel, 
     base = LoraModel(model.base_model, 8, 0, model.cfg)
     result = base.sample([10], max_tokens=9, temperature=0.0, stop_tokens=[])
     assert result.sequences[0].tokens.tolist() != [20, 30, model.eos_token_id, 10, 20, 30, model.eos_token_id, 10, 20]
+
+
+def test_sampling_follows_weight_updates() -> None:
+    model = _randomised(SMALL, 4, 9)
+    kwargs: dict[str, object] = {"num_samples": 4, "max_tokens": 8, "stop_tokens": [], "seed": 3, "temperature": 0.8}
+    before = model.sample([1], **kwargs)  # pyright: ignore[reportArgumentType]
+    _train(model, [_ce([1] * 8, [6] * 8)], 5)  # push the model towards 1 -> 6
+    after = model.sample([1], **kwargs)  # pyright: ignore[reportArgumentType]
+    table = _log_softmax(model.logit_table())
+    assert [s.tokens.tolist() for s in before.sequences] != [s.tokens.tolist() for s in after.sequences]
+    for seq in after.sequences:
+        prevs = np.concatenate([[1], seq.tokens[:-1]])
+        np.testing.assert_allclose(seq.logprobs, table[prevs, seq.tokens], rtol=1e-6)

@@ -327,6 +327,16 @@ def _loss_and_grad(loss_fn: str, lp: F64, inputs: Mapping[str, F64], conf: Mappi
     return -objective, grad
 
 
+@dataclass(frozen=True)
+class _Tables:
+    """Derived tables of one set of weights (``params`` is the dict they were computed from)."""
+
+    params: Mapping[str, F64]
+    logits: F64
+    logprobs: F64
+    sampling: dict[tuple[float, int, float], tuple[I64, F64]]
+
+
 @dataclass
 class _Prepared:
     rows: I64  # input token of every loss element (flattened)
@@ -380,9 +390,7 @@ class LoraModel:
         self._grad_table: F64 = np.zeros((vocab, vocab))
         self._step = 0
         self._opt_state: dict[str, F64] = {}
-        self._table: F64 | None = None
-        self._logsm: F64 | None = None
-        self._sampling_cache: dict[tuple[float, int, float], tuple[I64, F64]] = {}
+        self._tables: _Tables | None = None
 
     # ---- properties -------------------------------------------------------------------------------------------------
 
@@ -415,42 +423,44 @@ class LoraModel:
             if arr.shape != self._params[name].shape:
                 raise SimUserError(f"parameter {name!r} has shape {arr.shape}, expected {self._params[name].shape}")
             new[name] = arr
-        self._params.update(new)
-        self._weights_changed()
+        self._params = {**self._params, **new}
         self.zero_grad()
 
     def gradients(self) -> dict[str, F64]:
         """The accumulated gradients of the summed loss w.r.t. the trainable parameters (float64)."""
         grad_table = self._grad_table
-        hidden_lora = self._emb @ self._params["lora_A"]  # (V, r)
+        params = self._params
+        hidden_lora = self._emb @ params["lora_A"]  # (V, r)
         grad_b = hidden_lora.T @ grad_table  # (r, V)
-        grad_a = self._emb.T @ (grad_table @ self._params["lora_B"].T)  # (d, r)
+        grad_a = self._emb.T @ (grad_table @ params["lora_B"].T)  # (d, r)
         return {"lora_A": np.asarray(grad_a, dtype=np.float64), "lora_B": np.asarray(grad_b, dtype=np.float64)}
 
     def zero_grad(self) -> None:
         self._grad_table = np.zeros_like(self._grad_table)
 
+    def _get_tables(self) -> _Tables:
+        # The parameter dict is never mutated, only replaced, so the cached tables are valid while they were computed
+        # from the current dict. This keeps a reader (e.g. a sampler of in-flight weights on another thread) consistent:
+        # it works on one set of weights even if an optimizer step lands meanwhile.
+        params = self._params
+        tables = self._tables
+        if tables is None or tables.params is not params:
+            delta = (self._emb @ params["lora_A"]) @ params["lora_B"]
+            logits = np.asarray(self._base_table + delta, dtype=np.float64)
+            logprobs = _log_softmax(logits)
+            logits.setflags(write=False)
+            logprobs.setflags(write=False)
+            tables = _Tables(params=params, logits=logits, logprobs=logprobs, sampling={})
+            self._tables = tables
+        return tables
+
     def logit_table(self) -> F64:
-        """The V×V logit table: row ``x`` holds the next-token logits after token ``x`` (a read-only view)."""
-        if self._table is None:
-            delta = (self._emb @ self._params["lora_A"]) @ self._params["lora_B"]
-            table = np.asarray(self._base_table + delta, dtype=np.float64)
-            table.setflags(write=False)
-            self._table = table
-        return self._table
+        """The V×V logit table: row ``x`` holds the next-token logits after token ``x`` (read-only)."""
+        return self._get_tables().logits
 
     def logprob_table(self) -> F64:
         """The row-wise log-softmax of :meth:`logit_table` (read-only)."""
-        if self._logsm is None:
-            logsm = _log_softmax(self.logit_table())
-            logsm.setflags(write=False)
-            self._logsm = logsm
-        return self._logsm
-
-    def _weights_changed(self) -> None:
-        self._table = None
-        self._logsm = None
-        self._sampling_cache.clear()
+        return self._get_tables().logprobs
 
     # ---- forward / backward -----------------------------------------------------------------------------------------
 
@@ -573,6 +583,7 @@ class LoraModel:
             grads = {name: g * scale for name, g in grads.items()}
         self._step += 1
         step = self._step
+        new_params: dict[str, F64] = {}
         for name in _PARAM_NAMES:
             p = self._params[name]
             g = grads[name]
@@ -593,8 +604,8 @@ class LoraModel:
                 m = params.beta1 * m + g
                 p = p - lr * m
             self._opt_state[f"m.{name}"] = m
-            self._params[name] = p
-        self._weights_changed()
+            new_params[name] = p
+        self._params = new_params
         self.zero_grad()
         return {"grad_norm:mean": norm, "learning_rate:mean": float(lr)}
 
@@ -624,15 +635,15 @@ class LoraModel:
 
     # ---- sampling ---------------------------------------------------------------------------------------------------
 
-    def _sampling_tables(self, temperature: float, top_k: int, top_p: float) -> tuple[I64, F64]:
+    def _sampling_tables(self, tables: _Tables, temperature: float, top_k: int, top_p: float) -> tuple[I64, F64]:
         """Per previous token: the token order (most likely first) and the CDF over it of the filtered, renormalised
         distribution at ``temperature``."""
         key = (temperature, top_k, top_p)
-        cached = self._sampling_cache.get(key)
+        cached = tables.sampling.get(key)
         if cached is not None:
             return cached
         vocab = self.cfg.vocab_size
-        scaled = self.logit_table() / temperature
+        scaled = tables.logits / temperature
         order = np.argsort(-scaled, axis=1, kind="stable")
         sorted_logits = np.take_along_axis(scaled, order, axis=1)
         probs = np.exp(sorted_logits - sorted_logits[:, :1])
@@ -647,10 +658,10 @@ class LoraModel:
             probs = np.where(keep, probs, 0.0)
         cdf = np.cumsum(probs, axis=1)
         cdf /= cdf[:, -1:]
-        if len(self._sampling_cache) >= 8:
-            self._sampling_cache.clear()
+        if len(tables.sampling) >= 8:
+            tables.sampling.clear()
         result = (order.astype(np.int64), cdf)
-        self._sampling_cache[key] = result
+        tables.sampling[key] = result
         return result
 
     def sample(
@@ -714,13 +725,13 @@ class LoraModel:
         stop_seqs = [s for s in seqs if s.size > 0]
 
         gen_seed, alt_seed = np.random.SeedSequence(seed).spawn(2)
-        logsm = self.logprob_table()
-        greedy = temperature == 0.0
-        if greedy:
-            order = np.argmax(self.logit_table(), axis=1).astype(np.int64)[:, None]
+        tables = self._get_tables()
+        logsm = tables.logprobs
+        if temperature == 0.0:
+            order = np.argmax(tables.logits, axis=1).astype(np.int64)[:, None]
             cdf = np.ones((vocab, 1))
         else:
-            order, cdf = self._sampling_tables(temperature, top_k, top_p)
+            order, cdf = self._sampling_tables(tables, temperature, top_k, top_p)
 
         out = np.zeros((num_samples, max_tokens), dtype=np.int64)
         lengths = np.zeros(num_samples, dtype=np.int64)
@@ -882,7 +893,6 @@ class LoraModel:
         self._params = params
         self._opt_state = opt_state
         self._step = step
-        self._weights_changed()
         self.zero_grad()
 
     def to_bytes(self, *, with_optimizer: bool = True) -> bytes:
