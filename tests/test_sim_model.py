@@ -693,3 +693,12 @@ def test_sampling_follows_weight_updates() -> None:
     for seq in after.sequences:
         prevs = np.concatenate([[1], seq.tokens[:-1]])
         np.testing.assert_allclose(seq.logprobs, table[prevs, seq.tokens], rtol=1e-6)
+
+
+def test_negative_and_large_seeds_are_accepted() -> None:
+    model = LoraModel("tiny-base", 2, -5, TINY)
+    again = LoraModel("tiny-base", 2, -5 + 2**64, TINY)
+    np.testing.assert_array_equal(model.get_parameters()["lora_A"], again.get_parameters()["lora_A"])
+    a = model.sample([1], num_samples=3, max_tokens=5, stop_tokens=[], seed=-1)
+    b = model.sample([1], num_samples=3, max_tokens=5, stop_tokens=[], seed=2**64 - 1)
+    assert [s.tokens.tolist() for s in a.sequences] == [s.tokens.tolist() for s in b.sequences]

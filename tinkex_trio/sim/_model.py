@@ -106,6 +106,7 @@ _LOSS_CONFIG_DEFAULTS: Final[Mapping[str, Mapping[str, float]]] = {
 }
 _PARAM_NAMES: Final = ("lora_A", "lora_B")
 _FORMAT: Final = "tinkex_trio.sim.lora/1"
+_SEED_MOD: Final = 2**64  # any integer seed works; it is reduced modulo 2**64
 
 
 class SimUserError(ValueError):
@@ -236,7 +237,7 @@ class SampleResult:
 def _base_weights(cfg: ModelConfig, base_model: str) -> tuple[F64, F64, F64]:
     """The frozen base ``(E, U, E @ U)`` of ``base_model``: deterministic from ``(cfg.seed, base_model)``, read-only."""
     name_key = zlib.crc32(base_model.encode("utf-8"))
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, name_key, cfg.vocab_size, cfg.hidden]))
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed % _SEED_MOD, name_key, cfg.vocab_size, cfg.hidden]))
     emb = rng.standard_normal((cfg.vocab_size, cfg.hidden))
     unemb = rng.standard_normal((cfg.hidden, cfg.vocab_size)) / math.sqrt(cfg.hidden)
     table = np.asarray(emb @ unemb, dtype=np.float64)
@@ -381,7 +382,7 @@ class LoraModel:
         self.seed: Final = seed
         self.optimizer: Final[OptimizerFamily] = optimizer
         self._emb, _, self._base_table = _base_weights(self.cfg, base_model)
-        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x10AA]))
+        rng = np.random.default_rng(np.random.SeedSequence([_check_int(seed, "seed", -(2**63)) % _SEED_MOD, 0x10AA]))
         self._params: dict[str, F64] = {
             "lora_A": rng.standard_normal((self.cfg.hidden, rank)) / math.sqrt(self.cfg.hidden),
             "lora_B": np.zeros((rank, self.cfg.vocab_size)),
@@ -724,7 +725,8 @@ class LoraModel:
         seqs = [_as_tokens(np.asarray(s, dtype=np.int64), "stop_sequences", vocab).reshape(-1) for s in stop_sequences]
         stop_seqs = [s for s in seqs if s.size > 0]
 
-        gen_seed, alt_seed = np.random.SeedSequence(seed).spawn(2)
+        entropy = None if seed is None else _check_int(seed, "seed", -(2**63)) % _SEED_MOD
+        gen_seed, alt_seed = np.random.SeedSequence(entropy).spawn(2)
         tables = self._get_tables()
         logsm = tables.logprobs
         if temperature == 0.0:
