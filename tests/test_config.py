@@ -179,7 +179,8 @@ def test_tags_argument_list_becomes_tuple() -> None:
     ("raw", "expected"),
     [
         *[("0", False), ("false", False), ("no", False), ("off", False), ("OFF", False), (" False ", False)],
-        *[("1", True), ("true", True), ("yes", True), ("on", True), ("whatever", True)],
+        *[("1", True), ("true", True), ("yes", True), ("on", True), (" ON ", True)],
+        ("whatever", False),  # as in the official SDK: only the "on" words keep it on
     ],
 )
 def test_tinker_telemetry_values(raw: str, expected: bool) -> None:

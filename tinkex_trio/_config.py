@@ -16,7 +16,7 @@ Environment variables (an empty value counts as unset):
 ``TINKER_BASE_URL``        the base URL (a trailing ``/`` is stripped)
 ``TINKER_PROJECT_ID``      default project id for new sessions
 ``TINKER_TAGS``            comma-separated session tags, order kept, duplicates dropped
-``TINKER_TELEMETRY``       ``0|false|no|off`` turns telemetry off, ``1|true|yes|on`` on
+``TINKER_TELEMETRY``       ``1|true|yes|on`` keeps telemetry on; ``0|false|no|off`` (or anything else) turns it off
 ``TINKEX_CIRCUIT_BREAKER`` ``on|off`` (also ``1|0|true|false|yes|no``)
 =========================  ==============================================================
 
@@ -605,14 +605,18 @@ class Config(_Validated, frozen=True, kw_only=True):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _env_word(env: Mapping[str, str], name: str, *, strict: bool) -> bool | None:
+def _env_word(env: Mapping[str, str], name: str, *, unknown: bool | None) -> bool | None:
+    """An on/off environment variable: ``None`` when unset or empty; ``unknown`` for an unrecognised value
+    (``None`` there makes an unrecognised value a :class:`ConfigError`)."""
     raw = env.get(name, "").strip().lower()
     if not raw:
         return None
     if raw in _FALSE_WORDS:
         return False
-    if raw in _TRUE_WORDS or not strict:
+    if raw in _TRUE_WORDS:
         return True
+    if unknown is not None:
+        return unknown
     raise ConfigError(f"{name}: expected on|off (or 1|0, true|false, yes|no), got {raw!r}", key=name)
 
 
@@ -635,10 +639,10 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
         layer["project_id"] = project
     if (tags := env.get("TINKER_TAGS")) is not None and tags.strip():
         layer["tags"] = _parse_tags(tags)
-    # Like the official SDK, an unrecognised TINKER_TELEMETRY value is not an error (it leaves telemetry on).
-    if (telemetry := _env_word(env, "TINKER_TELEMETRY", strict=False)) is not None:
+    # Like the official SDK, telemetry stays on only for 1|true|yes|on: any other non-empty value turns it off.
+    if (telemetry := _env_word(env, "TINKER_TELEMETRY", unknown=False)) is not None:
         layer["telemetry"] = telemetry
-    if (breaker := _env_word(env, "TINKEX_CIRCUIT_BREAKER", strict=True)) is not None:
+    if (breaker := _env_word(env, "TINKEX_CIRCUIT_BREAKER", unknown=None)) is not None:
         layer["circuit_breaker"] = {"enabled": breaker}
     return layer
 
