@@ -1,8 +1,11 @@
 """The simulated server's model: a small, exact, deterministic next-token model in pure numpy.
 
-No I/O, no trio, no web: the ASGI app (``tinkex_trio.sim``) wraps it. Everything here is synchronous and CPU-bound;
-one :class:`LoraModel` is not thread-safe, so callers run the operations of one model one at a time (which the
-protocol's per-model seq_id ordering gives anyway).
+No I/O, no trio, no web: the ASGI app (``tinkex_trio.sim``) wraps it. Everything here is synchronous and CPU-bound.
+Threads: the training operations of one model (forward_backward, optim_step, loading) must run one at a time (the
+protocol's per-model seq_id ordering gives that); :meth:`LoraModel.sample` only reads, and sees one consistent set of
+weights even when an optimizer step lands on another thread meanwhile. The matrices are tiny, so a server process does
+best with single-threaded BLAS (``OPENBLAS_NUM_THREADS=1`` before numpy is imported): on a loaded machine a threaded
+OpenBLAS spends milliseconds synchronising on each small matmul.
 
 The model
 ---------
@@ -23,7 +26,11 @@ Losses (protocol §13), all summed over every position of every datum, never ave
 ``cross_entropy``, ``importance_sampling``, ``ppo``, ``cispo``, ``dro``. ``target_tokens`` may be 1-D ``(N,)`` or 2-D
 ``(N, K)`` (K targets per position, e.g. distillation; the other loss inputs then have the same ``(N, K)`` shape and
 the returned ``logprobs`` too). ``gspo``, ``stable_reinforce`` and ``custom`` raise :class:`SimUserError`
-("unsupported").
+("unsupported"). Required inputs: ``target_tokens`` and ``weights`` for cross_entropy (weights are not optional),
+``target_tokens``, ``logprobs`` and ``advantages`` for the others; other keys are ignored. ``loss_fn_config`` keys:
+``clip_low_threshold`` (0.8) and ``clip_high_threshold`` (1.2) for ppo and cispo, ``beta`` (0.05) for dro, none for the
+rest; an unknown key, a non-number, a NaN/inf input or a shape mismatch raises :class:`SimUserError` before anything is
+accumulated.
 
 Sampling: temperature (0 → greedy, ties to the lowest id), top-k (``≤ 0`` → off), top-p, a seed (``None`` → fresh OS
 entropy), stop tokens (``None`` → stop at :attr:`ModelConfig.eos_token_id`, ``[]`` → never) and stop sequences (the stop
