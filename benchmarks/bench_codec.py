@@ -11,7 +11,8 @@ Workloads (default 256 datums x 1024 tokens):
 
 Paths timed (objects are built beforehand; only the (de)serialisation is timed, best of N runs):
 
-* ours: ``tinkex_trio.types.encode`` / ``decode`` (JSON, msgspec);
+* ours (json): ``tinkex_trio.types.encode`` / ``decode`` (msgspec);
+* ours (proto): ``tinkex_trio._proto._codec`` (the protobuf converters over the same types), when present;
 * tinker pydantic JSON: the SDK's pydantic models (``ForwardBackwardInput.model_dump_json(exclude_none=True)``,
   ``model_validate_json`` over its pydantic ``TensorData``). 0.38.0 has no pydantic SampleResponse (its sample
   results are protobuf-only), so that cell is n/a;
@@ -169,6 +170,15 @@ def tinker_sample_response_proto(a: dict[str, list[np.ndarray[Any, Any]]]) -> by
     return msg.SerializeToString()
 
 
+def load_ours_proto() -> Any:
+    """tinkex_trio's protobuf converters (``tinkex_trio._proto._codec``), if present."""
+    try:
+        from tinkex_trio._proto import _codec
+    except ImportError:
+        return None
+    return _codec
+
+
 # -- the run ---------------------------------------------------------------------------------------------------
 
 
@@ -178,6 +188,7 @@ def run(runs: int, datums: int, tokens: int) -> dict[str, Any]:
     from tinker.proto.response_conv import deserialize_forward_backward_output, deserialize_sample_response
 
     a = make_arrays(datums, tokens)
+    ours_proto = load_ours_proto()
     rows: list[dict[str, Any]] = []
 
     def row(workload: str, path: str, fn: Callable[[], Any], nbytes: int | None, n: int = runs) -> None:
@@ -197,6 +208,16 @@ def run(runs: int, datums: int, tokens: int) -> dict[str, Any]:
         lambda: tt.encode(ours_fwdbwd_request(a)),
         len(ours_body),
     )
+    if ours_proto is not None:
+        fbi = ours_req.forward_backward_input
+        row(
+            "encode fwd_bwd request",
+            "ours (proto)",
+            lambda: ours_proto.encode_forward_backward_request(
+                ours_req.model_id, 1, fbi.data, fbi.loss_fn, fbi.loss_fn_config, False
+            ),
+            len(ours_proto.encode_forward_backward_request(ours_req.model_id, 1, fbi.data, fbi.loss_fn, None, False)),
+        )
     pyd_fbi = tinker_pydantic_fwdbwd_input(a)
     pyd_body = pyd_fbi.model_dump_json(exclude_none=True)
     row(
@@ -227,6 +248,14 @@ def run(runs: int, datums: int, tokens: int) -> dict[str, Any]:
         lambda: tt.decode(tt.ForwardBackwardOutput, fbo_json),
         len(fbo_json),
     )
+    fbo_proto = tinker_fwdbwd_output_proto(a)
+    if ours_proto is not None:
+        row(
+            "decode ForwardBackwardOutput",
+            "ours (proto)",
+            lambda: ours_proto.decode_forward_backward_output(fbo_proto),
+            len(fbo_proto),
+        )
     pyd_fbo = tinker_fwdbwd_output_model()
     row(
         "decode ForwardBackwardOutput",
@@ -254,6 +283,15 @@ def run(runs: int, datums: int, tokens: int) -> dict[str, Any]:
         lambda: [o["logprobs"].to_numpy() for o in tt.decode(tt.ForwardBackwardOutput, fbo_json).loss_fn_outputs],
         len(fbo_json),
     )
+    if ours_proto is not None:
+        row(
+            "decode FBO + to_numpy",
+            "ours (proto)",
+            lambda: [
+                o["logprobs"].to_numpy() for o in ours_proto.decode_forward_backward_output(fbo_proto).loss_fn_outputs
+            ],
+            len(fbo_proto),
+        )
     row(
         "decode FBO + to_numpy",
         "tinker proto",
@@ -265,6 +303,14 @@ def run(runs: int, datums: int, tokens: int) -> dict[str, Any]:
     sr_json = ours_sample_response_json(a)
     row("decode SampleResponse", "ours (json)", lambda: tt.decode(tt.SampleResponse, sr_json), len(sr_json))
     sr_proto = tinker_sample_response_proto(a)
+    ids = [f"q{i}" for i in range(datums)]
+    if ours_proto is not None:
+        row(
+            "decode SampleResponse",
+            "ours (proto)",
+            lambda: ours_proto.decode_sample_response(sr_proto, ids),
+            len(sr_proto),
+        )
     row("decode SampleResponse", "tinker proto", lambda: deserialize_sample_response(sr_proto), len(sr_proto))
     row(
         "decode SampleResponse + lists",
@@ -272,6 +318,13 @@ def run(runs: int, datums: int, tokens: int) -> dict[str, Any]:
         lambda: [(s.tokens, s.logprobs) for s in tt.decode(tt.SampleResponse, sr_json).sequences],
         len(sr_json),
     )
+    if ours_proto is not None:
+        row(
+            "decode SampleResponse + lists",
+            "ours (proto)",
+            lambda: [(s.tokens, s.logprobs) for s in ours_proto.decode_sample_response(sr_proto, ids).sequences],
+            len(sr_proto),
+        )
     row(
         "decode SampleResponse + lists",
         "tinker proto",
@@ -303,10 +356,18 @@ def ratios(result: dict[str, Any]) -> list[dict[str, Any]]:
     for r in result["rows"]:
         by_workload.setdefault(r["workload"], {})[r["path"]] = r["best_s"]
     for workload, paths in by_workload.items():
-        ours = paths.get("ours (json)")
-        for path, t in paths.items():
-            if path.startswith("tinker") and ours:
-                out.append({"workload": workload, "tinker_path": path, "tinker_over_ours": t / ours})
+        for ours_path in ("ours (json)", "ours (proto)"):
+            ours = paths.get(ours_path)
+            for path, t in paths.items():
+                if path.startswith("tinker") and ours:
+                    out.append(
+                        {
+                            "workload": workload,
+                            "tinker_path": path,
+                            "ours_path": ours_path,
+                            "tinker_over_ours": t / ours,
+                        }
+                    )
     return out
 
 
@@ -320,15 +381,15 @@ def print_table(result: dict[str, Any]) -> None:
             f"{r['workload']:<30} {r['path']:<22} {r['best_s'] * 1e3:>10.2f} {r['median_s'] * 1e3:>10.2f} {nbytes:>11}"
         )
     print()
-    print(f"{'workload':<30} {'vs':<22} {'tinker/ours':>11}")
-    print("-" * 65)
+    print(f"{'workload':<30} {'tinker path':<22} {'ours path':<14} {'tinker/ours':>11}")
+    print("-" * 80)
     for q in result["ratios"]:
-        print(f"{q['workload']:<30} {q['tinker_path']:<22} {q['tinker_over_ours']:>10.2f}x")
+        print(f"{q['workload']:<30} {q['tinker_path']:<22} {q['ours_path']:<14} {q['tinker_over_ours']:>10.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--runs", type=int, default=5, help="runs per cell; the best is reported (default 5)")
+    parser.add_argument("--runs", type=int, default=7, help="runs per cell; the best is reported (default 7)")
     parser.add_argument("--datums", type=int, default=256)
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/*.json")
