@@ -1,0 +1,319 @@
+"""HTTP transport: one ``httpx.AsyncClient`` per pool kind, request/response, retries, status → error mapping.
+
+Every request of the client goes through :meth:`Transport.request`. It
+
+* joins the path to ``config.base_url`` and sets the headers every call carries (``X-API-Key``, ``User-Agent``,
+  ``X-Idempotency-Key`` on non-GET requests — the same for every retry of one logical request — ``Accept`` and
+  ``Content-Type``);
+* sends on the ``httpx.AsyncClient`` of its pool kind (protocol §1.5: training calls never queue behind a thousand
+  sample submissions or long-polls), each with the limits of ``config.pools``;
+* maps a non-2xx answer to the :mod:`tinkex_trio.errors` class of its status, and transport failures to
+  :class:`~tinkex_trio.errors.APIConnectionError` / :class:`~tinkex_trio.errors.APITimeoutError`;
+* retries what :class:`~tinkex_trio._retry.RetryPolicy` says to retry, sleeping on trio's clock;
+* emits ``tinkex.http.request.{start,stop,exception}`` and ``tinkex.retry`` telemetry.
+
+Cancellation passes straight through: only ``httpx.HTTPError`` and our own API errors are caught.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import platform
+import random
+import ssl
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+import trio
+
+from tinkex_trio import types as _types
+from tinkex_trio._config import Config, PoolLimits
+from tinkex_trio._retry import RetryPolicy, outcome_from_exception, parse_retry_after
+from tinkex_trio._telemetry import (
+    HTTP_REQUEST_EXCEPTION,
+    HTTP_REQUEST_START,
+    HTTP_REQUEST_STOP,
+    RETRY,
+    TelemetryBus,
+)
+from tinkex_trio._version import __version__
+from tinkex_trio.errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    status_error_class,
+)
+
+__all__ = ["USER_AGENT", "PoolKind", "Transport", "TransportFactory"]
+
+logger = logging.getLogger("tinkex_trio.transport")
+
+T = TypeVar("T")
+
+USER_AGENT = (
+    f"tinkex_trio/{__version__} (trio {trio.__version__}; httpx {httpx.__version__}; "
+    f"{platform.python_implementation()} {platform.python_version()})"
+)
+
+
+class PoolKind(enum.StrEnum):
+    """The connection pools of protocol §1.5: each kind has its own ``httpx.AsyncClient`` and limits."""
+
+    TRAINING = "training"
+    SAMPLING = "sampling"
+    SESSION = "session"
+    FUTURES = "futures"
+    TELEMETRY = "telemetry"
+
+
+TransportFactory = Callable[[PoolKind], httpx.AsyncBaseTransport]
+"""Builds the httpx transport of a pool (tests pass ``lambda pool: httpx.ASGITransport(app=app)``)."""
+
+
+def _request_id_of(response: httpx.Response, body: object) -> str | None:
+    rid = response.headers.get("x-request-id")
+    if rid:
+        return rid
+    if isinstance(body, dict):
+        value = body.get("request_id")  # pyright: ignore[reportUnknownMemberType,reportUnknownVariableType]
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def _parse_error_body(response: httpx.Response) -> object:
+    content = response.content
+    if not content:
+        return None
+    try:
+        return msgspec.json.decode(content)
+    except msgspec.DecodeError:
+        return content.decode("utf-8", errors="replace")[:2048]
+
+
+def error_from_response(response: httpx.Response) -> APIStatusError:
+    """The :class:`~tinkex_trio.errors.APIStatusError` subclass for a non-success response."""
+    body = _parse_error_body(response)
+    cls = status_error_class(response.status_code)
+    return cls(
+        status_code=response.status_code,
+        body=body,
+        request_id=_request_id_of(response, body),
+        retry_after=parse_retry_after(response.headers),
+        headers=dict(response.headers.items()),
+    )
+
+
+def _connection_error(exc: httpx.HTTPError, what: str) -> APIConnectionError:
+    if isinstance(exc, httpx.TimeoutException):
+        return APITimeoutError(f"{what}: request timed out ({type(exc).__name__})")
+    detail = str(exc) or type(exc).__name__
+    return APIConnectionError(f"{what}: connection error: {detail}")
+
+
+class Transport:
+    """The HTTP layer shared by a session's clients. Close it with :meth:`aclose` (the session does).
+
+    Args:
+        config: the session's configuration (base URL, key, timeouts, pool limits, retry policy).
+        ssl_context: trust settings for HTTPS; default: the system store, plus ``config.ca_file`` if set.
+        telemetry: the bus that receives request events; a private one if not given.
+        transport_factory: builds each pool's httpx transport (in-process ASGI apps in tests).
+        rng: randomness for retry jitter (seed it for reproducible tests).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        telemetry: TelemetryBus | None = None,
+        transport_factory: TransportFactory | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.telemetry = telemetry if telemetry is not None else TelemetryBus(clock=trio.current_time)
+        self._ssl_context = ssl_context
+        self._transport_factory = transport_factory
+        self._policy = RetryPolicy(config.retry, rng=rng)
+        self._clients: dict[PoolKind, httpx.AsyncClient] = {}
+        self._closed = False
+        self._base_headers = {"X-API-Key": config.api_key, "User-Agent": self._user_agent()}
+
+    def __repr__(self) -> str:
+        return f"<Transport base_url={self.config.base_url!r} pools={sorted(self._clients)}>"
+
+    def _user_agent(self) -> str:
+        suffix = self.config.user_agent_suffix
+        return f"{USER_AGENT} {suffix}" if suffix else USER_AGENT
+
+    def _verify(self) -> ssl.SSLContext | bool:
+        if self._ssl_context is not None:
+            return self._ssl_context
+        if self.config.ca_file:
+            return ssl.create_default_context(cafile=self.config.ca_file)
+        return self.config.verify
+
+    def _client(self, pool: PoolKind) -> httpx.AsyncClient:
+        client = self._clients.get(pool)
+        if client is not None:
+            return client
+        if self._closed:
+            raise APIConnectionError("the transport is closed (the session has ended)")
+        limits: PoolLimits = getattr(self.config.pools, pool.value)
+        timeouts = self.config.timeouts
+        common: dict[str, Any] = {
+            "base_url": self.config.base_url,
+            "timeout": httpx.Timeout(timeouts.request_s, connect=timeouts.connect_s),
+            "follow_redirects": True,
+        }
+        if self._transport_factory is not None:
+            client = httpx.AsyncClient(transport=self._transport_factory(pool), **common)
+        else:
+            client = httpx.AsyncClient(
+                http2=self.config.http2,
+                verify=self._verify(),
+                limits=httpx.Limits(
+                    max_connections=limits.max_connections,
+                    max_keepalive_connections=limits.max_keepalive,
+                    keepalive_expiry=limits.keepalive_expiry_s,
+                ),
+                **common,
+            )
+        self._clients[pool] = client
+        return client
+
+    async def aclose(self) -> None:
+        """Close every pool's connections. Idempotent."""
+        self._closed = True
+        clients, self._clients = list(self._clients.values()), {}
+        with trio.CancelScope(shield=True):
+            for client in clients:
+                await client.aclose()
+
+    async def request(
+        self,
+        pool: PoolKind,
+        method: str,
+        path: str,
+        *,
+        json: object = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
+        accept: str = "application/json",
+        params: Mapping[str, str | int] | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        retry: bool = True,
+        sdk_method: str | None = None,
+    ) -> httpx.Response:
+        """Send one logical request (retrying per the policy when ``retry``) and return the 2xx response.
+
+        Raises:
+            APIStatusError: (a subclass per status) the final answer was not a success.
+            APIConnectionError: (or APITimeoutError) no HTTP answer.
+        """
+        method = method.upper()
+        if json is not None and content is not None:
+            raise TypeError("pass json= or content=, not both")
+        body: bytes | None = _types.encode(json) if json is not None else content
+        req_headers: dict[str, str] = dict(self._base_headers)
+        req_headers["Accept"] = accept
+        if body is not None:
+            req_headers["Content-Type"] = content_type or "application/json"
+        if method != "GET":
+            req_headers["X-Idempotency-Key"] = f"tinkex-trio-{uuid.uuid4()}"
+        if sdk_method is not None:
+            req_headers["x-sdk-method"] = sdk_method
+        if headers:
+            req_headers.update(headers)
+        request_timeout = timeout if timeout is not None else self.config.timeouts.request_s
+        httpx_timeout = httpx.Timeout(request_timeout, connect=min(self.config.timeouts.connect_s, request_timeout))
+        client = self._client(pool)
+        what = f"{method} {path}"
+        meta: dict[str, str | int | float | bool | None] = {"method": method, "path": path, "pool": pool.value}
+        started = trio.current_time()
+        attempt = 0
+        while True:
+            try:
+                return await self._send_once(
+                    client, method, path, body, req_headers, params, httpx_timeout, what, meta, attempt
+                )
+            except APIError as exc:
+                if not retry:
+                    raise
+                outcome = outcome_from_exception(exc)
+                if outcome is None:
+                    raise
+                now = trio.current_time()
+                decision = self._policy.decide(attempt, outcome, now, started)
+                if not decision.retry:
+                    raise
+                self.telemetry.emit(
+                    RETRY,
+                    {"delay_s": decision.delay, "attempt": attempt + 1},
+                    {**meta, "reason": decision.reason.value, "error": type(exc).__name__},
+                )
+                logger.debug("retrying %s in %.3fs (%s)", what, decision.delay, decision.reason.value)
+                await trio.sleep(decision.delay)
+                attempt += 1
+
+    async def _send_once(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        params: Mapping[str, str | int] | None,
+        timeout: httpx.Timeout,
+        what: str,
+        meta: dict[str, str | int | float | bool | None],
+        attempt: int,
+    ) -> httpx.Response:
+        bus = self.telemetry
+        start = trio.current_time()
+        bus.emit(HTTP_REQUEST_START, {"attempt": attempt}, meta, time=start)
+        try:
+            response = await client.request(method, path, content=body, headers=headers, params=params, timeout=timeout)
+        except httpx.HTTPError as exc:
+            err = _connection_error(exc, what)
+            end = trio.current_time()
+            bus.emit(
+                HTTP_REQUEST_EXCEPTION,
+                {"duration_ms": (end - start) * 1000.0, "attempt": attempt},
+                {**meta, "kind": type(err).__name__},
+                time=end,
+            )
+            raise err from None
+        end = trio.current_time()
+        status = response.status_code
+        bus.emit(
+            HTTP_REQUEST_STOP,
+            {"duration_ms": (end - start) * 1000.0, "attempt": attempt},
+            {**meta, "status": status},
+            time=end,
+        )
+        if 200 <= status < 300:
+            return response
+        if status == 400 and not response.content:
+            # A zero-length 400 is a proxy's reset, not the server's verdict (protocol §7).
+            raise APIConnectionError(f"{what}: empty 400 response (connection reset by a proxy)")
+        raise error_from_response(response)
+
+    async def request_json(
+        self,
+        type_: type[T],
+        pool: PoolKind,
+        method: str,
+        path: str,
+        **kwargs: Any,
+    ) -> T:
+        """:meth:`request`, then decode the body as ``type_`` (ResponseValidationError on a bad body)."""
+        response = await self.request(pool, method, path, **kwargs)
+        return _types.decode(type_, response.content, request_id=response.headers.get("x-request-id"))
