@@ -354,6 +354,13 @@ def test_sdk_request_body_decodes_to_ours(name: str, sdk_request: Any, ours: Any
     assert tt.decode(type(ours), json.dumps(sdk_body(sdk_request)).encode()) == ours
 
 
+def test_none_inside_containers_is_kept_like_the_sdk() -> None:
+    # exclude_none drops None *fields*, not None values inside dicts and lists.
+    sdk_req = sdk.CreateSessionRequest(tags=[], user_metadata={"a": None, "n": {"x": None}}, sdk_version="v")
+    ours = tt.CreateSessionRequest(sdk_version="v", user_metadata={"a": None, "n": {"x": None}})
+    assert our_body(ours) == sdk_body(sdk_req)
+
+
 def test_finish_body_sends_null_detail() -> None:
     # The SDK posts {"reason": {"type": status}, "detail": detail} as a plain dict: detail=None goes out as null.
     assert our_body(tt.FinishSessionRequest.of("interrupted")) == {"reason": {"type": "interrupted"}, "detail": None}

@@ -105,6 +105,7 @@ from ._telemetry import (
     TelemetryBatch,
     TelemetryEvent,
     TelemetryResponse,
+    TelemetrySendRequest,
     UnhandledExceptionEvent,
 )
 from ._tensor import (
@@ -264,6 +265,7 @@ __all__ = [
     "TelemetryBatch",
     "TelemetryEvent",
     "TelemetryResponse",
+    "TelemetrySendRequest",
     "TensorData",
     "TensorDtype",
     "TinkerPath",

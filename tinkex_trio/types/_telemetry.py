@@ -16,6 +16,7 @@ __all__ = [
     "TelemetryBatch",
     "TelemetryEvent",
     "TelemetryResponse",
+    "TelemetrySendRequest",
     "UnhandledExceptionEvent",
 ]
 
@@ -87,6 +88,10 @@ class TelemetryBatch(WireStruct):
     sdk_version: str
     session_id: str
     process_uuid: str
+
+
+#: The official SDK's name for the same body.
+TelemetrySendRequest = TelemetryBatch
 
 
 class TelemetryResponse(WireStruct):
