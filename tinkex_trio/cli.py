@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from tinkex_trio._version import __version__
 
@@ -14,12 +15,49 @@ def _cmd_version(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    # The simulator is imported only here: `import tinkex_trio` (and `tinkex-trio version`) never loads it.
+    from tinkex_trio.sim._server import SimExtraMissingError, require_sim_extra, run_serve
+
+    try:
+        require_sim_extra(tls=args.tls)
+    except SimExtraMissingError as exc:
+        print(f"tinkex-trio serve: {exc}", file=sys.stderr)
+        return 1
+    return run_serve(
+        host=args.host,
+        port=args.port,
+        tls=args.tls,
+        ca_file=args.ca_file,
+        faults_path=args.faults,
+        seed=args.seed,
+        http2=args.http2,
+    )
+
+
+def _add_serve_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser("serve", help="run the simulated Tinker server (needs the sim extra)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to bind; 0 picks a free one (default 8000)")
+    p.add_argument("--tls", action="store_true", help="serve HTTPS with a certificate from a fresh private CA")
+    p.add_argument(
+        "--ca-file",
+        default="./tinkex-sim-ca.pem",
+        help="with --tls: where to write the CA certificate (default ./tinkex-sim-ca.pem)",
+    )
+    p.add_argument("--faults", metavar="FILE.toml", default=None, help="fault injection settings (TOML)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the simulator and of its injected faults")
+    p.add_argument("--no-http2", dest="http2", action="store_false", help="do not offer HTTP/2 over TLS")
+    p.set_defaults(func=_cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``tinkex-trio`` command."""
     parser = argparse.ArgumentParser(prog="tinkex-trio", description="Trio-native client for the Tinker API.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_version = sub.add_parser("version", help="print the version and exit")
     p_version.set_defaults(func=_cmd_version)
+    _add_serve_parser(sub)
     return parser
 
 

@@ -55,6 +55,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 API_PREFIX = "/api/v1/"
 HEARTBEAT_ENDPOINT = "session_heartbeat"
+NO_RESPONSE_KEY = "tinkex_sim.no_response"
+"""Scope key of an optional ``() -> None`` callback, called just before a connection is reset (for statistics)."""
 _DISCONNECT_WAIT_S = 10.0
 _FLUSH_WAIT_S = 5.0
 
@@ -631,6 +633,9 @@ class FaultMiddleware:
 
     async def _reset(self, scope: Scope, receive: Receive) -> None:
         client = _client_of(scope)
+        notify = scope.get(NO_RESPONSE_KEY)
+        if callable(notify):
+            notify()
         if self.connections is None or not self.connections.abort(client):
             raise SimulatedConnectionReset("simulated connection reset (no connection to reset)")
         # The server notices the closed socket and tells us; wait for that so nothing is answered on its behalf.

@@ -20,10 +20,12 @@ import shutil
 import socket as stdlib_socket
 import ssl
 import struct
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 import trio
 
 from tinkex_trio.sim._faults import (
+    NO_RESPONSE_KEY,
     ASGIApp,
     FaultConfig,
     FaultMiddleware,
@@ -46,11 +49,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SIM_EXTRA_HINT",
+    "SimExtraMissingError",
     "SimServer",
     "SimStats",
     "StatsMiddleware",
     "open_sim_server",
     "require_sim_extra",
+    "run_serve",
 ]
 
 SIM_EXTRA_HINT = "the simulated server needs hypercorn and trustme: pip install 'tinkex_trio[sim]'"
@@ -185,12 +190,20 @@ class StatsMiddleware:
                 stats.bytes_out += len(message.get("body", b""))
             await send(message)
 
+        def no_response() -> None:
+            # Called by the fault middleware just before it resets the connection, so the count is there
+            # by the time the client sees the reset.
+            nonlocal status
+            if status == 0:
+                status = -1
+                stats.requests[(endpoint, 0)] += 1
+
+        scope[NO_RESPONSE_KEY] = no_response
         stats.http_versions[str(scope.get("http_version", "?"))] += 1
         try:
             await self.app(scope, counting_receive, counting_send)
         finally:
-            if status == 0:
-                stats.requests[(endpoint, 0)] += 1
+            no_response()
 
 
 # -- connections --------------------------------------------------------------------------------------------------
@@ -724,3 +737,65 @@ def open_sim_server(
         keep_alive_timeout=keep_alive_timeout,
         backlog=backlog,
     )
+
+
+# -- `tinkex-trio serve` --------------------------------------------------------------------------------------------
+
+
+def _write_text(path: str, text: str) -> Path:
+    resolved = Path(path).resolve()
+    resolved.write_text(text)
+    return resolved
+
+
+async def _serve_forever(
+    *, host: str, port: int, tls: bool, ca_file: str, faults_path: str | None, seed: int | None, http2: bool
+) -> None:
+    from tinkex_trio.sim._config import SimConfig
+
+    config = SimConfig() if seed is None else SimConfig(seed=seed)
+    if faults_path is not None:
+        config.faults = FaultConfig.from_toml(faults_path)
+    if seed is not None:
+        config.faults.seed = seed
+    async with open_sim_server(config, tls=tls, host=host, port=port, http2=http2) as server:
+        print(f"tinkex-trio sim: serving on {server.base_url}", flush=True)
+        if server.ca_pem is not None:
+            ca_path = _write_text(ca_file, server.ca_pem.decode("ascii"))
+            print(f"tinkex-trio sim: CA certificate written to {ca_path} (SSL_CERT_FILE={ca_path})", flush=True)
+            print(server.ca_pem.decode("ascii"), end="", flush=True)
+        print("tinkex-trio sim: press Ctrl-C to stop", flush=True)
+        await trio.sleep_forever()
+
+
+def run_serve(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    tls: bool = False,
+    ca_file: str = "./tinkex-sim-ca.pem",
+    faults_path: str | None = None,
+    seed: int | None = None,
+    http2: bool = True,
+) -> int:
+    """The ``tinkex-trio serve`` command: serve until SIGINT (Ctrl-C), then stop cleanly and return 0."""
+    try:
+        trio.run(
+            partial(
+                _serve_forever,
+                host=host,
+                port=port,
+                tls=tls,
+                ca_file=ca_file,
+                faults_path=faults_path,
+                seed=seed,
+                http2=http2,
+            )
+        )
+    except KeyboardInterrupt:
+        print("tinkex-trio sim: stopped", flush=True)
+        return 0
+    except (OSError, ValueError) as exc:
+        print(f"tinkex-trio serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
