@@ -415,6 +415,7 @@ class SimApp:
             fail_future=faults.future_fails,
             forced_queue_state="paused_rate_limit" if faults.paused_rate_limit else None,
             max_retained=config.max_retained_futures,
+            max_retained_bytes=config.max_retained_bytes,
             threads=config.compute_in_threads,
         )
 
@@ -1148,6 +1149,7 @@ class SimApp:
         else:
             data = t.encode(result)
         record.extra[cache_key] = data
+        self.queue.account(record, len(data))
         return Response(200, data, PROTOBUF if is_proto else JSON)
 
     def _on_future_finished(self, record: FutureRecord) -> None:

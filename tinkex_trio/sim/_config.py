@@ -88,6 +88,8 @@ class SimConfig:
     """An ordered lane waiting this long for a missing ``seq_id`` skips it (``None`` → wait forever)."""
     max_retained_futures: int = 20_000
     """Finished futures kept for polling; older ones are forgotten (polling them answers 410)."""
+    max_retained_bytes: int = 512 * 1024 * 1024
+    """Also forget the oldest finished futures when their encoded results exceed this many bytes."""
     compute_in_threads: bool = True
     """Run the numpy work in worker threads. Turn off under ``MockClock(autojump_threshold=0)`` in tests."""
     owner: str = "sim-user"

@@ -84,6 +84,8 @@ class QueueSettings:
     """Decides whether a future fails with an injected server fault (overrides ``future_failure_rate``)."""
     forced_queue_state: QueueState | None = None
     max_retained: int = 20_000
+    max_retained_bytes: int = 512 * 1024 * 1024
+    """Finished futures are also forgotten (oldest first) when their recorded payload sizes exceed this."""
     threads: bool = True
     """Run threaded jobs in worker threads. Turn off under MockClock(autojump): trio cannot see a worker thread, so
     the clock would jump past every timeout while the thread computes."""
@@ -108,6 +110,8 @@ class FutureRecord:
     done: trio.Event = field(default_factory=trio.Event)
     extra: dict[str, Any] = field(default_factory=dict[str, Any])
     """Free-form data for the app (e.g. ``sample_sequence_ids``, ``model_id``, cached encodings)."""
+    nbytes: int = 0
+    """Bytes the app keeps for this record (see :meth:`FuturesQueue.account`)."""
 
     @property
     def finished(self) -> bool:
@@ -145,8 +149,8 @@ class FuturesQueue:
 
     def __init__(self, settings: Callable[[], QueueSettings], *, seed: int = 0) -> None:
         self._settings = settings
-        self._rng = random.Random(seed)
-        self._fault_rng = random.Random(seed + 1)
+        self._rng = random.Random(f"sim-queue/{seed}")
+        self._fault_rng = random.Random(f"sim-queue-faults/{seed}")
         self._records: OrderedDict[str, FutureRecord] = OrderedDict()
         self._lanes: dict[str, _Lane] = {}
         self._counter = 0
@@ -154,6 +158,7 @@ class FuturesQueue:
         self._completion_listeners: list[Callable[[FutureRecord], None]] = []
         self.completed_count = 0
         self.failed_count = 0
+        self.retained_bytes = 0
 
     # -- running ---------------------------------------------------------------------------------------------------
 
@@ -281,16 +286,26 @@ class FuturesQueue:
         self._evict()
         return record
 
+    def account(self, record: FutureRecord, nbytes: int) -> None:
+        """Record that the app now keeps ``nbytes`` more for ``record`` (e.g. an encoded result); may evict."""
+        record.nbytes += nbytes
+        if record.request_id in self._records:
+            self.retained_bytes += nbytes
+        self._evict()
+
     def _evict(self) -> None:
-        limit = max(self._settings().max_retained, 1)
-        if len(self._records) <= limit:
+        settings = self._settings()
+        limit = max(settings.max_retained, 1)
+        byte_limit = max(settings.max_retained_bytes, 0)
+        if len(self._records) <= limit and self.retained_bytes <= byte_limit:
             return
         for request_id in list(self._records):
-            if len(self._records) <= limit:
+            if len(self._records) <= limit and self.retained_bytes <= byte_limit:
                 break
             record = self._records[request_id]
             if record.finished:
                 del self._records[request_id]
+                self.retained_bytes -= record.nbytes
                 lane = self._lanes.get(record.lane_key)
                 if lane is not None and record.seq_id is not None and lane.seen.get(record.seq_id) == request_id:
                     del lane.seen[record.seq_id]
@@ -479,4 +494,7 @@ class FuturesQueue:
             self.failed_count += 1
         record.done.set()
         for listener in self._completion_listeners:
-            listener(record)
+            try:
+                listener(record)
+            except Exception:
+                logger.exception("sim: completion listener failed for %s", record.request_id)
