@@ -1,0 +1,369 @@
+"""SamplingClient: text generation and prompt scoring from a base model or saved weights (protocol §3.3, §7, §8).
+
+Made by the session (``await session.create_sampling_client(base_model=...)`` or ``model_path=...``) or by a
+training client (``await trainer.save_weights_and_get_sampling_client()``)::
+
+    res = await sampler.sample(prompt, num_samples=4, sampling_params=tx.SamplingParams(max_tokens=32))
+    lps = await sampler.compute_logprobs(prompt)      # one logprob per prompt token (None for the first)
+
+Each sample is one ``asample`` submission plus the polling of its future. Every submission attempt takes the next
+``seq_id`` of this client (0, 1, 2, …), with two exceptions that keep it:
+
+* **backpressure**: a 429 on the submission means "not now", not failure. The client waits (``Retry-After`` when the
+  server gives one within bounds, else 1 s) and re-submits with the *same* ``seq_id``; for the next 10 s it lets only
+  10 submissions of this client be in flight at once;
+* transport-level retries do not exist here: asample goes out once per attempt.
+
+Other retryable failures (connection errors and timeouts, 408/409/5xx, 429 from the poll, 410 for a future the server
+forgot) retry the *whole* sample with a new ``seq_id`` after ``min(0.5·2^(n−1), 10)`` s ± 25 %, within the limits of
+``config.retry`` (``max_retries`` retries, ``retry_budget_s`` seconds in all, backpressure waits included).
+"""
+
+# The underscore members of Session (_transport, _futures, _check_alive, the seq-id counters) are the internal
+# contract between the client modules (notes/CLIENT_CONTRACT.md), so this module uses them by design.
+# pyright: reportPrivateUsage=false
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import httpx
+import msgspec
+import trio
+
+from tinkex_trio import types
+from tinkex_trio._proto._codec import PROTOBUF_CONTENT_TYPE, decode_sample_response
+from tinkex_trio._retry import RetryPolicy, outcome_from_exception
+from tinkex_trio._telemetry import RETRY
+from tinkex_trio._transport import PoolKind
+from tinkex_trio.errors import APIStatusError, RateLimitError, ResponseValidationError
+
+if TYPE_CHECKING:
+    from tinkex_trio._session import Session
+
+__all__ = ["SamplingClient"]
+
+logger = logging.getLogger("tinkex_trio.sampling")
+
+_API = "/api/v1"
+_JSON = "application/json"
+_BACKPRESSURE_HEADER = {"X-Tinker-Sampling-Backpressure": "1"}
+
+#: Submissions of one client in flight at once (the official SDK's gate), and during a backpressure window.
+MAX_INFLIGHT_SUBMISSIONS = 400
+BACKPRESSURE_INFLIGHT_SUBMISSIONS = 10
+#: How long the reduced limit lasts after a 429, and the wait when the 429 gives no usable Retry-After.
+BACKPRESSURE_WINDOW_S = 10.0
+BACKPRESSURE_DEFAULT_WAIT_S = 1.0
+#: A hard bound on 429 rounds for one attempt (the retry budget normally ends them much earlier).
+_MAX_BACKPRESSURE_ROUNDS = 10_000
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The submission gate
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _SubmissionGate:
+    """Admits asample submissions: at most ``limit`` in flight, ``reduced`` for ``window_s`` after a 429.
+
+    The limit lives in a :class:`trio.CapacityLimiter` whose ``total_tokens`` is lowered on backpressure (tokens
+    already out stay out; no new ones are granted above the lower limit) and raised back lazily, at the first
+    admission or release after the window ended, which wakes any waiter.
+    """
+
+    def __init__(
+        self,
+        limit: int = MAX_INFLIGHT_SUBMISSIONS,
+        reduced: int = BACKPRESSURE_INFLIGHT_SUBMISSIONS,
+        window_s: float = BACKPRESSURE_WINDOW_S,
+    ) -> None:
+        self.limit = limit
+        self.reduced = min(reduced, limit)
+        self.window_s = window_s
+        self.limiter = trio.CapacityLimiter(limit)
+        self.backoff_until = -math.inf
+        self.reduced_until = -math.inf
+
+    def _restore(self) -> None:
+        if self.limiter.total_tokens != self.limit and trio.current_time() >= self.reduced_until:
+            self.limiter.total_tokens = self.limit
+
+    def backpressure(self, wait_s: float) -> None:
+        """A submission got a 429: hold every submission for ``wait_s`` s and reduce the limit for the window."""
+        now = trio.current_time()
+        self.backoff_until = max(self.backoff_until, now + wait_s)
+        self.reduced_until = now + self.window_s
+        self.limiter.total_tokens = self.reduced
+
+    async def wait_backoff(self) -> None:
+        """Sleep until the current backoff (if any) is over."""
+        for _ in range(_MAX_BACKPRESSURE_ROUNDS):  # bounded: each round sleeps to a deadline a later 429 may move
+            remaining = self.backoff_until - trio.current_time()
+            if remaining <= 0:
+                return
+            await trio.sleep(remaining)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncGenerator[None]:
+        """Hold one in-flight submission slot."""
+        self._restore()
+        async with self.limiter:
+            try:
+                yield
+            finally:
+                self._restore()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _sample_decoder(sequence_ids: Sequence[str]) -> _SampleDecoder:
+    return _SampleDecoder(list(sequence_ids))
+
+
+class _SampleDecoder:
+    """Decodes an asample result (protobuf, or JSON from a server that answers JSON) with the future's sequence ids."""
+
+    __slots__ = ("sequence_ids",)
+
+    def __init__(self, sequence_ids: list[str]) -> None:
+        self.sequence_ids = sequence_ids
+
+    def __call__(self, response: httpx.Response) -> types.SampleResponse:
+        request_id = response.headers.get("x-request-id")
+        if PROTOBUF_CONTENT_TYPE in response.headers.get("content-type", "").lower():
+            return decode_sample_response(response.content, self.sequence_ids)
+        result = types.decode(types.SampleResponse, response.content, request_id=request_id)
+        if len(result.sequences) != len(self.sequence_ids):
+            raise ResponseValidationError(
+                f"asample returned {len(result.sequences)} sequences for {len(self.sequence_ids)} sequence ids",
+                field="$.sequences",
+                body=response.content,
+                request_id=request_id,
+            )
+        sequences = [
+            seq if seq.sequence_id is not None else msgspec.structs.replace(seq, sequence_id=sid)
+            for seq, sid in zip(result.sequences, self.sequence_ids, strict=True)
+        ]
+        return msgspec.structs.replace(result, sequences=sequences)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The client
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class SamplingClient:
+    """Samples from one sampling session (a base model, a saved checkpoint, or a training model's snapshot).
+
+    Made by :meth:`Session.create_sampling_client` or :meth:`TrainingClient.save_weights_and_get_sampling_client`;
+    do not construct it directly. Safe to share between tasks: samples run concurrently.
+
+    Attributes:
+        sampling_session_id: the server's id of the sampling session, e.g. ``"<session_id>:sample:0"``.
+        base_model: the base model's name, when known.
+        model_path: the ``tinker://`` path of the weights sampled, for clients made from a checkpoint.
+    """
+
+    sampling_session_id: str
+    base_model: str | None
+    model_path: str | None
+
+    def __init__(
+        self,
+        session: Session,
+        sampling_session_id: str,
+        *,
+        base_model: str | None = None,
+        model_path: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._session = session
+        self.sampling_session_id = sampling_session_id
+        self.base_model = base_model
+        self.model_path = model_path
+        self._next_seq_id = 0
+        self._gate = _SubmissionGate()
+        self._rng = rng if rng is not None else random.Random()
+
+    def __repr__(self) -> str:
+        return f"<SamplingClient sampling_session_id={self.sampling_session_id!r}>"
+
+    @classmethod
+    async def _create(
+        cls,
+        session: Session,
+        *,
+        base_model: str | None = None,
+        model_path: str | None = None,
+        sampling_session_id: str | None = None,
+    ) -> SamplingClient:
+        """A client for an existing sampling session (``sampling_session_id``), or for a new one created with the
+        session's next ``sampling_session_seq_id`` from ``base_model`` or ``model_path``."""
+        session._check_alive()
+        if sampling_session_id is None:
+            if base_model is None and model_path is None:
+                raise ValueError("create_sampling_client needs a base_model or a model_path")
+            request = types.CreateSamplingSessionRequest(
+                session_id=session.session_id,
+                sampling_session_seq_id=session._next_sampling_session_seq_id(),
+                base_model=base_model,
+                model_path=model_path,
+            )
+            created = await session._transport.request_json(
+                types.CreateSamplingSessionResponse,
+                PoolKind.SESSION,
+                "POST",
+                f"{_API}/create_sampling_session",
+                json=request,
+                sdk_method="Session.create_sampling_client",
+            )
+            sampling_session_id = created.sampling_session_id
+        return cls(session, sampling_session_id, base_model=base_model, model_path=model_path)
+
+    # -- public API -----------------------------------------------------------------------------------------------
+
+    async def sample(
+        self,
+        prompt: types.ModelInput,
+        num_samples: int = 1,
+        sampling_params: types.SamplingParams | None = None,
+        *,
+        include_prompt_logprobs: bool = False,
+        topk_prompt_logprobs: int = 0,
+    ) -> types.SampleResponse:
+        """Generate ``num_samples`` continuations of ``prompt``.
+
+        Args:
+            prompt: the prompt tokens (``ModelInput.from_ints([...])``).
+            num_samples: how many independent samples to draw.
+            sampling_params: ``max_tokens``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``stop``; the
+                defaults when ``None``.
+            include_prompt_logprobs: also score the prompt: ``prompt_logprobs[i]`` is the logprob of prompt token
+                ``i`` (``None`` for the first, which has no context).
+            topk_prompt_logprobs: also return the ``k`` most likely tokens (``(token, logprob)`` pairs) at each prompt
+                position.
+
+        Returns the sequences (tokens, logprobs, stop reason, ``sequence_id``) and the prompt scores asked for.
+        Backpressure and transient failures are retried (see the module docstring); other errors are raised at once.
+        """
+        self._session._check_alive()
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        if topk_prompt_logprobs < 0:
+            raise ValueError(f"topk_prompt_logprobs must be >= 0, got {topk_prompt_logprobs}")
+        request = types.SampleRequest(
+            prompt=prompt,
+            sampling_params=sampling_params if sampling_params is not None else types.SamplingParams(),
+            num_samples=num_samples,
+            sampling_session_id=self.sampling_session_id,
+            prompt_logprobs=include_prompt_logprobs,
+            topk_prompt_logprobs=topk_prompt_logprobs,
+        )
+        return await self._sample_with_retries(request)
+
+    async def compute_logprobs(self, prompt: types.ModelInput) -> list[float | None]:
+        """The logprob of every prompt token given the tokens before it (``None`` for the first token)."""
+        response = await self.sample(
+            prompt, num_samples=1, sampling_params=types.SamplingParams(max_tokens=1), include_prompt_logprobs=True
+        )
+        if response.prompt_logprobs is None:
+            raise ResponseValidationError(
+                "asample answered without the prompt_logprobs asked for", field="$.prompt_logprobs"
+            )
+        return response.prompt_logprobs
+
+    # -- internals ------------------------------------------------------------------------------------------------
+
+    def _take_seq_id(self) -> int:
+        seq_id = self._next_seq_id
+        self._next_seq_id += 1
+        return seq_id
+
+    def _retry_delay(self, retry_number: int) -> float:
+        """``min(base·2^(n−1), max)`` ± jitter, capped at ``max`` (n = 1 for the first retry)."""
+        cfg = self._session.config.retry
+        base = min(cfg.base_delay_s * 2.0 ** min(retry_number - 1, 64), cfg.max_delay_s)
+        return max(0.0, min(base * (1.0 + cfg.jitter * self._rng.uniform(-1.0, 1.0)), cfg.max_delay_s))
+
+    async def _sample_with_retries(self, request: types.SampleRequest) -> types.SampleResponse:
+        session = self._session
+        cfg = session.config.retry
+        max_retries = 0 if session.client_config.sample_no_retries else cfg.max_retries
+        policy = RetryPolicy(cfg)
+        started = trio.current_time()
+        for attempt in range(max_retries + 1):
+            seq_id = self._take_seq_id()
+            try:
+                return await self._sample_once(msgspec.structs.replace(request, seq_id=seq_id), started)
+            except Exception as exc:
+                outcome = outcome_from_exception(exc)
+                if outcome is None:
+                    raise
+                retryable = policy.classify(outcome)[0] or (isinstance(exc, APIStatusError) and exc.status_code == 410)
+                if not retryable or attempt >= max_retries:
+                    raise
+                delay = self._retry_delay(attempt + 1)
+                if trio.current_time() - started + delay > cfg.retry_budget_s:
+                    raise
+                session.telemetry.emit(
+                    RETRY,
+                    {"delay_s": delay, "attempt": attempt + 1},
+                    {"method": "SamplingClient.sample", "error": type(exc).__name__, "seq_id": seq_id},
+                )
+                logger.debug("sample seq_id=%d failed (%s); retrying in %.3fs", seq_id, type(exc).__name__, delay)
+                await trio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
+
+    async def _sample_once(self, request: types.SampleRequest, started: float) -> types.SampleResponse:
+        """One attempt: submit (waiting out backpressure with the same seq_id), then wait for the future."""
+        session = self._session
+        reply = await self._submit(types.encode(request), started)
+        sequence_ids = reply.sample_sequence_ids
+        if sequence_ids is None:
+            raise ResponseValidationError(
+                "the asample future has no sample_sequence_ids", field="$.sample_sequence_ids"
+            )
+        future = session._futures.track(
+            reply, "Sample", _sample_decoder(sequence_ids), accept_proto=session.config.wire_format == "proto"
+        )
+        return await future.result()
+
+    async def _submit(self, body: bytes, started: float) -> types.UntypedAPIFuture:
+        session = self._session
+        budget = session.config.retry.retry_budget_s
+        max_wait = session.config.retry.retry_after_max_s
+        for _ in range(_MAX_BACKPRESSURE_ROUNDS):
+            await self._gate.wait_backoff()
+            async with self._gate.slot():
+                try:
+                    return await session._transport.request_json(
+                        types.UntypedAPIFuture,
+                        PoolKind.SAMPLING,
+                        "POST",
+                        f"{_API}/asample",
+                        content=body,
+                        content_type=_JSON,
+                        headers=_BACKPRESSURE_HEADER,
+                        retry=False,
+                        sdk_method="SamplingClient.sample",
+                    )
+                except RateLimitError as exc:
+                    wait = exc.retry_after
+                    if wait is None or not 0.0 <= wait <= max_wait:
+                        wait = BACKPRESSURE_DEFAULT_WAIT_S
+                    if trio.current_time() - started + wait > budget:
+                        raise
+                    self._gate.backpressure(wait)
+                    logger.debug("asample backpressure (429); re-submitting in %.3fs", wait)
+        raise RateLimitError(  # pragma: no cover - the budget ends the loop long before
+            "asample: too many backpressure rounds", status_code=429
+        )

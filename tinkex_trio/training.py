@@ -1,0 +1,616 @@
+"""TrainingClient: forward/backward passes, optimizer steps and checkpoints of one LoRA model (protocol §3.2, §8).
+
+A TrainingClient is made by the session (``await session.create_lora_training_client(...)`` or
+``await session.create_training_client_from_state(path)``) and lives as long as it::
+
+    out = await trainer.forward_backward(data, "cross_entropy")      # submit, then wait for the result
+    step = await trainer.optim_step(tx.AdamParams(learning_rate=1e-4))
+
+    fwd = await trainer.submit_forward_backward(data, "cross_entropy")  # returns once the server accepted it
+    opt = await trainer.submit_optim_step(adam)                         # pipelined behind it
+    out, step = await fwd.result(), await opt.result()
+
+Sequencing. Every operation on a model carries a ``seq_id`` (1, 2, 3, … per model; the model's creation is the
+implicit 0) and the server runs a model's operations in ``seq_id`` order. The client submits them strictly in that
+order: one submission at a time holds the client's turn (a FIFO lock), takes the next ids and returns the turn as
+soon as the server has *accepted* the request, not when its result is ready, so a forward_backward and the
+optim_step behind it are pipelined. Concurrent callers get increasing ids in the order they called. A caller
+cancelled while it waits for its turn takes no id; an id whose POST fails or is cancelled mid-flight is used up (the
+server may or may not have seen it, and never runs a later id twice).
+
+Chunking. forward / forward_backward split their data (``client_config.fwdbwd_max_chunk_len`` datums and
+``fwdbwd_max_chunk_bytes_count`` estimated bytes per chunk); each chunk gets its own ``seq_id`` and future, chunks are
+sent concurrently with the first chunk last when ``parallel_fwdbwd_chunks`` is on, and the results are combined
+(outputs concatenated in order, metrics merged by their ``name:reduction`` keys).
+
+Wire format. With ``config.wire_format == "proto"`` the forward_backward body is protobuf and results are asked for as
+protobuf (a JSON answer is still understood); with ``"json"`` both are JSON.
+"""
+
+# The underscore members of Session (_transport, _futures, _check_alive, the seq-id counters) are the internal
+# contract between the client modules (notes/CLIENT_CONTRACT.md), so this module uses them by design.
+# pyright: reportPrivateUsage=false
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import httpx
+import msgspec
+import trio
+
+from tinkex_trio import types
+from tinkex_trio._chunking import combine_metrics, estimate_datum_bytes, plan_chunks
+from tinkex_trio._proto._codec import (
+    PROTOBUF_CONTENT_TYPE,
+    decode_forward_backward_output,
+    encode_forward_backward_request,
+)
+from tinkex_trio._transport import PoolKind
+from tinkex_trio.errors import ResponseValidationError
+from tinkex_trio.sampling import SamplingClient
+
+if TYPE_CHECKING:
+    from tinkex_trio._futures import APIFuture
+    from tinkex_trio._session import Session
+
+__all__ = ["TrainingClient"]
+
+T = TypeVar("T")
+
+_API = "/api/v1"
+_JSON = "application/json"
+
+# Loss functions the server knows (spec §4); any other string is passed through for the server to judge.
+LossFn = types.LossFnType | str
+LossFnConfig = Mapping[str, float | str]
+#: One forward_backward_batch item: ``(data, loss_fn, loss_fn_config)``.
+FwdBwdItem = tuple[Sequence[types.Datum], LossFn, LossFnConfig | None]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Decoding results
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _is_protobuf(response: httpx.Response) -> bool:
+    return PROTOBUF_CONTENT_TYPE in response.headers.get("content-type", "").lower()
+
+
+def _request_id(response: httpx.Response) -> str | None:
+    return response.headers.get("x-request-id")
+
+
+def _json_decoder(type_: type[T]) -> Callable[[httpx.Response], T]:
+    """A future decoder for a result that is always JSON."""
+
+    def decode(response: httpx.Response) -> T:
+        return types.decode(type_, response.content, request_id=_request_id(response))
+
+    return decode
+
+
+def _decode_fwdbwd(response: httpx.Response) -> types.ForwardBackwardOutput:
+    """A forward / forward_backward result: protobuf when the server sent protobuf, else JSON."""
+    if _is_protobuf(response):
+        return decode_forward_backward_output(response.content)
+    return types.decode(types.ForwardBackwardOutput, response.content, request_id=_request_id(response))
+
+
+def combine_fwdbwd_outputs(
+    outputs: Sequence[types.ForwardBackwardOutput], datum_counts: Sequence[int]
+) -> types.ForwardBackwardOutput:
+    """Merge the per-chunk results of one forward / forward_backward call (protocol §8).
+
+    ``loss_fn_outputs`` are concatenated in chunk order, ``loss_fn_output_type`` is the first chunk's, and the metrics
+    are merged by :func:`~tinkex_trio._chunking.combine_metrics` weighted by ``datum_counts``. The combiner runs even
+    for one chunk (keys with an unknown reduction are dropped, as the official SDK does).
+    """
+    if not outputs:
+        raise ValueError("no chunk results to combine")
+    loss_fn_outputs: list[types.LossFnOutput] = []
+    for out in outputs:
+        loss_fn_outputs.extend(out.loss_fn_outputs)
+    metrics = combine_metrics([out.metrics for out in outputs], datum_counts)
+    return types.ForwardBackwardOutput(
+        loss_fn_output_type=outputs[0].loss_fn_output_type, loss_fn_outputs=loss_fn_outputs, metrics=metrics
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Chunk planning
+# --------------------------------------------------------------------------------------------------------------------
+
+_DTYPE_BYTES = {"float32": 4, "int64": 8}
+
+
+def _datum_bytes(datum: types.Datum) -> int:
+    """The official SDK's estimate of a datum's protobuf size (tokens, raw image/audio bytes, tensor bytes)."""
+    tokens = 0
+    raw = 0
+    for chunk in datum.model_input.chunks:
+        if isinstance(chunk, types.EncodedTextChunk):
+            tokens += len(chunk.tokens)
+        elif isinstance(chunk, types.ImageChunk):
+            raw += len(chunk.data)
+        elif isinstance(chunk, types.DmelChunk):
+            raw += len(chunk.dmel)
+        else:
+            raw += len(chunk.location)
+    tensor_bytes = 0
+    sparse_indices = 0
+    for td in datum.loss_fn_inputs.values():
+        tensor_bytes += len(td.data) * _DTYPE_BYTES.get(td.dtype, 8)
+        sparse_indices += len(td.sparse_crow_indices or ()) + len(td.sparse_col_indices or ())
+    return estimate_datum_bytes(
+        token_count=tokens, tensor_bytes=tensor_bytes, sparse_index_count=sparse_indices, raw_bytes=raw
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The client
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class TrainingClient:
+    """One trainable LoRA model on the Tinker service.
+
+    Made by :meth:`Session.create_lora_training_client` or :meth:`Session.create_training_client_from_state`; do not
+    construct it directly. Safe to share between tasks: submissions are ordered by a FIFO turn (see the module
+    docstring), and the results of concurrent calls are independent.
+
+    Attributes:
+        model_id: the server's id of the model (also the training run id), e.g. ``"<session_id>:train:0"``.
+    """
+
+    model_id: str
+
+    def __init__(
+        self,
+        session: Session,
+        model_id: str,
+        *,
+        model_seq_id: int,
+        info: types.GetInfoResponse | None = None,
+    ) -> None:
+        self._session = session
+        self.model_id = model_id
+        self._model_seq_id = model_seq_id
+        self._info = info
+        # The FIFO turn: whoever holds it takes the next seq_ids and submits; released once the POSTs returned.
+        self._turn = trio.StrictFIFOLock()
+        self._next_seq_id = 1  # seq 0 is the model's creation (create_model / create-via-load)
+
+    def __repr__(self) -> str:
+        return f"<TrainingClient model_id={self.model_id!r}>"
+
+    # -- creation -------------------------------------------------------------------------------------------------
+
+    @classmethod
+    async def _create_lora(
+        cls,
+        session: Session,
+        base_model: str,
+        rank: int,
+        *,
+        seed: int | None,
+        train_mlp: bool,
+        train_attn: bool,
+        train_unembed: bool,
+        user_metadata: Mapping[str, Any] | None,
+    ) -> TrainingClient:
+        """Create a LoRA model (create_model with the session's next ``model_seq_id``), wait for it, fetch its info."""
+        session._check_alive()
+        model_seq_id = session._next_model_seq_id()
+        request = types.CreateModelRequest(
+            session_id=session.session_id,
+            model_seq_id=model_seq_id,
+            base_model=base_model,
+            user_metadata=dict(user_metadata) if user_metadata is not None else None,
+            lora_config=types.LoraConfig(
+                rank=rank, seed=seed, train_unembed=train_unembed, train_mlp=train_mlp, train_attn=train_attn
+            ),
+            optimizer_config=types.AdamOptimizerConfig(),
+        )
+        reply, roundtrip = await _post_future(
+            session, "create_model", types.encode(request), _JSON, "Session.create_lora_training_client"
+        )
+        future = session._futures.track(
+            reply, "CreateModel", _json_decoder(types.CreateModelResponse), create_roundtrip_s=roundtrip
+        )
+        created = await future.result()
+        info = await _fetch_info(session, created.model_id)
+        return cls(session, created.model_id, model_seq_id=model_seq_id, info=info)
+
+    @classmethod
+    async def _create_from_state(
+        cls,
+        session: Session,
+        path: str,
+        *,
+        with_optimizer: bool,
+        user_metadata: Mapping[str, Any] | None,
+    ) -> TrainingClient:
+        """Create a model from a checkpoint (create-via-load: load_weights with session_id + model_seq_id).
+
+        The model id is ``"{session_id}:train:{model_seq_id}"``, as the official SDK builds it; the checkpoint gives
+        the base model and LoRA settings.
+        """
+        session._check_alive()
+        model_seq_id = session._next_model_seq_id()
+        model_id = f"{session.session_id}:train:{model_seq_id}"
+        request = types.LoadWeightsRequest(
+            path=path,
+            optimizer=with_optimizer,
+            session_id=session.session_id,
+            model_seq_id=model_seq_id,
+            user_metadata=dict(user_metadata) if user_metadata is not None else None,
+        )
+        reply, roundtrip = await _post_future(
+            session, "load_weights", types.encode(request), _JSON, "Session.create_training_client_from_state"
+        )
+        future = session._futures.track(
+            reply, "LoadWeights", _json_decoder(types.LoadWeightsResponse), create_roundtrip_s=roundtrip
+        )
+        loaded = await future.result()
+        if loaded.model_id is not None and loaded.model_id != model_id:
+            raise ResponseValidationError(
+                f"load_weights created model {loaded.model_id!r}, expected {model_id!r}", field="$.model_id"
+            )
+        info = await _fetch_info(session, model_id)
+        return cls(session, model_id, model_seq_id=model_seq_id, info=info)
+
+    # -- info -----------------------------------------------------------------------------------------------------
+
+    async def get_info(self) -> types.GetInfoResponse:
+        """The model's info (base model, LoRA rank, optimizer, tokenizer id), fetched once at creation and cached."""
+        self._session._check_alive()
+        if self._info is None:
+            self._info = await _fetch_info(self._session, self.model_id)
+        return self._info
+
+    # -- forward / backward ---------------------------------------------------------------------------------------
+
+    async def forward(
+        self, data: Sequence[types.Datum], loss_fn: LossFn, loss_fn_config: LossFnConfig | None = None
+    ) -> types.ForwardBackwardOutput:
+        """Run the loss on ``data`` without accumulating gradients, and wait for the result.
+
+        Returns the per-datum outputs (e.g. ``logprobs``) and the loss metrics (e.g. ``loss:sum``).
+        """
+        future = await self.submit_forward(data, loss_fn, loss_fn_config)
+        return await future.result()
+
+    async def forward_backward(
+        self, data: Sequence[types.Datum], loss_fn: LossFn, loss_fn_config: LossFnConfig | None = None
+    ) -> types.ForwardBackwardOutput:
+        """Run the loss on ``data`` and accumulate its gradients (applied by the next optim_step); wait for the result.
+
+        ``loss_fn`` is a built-in loss (``cross_entropy``, ``importance_sampling``, ``ppo``, ``cispo``, ``dro``, …);
+        ``loss_fn_config`` its parameters (e.g. ``{"clip_low_threshold": 0.8}``).
+        """
+        future = await self.submit_forward_backward(data, loss_fn, loss_fn_config)
+        return await future.result()
+
+    async def submit_forward(
+        self, data: Sequence[types.Datum], loss_fn: LossFn, loss_fn_config: LossFnConfig | None = None
+    ) -> APIFuture[types.ForwardBackwardOutput]:
+        """Submit a forward pass; return its future once the server accepted every chunk of it."""
+        return await self._submit_fwdbwd(data, loss_fn, loss_fn_config, forward_only=True)
+
+    async def submit_forward_backward(
+        self, data: Sequence[types.Datum], loss_fn: LossFn, loss_fn_config: LossFnConfig | None = None
+    ) -> APIFuture[types.ForwardBackwardOutput]:
+        """Submit a forward_backward pass; return its future once the server accepted every chunk of it.
+
+        Later submissions on this client are ordered after it, so an optim_step submitted next applies its gradients.
+        """
+        return await self._submit_fwdbwd(data, loss_fn, loss_fn_config, forward_only=False)
+
+    async def forward_backward_batch(self, items: Iterable[FwdBwdItem]) -> list[types.ForwardBackwardOutput]:
+        """Run several forward_backward calls, pipelined: submit them all in order, then wait for every result.
+
+        ``items`` holds ``(data, loss_fn, loss_fn_config)`` triples; the results come back in the same order.
+        """
+        self._session._check_alive()
+        futures = [await self.submit_forward_backward(data, loss_fn, config) for data, loss_fn, config in items]
+        return [await future.result() for future in futures]
+
+    async def _submit_fwdbwd(
+        self,
+        data: Sequence[types.Datum],
+        loss_fn: LossFn,
+        loss_fn_config: LossFnConfig | None,
+        *,
+        forward_only: bool,
+    ) -> APIFuture[types.ForwardBackwardOutput]:
+        session = self._session
+        session._check_alive()
+        data = list(data)
+        if not data:
+            raise ValueError("forward/forward_backward needs at least one Datum")
+        config = dict(loss_fn_config) if loss_fn_config is not None else None
+        client_config = session.client_config
+        chunks = plan_chunks(
+            [_datum_bytes(d) for d in data],
+            max(client_config.fwdbwd_max_chunk_len, 1),
+            max(client_config.fwdbwd_max_chunk_bytes_count, 1),
+        )
+        proto = session.config.wire_format == "proto"
+        request_type = "Forward" if forward_only else "ForwardBackward"
+        sdk_method = f"TrainingClient.{'forward' if forward_only else 'forward_backward'}"
+
+        async with self._turn:
+            # Encode every chunk before taking its id: data the wire cannot carry fails here and uses up no seq_id.
+            first = self._next_seq_id
+            bodies = [
+                self._fwdbwd_body(first + i, data[r.start : r.stop], loss_fn, config, forward_only, proto)
+                for i, r in enumerate(chunks)
+            ]
+            self._next_seq_id += len(bodies)
+            content_type = PROTOBUF_CONTENT_TYPE if proto else _JSON
+            replies: list[tuple[types.UntypedAPIFuture, float] | None] = [None] * len(bodies)
+
+            async def send(index: int) -> None:
+                replies[index] = await _post_future(
+                    session, "forward_backward", bodies[index], content_type, sdk_method
+                )
+
+            if client_config.parallel_fwdbwd_chunks and len(bodies) > 1:
+                # Chunks 2..n concurrently, then the first: the server holds the later ones until the first arrives,
+                # so it finds the whole call queued when it starts.
+                await _run_all(send, range(1, len(bodies)))
+                await send(0)
+            else:
+                for index in range(len(bodies)):
+                    await send(index)
+
+        futures: list[APIFuture[types.ForwardBackwardOutput]] = []
+        for submitted in replies:
+            assert submitted is not None  # every send returned (or the call raised above)
+            reply, roundtrip = submitted
+            futures.append(
+                session._futures.track(
+                    reply, request_type, _decode_fwdbwd, accept_proto=proto, create_roundtrip_s=roundtrip
+                )
+            )
+        counts = [len(r) for r in chunks]
+        return session._futures.combine(
+            futures, lambda outputs: combine_fwdbwd_outputs(outputs, counts), request_type=request_type
+        )
+
+    def _fwdbwd_body(
+        self,
+        seq_id: int,
+        data: Sequence[types.Datum],
+        loss_fn: LossFn,
+        config: dict[str, float | str] | None,
+        forward_only: bool,
+        proto: bool,
+    ) -> bytes:
+        if proto:
+            return encode_forward_backward_request(self.model_id, seq_id, data, loss_fn, config, forward_only)
+        request = types.ForwardBackwardRequest(
+            forward_backward_input=types.ForwardBackwardInput(
+                data=list(data), loss_fn=cast("types.LossFnType", loss_fn), loss_fn_config=config
+            ),
+            model_id=self.model_id,
+            seq_id=seq_id,
+            forward_only=True if forward_only else None,
+        )
+        return types.encode(request)
+
+    # -- optimizer ------------------------------------------------------------------------------------------------
+
+    async def optim_step(self, adam: types.AdamParams | types.DimuonParams) -> types.OptimStepResponse:
+        """Apply the accumulated gradients (AdamW with ``AdamParams``, Dimuon with ``DimuonParams``) and clear them.
+
+        The optimizer family is fixed when the model is created; the parameters must match it.
+        """
+        future = await self.submit_optim_step(adam)
+        return await future.result()
+
+    async def submit_optim_step(
+        self, adam: types.AdamParams | types.DimuonParams
+    ) -> APIFuture[types.OptimStepResponse]:
+        """Submit an optimizer step; return its future once the server accepted it."""
+        self._session._check_alive()
+        if isinstance(adam, types.DimuonParams):
+
+            def build(seq_id: int) -> types.OptimStepRequest:
+                return types.OptimStepRequest(model_id=self.model_id, seq_id=seq_id, optimizer_params=adam)
+        else:
+
+            def build(seq_id: int) -> types.OptimStepRequest:
+                return types.OptimStepRequest(model_id=self.model_id, seq_id=seq_id, adam_params=adam)
+
+        return await self._submit_sequenced(
+            "optim_step", build, "TrainingClient.optim_step", "OptimStep", types.OptimStepResponse
+        )
+
+    async def optim_step_batch(
+        self, params: Iterable[types.AdamParams | types.DimuonParams]
+    ) -> list[types.OptimStepResponse]:
+        """Run several optimizer steps, pipelined: submit them all in order, then wait for every result."""
+        self._session._check_alive()
+        futures = [await self.submit_optim_step(p) for p in params]
+        return [await future.result() for future in futures]
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+
+    async def save_state(self, name: str, *, ttl_seconds: int | None = None) -> str:
+        """Save the weights and optimizer state as checkpoint ``name``; return its tinker path.
+
+        The path is ``tinker://<model_id>/weights/<name>``; load it with :meth:`load_state` or
+        :meth:`Session.create_training_client_from_state`. ``ttl_seconds`` makes the checkpoint expire.
+        """
+        self._session._check_alive()
+
+        def build(seq_id: int) -> types.SaveWeightsRequest:
+            return types.SaveWeightsRequest(model_id=self.model_id, path=name, seq_id=seq_id, ttl_seconds=ttl_seconds)
+
+        future = await self._submit_sequenced(
+            "save_weights", build, "TrainingClient.save_state", "SaveWeights", types.SaveWeightsResponse
+        )
+        return (await future.result()).path
+
+    async def load_state(self, path: str, *, with_optimizer: bool = True) -> None:
+        """Load a checkpoint saved by :meth:`save_state` into this model (in place), in turn with other operations.
+
+        ``with_optimizer=False`` loads the weights only and keeps this model's optimizer state.
+        """
+        self._session._check_alive()
+
+        def build(seq_id: int) -> types.LoadWeightsRequest:
+            return types.LoadWeightsRequest(path=path, optimizer=with_optimizer, model_id=self.model_id, seq_id=seq_id)
+
+        future = await self._submit_sequenced(
+            "load_weights", build, "TrainingClient.load_state", "LoadWeights", types.LoadWeightsResponse
+        )
+        await future.result()
+
+    async def save_weights_for_sampler(self, name: str, *, ttl_seconds: int | None = None) -> str:
+        """Save the weights for sampling as ``name``; return the tinker path (``…/sampler_weights/<name>``).
+
+        Sample from it with ``session.create_sampling_client(model_path=path)``.
+        """
+        self._session._check_alive()
+
+        def build(seq_id: int) -> types.SaveWeightsForSamplerRequest:
+            return types.SaveWeightsForSamplerRequest(
+                model_id=self.model_id, path=name, seq_id=seq_id, ttl_seconds=ttl_seconds
+            )
+
+        future = await self._submit_sequenced(
+            "save_weights_for_sampler",
+            build,
+            "TrainingClient.save_weights_for_sampler",
+            "SaveWeightsForSampler",
+            types.SaveWeightsForSamplerResponse,
+        )
+        result = await future.result()
+        if result.path is None:
+            raise ResponseValidationError("save_weights_for_sampler answered without a path", field="$.path")
+        return result.path
+
+    async def save_weights_and_get_sampling_client(self, name: str | None = None) -> SamplingClient:
+        """Save the current weights and return a SamplingClient that samples from them.
+
+        Without ``name`` the save is ephemeral (no checkpoint is kept): the server creates the sampling session
+        directly. With ``name`` the weights are saved as a sampler checkpoint (see :meth:`save_weights_for_sampler`)
+        and the sampling client is created from its path.
+        """
+        session = self._session
+        session._check_alive()
+        if name is not None:
+            path = await self.save_weights_for_sampler(name)
+            return await SamplingClient._create(session, model_path=path)
+
+        def build(seq_id: int) -> types.SaveWeightsForSamplerRequest:
+            # Taken in turn, once per logical request: retries re-send the same body.
+            return types.SaveWeightsForSamplerRequest(
+                model_id=self.model_id,
+                seq_id=seq_id,
+                sampling_session_seq_id=session._next_sampling_session_seq_id(),
+                kind="snapshot",
+            )
+
+        future = await self._submit_sequenced(
+            "save_weights_for_sampler",
+            build,
+            "TrainingClient.save_weights_and_get_sampling_client",
+            "SaveWeightsForSampler",
+            types.SaveWeightsForSamplerResponse,
+        )
+        result = await future.result()
+        if result.sampling_session_id is None:
+            raise ResponseValidationError(
+                "save_weights_for_sampler answered without a sampling_session_id", field="$.sampling_session_id"
+            )
+        base_model = self._info.model_data.model_name if self._info is not None else None
+        return await SamplingClient._create(
+            session, base_model=base_model, sampling_session_id=result.sampling_session_id
+        )
+
+    # -- submission -----------------------------------------------------------------------------------------------
+
+    async def _submit_sequenced(
+        self,
+        endpoint: str,
+        build: Callable[[int], msgspec.Struct],
+        sdk_method: str,
+        request_type: str,
+        result_type: type[T],
+    ) -> APIFuture[T]:
+        """Take the turn and the next seq_id, POST the request built for it, release the turn once it is accepted."""
+        async with self._turn:
+            body = types.encode(build(self._next_seq_id))
+            self._next_seq_id += 1
+            reply, roundtrip = await _post_future(self._session, endpoint, body, _JSON, sdk_method)
+        return self._session._futures.track(
+            reply, request_type, _json_decoder(result_type), create_roundtrip_s=roundtrip
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+async def _post_future(
+    session: Session, endpoint: str, body: bytes, content_type: str, sdk_method: str
+) -> tuple[types.UntypedAPIFuture, float]:
+    """POST a future-returning request on the training pool; return the future reply and the round trip (s).
+
+    The transport retries it per the policy, with one idempotency key for every attempt (and the same seq_id).
+    """
+    started = trio.current_time()
+    reply = await session._transport.request_json(
+        types.UntypedAPIFuture,
+        PoolKind.TRAINING,
+        "POST",
+        f"{_API}/{endpoint}",
+        content=body,
+        content_type=content_type,
+        sdk_method=sdk_method,
+    )
+    return reply, trio.current_time() - started
+
+
+async def _fetch_info(session: Session, model_id: str) -> types.GetInfoResponse:
+    """get_info (direct answer), with ``model_data.tokenizer_id`` cut at its first ``:`` as the official SDK does."""
+    info = await session._transport.request_json(
+        types.GetInfoResponse,
+        PoolKind.TRAINING,
+        "POST",
+        f"{_API}/get_info",
+        json=types.GetInfoRequest(model_id=model_id),
+        sdk_method="TrainingClient.get_info",
+    )
+    tokenizer_id = info.model_data.tokenizer_id
+    if tokenizer_id and ":" in tokenizer_id:
+        model_data = msgspec.structs.replace(info.model_data, tokenizer_id=tokenizer_id.split(":", 1)[0])
+        info = msgspec.structs.replace(info, model_data=model_data)
+    return info
+
+
+async def _run_all(send: Callable[[int], Any], indices: Iterable[int]) -> None:
+    """Run ``send(i)`` for every index concurrently; re-raise the first failure (by index) as itself.
+
+    Every send runs to its end even when another fails: a POST cut off halfway would leave the server unsure whether
+    it saw the request. Cancellation of the caller still cancels them all.
+    """
+    errors: dict[int, Exception] = {}
+
+    async def one(index: int) -> None:
+        try:
+            await send(index)
+        except Exception as exc:
+            errors[index] = exc
+
+    async with trio.open_nursery() as nursery:
+        for index in indices:
+            nursery.start_soon(one, index)
+    if errors:
+        raise errors[min(errors)]
