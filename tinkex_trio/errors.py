@@ -25,6 +25,7 @@ anything that looks like a Tinker credential before they are stored.
     ├── RequestFailedError                 a future that failed (category user/server/unknown)
     ├── CircuitOpenError                   the breaker is open: failing fast
     ├── SessionExpiredError                the server forgot the session (410 on heartbeat)
+    ├── SessionClosedError                 the session's ``async with`` block has ended
     └── ConfigError                        bad configuration, raised before any request
 """
 
@@ -54,6 +55,7 @@ __all__ = [
     "RequestErrorCategory",
     "RequestFailedError",
     "ResponseValidationError",
+    "SessionClosedError",
     "SessionExpiredError",
     "TinkexError",
     "UnprocessableEntityError",
@@ -296,3 +298,8 @@ class CircuitOpenError(TinkexError):
 
 class SessionExpiredError(TinkexError):
     """The server no longer knows this session (it answered 410 to a heartbeat). Open a new session."""
+
+
+class SessionClosedError(TinkexError):
+    """The session is closed (its ``async with`` block has ended, or is ending): a call was made on it afterwards,
+    or a future was still pending when it closed. Futures never outlive their session."""

@@ -1,0 +1,585 @@
+"""Futures (protocol §6): :class:`APIFuture` and the :class:`FutureManager` that long-polls ``retrieve_future``.
+
+A future-returning call (create_model, forward_backward, optim_step, the saves, load_weights, asample) is answered
+with an ``UntypedAPIFuture`` ``{request_id, ...}``; the result is fetched by polling. The client module hands that
+reply to :meth:`FutureManager.track`, which starts one poll task in the session's nursery *at once*, so pipelined
+work makes progress whether or not anyone awaits it::
+
+    reply = await transport.request_json(types.UntypedAPIFuture, PoolKind.TRAINING, "POST", "/api/v1/optim_step", ...)
+    fut = session._futures.track(reply, "OptimStep", decode_optim_step)
+    ...
+    step = await fut.result()            # waits on an Event; cancelling this wait never stops the poll
+
+What the poll does with each answer (protocol §6, checked in this order):
+
+==========================================  ========================================================================
+200, ``application/x-protobuf``             decode (the decoder gets the response)
+200 ``{"type": "try_again", ...}``          re-poll at once (the server long-polls); a new ``queue_state`` is
+                                            published as ``tinkex.future.queue_state`` telemetry
+200 ``{"status": "complete_metadata"}``     re-poll once with ``allow_metadata_only: false``
+200 ``{"error": ..., "category": ...}``     fail with :class:`~tinkex_trio.errors.RequestFailedError`
+200, any other JSON                         decode
+408 / 5xx                                   re-poll after :func:`~tinkex_trio._retry.poll_error_backoff` (short,
+                                            jittered, growing: never a tight loop)
+429, connection error, timeout              re-poll after :func:`~tinkex_trio._retry.poll_backoff` (``min(2^n, 30)``
+                                            s, at least a 429's ``Retry-After``); ``n`` counts these in a row
+400                                         up to 3 re-polls in a row, then fail with the BadRequestError
+402                                         re-poll every 5 s while the billing pause allows, then fail
+410                                         fail with :class:`~tinkex_trio.errors.GoneError` (the sampler re-submits)
+other 4xx                                   fail with the status's error
+a body that cannot be read or decoded       up to 3 re-polls (after a short backoff), then
+                                            :class:`~tinkex_trio.errors.ResponseValidationError`
+==========================================  ========================================================================
+
+Polling has no overall deadline (``result(timeout)`` limits only the wait); it ends with the future's outcome, or with
+the session: :meth:`FutureManager.aclose` fails every pending future with
+:class:`~tinkex_trio.errors.SessionClosedError`. Cancellation is never turned into a future's failure except there.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, Final, Generic, TypeAlias, TypeVar
+
+import httpx
+import msgspec
+import trio
+
+from tinkex_trio import types as _types
+from tinkex_trio._proto._codec import PROTOBUF_CONTENT_TYPE
+from tinkex_trio._retry import poll_backoff, poll_error_backoff
+from tinkex_trio._telemetry import FUTURE_QUEUE_STATE, TelemetryBus
+from tinkex_trio._transport import PoolKind, Transport
+from tinkex_trio.errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    RequestFailedError,
+    ResponseValidationError,
+    SessionClosedError,
+    TinkexError,
+)
+
+__all__ = [
+    "BILLING_RETRY_DELAY_S",
+    "MAX_BAD_REPLY_RETRIES",
+    "MAX_BAD_REQUEST_RETRIES",
+    "RETRIEVE_FUTURE_PATH",
+    "TRY_AGAIN_MIN_INTERVAL_S",
+    "APIFuture",
+    "FutureDecoder",
+    "FutureManager",
+]
+
+logger = logging.getLogger("tinkex_trio.futures")
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+FutureDecoder: TypeAlias = Callable[[httpx.Response], T]
+"""Turns the final 200 response of a poll (protobuf or JSON) into the result; raises on a bad body."""
+
+RETRIEVE_FUTURE_PATH: Final = "/api/v1/retrieve_future"
+MAX_BAD_REQUEST_RETRIES: Final = 3
+"""400 answers re-polled in a row before the future fails (as the official SDK)."""
+MAX_BAD_REPLY_RETRIES: Final = 3
+"""Unreadable 200 answers (not JSON, wrong schema, undecodable protobuf) re-polled in a row before failing."""
+BILLING_RETRY_DELAY_S: Final = 5.0
+"""Wait between polls answered 402, while the billing pause lasts."""
+TRY_AGAIN_MIN_INTERVAL_S: Final = 0.05
+"""A ``try_again`` is re-polled at once, but no sooner than this after the previous poll was sent: a server that
+answers without long-polling gets at most 20 polls a second per future, not a tight loop."""
+
+_PROTO_REQUEST_TYPES: Final = frozenset({"Sample", "ForwardBackward", "Forward"})
+
+
+class _Pending:
+    """Sentinel for "no result yet"."""
+
+    __slots__ = ()
+
+
+_PENDING: Final = _Pending()
+
+
+class _RetryNow:
+    """Sentinel for "re-poll at once" (try_again, complete_metadata)."""
+
+    __slots__ = ()
+
+
+_RETRY_NOW: Final = _RetryNow()
+
+
+class APIFuture(Generic[T]):
+    """The eventual result of a request the server runs in the background.
+
+    The session polls for it as soon as it exists; :meth:`result` only waits. A future never outlives its session:
+    one still pending when the session closes fails with :class:`~tinkex_trio.errors.SessionClosedError`.
+    ``await fut`` is ``await fut.result()``.
+
+    Attributes:
+        request_id: the server's id for the request.
+        request_type: what kind of request it is (``"ForwardBackward"``, ``"Sample"``, ...).
+        model_id: the model the request belongs to, when the server said so.
+        sample_sequence_ids: for a sample: one id per sequence, in order.
+    """
+
+    __slots__ = ("_error", "_event", "_value", "model_id", "request_id", "request_type", "sample_sequence_ids")
+
+    def __init__(
+        self,
+        request_id: str,
+        request_type: str,
+        *,
+        model_id: str | None = None,
+        sample_sequence_ids: Sequence[str] | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.request_type = request_type
+        self.model_id = model_id
+        self.sample_sequence_ids: list[str] | None = list(sample_sequence_ids) if sample_sequence_ids else None
+        self._event = trio.Event()
+        self._value: T | _Pending = _PENDING
+        self._error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        if not self._event.is_set():
+            state = "pending"
+        elif self._error is not None:
+            state = f"failed: {type(self._error).__name__}"
+        else:
+            state = "done"
+        return f"<APIFuture {self.request_type} request_id={self.request_id!r} {state}>"
+
+    def done(self) -> bool:
+        """Whether the outcome (a result or an error) is known."""
+        return self._event.is_set()
+
+    def exception(self) -> BaseException | None:
+        """The error the future failed with; ``None`` if it succeeded. Raises RuntimeError while it is pending."""
+        if not self._event.is_set():
+            raise RuntimeError(f"future {self.request_id!r} is still pending")
+        return self._error
+
+    async def result(self, timeout: float | None = None) -> T:
+        """Wait for the result and return it, or raise the error the future failed with.
+
+        ``timeout`` (seconds) limits only this wait: past it, :class:`~tinkex_trio.errors.APITimeoutError` is raised
+        and the poll goes on (call ``result()`` again later). Cancelling the waiting task cancels only the wait.
+        """
+        if not self._event.is_set():
+            if timeout is None:
+                await self._event.wait()
+            else:
+                with trio.move_on_after(timeout):
+                    await self._event.wait()
+                if not self._event.is_set():
+                    raise APITimeoutError(
+                        f"timed out after {timeout:g} s waiting for the result of {self.request_type} request "
+                        f"{self.request_id!r} (it is still being polled)",
+                        request_id=self.request_id,
+                    )
+        else:
+            await trio.lowlevel.checkpoint()
+        if self._error is not None:
+            raise self._error
+        value = self._value
+        assert not isinstance(value, _Pending)
+        return value
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self.result().__await__()
+
+    # -- completion (package-internal) ---------------------------------------------------------------------------
+
+    def _set_result(self, value: T) -> bool:
+        """Resolve with ``value``; ignored (returns False) if the outcome is already known."""
+        if self._event.is_set():
+            return False
+        self._value = value
+        self._event.set()
+        return True
+
+    def _set_exception(self, error: BaseException) -> bool:
+        """Fail with ``error``; ignored (returns False) if the outcome is already known."""
+        if self._event.is_set():
+            return False
+        self._error = error
+        self._event.set()
+        return True
+
+
+class _PollState:
+    """Counters of one future's poll loop."""
+
+    __slots__ = (
+        "allow_metadata_only",
+        "bad_replies",
+        "bad_requests",
+        "billing_since",
+        "connection_errors",
+        "iteration",
+        "queue_state",
+        "server_errors",
+    )
+
+    def __init__(self) -> None:
+        self.iteration = 0  # X-Tinker-Request-Iteration
+        self.allow_metadata_only = True
+        self.connection_errors = 0  # 429 / connection errors / timeouts in a row: poll_backoff's n
+        self.server_errors = 0  # 408 / 5xx in a row: poll_error_backoff's n
+        self.bad_requests = 0  # 400s in a row
+        self.bad_replies = 0  # unreadable 200s in a row
+        self.billing_since: float | None = None  # start of a run of 402s
+        self.queue_state: str | None = None  # last queue_state seen
+
+
+class FutureManager:
+    """Polls ``retrieve_future`` for every tracked future, in tasks of the session's nursery.
+
+    Args:
+        transport: sends the polls (``PoolKind.FUTURES``, one attempt each: polling has its own retry policy).
+        nursery: where the poll tasks run (the session's).
+        telemetry: receives ``tinkex.future.queue_state`` events (default: the transport's bus).
+        poll_timeout_s: per-poll timeout (default ``config.timeouts.retrieve_future_s``).
+        billing_pause_s: how long 402 answers are waited out (``billing_exception_max_pause_duration_sec``).
+        rng: jitter for the error backoff (seed it in tests).
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        nursery: trio.Nursery,
+        telemetry: TelemetryBus | None = None,
+        *,
+        poll_timeout_s: float | None = None,
+        billing_pause_s: float = 3600.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._transport = transport
+        self._nursery = nursery
+        self._telemetry = telemetry if telemetry is not None else transport.telemetry
+        config = transport.config
+        self._poll_timeout_s = poll_timeout_s if poll_timeout_s is not None else config.timeouts.retrieve_future_s
+        self._retry_after_max_s = config.retry.retry_after_max_s
+        self._billing_pause_s = billing_pause_s
+        self._rng = rng if rng is not None else random.Random()
+        self._pending: dict[APIFuture[Any], trio.CancelScope] = {}
+        self._running = 0
+        self._all_stopped: trio.Event | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def pending_count(self) -> int:
+        """Futures whose outcome is not known yet."""
+        return len(self._pending)
+
+    # -- tracking ------------------------------------------------------------------------------------------------
+
+    def track(
+        self,
+        future_reply: _types.UntypedAPIFuture,
+        request_type: str,
+        decode: FutureDecoder[T],
+        *,
+        accept_proto: bool = False,
+        create_roundtrip_s: float | None = None,
+    ) -> APIFuture[T]:
+        """Start polling for ``future_reply`` now; return its :class:`APIFuture`.
+
+        ``request_type`` goes in ``X-Tinker-Request-Type``. ``accept_proto`` asks for a protobuf result (only for
+        ``Sample``, ``ForwardBackward`` and ``Forward``). ``create_roundtrip_s``, the submission's round trip, is
+        reported on the first poll (``X-Tinker-Create-Promise-Roundtrip-Time``). Raises SessionClosedError once the
+        session is closing.
+        """
+        if accept_proto and request_type not in _PROTO_REQUEST_TYPES:
+            raise ValueError(f"a protobuf result exists only for {sorted(_PROTO_REQUEST_TYPES)}, not {request_type!r}")
+        self._check_open(future_reply.request_id)
+        fut: APIFuture[T] = APIFuture(
+            future_reply.request_id,
+            request_type,
+            model_id=future_reply.model_id,
+            sample_sequence_ids=future_reply.sample_sequence_ids,
+        )
+        self._start(fut, self._poll, fut, decode, accept_proto, create_roundtrip_s)
+        return fut
+
+    def combine(
+        self,
+        futures: Sequence[APIFuture[T]],
+        combine: Callable[[list[T]], U],
+        *,
+        request_id: str | None = None,
+        request_type: str | None = None,
+    ) -> APIFuture[U]:
+        """One future for several (e.g. the chunks of one forward_backward): ``combine(results)``, in order.
+
+        It fails with the first failure in order; an exception from ``combine`` itself becomes a
+        ResponseValidationError (the results did not fit together). The inputs keep being polled either way.
+        """
+        if not futures:
+            raise ValueError("combine() needs at least one future")
+        rid = request_id if request_id is not None else "+".join(f.request_id for f in futures)
+        self._check_open(rid)
+        out: APIFuture[U] = APIFuture(
+            rid,
+            request_type if request_type is not None else futures[0].request_type,
+            model_id=futures[0].model_id,
+        )
+        self._start(out, self._gather, out, list(futures), combine)
+        return out
+
+    def _check_open(self, request_id: str) -> None:
+        if self._closed:
+            raise SessionClosedError(f"the session is closed: request {request_id!r} cannot be tracked")
+
+    def _start(self, fut: APIFuture[Any], body: Callable[..., Any], *args: Any) -> None:
+        scope = trio.CancelScope()
+        self._pending[fut] = scope
+        self._running += 1
+        self._nursery.start_soon(self._run, fut, scope, body, args, name=f"tinkex_trio.future:{fut.request_id}")
+
+    async def _run(
+        self, fut: APIFuture[Any], scope: trio.CancelScope, body: Callable[..., Any], args: tuple[Any, ...]
+    ) -> None:
+        try:
+            with scope:
+                try:
+                    value = await body(*args)
+                except TinkexError as exc:
+                    fut._set_exception(exc)  # pyright: ignore[reportPrivateUsage]
+                except trio.Cancelled:
+                    # Only the session closing cancels a poll (its nursery, or aclose()).
+                    fut._set_exception(self._closed_error(fut))  # pyright: ignore[reportPrivateUsage]
+                    raise
+                except BaseException as exc:
+                    # A bug (or KeyboardInterrupt): the future cannot complete; the session will see the exception.
+                    fut._set_exception(  # pyright: ignore[reportPrivateUsage]
+                        TinkexError(f"polling {fut.request_type} request {fut.request_id!r} failed: {exc!r}")
+                    )
+                    raise
+                else:
+                    fut._set_result(value)  # pyright: ignore[reportPrivateUsage]
+        finally:
+            self._pending.pop(fut, None)
+            self._running -= 1
+            if self._running == 0 and self._all_stopped is not None:
+                self._all_stopped.set()
+
+    @staticmethod
+    def _closed_error(fut: APIFuture[Any]) -> SessionClosedError:
+        return SessionClosedError(
+            f"the session closed while {fut.request_type} request {fut.request_id!r} was pending; "
+            "its result is lost (futures never outlive their session)"
+        )
+
+    async def aclose(self) -> None:
+        """Fail every pending future with SessionClosedError, stop their polls, and wait until they have stopped.
+
+        Idempotent. Later :meth:`track` calls raise SessionClosedError.
+        """
+        self._closed = True
+        for fut, scope in list(self._pending.items()):
+            fut._set_exception(self._closed_error(fut))  # pyright: ignore[reportPrivateUsage]
+            scope.cancel()
+        if self._running:
+            self._all_stopped = trio.Event()
+            with trio.CancelScope(shield=True):
+                await self._all_stopped.wait()
+
+    # -- the poll loop -------------------------------------------------------------------------------------------
+
+    async def _gather(self, futures: list[APIFuture[T]], combine: Callable[[list[T]], U]) -> U:
+        results = [await f.result() for f in futures]
+        try:
+            return combine(results)
+        except TinkexError:
+            raise
+        except Exception as exc:
+            raise ResponseValidationError(f"the results could not be combined: {exc!r}") from exc
+
+    @staticmethod
+    def _headers(fut: APIFuture[Any], state: _PollState, roundtrip: float | None) -> dict[str, str]:
+        headers = {
+            "X-Tinker-Request-Iteration": str(state.iteration),
+            "X-Tinker-Request-Type": fut.request_type,
+        }
+        if state.iteration == 0 and roundtrip is not None:
+            headers["X-Tinker-Create-Promise-Roundtrip-Time"] = repr(float(roundtrip))
+        return headers
+
+    async def _poll(
+        self,
+        fut: APIFuture[T],
+        decode: FutureDecoder[T],
+        accept_proto: bool,
+        roundtrip: float | None,
+    ) -> T:
+        """Poll until the future has an outcome: return the result or raise a TinkexError."""
+        state = _PollState()
+        rid = fut.request_id
+        accept = PROTOBUF_CONTENT_TYPE if accept_proto else "application/json"
+        # Bounded: every pass returns, raises, or waits (the server's long poll, a backoff, or the try_again minimum
+        # interval); the 400, 402 and bad-reply re-polls are capped. Polling has no overall deadline (protocol §6):
+        # it ends with the future's outcome or with the session (cancellation).
+        while True:
+            sent_at = trio.current_time()
+            headers = self._headers(fut, state, roundtrip)
+            state.iteration += 1
+            try:
+                response = await self._transport.request(
+                    PoolKind.FUTURES,
+                    "POST",
+                    RETRIEVE_FUTURE_PATH,
+                    json=_types.FutureRetrieveRequest(request_id=rid, allow_metadata_only=state.allow_metadata_only),
+                    accept=accept,
+                    headers=headers,
+                    timeout=self._poll_timeout_s,
+                    retry=False,
+                )
+            except APIStatusError as exc:
+                await self._on_status_error(fut, state, exc)
+                continue
+            except APIConnectionError as exc:
+                delay = poll_backoff(state.connection_errors)
+                state.connection_errors += 1
+                logger.debug("poll of %s: %s; re-polling in %.1f s", rid, type(exc).__name__, delay)
+                await trio.sleep(delay)
+                continue
+
+            # Any 2xx resets the error counters.
+            state.connection_errors = state.server_errors = state.bad_requests = 0
+            state.billing_since = None
+            if PROTOBUF_CONTENT_TYPE in response.headers.get("content-type", ""):
+                outcome = self._decode(fut, decode, response)
+            else:
+                outcome = self._classify(fut, state, decode, response)
+            if isinstance(outcome, _RetryNow):
+                # try_again or complete_metadata: re-poll at once (but never in a tight loop).
+                await trio.sleep_until(sent_at + TRY_AGAIN_MIN_INTERVAL_S)
+                continue
+            if isinstance(outcome, ResponseValidationError):
+                state.bad_replies += 1
+                if state.bad_replies > MAX_BAD_REPLY_RETRIES:
+                    raise outcome
+                delay = poll_error_backoff(state.bad_replies - 1, self._rng)
+                logger.debug("poll of %s: unreadable answer (%s); re-polling in %.2f s", rid, outcome, delay)
+                await trio.sleep(delay)
+                continue
+            return outcome
+
+    def _classify(
+        self, fut: APIFuture[T], state: _PollState, decode: FutureDecoder[T], response: httpx.Response
+    ) -> T | _RetryNow | ResponseValidationError:
+        rid = fut.request_id
+        try:
+            reply = _types.parse_future_reply(response.content, msgspec.Raw, request_id=rid)
+        except ResponseValidationError as exc:
+            return exc
+        if isinstance(reply, _types.TryAgainResponse):
+            self._queue_state(fut, state, reply.queue_state, reply.queue_state_reason)
+            return _RETRY_NOW
+        if isinstance(reply, _types.FutureCompleteMetadata):
+            if not state.allow_metadata_only:
+                return ResponseValidationError(
+                    f"retrieve_future answered complete_metadata to a full poll of {rid!r}",
+                    body=response.content,
+                    request_id=rid,
+                )
+            # Protocol §6: the SDK reserves response_payload_size bytes of its in-flight budget here.
+            # TODO(batching/metrics issues): an in-flight response-bytes limiter would hook in here.
+            state.allow_metadata_only = False
+            return _RETRY_NOW
+        if isinstance(reply, _types.RequestFailedResponse):
+            raise RequestFailedError(
+                f"{fut.request_type} request {rid!r} failed ({reply.category.value}): {reply.error}",
+                request_id=rid,
+                category=reply.category,
+            )
+        return self._decode(fut, decode, response)
+
+    @staticmethod
+    def _decode(fut: APIFuture[T], decode: FutureDecoder[T], response: httpx.Response) -> T | ResponseValidationError:
+        try:
+            return decode(response)
+        except ResponseValidationError as exc:
+            return exc
+        except Exception as exc:
+            error = ResponseValidationError(
+                f"could not decode the result of {fut.request_type} request {fut.request_id!r}: {exc!r}",
+                body=response.content,
+                request_id=fut.request_id,
+            )
+            error.__cause__ = exc
+            return error
+
+    def _queue_state(self, fut: APIFuture[Any], state: _PollState, queue_state: str, reason: str | None) -> None:
+        if queue_state == state.queue_state:
+            return
+        previous, state.queue_state = state.queue_state, queue_state
+        if queue_state != "active":
+            logger.info("%s request %s is queued: %s (%s)", fut.request_type, fut.request_id, queue_state, reason)
+        self._telemetry.emit(
+            FUTURE_QUEUE_STATE,
+            {"iteration": state.iteration},
+            {
+                "request_id": fut.request_id,
+                "request_type": fut.request_type,
+                "queue_state": queue_state,
+                "queue_state_reason": reason,
+                "previous_queue_state": previous,
+            },
+        )
+
+    async def _on_status_error(self, fut: APIFuture[Any], state: _PollState, exc: APIStatusError) -> None:
+        """Wait as the status says, or raise the error that fails the future."""
+        status = exc.status_code
+        rid = fut.request_id
+        if status == 429:
+            delay = poll_backoff(state.connection_errors)
+            state.connection_errors += 1
+            if exc.retry_after is not None and 0.0 <= exc.retry_after <= self._retry_after_max_s:
+                delay = max(delay, exc.retry_after)
+            logger.debug("poll of %s: 429; re-polling in %.1f s", rid, delay)
+            await trio.sleep(delay)
+            return
+        state.connection_errors = 0  # any other HTTP answer resets the connection backoff
+        if status == 408 or status >= 500:
+            body = exc.body
+            if status == 408 and isinstance(body, dict):
+                fields: dict[str, Any] = body  # pyright: ignore[reportUnknownVariableType]
+                queue_state, reason = fields.get("queue_state"), fields.get("queue_state_reason")
+                if isinstance(queue_state, str):
+                    self._queue_state(fut, state, queue_state, reason if isinstance(reason, str) else None)
+            state.bad_requests = 0
+            delay = poll_error_backoff(state.server_errors, self._rng)
+            state.server_errors += 1
+            logger.debug("poll of %s: %d; re-polling in %.2f s", rid, status, delay)
+            await trio.sleep(delay)
+            return
+        state.server_errors = 0
+        if status == 400:
+            state.bad_requests += 1
+            if state.bad_requests <= MAX_BAD_REQUEST_RETRIES:
+                logger.debug("poll of %s: 400 (%d in a row); re-polling", rid, state.bad_requests)
+                await trio.lowlevel.checkpoint()
+                return
+            raise exc
+        state.bad_requests = 0
+        if status == 402:
+            now = trio.current_time()
+            if state.billing_since is None:
+                state.billing_since = now
+            if now + BILLING_RETRY_DELAY_S - state.billing_since <= self._billing_pause_s:
+                logger.warning("poll of %s: 402 (billing); re-polling in %.0f s", rid, BILLING_RETRY_DELAY_S)
+                await trio.sleep(BILLING_RETRY_DELAY_S)
+                return
+        # 410 (GoneError: the future expired; the sampler re-submits), 402 past the pause, other 4xx: fatal.
+        raise exc

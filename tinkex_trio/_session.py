@@ -1,0 +1,497 @@
+"""``open_session()``: the session, and the one nursery that owns every background task (DESIGN §2).
+
+::
+
+    async with tinkex_trio.open_session() as session:      # bootstrap, then one nursery
+        trainer = await session.create_lora_training_client("Qwen/Qwen3-8B")
+        ...
+
+Entering the block bootstraps (protocol §2): ``client/config`` (mandatory), ``client/dynamic_config`` (a 404 means
+the defaults), ``create_session``. Then one nursery runs the heartbeat and the future pollers; nothing runs outside it.
+
+Leaving the block sends ``POST /sessions/{id}/finish`` with ``success`` (clean exit), ``errored`` (an exception, in
+the body or in a background task) or ``interrupted`` (cancellation, Ctrl-C), shielded from cancellation and bounded by
+``config.timeouts.finish_s``; then pending futures fail with :class:`~tinkex_trio.errors.SessionClosedError`, the
+background tasks are cancelled and the connections closed. An exception leaves the block as itself: the nursery's
+ExceptionGroup is unwrapped when it holds a single exception (a user's error, or a lone background failure).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import ssl
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, Final, NoReturn
+
+import msgspec
+import trio
+
+from tinkex_trio import types as _types
+from tinkex_trio._config import Config
+from tinkex_trio._futures import FutureManager
+from tinkex_trio._telemetry import SESSION_HEARTBEAT, TelemetryBus
+from tinkex_trio._transport import PoolKind, Transport, TransportFactory
+from tinkex_trio._version import __version__
+from tinkex_trio.errors import (
+    APIError,
+    APIStatusError,
+    GoneError,
+    NotFoundError,
+    SessionClosedError,
+    SessionExpiredError,
+    redact,
+)
+
+if TYPE_CHECKING:
+    from tinkex_trio.rest import RestClient
+    from tinkex_trio.sampling import SamplingClient
+    from tinkex_trio.training import TrainingClient
+
+__all__ = ["SDK_VERSION", "Session", "open_session"]
+
+logger = logging.getLogger("tinkex_trio.session")
+
+SDK_VERSION: Final = __version__
+"""The ``sdk_version`` sent in ``client/config``, ``dynamic_config`` and ``create_session``."""
+
+_API: Final = "/api/v1"
+_HEARTBEAT_WARN_AFTER_S: Final = 120.0
+"""Heartbeat failures are logged at INFO until this long has passed without a success, then at WARNING."""
+_DETAIL_MAX_CHARS: Final = 1000
+
+
+class Session:
+    """A Tinker session: its id, configuration, telemetry, and the factories of training and sampling clients.
+
+    Made only by :func:`open_session`, and usable only inside its ``async with`` block: afterwards every call raises
+    :class:`~tinkex_trio.errors.SessionClosedError`. After the server answers a heartbeat with 410 (it forgot the
+    session) every call raises :class:`~tinkex_trio.errors.SessionExpiredError`.
+
+    Attributes:
+        session_id: the server's id for the session.
+        config: the configuration (the key is never shown in its repr).
+        telemetry: the event bus (HTTP, retry, future queue-state and heartbeat events).
+        client_config: the server's flags from ``client/config``.
+        dynamic_config: the server's flags from ``client/dynamic_config`` (defaults if it answered 404).
+    """
+
+    # Later issues add ``metrics`` (Metrics) and ``breaker`` (CircuitBreaker) here (DESIGN §4).
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        config: Config,
+        transport: Transport,
+        nursery: trio.Nursery,
+        client_config: _types.ClientConfigResponse,
+        dynamic_config: _types.ClientDynamicConfigResponse,
+    ) -> None:
+        self.session_id = session_id
+        self.config = config
+        self.telemetry: TelemetryBus = transport.telemetry
+        self.client_config = client_config
+        self.dynamic_config = dynamic_config
+        self._transport = transport
+        self._nursery = nursery
+        self._futures = FutureManager(
+            transport,
+            nursery,
+            transport.telemetry,
+            billing_pause_s=float(client_config.billing_exception_max_pause_duration_sec),
+        )
+        self._rest: RestClient | None = None
+        self._model_seq_ids = itertools.count()
+        self._sampling_session_seq_ids = itertools.count()
+        self._custom_loss_seq_ids = itertools.count()
+        self._expired = False
+        self._closed = False
+        self._background_failure: BaseException | None = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "expired" if self._expired else "open"
+        return f"<Session {self.session_id!r} base_url={self.config.base_url!r} {state}>"
+
+    # -- public API ------------------------------------------------------------------------------------------------
+
+    @property
+    def rest(self) -> RestClient:
+        """A :class:`~tinkex_trio.RestClient` on this session's connections (made on first use)."""
+        if self._rest is None:
+            from tinkex_trio.rest import RestClient
+
+            self._rest = RestClient(self._transport)
+        return self._rest
+
+    async def get_server_capabilities(self) -> _types.GetServerCapabilitiesResponse:
+        """The models the server supports (``GET /get_server_capabilities``)."""
+        self._check_alive()
+        return await self._transport.request_json(
+            _types.GetServerCapabilitiesResponse,
+            PoolKind.SESSION,
+            "GET",
+            f"{_API}/get_server_capabilities",
+            sdk_method="Session.get_server_capabilities",
+        )
+
+    async def create_lora_training_client(
+        self,
+        base_model: str,
+        rank: int = 32,
+        *,
+        seed: int | None = None,
+        train_mlp: bool = True,
+        train_attn: bool = True,
+        train_unembed: bool = True,
+        user_metadata: Mapping[str, Any] | None = None,
+    ) -> TrainingClient:
+        """Create a LoRA model of ``base_model`` and return its :class:`~tinkex_trio.TrainingClient`."""
+        from tinkex_trio.training import TrainingClient
+
+        self._check_alive()
+        return await TrainingClient._create_lora(  # pyright: ignore[reportPrivateUsage]
+            self,
+            base_model,
+            rank,
+            seed=seed,
+            train_mlp=train_mlp,
+            train_attn=train_attn,
+            train_unembed=train_unembed,
+            user_metadata=user_metadata,
+        )
+
+    async def create_training_client_from_state(
+        self,
+        path: str,
+        *,
+        with_optimizer: bool = True,
+        user_metadata: Mapping[str, Any] | None = None,
+    ) -> TrainingClient:
+        """Create a model from a training checkpoint (``tinker://...``), with its optimizer state by default."""
+        from tinkex_trio.training import TrainingClient
+
+        self._check_alive()
+        return await TrainingClient._create_from_state(  # pyright: ignore[reportPrivateUsage]
+            self, path, with_optimizer=with_optimizer, user_metadata=user_metadata
+        )
+
+    async def create_sampling_client(
+        self, *, base_model: str | None = None, model_path: str | None = None
+    ) -> SamplingClient:
+        """A :class:`~tinkex_trio.SamplingClient` for a base model or for saved sampler weights (``model_path``)."""
+        from tinkex_trio.sampling import SamplingClient
+
+        self._check_alive()
+        return await SamplingClient._create(  # pyright: ignore[reportPrivateUsage]
+            self, base_model=base_model, model_path=model_path
+        )
+
+    # -- internal API (training.py, sampling.py, rest.py) ---------------------------------------------------------
+
+    def _check_alive(self) -> None:
+        """Raise SessionClosedError after the block has ended, SessionExpiredError after a heartbeat 410."""
+        if self._closed:
+            raise SessionClosedError(f"session {self.session_id!r} is closed: its async with block has ended")
+        if self._expired:
+            raise SessionExpiredError(
+                f"session {self.session_id!r} has expired: the server answered 410 to a heartbeat; open a new session"
+            )
+
+    def _next_model_seq_id(self) -> int:
+        """0, 1, 2, ... per session: the ``model_seq_id`` of create_model and create-via-load."""
+        return next(self._model_seq_ids)
+
+    def _next_sampling_session_seq_id(self) -> int:
+        """0, 1, 2, ... per session, shared by create_sampling_session and the ephemeral save_weights_for_sampler."""
+        return next(self._sampling_session_seq_ids)
+
+    def _next_custom_loss_seq_id(self) -> int:
+        """0, 1, 2, ... per session: the ``custom_loss_seq_id`` of create_custom_loss."""
+        return next(self._custom_loss_seq_ids)
+
+    # -- background tasks -----------------------------------------------------------------------------------------
+
+    def _start_background_tasks(self) -> None:
+        """Start the session's own tasks in its nursery (future pollers start as futures are tracked)."""
+        self._spawn(self._heartbeat_loop, "tinkex_trio.session.heartbeat")
+        # Later issues start their tasks here, in this same nursery (DESIGN §2):
+        #   - the breaker supervisor (breaker timers, transitions, gauges);
+        #   - the batch window (coalesces forward_backward / optim_step work from a memory channel);
+        #   - the metrics task (aggregates telemetry events, periodic tinkex.metrics.snapshot);
+        #   - the dynamic_config refresh (every max(refresh_interval_sec, 10) s, errors ignored).
+
+    def _spawn(self, fn: Callable[[], Awaitable[object]], name: str) -> None:
+        """Run ``fn()`` in the session nursery; an exception from it is recorded (the finish reason is ``errored``)
+        and then ends the session, as itself."""
+
+        async def guarded() -> None:
+            try:
+                await fn()
+            except Exception as exc:
+                if self._background_failure is None:
+                    self._background_failure = exc
+                logger.error("session %s: background task %s failed: %r", self.session_id, name, exc)
+                raise
+
+        self._nursery.start_soon(guarded, name=name)
+
+    async def _heartbeat_loop(self) -> None:
+        """POST session_heartbeat every ``heartbeat_interval_s`` (the first one interval after creation), 10 s
+        timeout, one attempt each. A 410 marks the session expired and ends the loop; other failures are logged and
+        published as ``tinkex.session.heartbeat`` with ``ok=False``."""
+        interval = self.config.heartbeat_interval_s
+        body = _types.SessionHeartbeatRequest(session_id=self.session_id)
+        last_ok = trio.current_time()
+        deadline = last_ok + interval
+        # Bounded: runs for the life of the session (cancelled with its nursery) and stops on a 410.
+        while True:
+            await trio.sleep_until(deadline)
+            started = trio.current_time()
+            # Fixed rate; after a stall (a slow heartbeat), the missed beats are skipped, not sent in a burst.
+            deadline = max(deadline + interval, started + interval / 2)
+            status: int | None = None
+            error: str | None = None
+            try:
+                await self._transport.request(
+                    PoolKind.SESSION,
+                    "POST",
+                    f"{_API}/session_heartbeat",
+                    json=body,
+                    timeout=self.config.timeouts.heartbeat_s,
+                    retry=False,
+                )
+            except GoneError:
+                self._expired = True
+                self._emit_heartbeat(started, ok=False, status=410, error="GoneError", expired=True)
+                logger.error("session %s expired: the server answered 410 to a heartbeat", self.session_id)
+                return
+            except APIError as exc:
+                status = exc.status_code if isinstance(exc, APIStatusError) else None
+                error = type(exc).__name__
+                silent_for = trio.current_time() - last_ok
+                level = logging.WARNING if silent_for >= _HEARTBEAT_WARN_AFTER_S else logging.INFO
+                logger.log(
+                    level,
+                    "session %s: heartbeat failed (%s); no successful heartbeat for %.0f s",
+                    self.session_id,
+                    exc.message,
+                    silent_for,
+                )
+            else:
+                last_ok = trio.current_time()
+            self._emit_heartbeat(started, ok=error is None, status=status, error=error, expired=False)
+
+    def _emit_heartbeat(
+        self, started: float, *, ok: bool, status: int | None, error: str | None, expired: bool
+    ) -> None:
+        now = trio.current_time()
+        self.telemetry.emit(
+            SESSION_HEARTBEAT,
+            {"duration_ms": (now - started) * 1000.0},
+            {"session_id": self.session_id, "ok": ok, "status": status, "error": error, "expired": expired},
+            time=now,
+        )
+
+    # -- closing --------------------------------------------------------------------------------------------------
+
+    async def _close(self, reason: _types.FinishReasonType, detail: str | None) -> None:
+        """Send finish (shielded, bounded), fail the pending futures, cancel the background tasks."""
+        if self._background_failure is not None:
+            reason, detail = "errored", _describe(self._background_failure)
+        with trio.CancelScope(shield=True):
+            # The batch window (later issue) is drained here on a clean exit, before finish.
+            if not self._expired:
+                await self._send_finish(reason, detail)
+            self._closed = True
+            await self._futures.aclose()
+        self._nursery.cancel_scope.cancel()
+
+    async def _send_finish(self, reason: _types.FinishReasonType, detail: str | None) -> None:
+        timeout = self.config.timeouts.finish_s
+        with trio.move_on_after(timeout) as scope:
+            try:
+                await self._transport.request(
+                    PoolKind.SESSION,
+                    "POST",
+                    f"{_API}/sessions/{self.session_id}/finish",
+                    json=_types.FinishSessionRequest.of(reason, detail),
+                    timeout=timeout,
+                )
+            except APIError as exc:
+                logger.warning("session %s: finish (%s) failed: %s", self.session_id, reason, exc.message)
+                return
+        if scope.cancelled_caught:
+            logger.warning("session %s: finish (%s) timed out after %g s", self.session_id, reason, timeout)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# open_session
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _resolve_config(api_key: str | None, base_url: str | None, config: Config | None, tags: Sequence[str]) -> Config:
+    if isinstance(tags, str):
+        raise TypeError("tags must be a sequence of str, not a str")
+    overrides: dict[str, Any] = {}
+    if tags:
+        overrides["tags"] = tuple(tags)
+    if config is None:
+        return Config.create(api_key, base_url, **overrides)
+    if api_key is not None:
+        overrides["api_key"] = api_key
+    if base_url is not None:
+        overrides["base_url"] = base_url
+    return msgspec.structs.replace(config, **overrides) if overrides else config
+
+
+async def _bootstrap(
+    transport: Transport, config: Config, user_metadata: Mapping[str, Any] | None
+) -> tuple[_types.ClientConfigResponse, _types.ClientDynamicConfigResponse, str]:
+    """client/config → dynamic_config → create_session (protocol §2). Returns the configs and the session id."""
+    client_config = await transport.request_json(
+        _types.ClientConfigResponse,
+        PoolKind.SESSION,
+        "POST",
+        f"{_API}/client/config",
+        json=_types.ClientConfigRequest(sdk_version=SDK_VERSION),
+    )
+    if client_config.pjwt_auth_enabled:
+        # Protocol §1.2: the JWT exchange is optional for the server; a later issue may add it (/auth/token).
+        logger.info("the server offers JWT authentication; tinkex_trio keeps sending the API key")
+    try:
+        dynamic_config = await transport.request_json(
+            _types.ClientDynamicConfigResponse,
+            PoolKind.SESSION,
+            "POST",
+            f"{_API}/client/dynamic_config",
+            json=_types.ClientDynamicConfigRequest(sdk_version=SDK_VERSION),
+        )
+    except NotFoundError:
+        dynamic_config = _types.ClientDynamicConfigResponse()
+    created = await transport.request_json(
+        _types.CreateSessionResponse,
+        PoolKind.SESSION,
+        "POST",
+        f"{_API}/create_session",
+        json=_types.CreateSessionRequest(
+            sdk_version=SDK_VERSION,
+            tags=list(config.tags),
+            user_metadata=dict(user_metadata) if user_metadata is not None else {},
+            project_id=config.project_id,
+        ),
+    )
+    for level, message in (
+        (logging.INFO, created.info_message),
+        (logging.WARNING, created.warning_message),
+        (logging.ERROR, created.error_message),
+    ):
+        if message:
+            logger.log(level, "create_session: %s", message)
+    return client_config, dynamic_config, created.session_id
+
+
+def _describe(exc: BaseException) -> str:
+    text = redact(f"{type(exc).__name__}: {exc}")
+    return text if len(text) <= _DETAIL_MAX_CHARS else text[: _DETAIL_MAX_CHARS - 1] + "…"
+
+
+def _is_interruption(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        members: tuple[BaseException, ...] = exc.exceptions  # pyright: ignore[reportUnknownMemberType,reportUnknownVariableType]
+        return all(_is_interruption(e) for e in members)
+    return isinstance(exc, trio.Cancelled | KeyboardInterrupt | GeneratorExit)
+
+
+def _finish_reason(exc: BaseException) -> tuple[_types.FinishReasonType, str | None]:
+    if _is_interruption(exc):
+        return "interrupted", type(exc).__name__
+    return "errored", _describe(exc)
+
+
+def _lone_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The single exception the nursery's group stands for, or None when several things failed.
+
+    Cancelled siblings are dropped (cancellation is not a failure); a group of nothing but Cancelled stands for one.
+    Only the nursery's own level is unwrapped: an ExceptionGroup the user raised comes out as itself.
+    """
+    real = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+    if len(real) == 1:
+        return real[0]
+    if not real:
+        return group.exceptions[0]
+    return None
+
+
+def _reraise(exc: BaseException) -> NoReturn:
+    """Raise ``exc`` keeping its own ``__context__`` (not the group it was unwrapped from)."""
+    context = exc.__context__
+    try:
+        raise exc
+    finally:
+        exc.__context__ = context
+        del exc, context
+
+
+@asynccontextmanager
+async def open_session(
+    api_key: str | None = None,
+    base_url: str | None = None,
+    *,
+    config: Config | None = None,
+    tags: Sequence[str] = (),
+    user_metadata: Mapping[str, Any] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    transport_factory: TransportFactory | None = None,
+) -> AsyncGenerator[Session]:
+    """Open a Tinker session for the duration of an ``async with`` block.
+
+    Args:
+        api_key: ``tml-...`` (default: ``TINKER_API_KEY``); overrides ``config.api_key`` when both are given.
+        base_url: the service root (default: ``TINKER_BASE_URL``, then the production URL).
+        config: a :class:`~tinkex_trio.Config`; without it one is built with :meth:`Config.create`.
+        tags: session tags (default: ``config.tags``, i.e. ``TINKER_TAGS``).
+        user_metadata: free-form metadata stored with the session.
+        ssl_context: trust settings for HTTPS (e.g. a private CA).
+        transport_factory: builds each connection pool's httpx transport (tests: ``httpx.ASGITransport``).
+
+    Raises ConfigError before any request if the configuration is invalid, and the bootstrap's errors
+    (e.g. AuthenticationError) if the server refuses the session.
+    """
+    cfg = _resolve_config(api_key, base_url, config, tags)
+    transport = Transport(
+        cfg,
+        ssl_context=ssl_context,
+        telemetry=TelemetryBus(clock=trio.current_time),
+        transport_factory=transport_factory,
+    )
+    try:
+        client_config, dynamic_config, session_id = await _bootstrap(transport, cfg, user_metadata)
+        try:
+            async with trio.open_nursery(strict_exception_groups=True) as nursery:
+                session = Session(
+                    session_id=session_id,
+                    config=cfg,
+                    transport=transport,
+                    nursery=nursery,
+                    client_config=client_config,
+                    dynamic_config=dynamic_config,
+                )
+                session._start_background_tasks()  # pyright: ignore[reportPrivateUsage]
+                reason: _types.FinishReasonType = "success"
+                detail: str | None = None
+                try:
+                    yield session
+                except BaseException as exc:
+                    reason, detail = _finish_reason(exc)
+                    raise
+                finally:
+                    await session._close(reason, detail)  # pyright: ignore[reportPrivateUsage]
+        except BaseExceptionGroup as group:
+            lone = _lone_exception(group)
+            if lone is None:
+                raise
+            _reraise(lone)
+    finally:
+        await transport.aclose()
