@@ -877,3 +877,30 @@ def _field_signature(message: Any) -> dict[int, tuple[Any, ...]]:
         oneof = f.containing_oneof.name if f.containing_oneof is not None else None
         out[f.number] = (f.name, f.type, f.is_repeated, f.has_presence, oneof, nested and nested.name, inner)
     return out
+
+
+def test_output_record_without_fields_has_a_datum_cap() -> None:
+    msg = pb.ForwardBackwardOutput(loss_fn_output_type="ArrayRecord")
+    msg.loss_fn_outputs.add(num_datums=2**40)
+    with pytest.raises(ResponseValidationError, match="implausible") as info:
+        decode_forward_backward_output(msg.SerializeToString())
+    assert info.value.field == "$.loss_fn_outputs[0].num_datums"
+
+
+def test_float32_overflow_becomes_infinity_without_a_warning() -> None:
+    resp = SampleResponse(
+        sequences=[SampledSequence(stop_reason="stop", tokens=[1], logprobs=[-1e300])],
+        topk_prompt_logprobs=[[(1, -1e300)]],
+    )
+    decoded = decode_sample_response(encode_sample_response(resp))
+    assert decoded.sequences[0].logprobs == [-math.inf]
+    assert decoded.topk_prompt_logprobs == [[(1, -math.inf)]]
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [([[(1, -0.5, 3)]], "pairs"), ([[("a", -0.5)]], "pairs"), ([[(2**31, -0.5)]], "int32"), ([[(1.5, -0.5)]], "int32")],
+)
+def test_sample_encoder_rejects_bad_topk_entries(entries: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        encode_sample_response(SampleResponse(sequences=[], topk_prompt_logprobs=entries))

@@ -86,6 +86,8 @@ _U16: Final = np.dtype("<u2")
 _I64_MAX: Final = 2**63 - 1
 _I32_MIN: Final = -(2**31)
 _I32_MAX: Final = 2**31 - 1
+#: A result record with no fields costs no bytes per datum, so its datum count is capped (real chunks hold <= 1024).
+_MAX_FIELDLESS_DATUMS: Final = 1 << 20
 
 _FloatArray: TypeAlias = npt.NDArray[np.float32]
 _IntArray: TypeAlias = npt.NDArray[np.int64]
@@ -154,9 +156,10 @@ def _int32_bytes(values: Sequence[int], what: str) -> bytes:
 
 
 def _float32_bytes(values: Sequence[float | None], what: str) -> bytes:
-    # None becomes NaN (numpy's own conversion for float dtypes).
+    # None becomes NaN (numpy's own conversion for float dtypes); beyond the float32 range, +-inf.
     try:
-        return np.asarray(values, dtype=np.float64).astype(_F32).tobytes()
+        with np.errstate(over="ignore"):
+            return np.asarray(values, dtype=np.float64).astype(_F32).tobytes()
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what}: every value must be a number ({exc})") from None
 
@@ -182,7 +185,8 @@ def _tensor_values(td: TensorData, what: str) -> _AnyArray:
     """The flat values of ``td`` (the listed values, for a sparse tensor) in its little-endian wire dtype."""
     if td.dtype == "float32":
         try:
-            return np.asarray(td.data, dtype=_F32)
+            with np.errstate(over="ignore"):
+                return np.asarray(td.data, dtype=_F32)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{what}: a float32 tensor must hold numbers ({exc})") from None
     if td.dtype == "int64":
@@ -531,6 +535,8 @@ def _decode_fbo(msg: pb.ForwardBackwardOutput) -> ForwardBackwardOutput:
             raise ProtoDecodeError(f"negative num_datums {count}", f"$.loss_fn_outputs[{r}].num_datums")
         if count == 0 and fields:
             count = max(len(fields[0][1].offsets) // 8 - 1, 0)
+        if not fields and count > _MAX_FIELDLESS_DATUMS:
+            raise ProtoDecodeError(f"num_datums {count} is implausible", f"$.loss_fn_outputs[{r}].num_datums")
         rows: list[dict[str, TensorData]] = [{} for _ in range(count)]
         for name, bt in fields:
             for row, td in zip(rows, _read_batched(bt, count, f"$.loss_fn_outputs[{r}].fields.{name}"), strict=True):
@@ -564,27 +570,30 @@ def decode_forward_backward_output(body: _Body) -> ForwardBackwardOutput:
 
 
 def _write_topk(msg: pb.TopkLogprobs, entries: Sequence[TopkEntry], what: str) -> None:
+    """Dense ``(n, k)`` matrices, ``k`` the longest entry (at least 1), padded with the sentinel pair."""
     n = len(entries)
-    k = max([1, *(len(e) for e in entries if e is not None)])
+    lengths = np.fromiter((len(e) if e is not None else 0 for e in entries), dtype=np.int64, count=n)
+    k = max(1, int(lengths.max())) if n else 1
     ids = np.full((n, k), TOPK_PAD_TOKEN, dtype=_I32)
     lps = np.full((n, k), TOPK_PAD_LOGPROB, dtype=_F32)
-    filled = [(i, e) for i, e in enumerate(entries) if e]
-    if filled:
-        row_idx = np.repeat(
-            np.fromiter((i for i, _ in filled), dtype=np.int64, count=len(filled)), [len(e) for _, e in filled]
-        )
-        col_idx = np.concatenate([np.arange(len(e)) for _, e in filled])
+    total = int(lengths.sum())
+    if total:
         try:
-            pairs: _AnyArray = np.asarray(list(itertools.chain.from_iterable(e for _, e in filled)), dtype=np.float64)
+            pairs: _AnyArray = np.asarray(
+                list(itertools.chain.from_iterable(e for e in entries if e)), dtype=np.float64
+            )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{what}: top-k entries must be (token id, logprob) pairs ({exc})") from None
-        if pairs.ndim != 2 or pairs.shape[1] != 2:
+        if pairs.shape != (total, 2):
             raise ValueError(f"{what}: top-k entries must be (token id, logprob) pairs")
         tokens = pairs[:, 0]
         if not bool(np.all((tokens >= _I32_MIN) & (tokens <= _I32_MAX) & (tokens == np.trunc(tokens)))):
             raise ValueError(f"{what}: top-k token ids must be integers in the int32 range")
+        row_idx = np.repeat(np.arange(n), lengths)
+        col_idx = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         ids[row_idx, col_idx] = tokens
-        lps[row_idx, col_idx] = pairs[:, 1]
+        with np.errstate(over="ignore"):
+            lps[row_idx, col_idx] = pairs[:, 1]
     msg.token_ids = ids.tobytes()
     msg.logprobs = lps.tobytes()
     msg.k = k
