@@ -510,6 +510,16 @@ async def test_rest_training_runs_and_checkpoints(sim: Sim, autojump_clock: trio
     left = (await sim.client.get(f"/api/v1/training_runs/{model_id}/checkpoints")).json()
     assert [c["checkpoint_id"] for c in left["checkpoints"]] == ["sampler_weights/s"]
     assert (await sim.client.get("/api/v1/training_runs/nope")).status_code == 404
+    external = await sim.result(await sim.ok("save_weights_external", {"model_id": model_id, "path": "x", "seq_id": 3}))
+    assert external["path"] == f"tinker://{model_id}/external_weights/x" and external["size_bytes"] > 0
+    urls = await sim.client.get(
+        f"/api/v1/training_runs/{model_id}/checkpoints/external_weights/x/external_weights_urls"
+    )
+    assert urls.status_code == 200 and urls.json()["urls"] and urls.json()["expires"]
+    not_external = await sim.client.get(
+        f"/api/v1/training_runs/{model_id}/checkpoints/sampler_weights/s/external_weights_urls"
+    )
+    assert not_external.status_code == 404
     assert (await sim.client.get("/api/v1/checkpoints", params={"limit": "x"})).status_code == 422
 
 
@@ -699,6 +709,32 @@ async def test_running_helper(autojump_clock: trio.testing.MockClock) -> None:
         app.running(),
         httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://s", headers=KEY) as client,
     ):
+        sim = Sim(app, client)
+        await sim.new_session()
+        model_id = await sim.new_model()
+        assert (await sim.result(await sim.optim(model_id, 1)))["metrics"]
+
+
+async def test_lifespan_cancelled_without_shutdown_leaves_a_working_queue(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    app = create_app(_config())
+    to_app, app_inbox = trio.open_memory_channel[dict[str, Any]](4)
+    app_outbox, from_app = trio.open_memory_channel[dict[str, Any]](4)
+
+    async def receive() -> dict[str, Any]:
+        return await app_inbox.receive()
+
+    async def send(message: Any) -> None:
+        await app_outbox.send(dict(message))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(app, {"type": "lifespan"}, receive, send)
+        await to_app.send({"type": "lifespan.startup"})
+        assert (await from_app.receive())["type"] == "lifespan.startup.complete"
+        nursery.cancel_scope.cancel()
+    assert not app.lifespan_running
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://s", headers=KEY) as client:
         sim = Sim(app, client)
         await sim.new_session()
         model_id = await sim.new_model()

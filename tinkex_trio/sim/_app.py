@@ -23,6 +23,7 @@ import zlib
 from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import msgspec
@@ -210,13 +211,16 @@ class SimApp:
                 return
             self.queue.attach_nursery(nursery)
             self.lifespan_running = True
-            await send({"type": "lifespan.startup.complete"})
-            # Bounded: the lifespan protocol sends exactly one shutdown message (or the server cancels us).
-            while not shutdown:
-                message = await receive()
-                shutdown = message.get("type") == "lifespan.shutdown"
-            self.queue.attach_nursery(None)
-            self.lifespan_running = False
+            try:
+                await send({"type": "lifespan.startup.complete"})
+                # Bounded: the lifespan protocol sends exactly one shutdown message (or the server cancels us).
+                while not shutdown:
+                    message = await receive()
+                    shutdown = message.get("type") == "lifespan.shutdown"
+            finally:
+                # Also when the server cancels the lifespan task: never leave the queue pointing at a dead nursery.
+                self.queue.attach_nursery(None)
+                self.lifespan_running = False
             nursery.cancel_scope.cancel()
         await send({"type": "lifespan.shutdown.complete"})
 
@@ -306,6 +310,7 @@ class SimApp:
             "optim_step": self._optim_step,
             "save_weights": self._save_weights,
             "save_weights_for_sampler": self._save_weights_for_sampler,
+            "save_weights_external": self._save_weights_external,
             "load_weights": self._load_weights,
             "create_sampling_session": self._create_sampling_session,
             "join_sampling_session": self._join_sampling_session,
@@ -832,6 +837,24 @@ class SimApp:
         record = self._submit_model_op(model, "SaveWeightsForSampler", body.seq_id, compute_snapshot, commit_snapshot)
         return self._future_response(record)
 
+    async def _save_weights_external(self, request: Request) -> Response:
+        body = self._decode(request, t.SaveWeightsExternalRequest)
+        model = self.state.model(body.model_id)
+        name = self._checkpoint_name(body.path, body.seq_id, "external")
+        store = self._checkpoint_commit(
+            model, "external", name, overwrite=True, ttl_seconds=body.ttl_seconds, user_metadata=None
+        )
+
+        def compute(lora: LoraModel) -> bytes:
+            return lora.to_bytes(with_optimizer=False)
+
+        def commit(data: bytes) -> t.SaveWeightsExternalResponse:
+            checkpoint = store(data)
+            return t.SaveWeightsExternalResponse(path=checkpoint.tinker_path, size_bytes=checkpoint.size_bytes)
+
+        record = self._submit_model_op(model, "SaveWeightsExternal", body.seq_id, compute, commit)
+        return self._future_response(record)
+
     def _find_checkpoint(self, path: str) -> CheckpointRecord:
         try:
             return self.state.find_checkpoint(path)
@@ -1285,7 +1308,16 @@ class SimApp:
 
     async def _external_weights_urls(self, request: Request) -> Response:
         _, checkpoint = self._checkpoint_from_params(request)
-        raise HTTPError(404, f"{checkpoint.tinker_path} is not an external weights checkpoint")
+        if checkpoint.kind != "external":
+            raise HTTPError(404, f"{checkpoint.tinker_path} is not an external weights checkpoint")
+        quoted = urllib.parse.quote(checkpoint.tinker_path.removeprefix("tinker://"), safe="")
+        expires = datetime.now(UTC) + timedelta(hours=1)
+        return json_response(
+            t.ExternalWeightsUrlsResponse(
+                urls={"adapter_model.npz": f"https://sim.invalid/external/{quoted}/adapter_model.npz"},
+                expires=expires,
+            )
+        )
 
     async def _list_sessions(self, request: Request) -> Response:
         limit, offset = self._paging(request, 20)

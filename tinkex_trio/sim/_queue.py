@@ -191,9 +191,15 @@ class FuturesQueue:
             lane.run_lock = trio.Lock()
             lane.run_lock_root = root
         if nursery is not None:
-            nursery.start_soon(self._run_lane, lane, token, name=f"sim-lane:{lane.key}")
-        else:
-            trio.lowlevel.spawn_system_task(self._run_lane, lane, token, name=f"sim-lane:{lane.key}")
+            try:
+                nursery.start_soon(self._run_lane, lane, token, name=f"sim-lane:{lane.key}")
+                return
+            except RuntimeError:
+                # The nursery has closed without being detached: fall back to a system task.
+                self._nursery = None
+                token = root
+                lane.runner_token = token
+        trio.lowlevel.spawn_system_task(self._run_lane, lane, token, name=f"sim-lane:{lane.key}")
 
     # -- submitting ------------------------------------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ and hands its result back to the trio thread, which records it here). Ids follow
   create-via-load);
 - sampling sessions: ``{session_id}:sample:{sampling_session_seq_id}``;
 - checkpoints: ``tinker://{model_id}/weights/{name}`` (training: weights + optimizer state) and
-  ``tinker://{model_id}/sampler_weights/{name}`` (sampler: weights only); the checkpoint id is ``weights/{name}`` or
-  ``sampler_weights/{name}``.
+  ``tinker://{model_id}/sampler_weights/{name}`` (sampler: weights only) and
+  ``tinker://{model_id}/external_weights/{name}`` (weights for download); the checkpoint id is the path after the
+  training run id (``weights/{name}``, ...).
 """
 
 from __future__ import annotations
@@ -39,9 +40,13 @@ __all__ = [
     "parse_tinker_path",
 ]
 
-CheckpointKind = Literal["training", "sampler"]
-_SEGMENT_OF: dict[CheckpointKind, str] = {"training": "weights", "sampler": "sampler_weights"}
-_KIND_OF: dict[str, CheckpointKind] = {"weights": "training", "sampler_weights": "sampler"}
+CheckpointKind = Literal["training", "sampler", "external"]
+_SEGMENT_OF: dict[CheckpointKind, str] = {
+    "training": "weights",
+    "sampler": "sampler_weights",
+    "external": "external_weights",
+}
+_KIND_OF: dict[str, CheckpointKind] = {segment: kind for kind, segment in _SEGMENT_OF.items()}
 
 
 class StateError(Exception):
@@ -85,7 +90,8 @@ def parse_tinker_path(path: str) -> ParsedPath:
     parts = path.removeprefix("tinker://").split("/")
     if len(parts) != 3 or not all(parts) or parts[1] not in _KIND_OF:
         raise SimUserError(
-            f"invalid tinker path {path!r}: expected tinker://<training_run_id>/<weights|sampler_weights>/<name>"
+            f"invalid tinker path {path!r}: expected "
+            "tinker://<training_run_id>/<weights|sampler_weights|external_weights>/<name>"
         )
     return ParsedPath(training_run_id=parts[0], kind=_KIND_OF[parts[1]], name=parts[2])
 
