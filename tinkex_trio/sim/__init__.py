@@ -4,6 +4,8 @@
 ``sim`` extra (hypercorn, trustme), imported only when a server is opened.
 """
 
+from tinkex_trio.sim._app import SimApp, create_app
+from tinkex_trio.sim._config import ServiceTime, SimConfig, SupportedModel
 from tinkex_trio.sim._faults import (
     EndpointFaults,
     FaultConfig,
@@ -13,7 +15,7 @@ from tinkex_trio.sim._faults import (
     SimulatedConnectionReset,
     endpoint_name,
 )
-from tinkex_trio.sim._server import SimServer, SimStats, StatsMiddleware, open_sim_server
+from tinkex_trio.sim._server import SimExtraMissingError, SimServer, SimStats, StatsMiddleware, open_sim_server
 
 __all__ = [
     "EndpointFaults",
@@ -21,10 +23,16 @@ __all__ = [
     "FaultMiddleware",
     "Latency",
     "ResolvedFaults",
+    "ServiceTime",
+    "SimApp",
+    "SimConfig",
+    "SimExtraMissingError",
     "SimServer",
     "SimStats",
     "SimulatedConnectionReset",
     "StatsMiddleware",
+    "SupportedModel",
+    "create_app",
     "endpoint_name",
     "open_sim_server",
 ]

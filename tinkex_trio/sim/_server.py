@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import os
 import shutil
+import signal
 import socket as stdlib_socket
 import ssl
 import struct
@@ -202,6 +203,11 @@ class StatsMiddleware:
         stats.http_versions[str(scope.get("http_version", "?"))] += 1
         try:
             await self.app(scope, counting_receive, counting_send)
+        except Exception:
+            if status == 0:  # the server answers 500 for an app that fails before answering
+                status = 500
+                stats.requests[(endpoint, 500)] += 1
+            raise
         finally:
             no_response()
 
@@ -758,14 +764,17 @@ async def _serve_forever(
         config.faults = FaultConfig.from_toml(faults_path)
     if seed is not None:
         config.faults.seed = seed
-    async with open_sim_server(config, tls=tls, host=host, port=port, http2=http2) as server:
-        print(f"tinkex-trio sim: serving on {server.base_url}", flush=True)
-        if server.ca_pem is not None:
-            ca_path = _write_text(ca_file, server.ca_pem.decode("ascii"))
-            print(f"tinkex-trio sim: CA certificate written to {ca_path} (SSL_CERT_FILE={ca_path})", flush=True)
-            print(server.ca_pem.decode("ascii"), end="", flush=True)
-        print("tinkex-trio sim: press Ctrl-C to stop", flush=True)
-        await trio.sleep_forever()
+    # SIGINT/SIGTERM arrive here (not as a KeyboardInterrupt in whichever task runs), so the stop is orderly.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_sim_server(config, tls=tls, host=host, port=port, http2=http2) as server:
+            print(f"tinkex-trio sim: serving on {server.base_url}", flush=True)
+            if server.ca_pem is not None:
+                ca_path = _write_text(ca_file, server.ca_pem.decode("ascii"))
+                print(f"tinkex-trio sim: CA certificate written to {ca_path} (SSL_CERT_FILE={ca_path})", flush=True)
+                print(server.ca_pem.decode("ascii"), end="", flush=True)
+            print("tinkex-trio sim: press Ctrl-C to stop", flush=True)
+            async for _signum in signals:
+                break
 
 
 def run_serve(
@@ -793,9 +802,13 @@ def run_serve(
             )
         )
     except KeyboardInterrupt:
-        print("tinkex-trio sim: stopped", flush=True)
-        return 0
+        pass  # Ctrl-C before the signal receiver was installed
+    except BaseExceptionGroup as group:
+        _, rest = group.split(KeyboardInterrupt)
+        if rest is not None:
+            raise
     except (OSError, ValueError) as exc:
         print(f"tinkex-trio serve: {exc}", file=sys.stderr)
         return 1
+    print("tinkex-trio sim: stopped", flush=True)
     return 0
