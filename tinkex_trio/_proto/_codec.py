@@ -20,6 +20,7 @@ Conventions shared with the official SDK, so that either side can talk to the ot
 - a tensor without a shape is 1-D; response tensors are always written with their shape;
 - ``BatchedTensor`` offsets are **byte** offsets; a datum's shape is ``[elements / prod(trailing), *trailing]``
   (so a 0-d output comes back as shape ``[1]``); BF16 is widened to float32 and INT32 to int64;
+- an ArrayRecord with ``num_datums == 0`` holds as many datums as its first field's offsets say (per record);
 - empty ``logprobs`` / ``prompt_logprobs`` bytes read as "not requested" (``None``);
 - top-k lists are dense ``(n, k)`` matrices padded with token 0 / logprob ``-99999.0``; a row that is all padding
   reads as ``None``, and ``n == 0`` or ``k == 0`` reads as ``None``.
@@ -203,7 +204,7 @@ def _frombuffer(data: bytes, dtype: np.dtype[Any], path: str) -> _AnyArray:
 def _widen(raw: _AnyArray, wire_dtype: int) -> _AnyArray:
     """BF16 (uint16 bits) -> float32, INT32 -> int64; other dtypes unchanged."""
     if wire_dtype == pb.DTYPE_BFLOAT16:
-        return (raw.astype(np.uint32) << 16).view(_F32)
+        return (raw.astype(np.uint32) << 16).view(np.float32)  # native order after astype
     if wire_dtype == pb.DTYPE_INT32:
         return raw.astype(_I64)
     return raw
