@@ -1,0 +1,298 @@
+"""RestClient: training runs, checkpoints, sessions and samplers (protocol §3.4).
+
+Every call is one JSON request on the training pool, retried by the transport's policy, and answered directly (no
+futures). The client holds no state of its own besides the :class:`~tinkex_trio._transport.Transport` it was built
+from, so it is cheap to construct and safe to share between tasks; the session exposes one as ``session.rest``.
+
+Listings come in two forms: ``list_*`` fetches one page (``limit``/``offset``, as the server pages), and ``iter_*``
+walks every page and yields the items one by one::
+
+    async for run in session.rest.iter_training_runs(page_size=50):
+        print(run.training_run_id, run.base_model)
+
+Paging is by offset, so a listing that changes while it is walked may skip or repeat an item, as on the server.
+
+Checkpoints are named either by ``(training_run_id, checkpoint_id)`` -- where ``checkpoint_id`` is
+``"weights/<name>"``, ``"sampler_weights/<name>"`` or ``"external_weights/<name>"`` as in the listings -- or by their
+tinker path ``tinker://<training_run_id>/<kind>/<name>`` through the ``*_from_tinker_path`` methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import TypeVar
+from urllib.parse import quote
+
+from tinkex_trio import types as t
+from tinkex_trio._transport import PoolKind, Transport
+
+__all__ = ["RestClient"]
+
+T = TypeVar("T")
+
+_API = "/api/v1"
+
+
+def _segment(value: str, what: str) -> str:
+    """``value`` percent-encoded as one path segment (``ValueError`` if it could not be one)."""
+    if not isinstance(value, str) or not value or value in (".", ".."):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    return quote(value, safe=":@")
+
+
+def _checkpoint_ref(training_run_id: str, checkpoint_id: str) -> t.TinkerPath:
+    """Check a ``(training_run_id, checkpoint_id)`` pair by parsing the tinker path it names."""
+    if not isinstance(training_run_id, str) or not isinstance(checkpoint_id, str):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise TypeError("training_run_id and checkpoint_id must be strings")
+    try:
+        return t.TinkerPath.parse(f"tinker://{training_run_id}/{checkpoint_id}")
+    except ValueError:
+        raise ValueError(
+            f"not a checkpoint: training_run_id={training_run_id!r}, checkpoint_id={checkpoint_id!r} "
+            "(expected checkpoint_id 'weights/<name>', 'sampler_weights/<name>' or 'external_weights/<name>')"
+        ) from None
+
+
+def _as_path(tinker_path: str | t.TinkerPath) -> t.TinkerPath:
+    return tinker_path if isinstance(tinker_path, t.TinkerPath) else t.TinkerPath.parse(tinker_path)
+
+
+def _checkpoint_url(ref: t.TinkerPath, action: str | None = None) -> str:
+    kind, name = ref.checkpoint_id.split("/", 1)
+    url = (
+        f"{_API}/training_runs/{_segment(ref.model_id, 'training_run_id')}"
+        f"/checkpoints/{kind}/{_segment(name, 'checkpoint name')}"
+    )
+    return f"{url}/{action}" if action else url
+
+
+def _page_args(limit: int, offset: int) -> dict[str, str | int]:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise ValueError(f"offset must be an int >= 0, got {offset!r}")
+    return {"limit": limit, "offset": offset}
+
+
+class RestClient:
+    """The REST side of the Tinker API: look up and manage training runs, checkpoints, sessions and samplers.
+
+    Args:
+        transport: the transport to send on (a session's own, normally: use ``session.rest``).
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+
+    def __repr__(self) -> str:
+        return f"<RestClient base_url={self._transport.config.base_url!r}>"
+
+    # -- plumbing -----------------------------------------------------------------------------------------------
+
+    async def _get(self, type_: type[T], path: str, method: str, params: Mapping[str, str | int] | None = None) -> T:
+        return await self._transport.request_json(
+            type_, PoolKind.TRAINING, "GET", path, params=params, sdk_method=f"RestClient.{method}"
+        )
+
+    async def _send(self, http_method: str, path: str, method: str, *, json: object = None) -> None:
+        """A call whose answer carries nothing we need (any 2xx body is accepted and ignored)."""
+        await self._transport.request(
+            PoolKind.TRAINING, http_method, path, json=json, sdk_method=f"RestClient.{method}"
+        )
+
+    # -- training runs ------------------------------------------------------------------------------------------
+
+    async def list_training_runs(
+        self,
+        limit: int = 20,
+        offset: int = 0,
+        access_scope: t.AccessScope = "owned",
+        *,
+        project_id: str | None = None,
+    ) -> t.TrainingRunsResponse:
+        """One page of training runs, with the server's cursor (``offset``, ``limit``, ``total_count``).
+
+        ``access_scope="accessible"`` also lists runs shared with you; ``project_id`` keeps those of one project.
+        """
+        params: dict[str, str | int] = {**_page_args(limit, offset), "access_scope": access_scope}
+        if project_id is not None:
+            params["project_id"] = project_id
+        return await self._get(t.TrainingRunsResponse, f"{_API}/training_runs", "list_training_runs", params)
+
+    def iter_training_runs(
+        self,
+        *,
+        page_size: int = 50,
+        access_scope: t.AccessScope = "owned",
+        project_id: str | None = None,
+    ) -> AsyncIterator[t.TrainingRun]:
+        """Every training run, fetched ``page_size`` at a time as the iteration reaches them."""
+        _page_args(page_size, 0)
+        return self._iter_training_runs(page_size, access_scope, project_id)
+
+    async def _iter_training_runs(
+        self, page_size: int, access_scope: t.AccessScope, project_id: str | None
+    ) -> AsyncIterator[t.TrainingRun]:
+        offset = 0
+        while True:
+            page = await self.list_training_runs(page_size, offset, access_scope, project_id=project_id)
+            for run in page.training_runs:
+                yield run
+            count = len(page.training_runs)
+            offset += count
+            if count == 0 or offset >= page.cursor.total_count:
+                return
+
+    async def get_training_run(self, training_run_id: str, access_scope: t.AccessScope = "owned") -> t.TrainingRun:
+        """One training run (a training model: its id is the ``model_id`` of the TrainingClient)."""
+        path = f"{_API}/training_runs/{_segment(training_run_id, 'training_run_id')}"
+        return await self._get(t.TrainingRun, path, "get_training_run", {"access_scope": access_scope})
+
+    async def get_training_run_by_tinker_path(
+        self, tinker_path: str | t.TinkerPath, access_scope: t.AccessScope = "owned"
+    ) -> t.TrainingRun:
+        """The training run that owns the checkpoint at ``tinker_path``."""
+        return await self.get_training_run(_as_path(tinker_path).model_id, access_scope)
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+
+    async def list_checkpoints(self, training_run_id: str) -> t.CheckpointsListResponse:
+        """Every checkpoint (training, sampler and external) of one training run."""
+        path = f"{_API}/training_runs/{_segment(training_run_id, 'training_run_id')}/checkpoints"
+        return await self._get(t.CheckpointsListResponse, path, "list_checkpoints")
+
+    async def list_user_checkpoints(self, limit: int = 100, offset: int = 0) -> t.CheckpointsListResponse:
+        """One page of the checkpoints of all your training runs."""
+        return await self._get(
+            t.CheckpointsListResponse, f"{_API}/checkpoints", "list_user_checkpoints", _page_args(limit, offset)
+        )
+
+    def iter_user_checkpoints(self, *, page_size: int = 100) -> AsyncIterator[t.Checkpoint]:
+        """Every checkpoint of all your training runs, fetched ``page_size`` at a time."""
+        _page_args(page_size, 0)
+        return self._iter_user_checkpoints(page_size)
+
+    async def _iter_user_checkpoints(self, page_size: int) -> AsyncIterator[t.Checkpoint]:
+        offset = 0
+        while True:
+            page = await self.list_user_checkpoints(page_size, offset)
+            for checkpoint in page.checkpoints:
+                yield checkpoint
+            count = len(page.checkpoints)
+            offset += count
+            # Without a cursor, a short page is the last one.
+            total = page.cursor.total_count if page.cursor is not None else None
+            if count == 0 or (offset >= total if total is not None else count < page_size):
+                return
+
+    async def delete_checkpoint(self, training_run_id: str, checkpoint_id: str) -> None:
+        """Delete a checkpoint for good."""
+        ref = _checkpoint_ref(training_run_id, checkpoint_id)
+        await self._send("DELETE", _checkpoint_url(ref), "delete_checkpoint")
+
+    async def delete_checkpoint_from_tinker_path(self, tinker_path: str | t.TinkerPath) -> None:
+        """:meth:`delete_checkpoint`, naming the checkpoint by its tinker path."""
+        await self._send("DELETE", _checkpoint_url(_as_path(tinker_path)), "delete_checkpoint_from_tinker_path")
+
+    async def publish_checkpoint(self, training_run_id: str, checkpoint_id: str) -> None:
+        """Make a checkpoint public (loadable by anyone who knows its path)."""
+        ref = _checkpoint_ref(training_run_id, checkpoint_id)
+        await self._send("POST", _checkpoint_url(ref, "publish"), "publish_checkpoint")
+
+    async def publish_checkpoint_from_tinker_path(self, tinker_path: str | t.TinkerPath) -> None:
+        """:meth:`publish_checkpoint`, naming the checkpoint by its tinker path."""
+        await self._send(
+            "POST", _checkpoint_url(_as_path(tinker_path), "publish"), "publish_checkpoint_from_tinker_path"
+        )
+
+    async def unpublish_checkpoint(self, training_run_id: str, checkpoint_id: str) -> None:
+        """Make a public checkpoint private again."""
+        ref = _checkpoint_ref(training_run_id, checkpoint_id)
+        await self._send("DELETE", _checkpoint_url(ref, "publish"), "unpublish_checkpoint")
+
+    async def unpublish_checkpoint_from_tinker_path(self, tinker_path: str | t.TinkerPath) -> None:
+        """:meth:`unpublish_checkpoint`, naming the checkpoint by its tinker path."""
+        await self._send(
+            "DELETE", _checkpoint_url(_as_path(tinker_path), "publish"), "unpublish_checkpoint_from_tinker_path"
+        )
+
+    async def set_checkpoint_ttl(self, training_run_id: str, checkpoint_id: str, ttl_seconds: int | None) -> None:
+        """Expire a checkpoint ``ttl_seconds`` after it was saved, or never (``None``).
+
+        The server decides which lifetimes it accepts (the Tinker service: one hour to ten years).
+        """
+        ref = _checkpoint_ref(training_run_id, checkpoint_id)
+        await self._set_ttl(ref, ttl_seconds, "set_checkpoint_ttl")
+
+    async def set_checkpoint_ttl_from_tinker_path(
+        self, tinker_path: str | t.TinkerPath, ttl_seconds: int | None
+    ) -> None:
+        """:meth:`set_checkpoint_ttl`, naming the checkpoint by its tinker path."""
+        await self._set_ttl(_as_path(tinker_path), ttl_seconds, "set_checkpoint_ttl_from_tinker_path")
+
+    async def _set_ttl(self, ref: t.TinkerPath, ttl_seconds: int | None, method: str) -> None:
+        if ttl_seconds is not None and (isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int)):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise TypeError(f"ttl_seconds must be an int or None, got {ttl_seconds!r}")
+        # ``ttl_seconds`` has no default, so ``None`` goes out as ``null`` (= no expiry), as the server expects.
+        await self._send(
+            "PUT", _checkpoint_url(ref, "ttl"), method, json=t.SetCheckpointTtlRequest(ttl_seconds=ttl_seconds)
+        )
+
+    async def get_external_weights_urls(self, tinker_path: str | t.TinkerPath) -> t.ExternalWeightsUrlsResponse:
+        """Signed download URLs, one per file, of an ``external_weights`` checkpoint, valid until ``expires``."""
+        ref = _as_path(tinker_path)
+        if ref.checkpoint_type != "external":
+            raise ValueError(
+                "get_external_weights_urls needs an external weights checkpoint "
+                f"(tinker://<training_run_id>/external_weights/<name>), got {str(ref)!r}"
+            )
+        return await self._get(
+            t.ExternalWeightsUrlsResponse, _checkpoint_url(ref, "external_weights_urls"), "get_external_weights_urls"
+        )
+
+    async def get_weights_info(self, tinker_path: str | t.TinkerPath) -> t.WeightsInfoResponse:
+        """What a checkpoint holds: its base model, LoRA rank and flags, optimizer family."""
+        body = t.WeightsInfoRequest(tinker_path=str(_as_path(tinker_path)))
+        return await self._transport.request_json(
+            t.WeightsInfoResponse,
+            PoolKind.TRAINING,
+            "POST",
+            f"{_API}/weights_info",
+            json=body,
+            sdk_method="RestClient.get_weights_info",
+        )
+
+    # -- sessions and samplers ----------------------------------------------------------------------------------
+
+    async def list_sessions(
+        self, limit: int = 20, offset: int = 0, access_scope: t.AccessScope = "owned"
+    ) -> t.ListSessionsResponse:
+        """One page of your session ids."""
+        params: dict[str, str | int] = {**_page_args(limit, offset), "access_scope": access_scope}
+        return await self._get(t.ListSessionsResponse, f"{_API}/sessions", "list_sessions", params)
+
+    def iter_sessions(self, *, page_size: int = 50, access_scope: t.AccessScope = "owned") -> AsyncIterator[str]:
+        """Every session id, fetched ``page_size`` at a time (the listing has no cursor: a short page ends it)."""
+        _page_args(page_size, 0)
+        return self._iter_sessions(page_size, access_scope)
+
+    async def _iter_sessions(self, page_size: int, access_scope: t.AccessScope) -> AsyncIterator[str]:
+        offset = 0
+        while True:
+            page = await self.list_sessions(page_size, offset, access_scope)
+            for session_id in page.sessions:
+                yield session_id
+            count = len(page.sessions)
+            offset += count
+            if count < page_size:
+                return
+
+    async def get_session(self, session_id: str, access_scope: t.AccessScope = "owned") -> t.GetSessionResponse:
+        """A session's training runs, samplers and metadata."""
+        path = f"{_API}/sessions/{_segment(session_id, 'session_id')}"
+        return await self._get(t.GetSessionResponse, path, "get_session", {"access_scope": access_scope})
+
+    async def get_sampler(self, sampler_id: str) -> t.GetSamplerResponse:
+        """A sampling session: its base model and, for one made from a checkpoint, the checkpoint's path."""
+        path = f"{_API}/samplers/{_segment(sampler_id, 'sampler_id')}"
+        return await self._get(t.GetSamplerResponse, path, "get_sampler")
