@@ -333,7 +333,7 @@ class FutureManager:
             request_type if request_type is not None else futures[0].request_type,
             model_id=futures[0].model_id,
         )
-        self._start(out, self._gather, out, list(futures), combine)
+        self._start(out, self._gather, list(futures), combine)
         return out
 
     def _check_open(self, request_id: str) -> None:
