@@ -8,6 +8,7 @@ own transport (``use_pyqwest_transport: false``). For HTTPS the subprocess trust
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -94,7 +95,7 @@ async def test_official_sdk_full_loop(tls: bool, pyqwest: bool) -> None:
     assert result["ce_output_len"] == len(PATTERN) - 1
     ce = result["ce_losses"]
     assert len(ce) == CE_STEPS and all(math.isfinite(x) and x > 0 for x in ce)
-    assert all(b < a for a, b in zip(ce, ce[1:], strict=False)), ce
+    assert all(b < a for a, b in itertools.pairwise(ce)), ce
     assert ce[-1] < 0.5 * ce[0]
     assert result["forward_loss"] < ce[-1]  # the forward after the last optim_step sees the improved model
     assert result["optim_metrics_type"] == "dict"
