@@ -1,0 +1,62 @@
+"""The example scripts run as users run them -- ``python examples/<name>.py``, no arguments -- and learn.
+
+Each starts its own simulator on 127.0.0.1 in a subprocess; we parse what it prints.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import sys
+from pathlib import Path
+
+import trio
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+RUN_LIMIT_S = 120.0  # each example takes a few seconds; this bound only stops a hang
+
+
+async def run_example(name: str, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINKER_")}
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    with trio.fail_after(RUN_LIMIT_S):
+        proc = await trio.run_process(
+            [sys.executable, str(EXAMPLES / name), *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=env,
+        )
+    stdout = proc.stdout.decode(errors="replace")
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}\n{stdout[-3000:]}\n{proc.stderr.decode()[-3000:]}"
+    return stdout
+
+
+async def test_sl_loop_loss_falls() -> None:
+    out = await run_example("sl_loop.py")
+
+    losses = [float(m[2]) for m in re.finditer(r"^step\s+(\d+)\s+loss\s+([0-9.]+)$", out, re.MULTILINE)]
+    assert len(losses) == 25, out
+    assert losses[-1] < losses[0] / 10, losses
+    assert sum(b < a for a, b in itertools.pairwise(losses)) >= len(losses) - 3, losses
+    sampled = re.search(r"\((\d+)/(\d+) follow the pattern\)", out)
+    assert sampled is not None, out
+    assert int(sampled[1]) == int(sampled[2]) > 0
+
+
+async def test_rl_loop_reward_rises() -> None:
+    out = await run_example("rl_loop.py")
+
+    rewards = [float(m[2]) for m in re.finditer(r"^iter\s+(\d+)\s+reward\s+([0-9.]+)", out, re.MULTILINE)]
+    assert len(rewards) == 20, out
+    assert max(rewards[:3]) < 0.2, rewards
+    assert min(rewards[-3:]) > 0.8, rewards
+
+
+async def test_rl_loop_with_ppo() -> None:
+    out = await run_example("rl_loop.py", "--loss", "ppo", "--iterations", "15")
+
+    rewards = [float(m[2]) for m in re.finditer(r"^iter\s+(\d+)\s+reward\s+([0-9.]+)", out, re.MULTILINE)]
+    assert len(rewards) == 15, out
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.5, rewards
