@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import ssl
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
@@ -85,7 +85,7 @@ class Session:
         session_id: str,
         config: Config,
         transport: Transport,
-        nursery: trio.Nursery,
+        host: _BackgroundHost,
         client_config: _types.ClientConfigResponse,
         dynamic_config: _types.ClientDynamicConfigResponse,
     ) -> None:
@@ -95,10 +95,11 @@ class Session:
         self.client_config = client_config
         self.dynamic_config = dynamic_config
         self._transport = transport
-        self._nursery = nursery
+        self._host = host
+        self._nursery = host.nursery
         self._futures = FutureManager(
             transport,
-            nursery,
+            host.nursery,
             transport.telemetry,
             billing_pause_s=float(client_config.billing_exception_max_pause_duration_sec),
         )
@@ -108,7 +109,6 @@ class Session:
         self._custom_loss_seq_ids = itertools.count()
         self._expired = False
         self._closed = False
-        self._background_failure: BaseException | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "expired" if self._expired else "open"
@@ -223,19 +223,11 @@ class Session:
         #   - the dynamic_config refresh (every max(refresh_interval_sec, 10) s, errors ignored).
 
     def _spawn(self, fn: Callable[[], Awaitable[object]], name: str) -> None:
-        """Run ``fn()`` in the session nursery; an exception from it is recorded (the finish reason is ``errored``)
-        and then ends the session, as itself."""
-
-        async def guarded() -> None:
-            try:
-                await fn()
-            except Exception as exc:
-                if self._background_failure is None:
-                    self._background_failure = exc
-                logger.error("session %s: background task %s failed: %r", self.session_id, name, exc)
-                raise
-
-        self._nursery.start_soon(guarded, name=name)
+        """Run ``fn()`` in the session's nursery. If it raises, the session ends (finish reason ``errored``) and the
+        ``async with`` block raises that exception, as itself."""
+        if self._closed:
+            raise SessionClosedError(f"session {self.session_id!r} is closed: cannot start {name}")
+        self._nursery.start_soon(fn, name=name)
 
     async def _heartbeat_loop(self) -> None:
         """POST session_heartbeat every ``heartbeat_interval_s`` (the first one interval after creation), 10 s
@@ -298,14 +290,16 @@ class Session:
 
     async def _close(self, reason: _types.FinishReasonType, detail: str | None) -> None:
         """Send finish (shielded, bounded), fail the pending futures, cancel the background tasks."""
-        if self._background_failure is not None:
-            reason, detail = "errored", _describe(self._background_failure)
+        if self._host.failure is not None:
+            reason, detail = "errored", _describe(self._host.failure)
         with trio.CancelScope(shield=True):
             # The batch window (later issue) is drained here on a clean exit, before finish.
             if not self._expired:
                 await self._send_finish(reason, detail)
             self._closed = True
             await self._futures.aclose()
+        # Cancels the background nursery only: the scope the body runs in is never cancelled by us, so an exception
+        # from the body leaves the block untouched (a cancelled scope would rebuild ExceptionGroups it passes).
         self._nursery.cancel_scope.cancel()
 
     async def _send_finish(self, reason: _types.FinishReasonType, detail: str | None) -> None:
@@ -329,6 +323,41 @@ class Session:
 # --------------------------------------------------------------------------------------------------------------------
 # open_session
 # --------------------------------------------------------------------------------------------------------------------
+
+
+class _BackgroundHost:
+    """A task holding the nursery of the session's background tasks (heartbeat, pollers, later the breaker
+    supervisor, batch window and metrics tasks).
+
+    The body of ``async with open_session()`` runs in the parent nursery, beside this task: a background failure
+    ends this task with that exception (unwrapped), which cancels the body; closing the session cancels only this
+    nursery.
+    """
+
+    def __init__(self) -> None:
+        self._nursery: trio.Nursery | None = None
+        self.failure: Exception | None = None
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        assert self._nursery is not None, "the background host has not started"
+        return self._nursery
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery(strict_exception_groups=True) as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        except BaseExceptionGroup as group:
+            lone = _lone_exception(group)
+            failure = lone if lone is not None else group
+            if isinstance(failure, Exception) and not _is_interruption(failure):
+                self.failure = failure
+                logger.error("session background task failed: %r", failure)
+            if lone is None:
+                raise
+            _reraise(lone)
 
 
 def _resolve_config(api_key: str | None, base_url: str | None, config: Config | None, tags: Sequence[str]) -> Config:
@@ -424,6 +453,41 @@ def _lone_exception(group: BaseExceptionGroup[BaseException]) -> BaseException |
     return None
 
 
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        members: tuple[BaseException, ...] = exc.exceptions  # pyright: ignore[reportUnknownMemberType,reportUnknownVariableType]
+        for member in members:
+            yield from _leaves(member)
+    else:
+        yield exc
+
+
+def _original(exc: BaseException, raised: BaseException | None) -> BaseException:
+    """``raised`` (what the body raised) when ``exc`` is trio's copy of it, else ``exc``.
+
+    The body's exception cancels the nursery's scope, which rebuilds an ExceptionGroup passing through it (without
+    its Cancelled members, and as a plain ExceptionGroup if the subclass has no ``derive``): the body's own group
+    object is what the user should get back.
+    """
+    if raised is None or exc is raised:
+        return exc
+    message = _group_message(exc)
+    if (
+        message is not None
+        and message == _group_message(raised)
+        and {id(leaf) for leaf in _leaves(exc)} <= {id(leaf) for leaf in _leaves(raised)}
+    ):
+        return raised
+    return exc
+
+
+def _group_message(exc: BaseException) -> str | None:
+    if isinstance(exc, BaseExceptionGroup):
+        message: str = exc.message  # pyright: ignore[reportUnknownMemberType]
+        return message
+    return None
+
+
 def _reraise(exc: BaseException) -> NoReturn:
     """Raise ``exc`` keeping its own ``__context__`` (not the group it was unwrapped from)."""
     context = exc.__context__
@@ -460,6 +524,7 @@ async def open_session(
     (e.g. AuthenticationError) if the server refuses the session.
     """
     cfg = _resolve_config(api_key, base_url, config, tags)
+    raised: BaseException | None = None  # what the body raised, if anything
     transport = Transport(
         cfg,
         ssl_context=ssl_context,
@@ -470,11 +535,13 @@ async def open_session(
         client_config, dynamic_config, session_id = await _bootstrap(transport, cfg, user_metadata)
         try:
             async with trio.open_nursery(strict_exception_groups=True) as nursery:
+                host = _BackgroundHost()
+                await nursery.start(host.run, name="tinkex_trio.session.background")
                 session = Session(
                     session_id=session_id,
                     config=cfg,
                     transport=transport,
-                    nursery=nursery,
+                    host=host,
                     client_config=client_config,
                     dynamic_config=dynamic_config,
                 )
@@ -484,6 +551,7 @@ async def open_session(
                 try:
                     yield session
                 except BaseException as exc:
+                    raised = exc
                     reason, detail = _finish_reason(exc)
                     raise
                 finally:
@@ -492,6 +560,7 @@ async def open_session(
             lone = _lone_exception(group)
             if lone is None:
                 raise
-            _reraise(lone)
+            _reraise(_original(lone, raised))
     finally:
+        raised = None
         await transport.aclose()
