@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
+import msgspec
 import pytest
 import trio
 import trio.lowlevel
@@ -39,7 +40,7 @@ from tinkex_trio.errors import (
 )
 from tinkex_trio.rest import RestClient
 from tinkex_trio.sampling import SamplingClient
-from tinkex_trio.sim import open_sim_server
+from tinkex_trio.sim import Latency, open_sim_server
 from tinkex_trio.sim._config import ServiceTime
 from tinkex_trio.training import TrainingClient
 
@@ -335,6 +336,8 @@ async def test_no_task_outlives_the_session(autojump_clock: trio.testing.MockClo
         with pytest.raises(SessionClosedError):
             await session.get_server_capabilities()
         assert "closed" in repr(session)
+        with pytest.raises(SessionClosedError):
+            session._spawn(trio.sleep_forever, "tinkex_trio.test.late")
         requests_at_exit = len(sim.rec.seen)
         await trio.sleep(100)
         assert len(sim.rec.seen) == requests_at_exit  # nothing polls or beats any more
@@ -404,3 +407,24 @@ async def test_integration_errored_over_tls_loopback() -> None:
                 async with open_session(API_KEY, server.base_url, ssl_context=server.client_ssl_context()):
                     _ = 1 / 0
             assert server.stats.requests[("sessions/{id}/finish", 200)] == 1
+
+
+async def test_heartbeat_timeout_over_tls_loopback() -> None:
+    """A heartbeat the server holds for 5 s fails after the 0.3 s heartbeat timeout, without a retry."""
+    sim_cfg = sim_config(service=ServiceTime(base_s=0.01))
+    sim_cfg.faults.set_endpoint("session_heartbeat", latency=Latency.fixed(5.0))
+    config = Config.create(API_KEY, "https://placeholder.invalid", heartbeat_interval_s=0.5)
+    config = msgspec.structs.replace(config, timeouts=TimeoutsConfig(heartbeat_s=0.3))
+    with trio.fail_after(60):
+        async with open_sim_server(sim_cfg, tls=True) as server:
+            async with open_session(
+                base_url=server.base_url, config=config, ssl_context=server.client_ssl_context()
+            ) as session:
+                rx = session.telemetry.subscribe(events=SESSION_HEARTBEAT)
+                await trio.sleep(1.45)  # beats at 0.5 and 1.0, each failing 0.3 s later
+                events = drain(rx)
+                assert session._check_alive() is None  # failures are not fatal
+            assert [e.metadata["error"] for e in events] == ["APITimeoutError"] * 2
+            assert all(0.3 <= e.measurements["duration_ms"] / 1000 < 1.0 for e in events)
+            # One attempt per beat (a third beat may have started while the session was closing).
+            assert 2 <= server.stats.faults[("latency", "session_heartbeat")] <= 3

@@ -342,9 +342,13 @@ class FutureManager:
 
     def _start(self, fut: APIFuture[Any], body: Callable[..., Any], *args: Any) -> None:
         scope = trio.CancelScope()
+        try:
+            self._nursery.start_soon(self._run, fut, scope, body, args, name=f"tinkex_trio.future:{fut.request_id}")
+        except RuntimeError:  # the nursery is closed: a background failure is ending the session
+            self._closed = True
+            raise SessionClosedError(f"the session is closing: request {fut.request_id!r} cannot be tracked") from None
         self._pending[fut] = scope
         self._running += 1
-        self._nursery.start_soon(self._run, fut, scope, body, args, name=f"tinkex_trio.future:{fut.request_id}")
 
     async def _run(
         self, fut: APIFuture[Any], scope: trio.CancelScope, body: Callable[..., Any], args: tuple[Any, ...]

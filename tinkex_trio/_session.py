@@ -7,7 +7,9 @@
         ...
 
 Entering the block bootstraps (protocol §2): ``client/config`` (mandatory), ``client/dynamic_config`` (a 404 means
-the defaults), ``create_session``. Then one nursery runs the heartbeat and the future pollers; nothing runs outside it.
+the defaults), ``create_session``. Then one nursery runs every background task (the heartbeat, the future pollers);
+nothing runs outside it. That nursery is held by a task beside the block's body, in the nursery ``open_session``
+opens: a background failure cancels the body, and closing the session cancels the background tasks only.
 
 Leaving the block sends ``POST /sessions/{id}/finish`` with ``success`` (clean exit), ``errored`` (an exception, in
 the body or in a background task) or ``interrupted`` (cancellation, Ctrl-C), shielded from cancellation and bounded by
@@ -225,9 +227,13 @@ class Session:
     def _spawn(self, fn: Callable[[], Awaitable[object]], name: str) -> None:
         """Run ``fn()`` in the session's nursery. If it raises, the session ends (finish reason ``errored``) and the
         ``async with`` block raises that exception, as itself."""
-        if self._closed:
-            raise SessionClosedError(f"session {self.session_id!r} is closed: cannot start {name}")
-        self._nursery.start_soon(fn, name=name)
+        if not self._closed:
+            try:
+                self._nursery.start_soon(fn, name=name)
+                return
+            except RuntimeError:  # the nursery is closed: a background failure is ending the session
+                pass
+        raise SessionClosedError(f"session {self.session_id!r} is closed: cannot start {name}")
 
     async def _heartbeat_loop(self) -> None:
         """POST session_heartbeat every ``heartbeat_interval_s`` (the first one interval after creation), 10 s
