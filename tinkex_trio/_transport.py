@@ -23,7 +23,7 @@ import platform
 import random
 import ssl
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
 
 import httpx
@@ -114,6 +114,38 @@ def _connection_error(exc: httpx.HTTPError, what: str) -> APIConnectionError:
         return APITimeoutError(f"{what}: request timed out ({type(exc).__name__})")
     detail = str(exc) or type(exc).__name__
     return APIConnectionError(f"{what}: connection error: {detail}")
+
+
+class _RequestBody(httpx.AsyncByteStream):
+    """A request body whose async iteration is a plain iterator rather than an async generator.
+
+    httpx's own ``ByteStream.__aiter__`` is an async generator; when a connection fails while the body is being
+    written, that generator is dropped unfinished and trio warns (ResourceWarning) when it is garbage collected
+    (encode/httpx#3686). It replaces the stream of a request already built from the bytes, so Content-Length and
+    the other headers are httpx's own.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _Once(self._data)
+
+
+class _Once:
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+
+    def __aiter__(self) -> _Once:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data, self._data = self._data, None
+        if data is None:
+            raise StopAsyncIteration
+        return data
 
 
 class Transport:
@@ -280,7 +312,10 @@ class Transport:
         start = trio.current_time()
         bus.emit(HTTP_REQUEST_START, {"attempt": attempt}, meta, time=start)
         try:
-            response = await client.request(method, path, content=body, headers=headers, params=params, timeout=timeout)
+            request = client.build_request(method, path, content=body, headers=headers, params=params, timeout=timeout)
+            if body is not None:
+                request.stream = _RequestBody(body)
+            response = await client.send(request)
         except httpx.HTTPError as exc:
             err = _connection_error(exc, what)
             end = trio.current_time()
