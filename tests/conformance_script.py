@@ -109,7 +109,7 @@ def run(base_url: str, results: dict[str, Any]) -> None:
     results["step"] = "load_state"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # load_state is deprecated in 0.38.0, still part of the protocol
-        loaded = training.load_state(saved.path).result()
+        loaded = training.load_state(saved.path).result()  # pyright: ignore[reportDeprecated]
     results["loaded"] = loaded.path if loaded.path is not None else "ok"
 
     results["step"] = "save_weights_and_get_sampling_client"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from tinkex_trio.sim import (
 )
 from tinkex_trio.sim._faults import MALFORMED_BODY
 
-Message = dict[str, Any]
+Message = MutableMapping[str, Any]
 
 # -- a trivial ASGI app -------------------------------------------------------------------------------------------
 
@@ -57,9 +57,9 @@ class EchoApp:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def call_in_process(mw: FaultMiddleware, path: str) -> list[Message]:
+async def call_in_process(mw: FaultMiddleware, path: str) -> list[dict[str, Any]]:
     """Run one request through ``mw`` without a server; returns the messages it sent."""
-    sent: list[Message] = []
+    sent: list[dict[str, Any]] = []
     delivered = False
 
     async def receive() -> Message:
@@ -73,7 +73,7 @@ async def call_in_process(mw: FaultMiddleware, path: str) -> list[Message]:
     async def send(message: Message) -> None:
         sent.append(dict(message, at=trio.current_time()))
 
-    scope = {"type": "http", "method": "POST", "path": path, "headers": [], "client": ("127.0.0.1", 1)}
+    scope: dict[str, Any] = {"type": "http", "method": "POST", "path": path, "headers": [], "client": ("127.0.0.1", 1)}
     await mw(scope, receive, send)
     return sent
 
@@ -81,7 +81,7 @@ async def call_in_process(mw: FaultMiddleware, path: str) -> list[Message]:
 @asynccontextmanager
 async def served(
     faults: FaultConfig, *, tls: bool = False, http2: bool = False, app: EchoApp | None = None
-) -> AsyncIterator[tuple[SimServer, httpx.AsyncClient, EchoApp]]:
+) -> AsyncGenerator[tuple[SimServer, httpx.AsyncClient, EchoApp]]:
     from tinkex_trio.sim._config import SimConfig
 
     echo = app if app is not None else EchoApp()
