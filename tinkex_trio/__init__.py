@@ -1,5 +1,90 @@
-"""tinkex_trio: a Trio-native client for the Tinker fine-tuning API."""
+"""tinkex_trio: a Trio-native client for the Tinker fine-tuning API.
 
+::
+
+    import trio
+    import tinkex_trio as tx
+
+    async def main() -> None:
+        async with tx.open_session() as session:          # TINKER_API_KEY / TINKER_BASE_URL from the environment
+            trainer = await session.create_lora_training_client("Qwen/Qwen3-8B", rank=32)
+            out = await trainer.forward_backward(data, "cross_entropy")
+            await trainer.optim_step(tx.AdamParams(learning_rate=1e-4))
+
+    trio.run(main)
+
+The public surface is exactly ``__all__``; everything in a module whose name starts with ``_`` is private.
+"""
+
+from tinkex_trio import errors, types
+from tinkex_trio._config import (
+    BatchingConfig,
+    CircuitBreakerConfig,
+    Config,
+    MetricsConfig,
+    PoolLimits,
+    PoolsConfig,
+    RetryConfig,
+    TimeoutsConfig,
+)
+from tinkex_trio._futures import APIFuture
+from tinkex_trio._session import Session, open_session
+from tinkex_trio._telemetry import TelemetryBus, TelemetryEvent
 from tinkex_trio._version import __version__
+from tinkex_trio.rest import RestClient
+from tinkex_trio.sampling import SamplingClient
+from tinkex_trio.training import TrainingClient
+from tinkex_trio.types import (
+    AdamParams,
+    Datum,
+    DimuonParams,
+    EncodedTextChunk,
+    ForwardBackwardOutput,
+    ImageChunk,
+    LoraConfig,
+    ModelInput,
+    OptimStepResponse,
+    SampledSequence,
+    SampleResponse,
+    SamplingParams,
+    StopReason,
+    TensorData,
+    datum,
+)
 
-__all__ = ["__version__"]
+__all__ = [
+    "APIFuture",
+    "AdamParams",
+    "BatchingConfig",
+    "CircuitBreakerConfig",
+    "Config",
+    "Datum",
+    "DimuonParams",
+    "EncodedTextChunk",
+    "ForwardBackwardOutput",
+    "ImageChunk",
+    "LoraConfig",
+    "MetricsConfig",
+    "ModelInput",
+    "OptimStepResponse",
+    "PoolLimits",
+    "PoolsConfig",
+    "RestClient",
+    "RetryConfig",
+    "SampleResponse",
+    "SampledSequence",
+    "SamplingClient",
+    "SamplingParams",
+    "Session",
+    "StopReason",
+    "TelemetryBus",
+    "TelemetryEvent",
+    "TensorData",
+    "TimeoutsConfig",
+    "TrainingClient",
+    "__version__",
+    "datum",
+    "errors",
+    "open_session",
+    "types",
+]
