@@ -497,3 +497,69 @@ async def test_slow_response_over_loopback(autojump_clock: trio.testing.MockCloc
     assert r.status_code == 200 and json.loads(body)["path"] == "/api/v1/healthz"
     assert t_headers - t0 == pytest.approx(0.0)
     assert t_body - t0 == pytest.approx(4.0)
+
+
+# -- the knobs the simulator app reads (future_failure_rate, paused_rate_limit), over loopback --------------------
+
+
+async def _create_model_future(client: httpx.AsyncClient) -> str:
+    headers = {"X-API-Key": "tml-faults-test"}
+    r = await client.post(
+        "/api/v1/create_session",
+        json={"tags": [], "user_metadata": {}, "sdk_version": "0.38.0", "type": "create_session"},
+        headers=headers,
+    )
+    assert r.status_code == 200, r.text
+    r = await client.post(
+        "/api/v1/create_model",
+        json={
+            "session_id": r.json()["session_id"],
+            "model_seq_id": 0,
+            "base_model": "meta-llama/Llama-3.2-1B",
+            "lora_config": {"rank": 4},
+            "type": "create_model",
+        },
+        headers=headers,
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["request_id"])
+
+
+async def _poll(client: httpx.AsyncClient, request_id: str) -> dict[str, Any]:
+    r = await client.post(
+        "/api/v1/retrieve_future",
+        json={"request_id": request_id, "allow_metadata_only": True},
+        headers={"X-API-Key": "tml-faults-test"},
+    )
+    assert r.status_code == 200, r.text
+    out: dict[str, Any] = r.json()
+    return out
+
+
+async def test_future_failure_rate_fails_futures_with_category_server(autojump_clock: trio.testing.MockClock) -> None:
+    from tinkex_trio.sim import SimConfig
+
+    config = SimConfig(compute_in_threads=False, long_poll_s=5.0, faults=FaultConfig(future_failure_rate=1.0))
+    async with (
+        open_sim_server(config, tls=False, keep_alive_timeout=math.inf) as server,
+        httpx.AsyncClient(base_url=server.base_url, timeout=None) as client,
+    ):
+        request_id = await _create_model_future(client)
+        answer = await _poll(client, request_id)
+    assert answer.get("category") == "server" and "error" in answer, answer
+
+
+async def test_paused_rate_limit_is_reported_by_try_again(autojump_clock: trio.testing.MockClock) -> None:
+    from tinkex_trio.sim import SimConfig
+
+    config = SimConfig(compute_in_threads=False, long_poll_s=2.0, faults=FaultConfig(paused_rate_limit=True))
+    async with (
+        open_sim_server(config, tls=False, keep_alive_timeout=math.inf) as server,
+        httpx.AsyncClient(base_url=server.base_url, timeout=None) as client,
+    ):
+        request_id = await _create_model_future(client)
+        held = await _poll(client, request_id)
+        assert held.get("type") == "try_again" and held.get("queue_state") == "paused_rate_limit", held
+        server.config.faults.paused_rate_limit = False  # live: the next poll gets the result
+        done = await _poll(client, request_id)
+    assert "model_id" in done and done.get("type") != "try_again", done

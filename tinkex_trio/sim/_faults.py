@@ -248,8 +248,10 @@ class FaultConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict
     - ``reset_after_rate``: the app handles the request, then the connection is reset instead of answering.
     - ``malformed_rate``: the app handles the request, the client gets 200 with a body that is not valid JSON.
     - ``truncate_rate``: the app handles the request, the client gets its status and headers with a Content-Length
-      larger than the body bytes that follow, then the stream ends (HTTP/1.1: the connection is closed; HTTP/2: the
-      stream ends short of its content-length).
+      larger than the (half) body that follows, then the connection is closed (FIN) mid-message.
+
+    Resets and truncations act on the TCP connection (served by `open_sim_server`), so over HTTP/2 they also end
+    the other requests in flight on that connection, as a real reset would.
 
     ``endpoints`` maps a key to `EndpointFaults`: a key starting with ``/`` matches an exact path (e.g.
     ``/api/v1/asample``), any other key matches an endpoint name as given by `endpoint_name` (e.g.

@@ -730,6 +730,8 @@ def open_sim_server(
     still behind the stats and fault middleware. On exit, idle connections are closed, busy ones get
     ``graceful_timeout`` seconds, then everything is cancelled.
 
+    When ``config.faults.seed`` is None it is set to ``config.seed``, so injected faults are reproducible too.
+
     Requires the ``sim`` extra (hypercorn, trustme).
     """
     return _ServerManager(
