@@ -12,6 +12,7 @@ import trio.testing
 
 from tinkex_trio import types as t
 from tinkex_trio._config import Config
+from tinkex_trio._session import open_session
 from tinkex_trio._transport import PoolKind, Transport
 from tinkex_trio.errors import InternalServerError, NotFoundError, UnprocessableEntityError
 from tinkex_trio.rest import RestClient
@@ -478,3 +479,25 @@ async def test_server_errors_are_retried(world: World, autojump_clock: trio.test
     world.faults = FaultConfig(seed=11, endpoints={"training_runs": EndpointFaults(error_rates={500: 1.0})})
     with pytest.raises(InternalServerError):
         await world.rest.list_training_runs()
+
+
+async def test_session_rest_sees_what_a_training_client_made(world: World) -> None:
+    async with open_session(
+        "tml-rest-test-key", "http://sim", transport_factory=lambda pool: httpx.ASGITransport(app=world.app)
+    ) as session:
+        trainer = await session.create_lora_training_client(BASE_MODEL, rank=4, seed=2)
+        state_path = await trainer.save_state("from-session")
+        sampler_path = await trainer.save_weights_for_sampler("from-session-sampler")
+
+        rest = session.rest
+        assert rest is session.rest
+        run = await rest.get_training_run(trainer.model_id)
+        assert run.last_checkpoint is not None
+        assert run.last_checkpoint.tinker_path == state_path
+        listing = await rest.list_checkpoints(trainer.model_id)
+        assert sorted(c.tinker_path for c in listing.checkpoints) == sorted([state_path, sampler_path])
+        info = await rest.get_weights_info(state_path)
+        assert (info.base_model, info.lora_rank) == (BASE_MODEL, 4)
+        got = await rest.get_session(session.session_id)
+        assert got.training_run_ids == [trainer.model_id]
+        assert session.session_id in await collect(rest.iter_sessions(page_size=1))
