@@ -64,6 +64,14 @@ BACKPRESSURE_DEFAULT_WAIT_S = 1.0
 _MAX_BACKPRESSURE_ROUNDS = 10_000
 
 
+class _BackpressureOutlasted(Exception):
+    """The server kept answering 429 past the retry budget: the sample gives up (it is not a failure to retry)."""
+
+    def __init__(self, error: RateLimitError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The submission gate
 # --------------------------------------------------------------------------------------------------------------------
@@ -304,6 +312,8 @@ class SamplingClient:
             seq_id = self._take_seq_id()
             try:
                 return await self._sample_once(msgspec.structs.replace(request, seq_id=seq_id), started)
+            except _BackpressureOutlasted as stop:
+                raise stop.error from None
             except Exception as exc:
                 outcome = outcome_from_exception(exc)
                 if outcome is None:
@@ -361,7 +371,7 @@ class SamplingClient:
                     if wait is None or not 0.0 <= wait <= max_wait:
                         wait = BACKPRESSURE_DEFAULT_WAIT_S
                     if trio.current_time() - started + wait > budget:
-                        raise
+                        raise _BackpressureOutlasted(exc) from None
                     self._gate.backpressure(wait)
                     logger.debug("asample backpressure (429); re-submitting in %.3fs", wait)
         raise RateLimitError(  # pragma: no cover - the budget ends the loop long before
