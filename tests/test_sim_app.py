@@ -739,3 +739,23 @@ async def test_lifespan_cancelled_without_shutdown_leaves_a_working_queue(
         await sim.new_session()
         model_id = await sim.new_model()
         assert (await sim.result(await sim.optim(model_id, 1)))["metrics"]
+
+
+async def test_rejected_sequenced_request_uses_up_its_seq_id(autojump_clock: trio.testing.MockClock) -> None:
+    await_limit = 5.0
+    app = create_app(_config(seq_gap_timeout_s=1000.0))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://s", headers=KEY) as client:
+        sim = Sim(app, client)
+        await sim.new_session()
+        model_id = await sim.new_model()
+        bad = await sim.post("save_weights", {"model_id": model_id, "path": "a/b", "seq_id": 1})
+        assert bad.status_code == 422 and "invalid checkpoint name" in bad.json()["detail"]
+        step = await sim.optim(model_id, 2)
+        start = trio.current_time()
+        assert "metrics" in await sim.result(step)
+        assert trio.current_time() - start < await_limit  # did not wait for the gap timeout
+        # The rejected seq_id re-sent: a future that fails as the user's error.
+        again = await sim.ok("save_weights", {"model_id": model_id, "path": "ok", "seq_id": 1})
+        failed = await sim.result(again)
+        assert failed["category"] == "user" and "invalid checkpoint name" in failed["error"]
+        assert app.state.models[model_id].applied_seq_ids == [2]

@@ -226,3 +226,17 @@ async def test_nursery_swap_keeps_order(autojump_clock: trio.testing.MockClock) 
         queue.attach_nursery(None)
         nursery.cancel_scope.cancel()
     assert log == list(range(6))
+
+
+async def test_consumed_seq_lets_the_lane_move_on(autojump_clock: trio.testing.MockClock) -> None:
+    queue, _ = _make(QueueSettings(seq_gap_timeout_s=1000.0))
+    log: list[int] = []
+    queue.submit("m", "X", _recorder(log, 0), seq_id=0)
+    later, _ = queue.submit("m", "X", _recorder(log, 2), seq_id=2)
+    rejected = queue.consume_seq("m", 1, "rejected: bad request")
+    assert rejected is not None and rejected.status == "failed" and rejected.category == "user"
+    assert await queue.wait(later, 5.0)
+    assert log == [0, 2]
+    assert queue.lookup_seq("m", 1) is rejected
+    assert queue.consume_seq("m", 1, "again") is None  # already known
+    assert queue.consume_seq("no-such-lane", 1, "x") is None

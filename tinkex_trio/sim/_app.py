@@ -285,10 +285,13 @@ class SimApp:
                 self._check_auth(request)
             return await handler(request)
         except HTTPError as exc:
+            self._consume_rejected_seq(request, exc.detail)
             return Response(exc.status, _error_body(exc.detail), headers=exc.headers)
         except StateError as exc:
+            self._consume_rejected_seq(request, exc.detail)
             return Response(exc.status, _error_body(exc.detail))
         except SimUserError as exc:
+            self._consume_rejected_seq(request, str(exc))
             return Response(400, _error_body(str(exc)))
         except Exception as exc:
             logger.exception("sim: unexpected error in %s %s", request.method, request.path)
@@ -376,6 +379,23 @@ class SimApp:
         if path in known_paths:
             raise HTTPError(405, f"method {request.method} not allowed on {path}")
         raise HTTPError(404, f"not found: {request.method} {path}")
+
+    @staticmethod
+    def _note_seq(request: Request, model_id: str, seq_id: int | None) -> None:
+        """Remember which (model, seq_id) this request holds, so that rejecting it still uses up the seq_id."""
+        if seq_id is not None:
+            request.params["seq_model_id"] = model_id
+            request.params["seq_id"] = str(seq_id)
+
+    def _consume_rejected_seq(self, request: Request, detail: str) -> None:
+        """A sequenced request rejected with a 4xx still takes its seq_id (the client will not send it again), so
+        the model's later requests do not wait for it."""
+        model_id = request.params.get("seq_model_id")
+        seq = request.params.get("seq_id")
+        if model_id is None or seq is None or not self.queue.has_lane(model_id):
+            return
+        if int(seq) >= 1:
+            self.queue.consume_seq(model_id, int(seq), f"rejected: {detail}")
 
     def _check_auth(self, request: Request) -> None:
         key = request.header("x-api-key")
@@ -691,6 +711,7 @@ class SimApp:
 
     async def _forward_backward(self, request: Request) -> Response:
         work = self._decode_fwdbwd(request)
+        self._note_seq(request, work.model_id, work.seq_id)
         model = self.state.model(work.model_id)
         tokens = sum(_model_input_length(d.model_input) for d in work.data)
 
@@ -712,6 +733,7 @@ class SimApp:
 
     async def _optim_step(self, request: Request) -> Response:
         body = self._decode(request, t.OptimStepRequest)
+        self._note_seq(request, body.model_id, body.seq_id)
         model = self.state.model(body.model_id)
         params: AdamParams | DimuonParams
         if body.optimizer_params is not None:
@@ -770,6 +792,7 @@ class SimApp:
 
     async def _save_weights(self, request: Request) -> Response:
         body = self._decode(request, t.SaveWeightsRequest)
+        self._note_seq(request, body.model_id, body.seq_id)
         model = self.state.model(body.model_id)
         name = self._checkpoint_name(body.path, body.seq_id, "state")
         store = self._checkpoint_commit(
@@ -792,6 +815,7 @@ class SimApp:
 
     async def _save_weights_for_sampler(self, request: Request) -> Response:
         body = self._decode(request, t.SaveWeightsForSamplerRequest)
+        self._note_seq(request, body.model_id, body.seq_id)
         model = self.state.model(body.model_id)
         if body.path is not None:
             name = self._checkpoint_name(body.path, body.seq_id, "sampler")
@@ -839,6 +863,7 @@ class SimApp:
 
     async def _save_weights_external(self, request: Request) -> Response:
         body = self._decode(request, t.SaveWeightsExternalRequest)
+        self._note_seq(request, body.model_id, body.seq_id)
         model = self.state.model(body.model_id)
         name = self._checkpoint_name(body.path, body.seq_id, "external")
         store = self._checkpoint_commit(
@@ -864,6 +889,7 @@ class SimApp:
     async def _load_weights(self, request: Request) -> Response:
         body = self._decode(request, t.LoadWeightsRequest)
         if body.model_id is not None:
+            self._note_seq(request, body.model_id, body.seq_id)
             if body.session_id is not None:
                 raise HTTPError(422, "load_weights takes either model_id (in place) or session_id (create), not both")
             return self._load_in_place(body)

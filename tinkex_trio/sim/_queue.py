@@ -274,6 +274,33 @@ class FuturesQueue:
         self._evict()
         return record, True
 
+    def consume_seq(self, lane_key: str, seq_id: int, error: str) -> FutureRecord | None:
+        """Mark ``seq_id`` of an ordered lane as used by a request that was rejected before it was queued.
+
+        The lane moves past it instead of waiting for it; a re-send of that ``(lane, seq_id)`` gets a future that
+        fails with ``error`` (category ``user``). Does nothing if the seq_id is already known (returns ``None``).
+        """
+        lane = self._lanes.get(lane_key)
+        if lane is None or seq_id in lane.seen:
+            return None
+        record = FutureRecord(
+            request_id=self.new_request_id(),
+            request_type="Rejected",
+            lane_key=lane_key,
+            seq_id=seq_id,
+            job=None,
+            created_at=trio.current_time(),
+        )
+        self._records[record.request_id] = record
+        lane.seen[seq_id] = record.request_id
+        lane.max_seen_seq = max(lane.max_seen_seq, seq_id)
+        self._finish(record, "failed", error=error, category="user")
+        if lane.ordered and seq_id >= lane.next_seq:
+            lane.pending[seq_id] = record
+        lane.wake()
+        self._evict()
+        return record
+
     def complete_now(
         self, lane_key: str, request_type: str, result: Any, *, extra: dict[str, Any] | None = None
     ) -> FutureRecord:
