@@ -21,6 +21,7 @@ from _simkit import API_KEY, BASE_URL, Reply, Seen, SimStack, sim_config, sim_st
 
 from tinkex_trio import types as t
 from tinkex_trio._config import Config, RetryConfig
+from tinkex_trio._telemetry import RETRY, TelemetryEvent
 from tinkex_trio.errors import (
     APIStatusError,
     InternalServerError,
@@ -32,6 +33,7 @@ from tinkex_trio.errors import (
 )
 from tinkex_trio.sampling import (
     BACKPRESSURE_INFLIGHT_SUBMISSIONS,
+    BACKPRESSURE_MIN_WAIT_S,
     MAX_INFLIGHT_SUBMISSIONS,
     SamplingClient,
     _SubmissionGate,
@@ -194,19 +196,25 @@ async def test_429_is_backpressure_resubmitted_with_the_same_seq_id(
     sim: SimStack, autojump_clock: trio.testing.MockClock
 ) -> None:
     async with sim.session() as session:
+        retries: list[TelemetryEvent] = []
+        session.telemetry.attach("test", RETRY, retries.append)
         sampler = await sampler_for(session)
         sim.rec.script(
             "asample",
             Reply(429, {"detail": "slow down"}, headers={"Retry-After": "3"}),
             Reply(429, {"detail": "slow down"}),
+            Reply(429, {"detail": "slow down"}, headers={"Retry-After": "0"}),
         )
         result = await sampler.sample(PROMPT, 1, t.SamplingParams(max_tokens=2))
         assert len(result.sequences) == 1
         seen = submissions(sim)
-        assert [s.status for s in seen] == [429, 429, 200]
-        assert seq_ids(sim) == [0, 0, 0]
-        assert [s.body for s in seen[1:]] == [seen[0].body] * 2  # the very same request
-        assert gaps(seen) == [pytest.approx(3.0), pytest.approx(1.0)]  # Retry-After, then the default 1 s
+        assert [s.status for s in seen] == [429, 429, 429, 200]
+        assert seq_ids(sim) == [0, 0, 0, 0]
+        assert [s.body for s in seen[1:]] == [seen[0].body] * 3  # the very same request
+        # Retry-After, then the default 1 s, then the floor for "Retry-After: 0".
+        assert gaps(seen) == [pytest.approx(3.0), pytest.approx(1.0), pytest.approx(BACKPRESSURE_MIN_WAIT_S)]
+        backpressure = [e for e in retries if e.metadata.get("reason") == "backpressure"]
+        assert [e.measurements["delay_s"] for e in backpressure] == [3.0, 1.0, BACKPRESSURE_MIN_WAIT_S]
         await sampler.sample(PROMPT, 1, t.SamplingParams(max_tokens=2))
         assert seq_ids(sim)[-1] == 1
 
@@ -315,6 +323,8 @@ async def test_transient_failure_retries_the_sample_with_a_new_seq_id(
     sim: SimStack, autojump_clock: trio.testing.MockClock, failure: Reply | Exception
 ) -> None:
     async with sim.session() as session:
+        retries: list[TelemetryEvent] = []
+        session.telemetry.attach("test", RETRY, retries.append)
         sampler = await sampler_for(session)
         sim.rec.script("asample", failure)
         result = await sampler.sample(PROMPT, 2, t.SamplingParams(max_tokens=3))
@@ -322,6 +332,8 @@ async def test_transient_failure_retries_the_sample_with_a_new_seq_id(
         assert seq_ids(sim) == [0, 1]
         (gap,) = gaps(submissions(sim))
         assert 0.375 - 1e-9 <= gap <= 0.625 + 1e-9  # min(0.5 * 2^0, 10) ± 25 %
+        (event,) = [e for e in retries if e.metadata.get("method") == "SamplingClient.sample"]
+        assert event.metadata["reason"] == "retryable_failure" and event.measurements["delay_s"] == pytest.approx(gap)
 
 
 async def test_gone_future_retries_the_sample(sim: SimStack, autojump_clock: trio.testing.MockClock) -> None:

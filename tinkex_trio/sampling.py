@@ -60,6 +60,9 @@ BACKPRESSURE_INFLIGHT_SUBMISSIONS = 10
 #: How long the reduced limit lasts after a 429, and the wait when the 429 gives no usable Retry-After.
 BACKPRESSURE_WINDOW_S = 10.0
 BACKPRESSURE_DEFAULT_WAIT_S = 1.0
+#: The shortest backpressure wait, whatever ``Retry-After`` says: a server answering ``Retry-After: 0`` to every
+#: submission must not get a tight loop.
+BACKPRESSURE_MIN_WAIT_S = 0.1
 #: A hard bound on 429 rounds for one attempt (the retry budget normally ends them much earlier).
 _MAX_BACKPRESSURE_ROUNDS = 10_000
 
@@ -309,6 +312,7 @@ class SamplingClient:
         policy = RetryPolicy(cfg)
         started = trio.current_time()
         for attempt in range(max_retries + 1):
+            session._check_alive()  # a heartbeat may have found the session expired while we waited
             seq_id = self._take_seq_id()
             try:
                 return await self._sample_once(msgspec.structs.replace(request, seq_id=seq_id), started)
@@ -327,7 +331,12 @@ class SamplingClient:
                 session.telemetry.emit(
                     RETRY,
                     {"delay_s": delay, "attempt": attempt + 1},
-                    {"method": "SamplingClient.sample", "error": type(exc).__name__, "seq_id": seq_id},
+                    {
+                        "method": "SamplingClient.sample",
+                        "reason": "retryable_failure",
+                        "error": type(exc).__name__,
+                        "seq_id": seq_id,
+                    },
                 )
                 logger.debug("sample seq_id=%d failed (%s); retrying in %.3fs", seq_id, type(exc).__name__, delay)
                 await trio.sleep(delay)
@@ -351,7 +360,7 @@ class SamplingClient:
         session = self._session
         budget = session.config.retry.retry_budget_s
         max_wait = session.config.retry.retry_after_max_s
-        for _ in range(_MAX_BACKPRESSURE_ROUNDS):
+        for rounds in range(_MAX_BACKPRESSURE_ROUNDS):
             await self._gate.wait_backoff()
             async with self._gate.slot():
                 try:
@@ -370,9 +379,15 @@ class SamplingClient:
                     wait = exc.retry_after
                     if wait is None or not 0.0 <= wait <= max_wait:
                         wait = BACKPRESSURE_DEFAULT_WAIT_S
+                    wait = max(wait, BACKPRESSURE_MIN_WAIT_S)
                     if trio.current_time() - started + wait > budget:
                         raise _BackpressureOutlasted(exc) from None
                     self._gate.backpressure(wait)
+                    session.telemetry.emit(
+                        RETRY,
+                        {"delay_s": wait, "attempt": rounds + 1},
+                        {"method": "SamplingClient.sample", "reason": "backpressure", "error": type(exc).__name__},
+                    )
                     logger.debug("asample backpressure (429); re-submitting in %.3fs", wait)
         raise RateLimitError(  # pragma: no cover - the budget ends the loop long before
             "asample: too many backpressure rounds", status_code=429
