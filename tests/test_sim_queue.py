@@ -240,3 +240,16 @@ async def test_consumed_seq_lets_the_lane_move_on(autojump_clock: trio.testing.M
     assert queue.lookup_seq("m", 1) is rejected
     assert queue.consume_seq("m", 1, "again") is None  # already known
     assert queue.consume_seq("no-such-lane", 1, "x") is None
+
+
+async def test_threaded_jobs_run_inline_under_mock_clock(autojump_clock: trio.testing.MockClock) -> None:
+    queue = FuturesQueue(QueueSettings, seed=1)  # threads=True
+    thread_names: list[str] = []
+
+    def compute() -> int:
+        thread_names.append(threading.current_thread().name)
+        return 1
+
+    record, _ = queue.submit("m", "X", Job(compute=compute, threaded=True), seq_id=0)
+    assert await queue.wait(record, 1.0)
+    assert thread_names == [threading.main_thread().name]

@@ -91,7 +91,7 @@ class SimConfig:
     max_retained_bytes: int = 512 * 1024 * 1024
     """Also forget the oldest finished futures when their encoded results exceed this many bytes."""
     compute_in_threads: bool = True
-    """Run the numpy work in worker threads. Turn off under ``MockClock(autojump_threshold=0)`` in tests."""
+    """Run the numpy work in worker threads (always inline under trio's MockClock, which cannot see threads)."""
     owner: str = "sim-user"
     """``model_owner`` of training runs."""
     faults: FaultConfig = field(default_factory=FaultConfig)

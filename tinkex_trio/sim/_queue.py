@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import trio
+import trio.testing
 
 __all__ = [
     "FailureCategory",
@@ -42,6 +43,10 @@ logger = logging.getLogger("tinkex_trio.sim")
 QueueState = Literal["active", "paused_capacity", "paused_rate_limit"]
 FailureCategory = Literal["user", "server", "unknown"]
 RecordStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+def _on_mock_clock() -> bool:
+    return isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
 
 
 class FutureError(Exception):
@@ -87,8 +92,8 @@ class QueueSettings:
     max_retained_bytes: int = 512 * 1024 * 1024
     """Finished futures are also forgotten (oldest first) when their recorded payload sizes exceed this."""
     threads: bool = True
-    """Run threaded jobs in worker threads. Turn off under MockClock(autojump): trio cannot see a worker thread, so
-    the clock would jump past every timeout while the thread computes."""
+    """Run threaded jobs in worker threads. Ignored (always inline) under trio's MockClock: trio cannot see a worker
+    thread, so an autojumping clock would jump past every timeout while the thread computes."""
 
 
 @dataclass(eq=False)
@@ -478,7 +483,7 @@ class FuturesQueue:
                 self._finish(record, "failed", error="injected server fault: the request failed", category="server")
                 return
             try:
-                if job.threaded and settings.threads:
+                if job.threaded and settings.threads and not _on_mock_clock():
                     value = await trio.to_thread.run_sync(job.compute, limiter=lane.limiter if lane.ordered else None)
                 else:
                     value = job.compute()
