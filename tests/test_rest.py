@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
@@ -15,7 +16,7 @@ from tinkex_trio._config import Config
 from tinkex_trio._session import open_session
 from tinkex_trio._transport import PoolKind, Transport
 from tinkex_trio.errors import InternalServerError, NotFoundError, UnprocessableEntityError
-from tinkex_trio.rest import RestClient
+from tinkex_trio.rest import RestClient, _Pages  # pyright: ignore[reportPrivateUsage]
 from tinkex_trio.sim import EndpointFaults, FaultConfig, FaultMiddleware
 from tinkex_trio.sim._app import SimApp, create_app
 from tinkex_trio.sim._config import ServiceTime, SimConfig
@@ -501,3 +502,45 @@ async def test_session_rest_sees_what_a_training_client_made(world: World) -> No
         got = await rest.get_session(session.session_id)
         assert got.training_run_ids == [trainer.model_id]
         assert session.session_id in await collect(rest.iter_sessions(page_size=1))
+
+
+async def test_leaving_an_iteration_early_leaves_nothing_behind(world: World) -> None:
+    session = await world.new_session()
+    for _ in range(3):
+        await world.new_model(session)
+
+    async for run in world.rest.iter_training_runs(page_size=2):
+        assert run.training_run_id.startswith(session)
+        break
+    async for _ in world.rest.iter_sessions(page_size=1):
+        break
+    # An abandoned async generator would be finalized by trio with a ResourceWarning (an error in this suite).
+    gc.collect()
+    await trio.lowlevel.checkpoint()
+    assert world.count("training_runs") == 1
+
+
+async def test_pages_refetch_after_a_cancelled_fetch_and_refuse_two_readers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    offsets: list[int] = []
+    gate = trio.Event()
+
+    async def fetch(offset: int) -> tuple[list[int], bool]:
+        offsets.append(offset)
+        await gate.wait()
+        return list(range(offset, min(offset + 2, 5))), offset + 2 >= 5
+
+    pages = _Pages(fetch)
+    with trio.move_on_after(0.01):
+        await pages.__anext__()  # cancelled while its page is in flight
+    assert offsets == [0]
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pages.__anext__)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(RuntimeError, match="already being iterated"):
+            await pages.__anext__()
+        gate.set()
+    assert [item async for item in pages] == [1, 2, 3, 4]  # item 0 went to the task above
+    assert offsets == [0, 0, 2, 4]

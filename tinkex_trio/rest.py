@@ -19,8 +19,9 @@ tinker path ``tinker://<training_run_id>/<kind>/<name>`` through the ``*_from_ti
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from typing import TypeVar
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Generic, TypeVar
 from urllib.parse import quote
 
 from tinkex_trio import types as t
@@ -72,6 +73,41 @@ def _page_args(limit: int, offset: int) -> dict[str, str | int]:
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:  # pyright: ignore[reportUnnecessaryIsInstance]
         raise ValueError(f"offset must be an int >= 0, got {offset!r}")
     return {"limit": limit, "offset": offset}
+
+
+class _Pages(AsyncIterator[T], Generic[T]):
+    """The items of an offset-paged listing, fetched a page at a time as the iteration reaches them.
+
+    A plain iterator object rather than an async generator: it holds nothing between pages, so leaving an ``async for``
+    early needs no clean-up (trio warns about async generators dropped before they finish). ``fetch(offset)`` returns
+    a page and whether it is the last one. A cancelled fetch is simply repeated by the next ``__anext__``.
+    """
+
+    def __init__(self, fetch: Callable[[int], Awaitable[tuple[list[T], bool]]]) -> None:
+        self._fetch = fetch
+        self._buffer: deque[T] = deque()
+        self._offset = 0
+        self._done = False
+        self._fetching = False
+
+    def __aiter__(self) -> _Pages[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        while not self._buffer:
+            if self._done:
+                raise StopAsyncIteration
+            if self._fetching:
+                raise RuntimeError("this listing is already being iterated by another task")
+            self._fetching = True
+            try:
+                items, last = await self._fetch(self._offset)
+            finally:
+                self._fetching = False
+            self._offset += len(items)
+            self._done = last or not items  # an empty page always ends the walk: every request makes progress
+            self._buffer.extend(items)
+        return self._buffer.popleft()
 
 
 class RestClient:
@@ -128,20 +164,12 @@ class RestClient:
     ) -> AsyncIterator[t.TrainingRun]:
         """Every training run, fetched ``page_size`` at a time as the iteration reaches them."""
         _page_args(page_size, 0)
-        return self._iter_training_runs(page_size, access_scope, project_id)
 
-    async def _iter_training_runs(
-        self, page_size: int, access_scope: t.AccessScope, project_id: str | None
-    ) -> AsyncIterator[t.TrainingRun]:
-        offset = 0
-        while True:
+        async def fetch(offset: int) -> tuple[list[t.TrainingRun], bool]:
             page = await self.list_training_runs(page_size, offset, access_scope, project_id=project_id)
-            for run in page.training_runs:
-                yield run
-            count = len(page.training_runs)
-            offset += count
-            if count == 0 or offset >= page.cursor.total_count:
-                return
+            return page.training_runs, offset + len(page.training_runs) >= page.cursor.total_count
+
+        return _Pages(fetch)
 
     async def get_training_run(self, training_run_id: str, access_scope: t.AccessScope = "owned") -> t.TrainingRun:
         """One training run (a training model: its id is the ``model_id`` of the TrainingClient)."""
@@ -170,20 +198,15 @@ class RestClient:
     def iter_user_checkpoints(self, *, page_size: int = 100) -> AsyncIterator[t.Checkpoint]:
         """Every checkpoint of all your training runs, fetched ``page_size`` at a time."""
         _page_args(page_size, 0)
-        return self._iter_user_checkpoints(page_size)
 
-    async def _iter_user_checkpoints(self, page_size: int) -> AsyncIterator[t.Checkpoint]:
-        offset = 0
-        while True:
+        async def fetch(offset: int) -> tuple[list[t.Checkpoint], bool]:
             page = await self.list_user_checkpoints(page_size, offset)
-            for checkpoint in page.checkpoints:
-                yield checkpoint
             count = len(page.checkpoints)
-            offset += count
-            # Without a cursor, a short page is the last one.
-            total = page.cursor.total_count if page.cursor is not None else None
-            if count == 0 or (offset >= total if total is not None else count < page_size):
-                return
+            if page.cursor is None:  # without a cursor, a short page is the last one
+                return page.checkpoints, count < page_size
+            return page.checkpoints, offset + count >= page.cursor.total_count
+
+        return _Pages(fetch)
 
     async def delete_checkpoint(self, training_run_id: str, checkpoint_id: str) -> None:
         """Delete a checkpoint for good."""
@@ -274,18 +297,12 @@ class RestClient:
     def iter_sessions(self, *, page_size: int = 50, access_scope: t.AccessScope = "owned") -> AsyncIterator[str]:
         """Every session id, fetched ``page_size`` at a time (the listing has no cursor: a short page ends it)."""
         _page_args(page_size, 0)
-        return self._iter_sessions(page_size, access_scope)
 
-    async def _iter_sessions(self, page_size: int, access_scope: t.AccessScope) -> AsyncIterator[str]:
-        offset = 0
-        while True:
+        async def fetch(offset: int) -> tuple[list[str], bool]:
             page = await self.list_sessions(page_size, offset, access_scope)
-            for session_id in page.sessions:
-                yield session_id
-            count = len(page.sessions)
-            offset += count
-            if count < page_size:
-                return
+            return page.sessions, len(page.sessions) < page_size
+
+        return _Pages(fetch)
 
     async def get_session(self, session_id: str, access_scope: t.AccessScope = "owned") -> t.GetSessionResponse:
         """A session's training runs, samplers and metadata."""
