@@ -23,6 +23,7 @@ from tinkex_trio._config import Config, RetryConfig
 from tinkex_trio._proto import _codec
 from tinkex_trio._session import Session, open_session
 from tinkex_trio.errors import (
+    GoneError,
     InternalServerError,
     RequestErrorCategory,
     RequestFailedError,
@@ -393,6 +394,45 @@ async def test_protobuf_client_understands_a_json_answer(sim: SimStack, autojump
     assert sim.rec.requests("forward_backward")[-1].headers["content-type"] == PROTO
 
 
+async def test_loss_fn_config_travels_in_both_wire_formats(
+    sim: SimStack, autojump_clock: trio.testing.MockClock
+) -> None:
+    tokens = PATTERN[:10]
+    data = [t.datum(tokens[:-1], target_tokens=tokens[1:], logprobs=[-2.0] * 9, advantages=[1.0] * 9)]
+    losses: dict[tuple[str, float], float] = {}
+    for wire in ("proto", "json"):
+        config = Config(api_key=API_KEY, base_url=BASE_URL, wire_format=wire)
+        async with sim.session(config=config) as session:
+            trainer = await new_trainer(session)
+            for beta in (0.1, 2.0):
+                out = await trainer.forward(data, "dro", {"beta": beta})
+                losses[wire, beta] = out.metrics["loss:sum"]
+    assert losses["proto", 0.1] != pytest.approx(losses["proto", 2.0])
+    assert losses["json", 0.1] == pytest.approx(losses["proto", 0.1])
+    assert losses["json", 2.0] == pytest.approx(losses["proto", 2.0])
+    proto_body, _, json_body, _ = sim.rec.requests("forward_backward")
+    decoded = _codec.decode_forward_backward_request(proto_body.body)
+    assert decoded.loss_fn == "dro" and decoded.loss_fn_config == {"beta": 0.1} and decoded.forward_only
+    assert json_body.json()["forward_backward_input"]["loss_fn_config"] == {"beta": 0.1}
+
+
+async def test_dimuon_params_are_sent_as_optimizer_params(
+    sim: SimStack, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with sim.session() as session:
+        trainer = await new_trainer(session)
+        with pytest.raises(RequestFailedError, match="adamw"):  # the simulator's model was created with AdamW
+            await trainer.optim_step(t.DimuonParams(learning_rate=0.01))
+        body = sim.rec.requests("optim_step")[0].json()
+        assert "adam_params" not in body
+        assert body["optimizer_params"] == {
+            "type": "dimuon",
+            "learning_rate": 0.01,
+            "grad_clip_norm": 0.0,
+            "beta1": 0.9,
+        }
+
+
 # -- checkpoints ------------------------------------------------------------------------------------------------------
 
 
@@ -513,6 +553,17 @@ async def test_non_retryable_errors_raise_at_once(sim: SimStack, autojump_clock:
             sim.rec.script("optim_step", *[Reply(500, {"detail": "down"})] * 3)
             with pytest.raises(InternalServerError):
                 await other.optim_step(t.AdamParams())
+
+
+async def test_a_gone_training_future_fails_without_resubmission(
+    sim: SimStack, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with sim.session() as session:
+        trainer = await new_trainer(session)
+        sim.rec.script("retrieve_future", Reply(410, {"detail": "future expired"}))
+        with pytest.raises(GoneError):
+            await trainer.optim_step(t.AdamParams())
+        assert sequenced(sim) == [("optim_step", 1)]
 
 
 async def test_bad_arguments_use_up_no_seq_id(sim: SimStack, autojump_clock: trio.testing.MockClock) -> None:
