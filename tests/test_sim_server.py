@@ -139,7 +139,7 @@ async def test_accepted_sockets_have_tcp_nodelay() -> None:
 
 
 async def test_sequential_keep_alive_requests_do_not_stall() -> None:
-    # A Nagle / delayed-ACK stall costs ~40 ms per request; loopback without it is a millisecond or two.
+    # A Nagle / delayed-ACK stall costs >= 40 ms per request; without it this is a few ms (CPU-bound), even under load.
     async with open_sim_server(app=ok_app, tls=False) as server, client_for(server) as client:
         await client.get("/api/v1/healthz")
         durations: list[float] = []
@@ -148,7 +148,7 @@ async def test_sequential_keep_alive_requests_do_not_stall() -> None:
             await client.post("/api/v1/retrieve_future", json={"request_id": "x"})
             durations.append(time.perf_counter() - t0)
         assert server.stats.connections_opened == 1
-        assert statistics.median(durations) < 0.020, durations
+        assert statistics.median(durations) < 0.030, durations
 
 
 # -- lifecycle ------------------------------------------------------------------------------------------------------
