@@ -177,6 +177,31 @@ async def test_json_wire_format(sim: SimStack, autojump_clock: trio.testing.Mock
     assert polls and all(PROTO not in p.headers["accept"] for p in polls)
 
 
+class _JsonOnly:
+    """ASGI middleware: drops protobuf from retrieve_future's Accept, so the simulator answers JSON."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/retrieve_future"):
+            headers = [(k, b"application/json" if k.lower() == b"accept" else v) for k, v in scope["headers"]]
+            scope = dict(scope, headers=headers)
+        await self.app(scope, receive, send)
+
+
+async def test_protobuf_client_understands_a_json_answer(sim: SimStack, autojump_clock: trio.testing.MockClock) -> None:
+    params = t.SamplingParams(max_tokens=4, seed=9, stop=[])
+    async with sim.session() as session:
+        reference = await (await sampler_for(session)).sample(PROMPT, 2, params, topk_prompt_logprobs=2)
+    sim.rec.app = _JsonOnly(sim.rec.app)
+    async with sim.session() as session:
+        result = await (await sampler_for(session)).sample(PROMPT, 2, params, topk_prompt_logprobs=2)
+    assert [s.tokens for s in result.sequences] == [s.tokens for s in reference.sequences]
+    assert [s.logprobs for s in result.sequences] == [pytest.approx(s.logprobs) for s in reference.sequences]
+    assert all(s.sequence_id is not None and s.sequence_id.endswith(f":{i}") for i, s in enumerate(result.sequences))
+
+
 async def test_bad_arguments_and_closed_session(sim: SimStack, autojump_clock: trio.testing.MockClock) -> None:
     async with sim.session() as session:
         sampler = await sampler_for(session)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -134,10 +134,6 @@ class _SubmissionGate:
 # --------------------------------------------------------------------------------------------------------------------
 # Decoding
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def _sample_decoder(sequence_ids: Sequence[str]) -> _SampleDecoder:
-    return _SampleDecoder(list(sequence_ids))
 
 
 class _SampleDecoder:
@@ -352,7 +348,7 @@ class SamplingClient:
                 "the asample future has no sample_sequence_ids", field="$.sample_sequence_ids"
             )
         future = session._futures.track(
-            reply, "Sample", _sample_decoder(sequence_ids), accept_proto=session.config.wire_format == "proto"
+            reply, "Sample", _SampleDecoder(list(sequence_ids)), accept_proto=session.config.wire_format == "proto"
         )
         return await future.result()
 

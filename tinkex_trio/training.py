@@ -33,7 +33,7 @@ protobuf (a JSON answer is still understood); with ``"json"`` both are JSON.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import httpx
@@ -595,7 +595,7 @@ async def _fetch_info(session: Session, model_id: str) -> types.GetInfoResponse:
     return info
 
 
-async def _run_all(send: Callable[[int], Any], indices: Iterable[int]) -> None:
+async def _run_all(send: Callable[[int], Awaitable[None]], indices: Iterable[int]) -> None:
     """Run ``send(i)`` for every index concurrently; re-raise the first failure (by index) as itself.
 
     Every send runs to its end even when another fails: a POST cut off halfway would leave the server unsure whether
