@@ -138,3 +138,50 @@ async def test_official_sdk_full_loop(tls: bool, pyqwest: bool) -> None:
     else:
         assert result["pyqwest_requests"] == 0
     assert recorder.user_agents["AsyncTinker/Python 0.38.0"] == stats.total_requests
+
+
+async def test_official_sdk_against_tinkex_trio_serve_over_tls(tmp_path: Path) -> None:
+    """``tinkex-trio serve --tls`` in one process serves the official SDK in another, then stops on Ctrl-C."""
+    import signal
+    import subprocess
+
+    ca_file = tmp_path / "ca.pem"
+    cmd = [sys.executable, "-m", "tinkex_trio", "serve", "--port", "0", "--tls", "--ca-file", str(ca_file)]
+    server = await trio.lowlevel.open_process(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1")
+    )
+    assert server.stdout is not None
+    try:
+        with trio.fail_after(RUN_LIMIT_S):
+            buf = bytearray()
+            while b"Ctrl-C" not in buf:
+                chunk = await server.stdout.receive_some(65536)
+                assert chunk, f"serve exited early: {bytes(buf)!r}"
+                buf += chunk
+            url = next(
+                w for line in buf.decode().splitlines() if "serving on" in line for w in line.split() if "://" in w
+            )
+            assert url.startswith("https://127.0.0.1:")
+            sdk = await trio.run_process(
+                [sys.executable, str(SCRIPT), url],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                env=_sdk_env(ca_file),
+            )
+            stdout = sdk.stdout.decode(errors="replace")
+            lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+            assert lines, sdk.stderr.decode(errors="replace")[-4000:]
+            result: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+            assert sdk.returncode == 0 and result["step"] == "done", result.get("error")
+            ce = result["ce_losses"]
+            assert all(b < a for a, b in itertools.pairwise(ce)), ce
+            assert result["sample_sequences"] == [PATTERN[4:10], PATTERN[4:10]]
+
+            server.send_signal(signal.SIGINT)
+            assert await server.wait() == 0
+    finally:
+        if server.returncode is None:
+            server.kill()
+            with trio.CancelScope(shield=True):
+                await server.wait()
