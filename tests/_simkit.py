@@ -25,6 +25,7 @@ import trio
 
 from tinkex_trio import types as t
 from tinkex_trio._session import Session, open_session
+from tinkex_trio._telemetry import TelemetryEvent
 from tinkex_trio._transport import PoolKind
 from tinkex_trio.sim import FaultMiddleware
 from tinkex_trio.sim._app import SimApp, create_app
@@ -188,3 +189,25 @@ async def submit_create_model(session: Session, base_model: str = "Qwen/Qwen3-8B
 
 def decode_create_model(response: httpx.Response) -> t.CreateModelResponse:
     return t.decode(t.CreateModelResponse, response.content)
+
+
+def drain(rx: trio.MemoryReceiveChannel[TelemetryEvent]) -> list[TelemetryEvent]:
+    events: list[TelemetryEvent] = []
+    while True:
+        try:
+            events.append(rx.receive_nowait())
+        except trio.WouldBlock:
+            return events
+
+
+class JsonOnly:
+    """ASGI middleware: drops protobuf from retrieve_future's Accept, so the simulator answers JSON."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].endswith("/retrieve_future"):
+            headers = [(k, b"application/json" if k.lower() == b"accept" else v) for k, v in scope["headers"]]
+            scope = dict(scope, headers=headers)
+        await self.app(scope, receive, send)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from _simkit import Reply, Seen, SimStack, decode_create_model, sim_config, sim_stack, submit_create_model
+from _simkit import Reply, Seen, SimStack, decode_create_model, drain, sim_config, sim_stack, submit_create_model
 
 from tinkex_trio import types as t
 from tinkex_trio._futures import (
@@ -26,7 +26,7 @@ from tinkex_trio._futures import (
 )
 from tinkex_trio._retry import POLL_ERROR_BACKOFF_BASE_S, POLL_ERROR_BACKOFF_MAX_S, poll_backoff
 from tinkex_trio._session import Session
-from tinkex_trio._telemetry import FUTURE_QUEUE_STATE, TelemetryEvent
+from tinkex_trio._telemetry import FUTURE_QUEUE_STATE
 from tinkex_trio._transport import PoolKind
 from tinkex_trio.errors import (
     APITimeoutError,
@@ -55,15 +55,6 @@ def gaps(seen: list[Seen]) -> list[float]:
 
 def as_json(response: httpx.Response) -> Any:
     return response.json()
-
-
-def drain(rx: trio.MemoryReceiveChannel[TelemetryEvent]) -> list[TelemetryEvent]:
-    events: list[TelemetryEvent] = []
-    while True:
-        try:
-            events.append(rx.receive_nowait())
-        except trio.WouldBlock:
-            return events
 
 
 async def track_model(session: Session, **kwargs: Any) -> APIFuture[t.CreateModelResponse]:

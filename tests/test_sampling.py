@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from _simkit import API_KEY, BASE_URL, Reply, Seen, SimStack, sim_config, sim_stack
+from _simkit import API_KEY, BASE_URL, JsonOnly, Reply, Seen, SimStack, sim_config, sim_stack
 
 from tinkex_trio import types as t
 from tinkex_trio._config import Config, RetryConfig
@@ -177,24 +177,11 @@ async def test_json_wire_format(sim: SimStack, autojump_clock: trio.testing.Mock
     assert polls and all(PROTO not in p.headers["accept"] for p in polls)
 
 
-class _JsonOnly:
-    """ASGI middleware: drops protobuf from retrieve_future's Accept, so the simulator answers JSON."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].endswith("/retrieve_future"):
-            headers = [(k, b"application/json" if k.lower() == b"accept" else v) for k, v in scope["headers"]]
-            scope = dict(scope, headers=headers)
-        await self.app(scope, receive, send)
-
-
 async def test_protobuf_client_understands_a_json_answer(sim: SimStack, autojump_clock: trio.testing.MockClock) -> None:
     params = t.SamplingParams(max_tokens=4, seed=9, stop=[])
     async with sim.session() as session:
         reference = await (await sampler_for(session)).sample(PROMPT, 2, params, topk_prompt_logprobs=2)
-    sim.rec.app = _JsonOnly(sim.rec.app)
+    sim.rec.app = JsonOnly(sim.rec.app)
     async with sim.session() as session:
         result = await (await sampler_for(session)).sample(PROMPT, 2, params, topk_prompt_logprobs=2)
     assert [s.tokens for s in result.sequences] == [s.tokens for s in reference.sequences]

@@ -22,6 +22,7 @@ from _simkit import (
     Reply,
     SimStack,
     decode_create_model,
+    drain,
     sim_config,
     sim_stack,
     submit_create_model,
@@ -30,7 +31,7 @@ from _simkit import (
 from tinkex_trio import types as t
 from tinkex_trio._config import Config, TimeoutsConfig
 from tinkex_trio._session import SDK_VERSION, open_session
-from tinkex_trio._telemetry import SESSION_HEARTBEAT, TelemetryEvent
+from tinkex_trio._telemetry import SESSION_HEARTBEAT
 from tinkex_trio.errors import (
     AuthenticationError,
     ConfigError,
@@ -43,15 +44,6 @@ from tinkex_trio.sampling import SamplingClient
 from tinkex_trio.sim import Latency, open_sim_server
 from tinkex_trio.sim._config import ServiceTime
 from tinkex_trio.training import TrainingClient
-
-
-def drain(rx: trio.MemoryReceiveChannel[TelemetryEvent]) -> list[TelemetryEvent]:
-    events: list[TelemetryEvent] = []
-    while True:
-        try:
-            events.append(rx.receive_nowait())
-        except trio.WouldBlock:
-            return events
 
 
 def finished(sim: SimStack) -> tuple[str | None, str | None]:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
-from _simkit import API_KEY, BASE_URL, Reply, Seen, SimStack, sim_config, sim_stack
+from _simkit import API_KEY, BASE_URL, JsonOnly, Reply, Seen, SimStack, sim_config, sim_stack
 
 from tinkex_trio import types as t
 from tinkex_trio._config import Config, RetryConfig
@@ -371,23 +371,10 @@ async def test_json_wire_format_matches_protobuf(sim: SimStack, autojump_clock: 
     assert polls and all(PROTO not in s.headers["accept"] for s in polls)
 
 
-class _JsonOnly:
-    """ASGI middleware: drops protobuf from retrieve_future's Accept, so the simulator answers JSON."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].endswith("/retrieve_future"):
-            headers = [(k, b"application/json" if k.lower() == b"accept" else v) for k, v in scope["headers"]]
-            scope = dict(scope, headers=headers)
-        await self.app(scope, receive, send)
-
-
 async def test_protobuf_client_understands_a_json_answer(sim: SimStack, autojump_clock: trio.testing.MockClock) -> None:
     data = pattern_data(2)
     reference = await _reference_output(sim, data)
-    sim.rec.app = _JsonOnly(sim.rec.app)
+    sim.rec.app = JsonOnly(sim.rec.app)
     async with sim.session() as session:
         out = await (await new_trainer(session)).forward_backward(data, "cross_entropy")
     assert_same_output(out, reference)
