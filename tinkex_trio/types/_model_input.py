@@ -35,6 +35,7 @@ class EncodedTextChunk(WireStruct, tag_field="type", tag="encoded_text", gc=Fals
 
     @property
     def length(self) -> int:
+        """The number of tokens."""
         return len(self.tokens)
 
 
@@ -47,6 +48,7 @@ class ImageChunk(WireStruct, tag_field="type", tag="image"):
 
     @property
     def length(self) -> int:
+        """The context length the image takes: ``expected_tokens`` (ValueError when unset)."""
         if self.expected_tokens is None:
             raise ValueError("ImageChunk.length needs expected_tokens to be set")
         return self.expected_tokens
@@ -61,6 +63,7 @@ class ImageAssetPointerChunk(WireStruct, tag_field="type", tag="image_asset_poin
 
     @property
     def length(self) -> int:
+        """The context length the image takes: ``expected_tokens`` (ValueError when unset)."""
         if self.expected_tokens is None:
             raise ValueError("ImageAssetPointerChunk.length needs expected_tokens to be set")
         return self.expected_tokens
@@ -138,6 +141,7 @@ class ModelInput(WireStruct):
 
     @classmethod
     def empty(cls) -> ModelInput:
+        """A ModelInput with no chunks."""
         return cls(chunks=[])
 
     def to_ints(self) -> list[int]:

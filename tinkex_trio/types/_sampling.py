@@ -24,6 +24,7 @@ __all__ = [
 ]
 
 StopReason: TypeAlias = Literal["stop", "length"]
+"""Why a sampled sequence ended: ``"stop"`` (a stop token or sequence, or EOS) or ``"length"`` (max_tokens)."""
 
 #: One position's top-k list: ``(token_id, logprob)`` pairs, or ``None`` where nothing was reported.
 TopkEntry: TypeAlias = list[tuple[int, float]] | None

@@ -118,6 +118,7 @@ class TensorData(WireStruct, gc=False):
 
     @property
     def is_sparse(self) -> bool:
+        """Whether the tensor is in sparse CSR form."""
         return self.sparse_crow_indices is not None
 
     @property

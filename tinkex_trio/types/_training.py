@@ -320,6 +320,8 @@ class OptimStepRequest(WireStruct, tag_field="type", tag="optim_step"):
 
 
 class OptimStepResponse(WireStruct):
+    """The result of an optimizer step: the server's metrics (``name:reduction`` keys), if any."""
+
     metrics: dict[str, float] | None = None
 
 
