@@ -516,3 +516,14 @@ async def test_combine_failures(autojump_clock: trio.testing.MockClock) -> None:
             await session._futures.combine([a, b], len).result()
         with pytest.raises(ValueError):
             session._futures.combine([], len)
+
+
+async def test_unreadable_answers_count_only_in_a_row(autojump_clock: trio.testing.MockClock) -> None:
+    # Review fix: a readable answer (try_again) between two unreadable ones ends the run, so a long poll on a
+    # server that now and then truncates a body does not fail after MAX_BAD_REPLY_RETRIES scattered bad answers.
+    async with sim_stack() as sim, sim.session() as session:
+        bad = Reply(body=b"{not json")
+        try_again = Reply(body={"type": "try_again", "request_id": "x", "queue_state": "active"})
+        sim.rec.script("retrieve_future", *[bad, try_again] * (MAX_BAD_REPLY_RETRIES + 1))
+        assert (await (await track_model(session)).result()).model_id
+        assert len(polls(sim)) == 2 * (MAX_BAD_REPLY_RETRIES + 1) + 1

@@ -466,7 +466,9 @@ class FutureManager:
             else:
                 outcome = self._classify(fut, state, decode, response)
             if isinstance(outcome, _RetryNow):
-                # try_again or complete_metadata: re-poll at once (but never in a tight loop).
+                # try_again or complete_metadata: a readable answer ends a run of unreadable ones.
+                state.bad_replies = 0
+                # Re-poll at once (but never in a tight loop).
                 await trio.sleep_until(sent_at + TRY_AGAIN_MIN_INTERVAL_S)
                 continue
             if isinstance(outcome, ResponseValidationError):
