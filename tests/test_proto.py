@@ -24,6 +24,7 @@ from tinker import types as sdk
 from tinker.proto import request_conv, response_conv
 from tinker.proto import tinker_public_pb2 as sdk_pb
 
+from tinkex_trio._proto import _codec
 from tinkex_trio._proto import tinkex_wire_pb2 as pb
 from tinkex_trio._proto._codec import (
     PROTOBUF_CONTENT_TYPE,
@@ -904,3 +905,21 @@ def test_float32_overflow_becomes_infinity_without_a_warning() -> None:
 def test_sample_encoder_rejects_bad_topk_entries(entries: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         encode_sample_response(SampleResponse(sequences=[], topk_prompt_logprobs=entries))
+
+
+@given(
+    st.lists(st.floats(allow_nan=False, width=64), max_size=50),
+    st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1), max_size=50),
+)
+def test_struct_fast_path_matches_numpy(floats: list[float], ints: list[int]) -> None:
+    """The struct fast path packs exactly what numpy would, or declines (float32 overflow) and numpy decides."""
+    packed_f = _codec._packed("f", floats)  # pyright: ignore[reportPrivateUsage]
+    with np.errstate(over="ignore"):
+        expected_f = np.asarray(floats, dtype=np.float64).astype("<f4").tobytes()
+    if packed_f is not None:
+        assert packed_f == expected_f
+    else:
+        assert any(abs(x) > float(np.finfo(np.float32).max) for x in floats)
+    assert _codec._packed("q", ints) == np.asarray(ints, dtype="<i8").tobytes()  # pyright: ignore[reportPrivateUsage]
+    assert _codec._packed("q", [1.5]) is None  # pyright: ignore[reportPrivateUsage]
+    assert _codec._packed("f", [None]) is None  # pyright: ignore[reportPrivateUsage]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
@@ -104,6 +105,7 @@ _WIRE_DTYPES: Final[dict[int, tuple[np.dtype[Any], TensorDtype]]] = {
     pb.DTYPE_BFLOAT16: (_U16, "float32"),
 }
 _TO_WIRE_DTYPE: Final[dict[str, pb.DType]] = {"float32": pb.DTYPE_FLOAT32, "int64": pb.DTYPE_INT64}
+_STRUCT_CODES: Final[dict[str, str]] = {"float32": "f", "int64": "q"}
 
 _STOP_TO_WIRE: Final[dict[str, pb.StopReason]] = {
     "stop": pb.STOP_REASON_STOP,
@@ -149,7 +151,20 @@ class ForwardBackwardRequestData(msgspec.Struct, kw_only=True, frozen=True):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _packed(code: str, values: Sequence[Any]) -> bytes | None:
+    """``values`` packed little-endian by :mod:`struct` (2-3x faster than numpy for Python lists), or ``None`` when
+    a value does not fit ``code`` exactly (a float in an integer tensor, a float32 overflow, ``None``): the numpy
+    path then converts or rejects it with a precise error."""
+    try:
+        return struct.pack(f"<{len(values)}{code}", *values)
+    except (struct.error, OverflowError, TypeError):
+        return None
+
+
 def _int32_bytes(values: Sequence[int], what: str) -> bytes:
+    packed = _packed("i", values)
+    if packed is not None:
+        return packed
     try:
         return np.asarray(values, dtype=_I32).tobytes()
     except (OverflowError, TypeError, ValueError) as exc:
@@ -157,6 +172,9 @@ def _int32_bytes(values: Sequence[int], what: str) -> bytes:
 
 
 def _float32_bytes(values: Sequence[float | None], what: str) -> bytes:
+    packed = _packed("f", values)
+    if packed is not None:
+        return packed
     # None becomes NaN (numpy's own conversion for float dtypes); beyond the float32 range, +-inf.
     try:
         with np.errstate(over="ignore"):
@@ -230,26 +248,33 @@ def _make_tensor(path: str, **fields: Any) -> TensorData:
 
 
 def _write_tensor(msg: pb.Tensor, td: TensorData, what: str, *, always_shape: bool) -> None:
-    values = _tensor_values(td, what)
+    sparse = td.sparse_crow_indices is not None or td.sparse_col_indices is not None
+    code = _STRUCT_CODES.get(td.dtype)
+    fast = None if sparse or code is None else _packed(code, td.data)
+    if fast is not None:
+        dense, size = fast, len(td.data)
+    else:
+        values = _tensor_values(td, what)
+        dense, size = values.tobytes(), values.size
     msg.dtype = _TO_WIRE_DTYPE[td.dtype]
-    if td.sparse_crow_indices is not None or td.sparse_col_indices is not None:
+    if sparse:
         if td.sparse_crow_indices is None or td.sparse_col_indices is None:
             raise ValueError(f"{what}: sparse_crow_indices and sparse_col_indices come together")
         if td.shape is None:
             raise ValueError(f"{what}: a sparse tensor needs a shape")
         msg.shape.extend(td.shape)
         csr = msg.sparse_csr
-        csr.values = values.tobytes()
+        csr.values = dense
         csr.crow_indices = _int64_array(td.sparse_crow_indices, f"{what}.sparse_crow_indices").tobytes()
         csr.col_indices = _int64_array(td.sparse_col_indices, f"{what}.sparse_col_indices").tobytes()
         return
     if td.shape is not None:
-        if math.prod(td.shape) != values.size:
-            raise ValueError(f"{what}: {values.size} values do not fill shape {td.shape}")
+        if math.prod(td.shape) != size:
+            raise ValueError(f"{what}: {size} values do not fill shape {td.shape}")
         msg.shape.extend(td.shape)
     elif always_shape:
-        msg.shape.append(values.size)
-    msg.dense = values.tobytes()
+        msg.shape.append(size)
+    msg.dense = dense
 
 
 def _read_tensor(msg: pb.Tensor, path: str) -> TensorData:
