@@ -244,3 +244,34 @@ async def test_repr_hides_the_key() -> None:
     t = make(Recorder(ok()))
     assert KEY not in repr(t)
     await t.aclose()
+
+
+async def test_the_key_is_not_sent_to_another_origin_on_redirect() -> None:
+    # Review fix: httpx drops only Authorization on a cross-origin redirect; X-API-Key must not follow it either.
+    rec = Recorder(
+        httpx.Response(307, headers={"location": "http://sim.test/api/v1/moved"}),
+        httpx.Response(307, headers={"location": "http://elsewhere.test/collect"}),
+        ok(),
+    )
+    t = make(rec)
+    resp = await t.request_json(CreateSessionResponse, PoolKind.SESSION, "POST", "/api/v1/create_session", json={})
+    assert resp.session_id == "s1"
+    first, same_origin, other_origin = rec.requests
+    assert first.headers["x-api-key"] == KEY
+    assert same_origin.url.host == "sim.test" and same_origin.headers["x-api-key"] == KEY
+    assert other_origin.url.host == "elsewhere.test"
+    assert "x-api-key" not in other_origin.headers
+    assert KEY not in str(other_origin.headers)
+
+
+def test_which_redirect_targets_may_carry_the_key() -> None:
+    from tinkex_trio._transport import _may_carry_key  # pyright: ignore[reportPrivateUsage]
+
+    base = httpx.URL("http://sim.test/api")
+    assert _may_carry_key(base, httpx.URL("http://sim.test:80/x"))
+    assert _may_carry_key(base, httpx.URL("https://sim.test/x"))  # httpx's https upgrade
+    assert not _may_carry_key(base, httpx.URL("http://sim.test:8080/x"))
+    assert not _may_carry_key(base, httpx.URL("http://sim.test.evil/x"))
+    tls = httpx.URL("https://sim.test:8443")
+    assert _may_carry_key(tls, httpx.URL("https://sim.test:8443/y"))
+    assert not _may_carry_key(tls, httpx.URL("http://sim.test:8443/y"))  # never downgraded to plain http

@@ -109,6 +109,24 @@ def error_from_response(response: httpx.Response) -> APIStatusError:
     )
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _may_carry_key(base: httpx.URL, url: httpx.URL) -> bool:
+    """Whether a request to ``url`` may carry the key given to ``base``: the same origin, or its https upgrade.
+
+    httpx drops ``Authorization`` on a redirect to another origin, but knows nothing of ``X-API-Key``.
+    """
+    if url.host != base.host:
+        return False
+    base_port = base.port or _DEFAULT_PORTS.get(base.scheme)
+    port = url.port or _DEFAULT_PORTS.get(url.scheme)
+    if url.scheme == base.scheme:
+        return port == base_port
+    # httpx's "https upgrade": http on port 80 redirected to https on port 443 of the same host.
+    return base.scheme == "http" and url.scheme == "https" and base_port == 80 and port == 443
+
+
 def _connection_error(exc: httpx.HTTPError, what: str) -> APIConnectionError:
     if isinstance(exc, httpx.TimeoutException):
         return APITimeoutError(f"{what}: request timed out ({type(exc).__name__})")
@@ -176,6 +194,7 @@ class Transport:
         self._clients: dict[PoolKind, httpx.AsyncClient] = {}
         self._closed = False
         self._base_headers = {"X-API-Key": config.api_key, "User-Agent": self._user_agent()}
+        self._base_url = httpx.URL(config.base_url)
 
     def __repr__(self) -> str:
         return f"<Transport base_url={self.config.base_url!r} pools={sorted(self._clients)}>"
@@ -203,6 +222,7 @@ class Transport:
             "base_url": self.config.base_url,
             "timeout": httpx.Timeout(timeouts.request_s, connect=timeouts.connect_s),
             "follow_redirects": True,
+            "event_hooks": {"request": [self._drop_key_off_origin]},
         }
         if self._transport_factory is not None:
             client = httpx.AsyncClient(transport=self._transport_factory(pool), **common)
@@ -219,6 +239,11 @@ class Transport:
             )
         self._clients[pool] = client
         return client
+
+    async def _drop_key_off_origin(self, request: httpx.Request) -> None:
+        """A request hook (every redirect hop goes through it): the key never leaves the base URL's origin."""
+        if not _may_carry_key(self._base_url, request.url):
+            request.headers.pop("X-API-Key", None)
 
     async def aclose(self) -> None:
         """Close every pool's connections. Idempotent."""
