@@ -8,6 +8,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from tinkex_trio import errors
 from tinkex_trio._config import Config
@@ -275,3 +276,24 @@ def test_which_redirect_targets_may_carry_the_key() -> None:
     tls = httpx.URL("https://sim.test:8443")
     assert _may_carry_key(tls, httpx.URL("https://sim.test:8443/y"))
     assert not _may_carry_key(tls, httpx.URL("http://sim.test:8443/y"))  # never downgraded to plain http
+
+
+async def test_aclose_is_bounded_in_time(autojump_clock: trio.testing.MockClock) -> None:
+    # Review fix: closing runs shielded from cancellation, so it needs its own deadline (a peer that never lets a
+    # connection close must not hang the end of the session).
+    class StuckTransport(httpx.MockTransport):
+        async def aclose(self) -> None:
+            await trio.sleep(3600)
+
+    rec = Recorder(ok())
+    config = Config.create(api_key=KEY, base_url="http://sim.test/", env={})
+    t = Transport(config, transport_factory=lambda pool: StuckTransport(rec.handler))
+    await t.request(PoolKind.SESSION, "GET", "/api/v1/healthz")
+    await t.request(PoolKind.TRAINING, "GET", "/api/v1/healthz")
+    started = trio.current_time()
+    with trio.CancelScope() as scope:
+        scope.cancel()  # even a cancelled caller closes the pools (shielded), but not forever
+        await t.aclose()
+    assert trio.current_time() - started <= 10.0
+    with pytest.raises(errors.APIConnectionError, match="closed"):
+        await t.request(PoolKind.SESSION, "GET", "/api/v1/healthz")

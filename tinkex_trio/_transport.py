@@ -110,6 +110,8 @@ def error_from_response(response: httpx.Response) -> APIStatusError:
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_CLOSE_TIMEOUT_S = 5.0
+"""How long :meth:`Transport.aclose` waits for each pool to close (it runs shielded from cancellation)."""
 
 
 def _may_carry_key(base: httpx.URL, url: httpx.URL) -> bool:
@@ -251,7 +253,9 @@ class Transport:
         clients, self._clients = list(self._clients.values()), {}
         with trio.CancelScope(shield=True):
             for client in clients:
-                await client.aclose()
+                # Shielded, so bounded: a connection that will not close is dropped (its socket is closed anyway).
+                with trio.move_on_after(_CLOSE_TIMEOUT_S):
+                    await client.aclose()
 
     async def request(
         self,
