@@ -68,6 +68,10 @@ Send = Callable[[Message], Awaitable[None]]
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 MAX_BODY_BYTES = 512 * 1024 * 1024
+MAX_NUM_SAMPLES = 4096
+"""Most samples one ``asample`` may ask for (each costs a sequence id, a row of output and compute)."""
+MAX_SAMPLED_TOKENS = 1 << 22
+"""Most tokens one ``asample`` may generate in all (``num_samples * max_tokens``)."""
 _CLONE_STRIDE = 1_000_000_000
 
 S = TypeVar("S")
@@ -1071,6 +1075,12 @@ class SimApp:
         params = body.sampling_params
         stop_tokens, stop_sequences = _stop_spec(params.stop, self.config.model.vocab_size)
         max_tokens = params.max_tokens if params.max_tokens is not None else self.config.model.default_max_tokens
+        if body.num_samples > MAX_NUM_SAMPLES or body.num_samples * max(max_tokens, 1) > MAX_SAMPLED_TOKENS:
+            raise HTTPError(
+                422,
+                f"num_samples must be at most {MAX_NUM_SAMPLES} and num_samples * max_tokens at most "
+                f"{MAX_SAMPLED_TOKENS}, got {body.num_samples} and {max_tokens}",
+            )
         seed = params.seed
         if seed is None:
             seed = zlib.crc32(f"{self.config.seed}/{lane}/{body.seq_id}/{self.state.random_hex(4)}".encode())

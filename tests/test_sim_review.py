@@ -1,0 +1,50 @@
+"""Regression tests for simulator bugs found in review: resource bounds, input validation, seq-gap handling.
+
+In process through httpx.ASGITransport under trio's MockClock (``autojump_clock``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+import httpx
+import pytest
+import trio
+import trio.testing
+from test_sim_app import KEY, Sim, _config, _sample_body  # pyright: ignore[reportPrivateUsage]
+
+from tinkex_trio.sim._app import create_app
+
+
+@pytest.fixture
+async def sim() -> AsyncGenerator[Sim]:
+    app = create_app(_config())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://sim", headers=KEY) as client:
+        yield Sim(app, client)
+
+
+async def _sampler(sim: Sim) -> str:
+    await sim.new_session()
+    body = await sim.ok(
+        "create_sampling_session",
+        {"session_id": sim.session_id, "sampling_session_seq_id": 0, "base_model": "Qwen/Qwen3-8B"},
+    )
+    return str(body["sampling_session_id"])
+
+
+async def test_asample_rejects_a_huge_num_samples_at_once(sim: Sim, autojump_clock: trio.testing.MockClock) -> None:
+    """A huge num_samples used to build one sequence id per sample on the event loop before answering (10**9 hung
+    the server and ate its memory), then a numpy array of num_samples * max_tokens."""
+    sampler_id = await _sampler(sim)
+    response = await sim.post("asample", _sample_body(sampler_id, 1, num_samples=10**6))
+    assert response.status_code == 422, response.text
+    assert "num_samples" in response.json()["detail"]
+    too_many = await sim.post("asample", _sample_body(sampler_id, 2, num_samples=4097))
+    assert too_many.status_code == 422
+    too_long = await sim.post(
+        "asample", _sample_body(sampler_id, 4, num_samples=4096, sampling_params={"max_tokens": 30000, "stop": []})
+    )
+    assert too_long.status_code == 422
+    ok = await sim.ok("asample", _sample_body(sampler_id, 3, num_samples=3))
+    assert len(ok["sample_sequence_ids"]) == 3
+    assert sim.app.status_counts[500] == 0
