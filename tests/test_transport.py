@@ -297,3 +297,16 @@ async def test_aclose_is_bounded_in_time(autojump_clock: trio.testing.MockClock)
     assert trio.current_time() - started <= 10.0
     with pytest.raises(errors.APIConnectionError, match="closed"):
         await t.request(PoolKind.SESSION, "GET", "/api/v1/healthz")
+
+
+async def test_an_echoed_key_does_not_reach_a_validation_error() -> None:
+    # Review fix: a wrong base_url that answers 200 by echoing the request (an echo service, a debugging proxy) must
+    # not put the key into the ResponseValidationError raised for the body.
+    echo = f'{{"headers": {{"X-Api-Key": "{KEY}"}}, "url": "http://sim.test/?k={KEY}"}}'.encode()
+    t = make(Recorder(ok(echo)))
+    with pytest.raises(errors.ResponseValidationError) as info:
+        await t.request_json(CreateSessionResponse, PoolKind.SESSION, "POST", "/api/v1/create_session", json={})
+    assert info.value.body is not None
+    assert KEY.encode() not in info.value.body
+    assert b"<redacted>" in info.value.body
+    assert KEY not in repr(info.value) and KEY not in str(info.value)

@@ -65,11 +65,16 @@ __all__ = [
 
 # A Tinker key (``tml-...``) or a JWT (three base64url segments starting with ``eyJ``).
 _SECRET_RE = re.compile(r"tml-[A-Za-z0-9_\-\.]+|eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
+_SECRET_BYTES_RE = re.compile(_SECRET_RE.pattern.encode("ascii"))
 
 
 def redact(text: str) -> str:
     """Return ``text`` with anything that looks like a Tinker credential replaced by ``<redacted>``."""
     return _SECRET_RE.sub("<redacted>", text)
+
+
+def _redact_bytes(data: bytes) -> bytes:
+    return _SECRET_BYTES_RE.sub(b"<redacted>", data)
 
 
 def _redact_value(value: Any) -> Any:
@@ -256,7 +261,8 @@ class ResponseValidationError(APIError):
     ) -> None:
         super().__init__(message, request_id=request_id)
         self.field = field
-        self.body = body[:2048] if body is not None else None
+        # Redacted before it is cut to 2 KiB, so that no key is cut in half (a server may echo the request back).
+        self.body = _redact_bytes(body[:8192])[:2048] if body is not None else None
 
 
 class RequestFailedError(TinkexError):
