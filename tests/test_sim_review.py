@@ -48,3 +48,25 @@ async def test_asample_rejects_a_huge_num_samples_at_once(sim: Sim, autojump_clo
     ok = await sim.ok("asample", _sample_body(sampler_id, 3, num_samples=3))
     assert len(ok["sample_sequence_ids"]) == 3
     assert sim.app.status_counts[500] == 0
+
+
+async def test_huge_or_non_positive_ttl_is_a_422_not_a_500(sim: Sim, autojump_clock: trio.testing.MockClock) -> None:
+    """ttl_seconds=10**30 overflowed the expiry datetime: a 500 on PUT .../ttl and an "internal error" (category
+    server) future on the save calls."""
+    await sim.new_session()
+    model_id = await sim.new_model()
+    saved = await sim.result(await sim.ok("save_weights", {"model_id": model_id, "seq_id": 1, "path": "ok"}))
+    assert saved["path"].endswith("/weights/ok")
+    ttl_url = f"/api/v1/training_runs/{model_id}/checkpoints/weights/ok/ttl"
+    for bad in (10**30, 2**62, 0, -5):
+        put = await sim.client.put(ttl_url, json={"ttl_seconds": bad})
+        assert put.status_code == 422, (bad, put.text)
+        assert "ttl_seconds" in put.json()["detail"]
+    assert (await sim.client.put(ttl_url, json={"ttl_seconds": 3600})).status_code == 200
+    for seq, endpoint in enumerate(("save_weights", "save_weights_for_sampler", "save_weights_external"), start=2):
+        response = await sim.post(endpoint, {"model_id": model_id, "seq_id": seq, "path": "x", "ttl_seconds": 10**30})
+        assert response.status_code == 422, (endpoint, response.text)
+    # The rejected seq_ids are used up, so the model's next request still runs.
+    after = await sim.result(await sim.optim(model_id, 5))
+    assert "error" not in after
+    assert sim.app.status_counts[500] == 0

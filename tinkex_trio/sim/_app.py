@@ -72,6 +72,8 @@ MAX_NUM_SAMPLES = 4096
 """Most samples one ``asample`` may ask for (each costs a sequence id, a row of output and compute)."""
 MAX_SAMPLED_TOKENS = 1 << 22
 """Most tokens one ``asample`` may generate in all (``num_samples * max_tokens``)."""
+MAX_TTL_SECONDS = 100 * 365 * 86400
+"""Largest checkpoint ``ttl_seconds`` (a larger one would overflow the expiry date)."""
 _CLONE_STRIDE = 1_000_000_000
 
 S = TypeVar("S")
@@ -554,6 +556,13 @@ class SimApp:
         return json_response(future)
 
     @staticmethod
+    def _check_ttl(ttl_seconds: int | None) -> None:
+        if ttl_seconds is not None and not 0 < ttl_seconds <= MAX_TTL_SECONDS:
+            raise HTTPError(
+                422, f"ttl_seconds must be in [1, {MAX_TTL_SECONDS}] (or null for no expiry), got {ttl_seconds}"
+            )
+
+    @staticmethod
     def _check_training_seq(seq_id: int | None) -> None:
         if seq_id is not None and seq_id < 1:
             raise HTTPError(422, f"seq_id must be >= 1 (0 is the model's creation), got {seq_id}")
@@ -797,6 +806,7 @@ class SimApp:
     async def _save_weights(self, request: Request) -> Response:
         body = self._decode(request, t.SaveWeightsRequest)
         self._note_seq(request, body.model_id, body.seq_id)
+        self._check_ttl(body.ttl_seconds)
         model = self.state.model(body.model_id)
         name = self._checkpoint_name(body.path, body.seq_id, "state")
         store = self._checkpoint_commit(
@@ -820,6 +830,7 @@ class SimApp:
     async def _save_weights_for_sampler(self, request: Request) -> Response:
         body = self._decode(request, t.SaveWeightsForSamplerRequest)
         self._note_seq(request, body.model_id, body.seq_id)
+        self._check_ttl(body.ttl_seconds)
         model = self.state.model(body.model_id)
         if body.path is not None:
             name = self._checkpoint_name(body.path, body.seq_id, "sampler")
@@ -868,6 +879,7 @@ class SimApp:
     async def _save_weights_external(self, request: Request) -> Response:
         body = self._decode(request, t.SaveWeightsExternalRequest)
         self._note_seq(request, body.model_id, body.seq_id)
+        self._check_ttl(body.ttl_seconds)
         model = self.state.model(body.model_id)
         name = self._checkpoint_name(body.path, body.seq_id, "external")
         store = self._checkpoint_commit(
@@ -1337,8 +1349,7 @@ class SimApp:
     async def _set_checkpoint_ttl(self, request: Request) -> Response:
         _, checkpoint = self._checkpoint_from_params(request)
         body = self._decode(request, t.SetCheckpointTtlRequest)
-        if body.ttl_seconds is not None and body.ttl_seconds <= 0:
-            raise HTTPError(422, "ttl_seconds must be positive (or null for no expiry)")
+        self._check_ttl(body.ttl_seconds)
         checkpoint.set_ttl(body.ttl_seconds)
         return json_response({})
 
