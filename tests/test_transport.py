@@ -310,3 +310,20 @@ async def test_an_echoed_key_does_not_reach_a_validation_error() -> None:
     assert KEY.encode() not in info.value.body
     assert b"<redacted>" in info.value.body
     assert KEY not in repr(info.value) and KEY not in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["tml-abc+def/ghi=", "tml-k~e!y*9:x", "tml-a%2Bb"])
+async def test_a_key_with_any_printable_characters_is_redacted_whole(key: str) -> None:
+    # Review fix: Config accepts any printable key after 'tml-'; redaction used to stop at the first character
+    # outside [A-Za-z0-9_.-] and leave the rest of the key in the message.
+    body = f'{{"detail": "unknown key {key}", "seen": ["{key}"]}}'.encode()
+    rec = Recorder(httpx.Response(401, content=body, headers={"content-type": "application/json"}))
+    config = Config.create(api_key=key, base_url="http://sim.test/", env={})
+    t = Transport(config, transport_factory=rec.factory)
+    with pytest.raises(errors.AuthenticationError) as info:
+        await t.request(PoolKind.SESSION, "POST", "/api/v1/create_session", json={})
+    secret = key.removeprefix("tml-")
+    for text in (str(info.value), repr(info.value), repr(info.value.body)):
+        assert secret not in text
+    assert "<redacted>" in str(info.value)
+    assert errors.redact(f"?key={key}&x=1") == "?key=<redacted>&x=1"

@@ -63,8 +63,9 @@ __all__ = [
     "status_error_class",
 ]
 
-# A Tinker key (``tml-...``) or a JWT (three base64url segments starting with ``eyJ``).
-_SECRET_RE = re.compile(r"tml-[A-Za-z0-9_\-\.]+|eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
+# A Tinker key (``tml-`` then anything printable: Config accepts any such key, so the match runs to the next space,
+# quote, bracket or separator) or a JWT (three base64url segments starting with ``eyJ``).
+_SECRET_RE = re.compile(r"tml-[^\s\"'`<>\\,;&)\]}]+|eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
 _SECRET_BYTES_RE = re.compile(_SECRET_RE.pattern.encode("ascii"))
 
 
