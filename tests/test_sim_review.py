@@ -14,6 +14,7 @@ import trio.testing
 from test_sim_app import KEY, Sim, _config, _sample_body  # pyright: ignore[reportPrivateUsage]
 
 from tinkex_trio.sim._app import create_app
+from tinkex_trio.sim._queue import FuturesQueue, Job, QueueSettings
 
 
 @pytest.fixture
@@ -70,3 +71,31 @@ async def test_huge_or_non_positive_ttl_is_a_422_not_a_500(sim: Sim, autojump_cl
     after = await sim.result(await sim.optim(model_id, 5))
     assert "error" not in after
     assert sim.app.status_counts[500] == 0
+
+
+async def test_gap_timeout_is_not_reset_by_later_arrivals(autojump_clock: trio.testing.MockClock) -> None:
+    """A lane blocked on a missing seq_id restarted its gap timer on every wake-up, so a client that kept sending
+    later requests (each within the timeout) blocked the model forever."""
+    queue, _ = _queue_with(QueueSettings(seq_gap_timeout_s=50.0, threads=False))
+    log: list[int] = []
+    queue.submit("m", "X", _job(log, 0), seq_id=0)
+    first_late, _ = queue.submit("m", "X", _job(log, 2), seq_id=2)
+    start = trio.current_time()
+    for seq in range(3, 9):  # one new request every 20 s, for 120 s in all
+        await trio.sleep(20.0)
+        queue.submit("m", "X", _job(log, seq), seq_id=seq)
+    assert first_late.finished, log
+    assert first_late.finished_at is not None and first_late.finished_at - start <= 60.0
+    assert log[:2] == [0, 2]
+
+
+def _queue_with(settings: QueueSettings) -> tuple[FuturesQueue, QueueSettings]:
+    return FuturesQueue(lambda: settings, seed=1), settings
+
+
+def _job(log: list[int], value: int) -> Job:
+    def compute() -> int:
+        log.append(value)
+        return value
+
+    return Job(compute=compute, threaded=False)

@@ -139,6 +139,9 @@ class _Lane:
         self.run_lock = trio.Lock()
         self.run_lock_root: object | None = None
         self.gap_skips = 0
+        self.gap_seq: int | None = None
+        """The ``next_seq`` the lane was last found blocked on (with later seq_ids pending), and since when."""
+        self.gap_since = 0.0
 
     def wake(self) -> None:
         self.changed.set()
@@ -455,8 +458,12 @@ class FuturesQueue:
         if not lane.pending or gap_timeout is None:
             await changed.wait()
             return
-        # An ordered lane blocked on a gap: wait for the missing seq_id, but not forever.
-        with trio.move_on_after(gap_timeout):
+        # An ordered lane blocked on a gap: wait for the missing seq_id, but not forever. The deadline counts from when
+        # the lane first blocked on this seq_id, so later arrivals (each a wake-up) do not push it back.
+        if lane.gap_seq != lane.next_seq:
+            lane.gap_seq = lane.next_seq
+            lane.gap_since = trio.current_time()
+        with trio.move_on_at(lane.gap_since + gap_timeout):
             await changed.wait()
             return
         if lane.pending and lane.next_seq not in lane.pending:
