@@ -598,3 +598,28 @@ async def test_train_and_sample_over_tls_loopback() -> None:
             sampler = await trainer.save_weights_and_get_sampling_client()
             result = await sampler.sample(t.ModelInput.from_ints(PATTERN[:4]), 2, t.SamplingParams(max_tokens=4))
             assert len(result.sequences) == 2 and all(len(s.tokens) == 4 for s in result.sequences)
+
+
+async def test_parallel_chunk_sends_raise_a_lone_interrupt_as_itself(autojump_clock: trio.testing.MockClock) -> None:
+    # Review fix: the concurrent chunk sends run in a nursery; a KeyboardInterrupt landing in one of them came out
+    # of forward_backward as a BaseExceptionGroup of one instead of as itself (DESIGN §2).
+    from tinkex_trio.training import _run_all  # pyright: ignore[reportPrivateUsage]
+
+    sent: list[int] = []
+
+    async def send(index: int) -> None:
+        await trio.sleep(index)
+        if index == 2:
+            raise KeyboardInterrupt
+        sent.append(index)
+
+    with pytest.raises(KeyboardInterrupt):
+        await _run_all(send, range(1, 4))
+    assert 1 in sent
+
+    async def fail(index: int) -> None:
+        await trio.sleep(4 - index)  # the last index fails first
+        raise ValueError(index)
+
+    with pytest.raises(ValueError, match="1"):  # ordinary failures: the first by index, as itself (unchanged)
+        await _run_all(fail, range(1, 4))

@@ -609,8 +609,16 @@ async def _run_all(send: Callable[[int], Awaitable[None]], indices: Iterable[int
         except Exception as exc:
             errors[index] = exc
 
-    async with trio.open_nursery() as nursery:
-        for index in indices:
-            nursery.start_soon(one, index)
+    try:
+        async with trio.open_nursery() as nursery:
+            for index in indices:
+                nursery.start_soon(one, index)
+    except BaseExceptionGroup as group:
+        # Only what ``one`` does not catch gets here: Cancelled, KeyboardInterrupt. A lone non-Cancelled one leaves as
+        # itself (a single failure is never an ExceptionGroup of one); Cancelled is left to its cancel scope.
+        real = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
+        if len(real) == 1:
+            raise real[0] from None
+        raise
     if errors:
         raise errors[min(errors)]
