@@ -99,3 +99,42 @@ def _job(log: list[int], value: int) -> Job:
         return value
 
     return Job(compute=compute, threaded=False)
+
+
+async def test_resend_after_the_record_expired_is_not_applied_twice(autojump_clock: trio.testing.MockClock) -> None:
+    """Evicting a finished future also forgot its (model_id, seq_id), so a re-send of an optim_step whose record had
+    expired ran the step a second time."""
+    app = create_app(_config(max_retained_futures=4))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://sim", headers=KEY) as client:
+        sim = Sim(app, client)
+        await sim.new_session()
+        model_id = await sim.new_model()
+        first = await sim.optim(model_id, 1)
+        assert "metrics" in await sim.result(first)
+        for seq in range(2, 8):  # push seq 1's record out of the retained window
+            await sim.result(await sim.optim(model_id, seq))
+        assert app.queue.get(first["request_id"]) is None
+        record = app.state.model(model_id)
+        assert record.steps_applied == 7
+        resent = await sim.optim(model_id, 1)
+        outcome = await sim.result(resent)
+        assert "already processed" in outcome["error"], outcome
+        assert record.steps_applied == 7 and record.applied_seq_ids.count(1) == 1
+
+
+async def test_skipped_seq_arriving_late_runs_once_even_after_expiry(autojump_clock: trio.testing.MockClock) -> None:
+    queue, _ = _queue_with(QueueSettings(seq_gap_timeout_s=10.0, threads=False, max_retained=2))
+    log: list[int] = []
+    queue.submit("m", "X", _job(log, 0), seq_id=0)
+    late, _ = queue.submit("m", "X", _job(log, 3), seq_id=3)
+    assert await queue.wait(late, 30.0)
+    assert log == [0, 3]
+    one, new = queue.submit("m", "X", _job(log, 1), seq_id=1)  # skipped, arrives late: runs
+    assert new and await queue.wait(one, 5.0)
+    for seq in (4, 5, 6):
+        assert await queue.wait(queue.submit("m", "X", _job(log, seq), seq_id=seq)[0], 5.0)
+    again, new = queue.submit("m", "X", _job(log, 1), seq_id=1)  # its record has expired: not run again
+    assert not new and again.status == "failed"
+    two, new = queue.submit("m", "X", _job(log, 2), seq_id=2)  # still skipped, never arrived: runs
+    assert new and await queue.wait(two, 5.0)
+    assert log == [0, 3, 1, 4, 5, 6, 2]

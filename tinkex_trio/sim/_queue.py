@@ -142,10 +142,20 @@ class _Lane:
         self.gap_seq: int | None = None
         """The ``next_seq`` the lane was last found blocked on (with later seq_ids pending), and since when."""
         self.gap_since = 0.0
+        self.skipped: list[tuple[int, int]] = []
+        """Ranges ``[lo, hi)`` of seq_ids an ordered lane skipped over (gap timeout) that have not arrived yet."""
 
     def wake(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
+
+    def take_skipped(self, seq_id: int) -> bool:
+        """Whether ``seq_id`` was skipped over and never arrived; if so it is taken (it may run once, late)."""
+        for i, (lo, hi) in enumerate(self.skipped):
+            if lo <= seq_id < hi:
+                self.skipped[i : i + 1] = [r for r in ((lo, seq_id), (seq_id + 1, hi)) if r[0] < r[1]]
+                return True
+        return False
 
     @property
     def queued(self) -> int:
@@ -258,6 +268,9 @@ class FuturesQueue:
             previous = lane.seen.get(seq_id)
             if previous is not None and previous in self._records:
                 return self._records[previous], False
+            if lane.ordered and seq_id < lane.next_seq and previous is None and not lane.take_skipped(seq_id):
+                # Already run (or rejected) and its record forgotten: running it again would apply its work twice.
+                return self._expired_seq_record(lane, request_type, seq_id, extra), False
         record = FutureRecord(
             request_id=self.new_request_id(),
             request_type=request_type,
@@ -282,6 +295,29 @@ class FuturesQueue:
         self._evict()
         return record, True
 
+    def _expired_seq_record(
+        self, lane: _Lane, request_type: str, seq_id: int, extra: dict[str, Any] | None
+    ) -> FutureRecord:
+        record = FutureRecord(
+            request_id=self.new_request_id(),
+            request_type=request_type,
+            lane_key=lane.key,
+            seq_id=seq_id,
+            job=None,
+            created_at=trio.current_time(),
+            extra=dict(extra or {}),
+        )
+        self._records[record.request_id] = record
+        lane.seen[seq_id] = record.request_id
+        self._finish(
+            record,
+            "failed",
+            error=f"seq_id {seq_id} of {lane.key} was already processed and its result has expired",
+            category="user",
+        )
+        self._evict()
+        return record
+
     def consume_seq(self, lane_key: str, seq_id: int, error: str) -> FutureRecord | None:
         """Mark ``seq_id`` of an ordered lane as used by a request that was rejected before it was queued.
 
@@ -291,6 +327,8 @@ class FuturesQueue:
         lane = self._lanes.get(lane_key)
         if lane is None or seq_id in lane.seen:
             return None
+        if lane.ordered and seq_id < lane.next_seq:
+            lane.take_skipped(seq_id)
         record = FutureRecord(
             request_id=self.new_request_id(),
             request_type="Rejected",
@@ -472,6 +510,7 @@ class FuturesQueue:
                 "lane %s: seq_id %d..%d never arrived; skipping the gap", lane.key, lane.next_seq, skip_to - 1
             )
             lane.gap_skips += 1
+            lane.skipped.append((lane.next_seq, skip_to))
             lane.next_seq = skip_to
 
     async def _execute(self, lane: _Lane, record: FutureRecord) -> None:
