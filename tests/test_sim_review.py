@@ -138,3 +138,22 @@ async def test_skipped_seq_arriving_late_runs_once_even_after_expiry(autojump_cl
     two, new = queue.submit("m", "X", _job(log, 2), seq_id=2)  # still skipped, never arrived: runs
     assert new and await queue.wait(two, 5.0)
     assert log == [0, 3, 1, 4, 5, 6, 2]
+
+
+async def test_retrieve_futures_history_is_bounded(sim: Sim, autojump_clock: trio.testing.MockClock) -> None:
+    """Every finished sample appended an event to its sampling session forever (and each poll scanned them all),
+    whether or not anyone used retrieve_futures."""
+    sampler_id = await _sampler(sim)
+    sampler = sim.app.state.sampler(sampler_id)
+    total = 60_000
+    for i in range(total - 1):
+        sampler.notify_completion({"state": "finished", "request_id": f"r{i}"}, 0)
+    assert len(sampler.completions) <= 50_000
+    done = await sim.result(await sim.ok("asample", _sample_body(sampler_id, 1, num_samples=1)))
+    assert "sequences" in done
+    target = {"type": "sampling_session", "sampling_session_id": sampler_id, "cloned_sampler_id": 0}
+    body = await sim.ok("retrieve_futures", {"target": target, "prev_cursor": total - 1, "timeout": 0})
+    assert body["cursor"] == total
+    assert [c["state"] for c in body["completions"]] == ["finished"]
+    again = await sim.ok("retrieve_futures", {"target": target, "prev_cursor": total, "timeout": 0})
+    assert again == {"completions": [], "cursor": total}

@@ -1258,11 +1258,15 @@ class SimApp:
             max_wait = min(max(body.timeout, 0.0), max_wait)
 
         def pending() -> list[dict[str, Any]]:
-            return [
-                e["completion"]
-                for e in sampler.completions
-                if e["cursor"] > body.prev_cursor and e["clone"] == target.cloned_sampler_id
-            ]
+            # Newest first, stopping at the client's cursor: a poll costs what it returns, not the whole history.
+            found: list[dict[str, Any]] = []
+            for e in reversed(sampler.completions):
+                if e["cursor"] <= body.prev_cursor:
+                    break
+                if e["clone"] == target.cloned_sampler_id:
+                    found.append(e["completion"])
+            found.reverse()
+            return found
 
         found = pending()
         if not found and max_wait > 0:
@@ -1271,7 +1275,7 @@ class SimApp:
                 while not found:
                     await sampler.completion_event.wait()
                     found = pending()
-        cursor = max(len(sampler.completions), body.prev_cursor)
+        cursor = max(sampler.completion_cursor, body.prev_cursor)
         return json_response({"completions": found, "cursor": cursor})
 
     async def _cancel_future(self, request: Request) -> Response:

@@ -19,6 +19,7 @@ import base64
 import json
 import random
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -39,6 +40,9 @@ __all__ = [
     "checkpoint_id_of",
     "parse_tinker_path",
 ]
+
+MAX_COMPLETIONS = 50_000
+"""Completion events a sampling session keeps for ``retrieve_futures`` (older ones are dropped)."""
 
 CheckpointKind = Literal["training", "sampler", "external"]
 _SEGMENT_OF: dict[CheckpointKind, str] = {
@@ -240,12 +244,15 @@ class SamplerRecord:
     """One LoraModel is not thread-safe: sampling workers take turns on the numpy part."""
     client_counter: int = 0
     samples_applied: int = 0
-    completions: list[dict[str, Any]] = field(default_factory=list[dict[str, Any]])
-    """Events for ``retrieve_futures``: ``{"cursor", "clone", "completion"}``; the cursor is the list index + 1."""
+    completions: deque[dict[str, Any]] = field(default_factory=lambda: deque[dict[str, Any]](maxlen=MAX_COMPLETIONS))
+    """The latest events for ``retrieve_futures``: ``{"cursor", "clone", "completion"}``, cursors ascending."""
+    completion_cursor: int = 0
+    """The cursor of the latest event (events are numbered 1, 2, ...)."""
     completion_event: trio.Event = field(default_factory=trio.Event)
 
     def notify_completion(self, completion: dict[str, Any], clone: int) -> None:
-        self.completions.append({"cursor": len(self.completions) + 1, "clone": clone, "completion": completion})
+        self.completion_cursor += 1
+        self.completions.append({"cursor": self.completion_cursor, "clone": clone, "completion": completion})
         self.completion_event.set()
         self.completion_event = trio.Event()
 
