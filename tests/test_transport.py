@@ -12,7 +12,7 @@ import trio.testing
 
 from tinkex_trio import errors
 from tinkex_trio._config import Config
-from tinkex_trio._telemetry import HTTP_REQUEST_EXCEPTION, HTTP_REQUEST_STOP, RETRY, TelemetryEvent
+from tinkex_trio._telemetry import HTTP_REQUEST_EXCEPTION, HTTP_REQUEST_START, HTTP_REQUEST_STOP, RETRY, TelemetryEvent
 from tinkex_trio._transport import USER_AGENT, PoolKind, Transport
 from tinkex_trio.types import CreateSessionResponse
 
@@ -327,3 +327,23 @@ async def test_a_key_with_any_printable_characters_is_redacted_whole(key: str) -
         assert secret not in text
     assert "<redacted>" in str(info.value)
     assert errors.redact(f"?key={key}&x=1") == "?key=<redacted>&x=1"
+
+
+async def test_a_cancelled_request_still_ends_its_telemetry_span(autojump_clock: trio.testing.MockClock) -> None:
+    # Review fix: every tinkex.http.request.start is followed by a stop or an exception (the bus's span convention:
+    # cancellation gives .stop with cancelled=True), so a listener counting requests in flight never leaks one.
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await trio.sleep(100)
+        return ok()
+
+    config = Config.create(api_key=KEY, base_url="http://sim.test/", env={})
+    t = Transport(config, transport_factory=lambda pool: httpx.MockTransport(slow))
+    events: list[TelemetryEvent] = []
+    t.telemetry.attach("t", [HTTP_REQUEST_START, HTTP_REQUEST_EXCEPTION, HTTP_REQUEST_STOP], events.append)
+    with trio.move_on_after(1.0):
+        await t.request(PoolKind.SESSION, "POST", "/api/v1/create_session", json={})
+    assert [e.name for e in events] == [HTTP_REQUEST_START, HTTP_REQUEST_STOP]
+    stop = events[1]
+    assert stop.metadata["cancelled"] is True and "status" not in stop.metadata
+    assert stop.measurements["duration_ms"] == pytest.approx(1000.0)
+    await t.aclose()

@@ -355,6 +355,16 @@ class Transport:
                 time=end,
             )
             raise err from None
+        except BaseException as exc:
+            # The span ends whatever happened (the bus's convention: cancellation or Ctrl-C is a .stop with
+            # cancelled=True, not a failure), and the exception propagates untouched.
+            end = trio.current_time()
+            measurements = {"duration_ms": (end - start) * 1000.0, "attempt": attempt}
+            if isinstance(exc, Exception):
+                bus.emit(HTTP_REQUEST_EXCEPTION, measurements, {**meta, "kind": type(exc).__name__}, time=end)
+            else:
+                bus.emit(HTTP_REQUEST_STOP, measurements, {**meta, "cancelled": True}, time=end)
+            raise
         end = trio.current_time()
         status = response.status_code
         bus.emit(
