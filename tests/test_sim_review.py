@@ -6,6 +6,7 @@ In process through httpx.ASGITransport under trio's MockClock (``autojump_clock`
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -157,3 +158,28 @@ async def test_retrieve_futures_history_is_bounded(sim: Sim, autojump_clock: tri
     assert [c["state"] for c in body["completions"]] == ["finished"]
     again = await sim.ok("retrieve_futures", {"target": target, "prev_cursor": total, "timeout": 0})
     assert again == {"completions": [], "cursor": total}
+
+
+async def test_checkpoints_expire_after_their_ttl(sim: Sim, autojump_clock: trio.testing.MockClock) -> None:
+    """ttl_seconds was recorded as expires_at but never enforced: expired checkpoints (and their bytes) were kept,
+    listed and loadable forever, so a long run saving with a TTL grew without bound."""
+    await sim.new_session()
+    model_id = await sim.new_model()
+    keep = await sim.result(await sim.ok("save_weights", {"model_id": model_id, "seq_id": 1, "path": "keep"}))
+    body = {"model_id": model_id, "seq_id": 2, "path": "brief", "ttl_seconds": 60}
+    brief = await sim.result(await sim.ok("save_weights", body))
+    later = {"model_id": model_id, "seq_id": 3, "path": "later", "ttl_seconds": 3600}
+    await sim.result(await sim.ok("save_weights_for_sampler", later))
+    listed = await sim.client.get(f"/api/v1/training_runs/{model_id}/checkpoints")
+    assert len(listed.json()["checkpoints"]) == 3
+    real_clock = sim.app.state.clock
+    sim.app.state.clock = lambda: real_clock() + timedelta(seconds=120)
+    listed = await sim.client.get(f"/api/v1/training_runs/{model_id}/checkpoints")
+    assert [c["checkpoint_id"] for c in listed.json()["checkpoints"]] == ["weights/keep", "sampler_weights/later"]
+    gone = await sim.post("weights_info", {"tinker_path": brief["path"]})
+    assert gone.status_code == 404
+    assert (await sim.post("weights_info", {"tinker_path": keep["path"]})).status_code == 200
+    assert sim.app.state.expired_checkpoints == 1
+    sim.app.state.clock = lambda: real_clock() + timedelta(hours=2)
+    listed = await sim.client.get("/api/v1/checkpoints")
+    assert [c["checkpoint_id"] for c in listed.json()["checkpoints"]] == ["weights/keep"]

@@ -285,6 +285,8 @@ class SimApp:
     async def handle(self, request: Request) -> Response:
         """Route and run one request; every failure becomes a JSON error response."""
         try:
+            # Checkpoints whose TTL ran out are gone (and their bytes freed) before anything can see them.
+            self.state.purge_expired_checkpoints()
             handler, name = self._route(request)
             self.request_counts[name] += 1
             if name != "healthz":
@@ -791,6 +793,7 @@ class SimApp:
                 raise FutureError(f"checkpoint {checkpoint.tinker_path} already exists (use overwrite)", "user")
             model.checkpoints.pop(checkpoint.checkpoint_id, None)
             model.checkpoints[checkpoint.checkpoint_id] = checkpoint
+            self.state.note_expiry(checkpoint.expires_at)
             return checkpoint
 
         return commit
@@ -1355,6 +1358,7 @@ class SimApp:
         body = self._decode(request, t.SetCheckpointTtlRequest)
         self._check_ttl(body.ttl_seconds)
         checkpoint.set_ttl(body.ttl_seconds)
+        self.state.note_expiry(checkpoint.expires_at)
         return json_response({})
 
     async def _external_weights_urls(self, request: Request) -> Response:

@@ -20,6 +20,7 @@ import json
 import random
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -270,6 +271,11 @@ class SimState:
         self.issued_jwts: int = 0
         self._base_models: dict[tuple[str, ModelConfig], LoraModel] = {}
         self._base_lock = threading.Lock()
+        self.clock: Callable[[], datetime] = _now
+        """Wall-clock time for checkpoint expiry (replaceable in tests)."""
+        self._next_expiry: datetime | None = None
+        """The earliest ``expires_at`` of any checkpoint (or earlier), so that purging is cheap when nothing is due."""
+        self.expired_checkpoints = 0
 
     # -- ids --------------------------------------------------------------------------------------------------------
 
@@ -355,6 +361,32 @@ class SimState:
         return record
 
     # -- checkpoints ------------------------------------------------------------------------------------------------
+
+    def note_expiry(self, expires_at: datetime | None) -> None:
+        """Remember that a checkpoint expires at ``expires_at`` (call after setting a TTL)."""
+        if expires_at is not None and (self._next_expiry is None or expires_at < self._next_expiry):
+            self._next_expiry = expires_at
+
+    def purge_expired_checkpoints(self) -> int:
+        """Delete every checkpoint whose TTL has run out; returns how many. Cheap when none is due."""
+        now = self.clock()
+        if self._next_expiry is None or now < self._next_expiry:
+            return 0
+        purged = 0
+        next_expiry: datetime | None = None
+        for model in self.models.values():
+            for checkpoint_id, checkpoint in list(model.checkpoints.items()):
+                expires_at = checkpoint.expires_at
+                if expires_at is None:
+                    continue
+                if expires_at <= now:
+                    del model.checkpoints[checkpoint_id]
+                    purged += 1
+                elif next_expiry is None or expires_at < next_expiry:
+                    next_expiry = expires_at
+        self._next_expiry = next_expiry
+        self.expired_checkpoints += purged
+        return purged
 
     def find_checkpoint(self, path: str) -> CheckpointRecord:
         """The checkpoint at ``path``; a malformed path raises SimUserError, a missing one StateError(404)."""
