@@ -5,6 +5,8 @@ In process through httpx.ASGITransport under trio's MockClock (``autojump_clock`
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from collections.abc import AsyncGenerator
 from datetime import timedelta
 
@@ -14,6 +16,7 @@ import trio
 import trio.testing
 from test_sim_app import KEY, Sim, _config, _sample_body  # pyright: ignore[reportPrivateUsage]
 
+from tinkex_trio.sim import _app as sim_app
 from tinkex_trio.sim._app import create_app
 from tinkex_trio.sim._queue import FuturesQueue, Job, QueueSettings
 
@@ -183,3 +186,29 @@ async def test_checkpoints_expire_after_their_ttl(sim: Sim, autojump_clock: trio
     sim.app.state.clock = lambda: real_clock() + timedelta(hours=2)
     listed = await sim.client.get("/api/v1/checkpoints")
     assert [c["checkpoint_id"] for c in listed.json()["checkpoints"]] == ["weights/keep"]
+
+
+async def test_compressed_bodies_are_bounded(
+    sim: Sim, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gzip/deflate body was inflated without a limit: a few KB could expand to gigabytes (a decompression bomb)."""
+    monkeypatch.setattr(sim_app, "MAX_BODY_BYTES", 1 << 20)
+    payload = b'{"tags": [], "sdk_version": "' + b"0" * (4 << 20) + b'"}'
+    for encoding, compressed in (
+        ("gzip", gzip.compress(payload)),
+        ("deflate", zlib.compress(payload)),
+    ):
+        assert len(compressed) < 64 << 10
+        response = await sim.client.post(
+            "/api/v1/create_session",
+            content=compressed,
+            headers={"Content-Type": "application/json", "Content-Encoding": encoding},
+        )
+        assert response.status_code == 413, (encoding, response.status_code)
+        assert "larger than" in response.json()["detail"]
+    small = gzip.compress(b'{"tags": [], "sdk_version": "0.38.0"}')
+    gzip_json = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    ok = await sim.client.post("/api/v1/create_session", content=small, headers=gzip_json)
+    assert ok.status_code == 200 and ok.json()["session_id"]
+    cut = await sim.client.post("/api/v1/create_session", content=small[:-8], headers=gzip_json)
+    assert cut.status_code == 400

@@ -1406,19 +1406,28 @@ def create_app(config: SimConfig | None = None) -> SimApp:
 
 
 def _decompress(body: bytes, encoding: str) -> bytes:
+    """The decompressed body, at most ``MAX_BODY_BYTES`` of it (a larger one is a 413, not an out-of-memory)."""
+    limit = MAX_BODY_BYTES
+    too_large = HTTPError(413, f"decompressed request body larger than {limit} bytes")
     try:
-        if encoding == "gzip":
-            return zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        if encoding == "deflate":
-            return zlib.decompress(body)
+        if encoding in ("gzip", "deflate"):
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+            out = inflater.decompress(body, limit + 1)
+            if len(out) > limit or inflater.unconsumed_tail:
+                raise too_large
+            if not inflater.eof:
+                raise HTTPError(400, f"request body is not valid {encoding}: truncated stream")
+            return out
         if encoding == "zstd":
             try:
                 import zstandard  # pyright: ignore[reportMissingImports]
             except ImportError:
                 raise HTTPError(415, "zstd request bodies need the 'zstandard' package on the server") from None
             decompressor: Any = zstandard.ZstdDecompressor()  # pyright: ignore[reportUnknownMemberType]
-            out: bytes = decompressor.decompressobj().decompress(body)
-            return out
+            data: bytes = decompressor.stream_reader(body).read(limit + 1)
+            if len(data) > limit:
+                raise too_large
+            return data
     except zlib.error as exc:
         raise HTTPError(400, f"request body is not valid {encoding}: {exc}") from None
     except HTTPError:
