@@ -47,7 +47,7 @@ async def test_asample_rejects_a_huge_num_samples_at_once(sim: Sim, autojump_clo
     too_many = await sim.post("asample", _sample_body(sampler_id, 2, num_samples=4097))
     assert too_many.status_code == 422
     too_long = await sim.post(
-        "asample", _sample_body(sampler_id, 4, num_samples=4096, sampling_params={"max_tokens": 30000, "stop": []})
+        "asample", _sample_body(sampler_id, 4, num_samples=1024, sampling_params={"max_tokens": 1025, "stop": []})
     )
     assert too_long.status_code == 422
     ok = await sim.ok("asample", _sample_body(sampler_id, 3, num_samples=3))

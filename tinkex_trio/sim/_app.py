@@ -70,8 +70,9 @@ JSON = "application/json"
 MAX_BODY_BYTES = 512 * 1024 * 1024
 MAX_NUM_SAMPLES = 4096
 """Most samples one ``asample`` may ask for (each costs a sequence id, a row of output and compute)."""
-MAX_SAMPLED_TOKENS = 1 << 22
-"""Most tokens one ``asample`` may generate in all (``num_samples * max_tokens``)."""
+MAX_SAMPLED_TOKENS = 1 << 20
+"""Most tokens one ``asample`` may generate in all (``num_samples * max_tokens``): its result is rendered on the event
+loop, which takes about a quarter of a second per million tokens."""
 MAX_TTL_SECONDS = 100 * 365 * 86400
 """Largest checkpoint ``ttl_seconds`` (a larger one would overflow the expiry date)."""
 _CLONE_STRIDE = 1_000_000_000
