@@ -212,3 +212,26 @@ async def test_compressed_bodies_are_bounded(
     assert ok.status_code == 200 and ok.json()["session_id"]
     cut = await sim.client.post("/api/v1/create_session", content=small[:-8], headers=gzip_json)
     assert cut.status_code == 400
+
+
+async def test_unseeded_samples_do_not_depend_on_arrival_order(autojump_clock: trio.testing.MockClock) -> None:
+    """Without a sampling seed, a sample's draw mixed in the next value of the server's shared RNG, so concurrent
+    requests (whose arrival order trio does not fix) sampled different tokens from one seeded run to the next."""
+
+    async def tokens_by_seq(order: list[int]) -> dict[int, list[list[int]]]:
+        app = create_app(_config(seed=11))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://s", headers=KEY) as client:
+            sim = Sim(app, client)
+            sampler_id = await _sampler(sim)
+            futures = {}
+            for seq in order:
+                body = _sample_body(sampler_id, seq, sampling_params={"max_tokens": 8, "temperature": 1.0, "stop": []})
+                futures[seq] = await sim.ok("asample", body)
+            return {
+                seq: [s["tokens"] for s in (await sim.result(future))["sequences"]] for seq, future in futures.items()
+            }
+
+    forward = await tokens_by_seq([1, 2, 3, 4])
+    backward = await tokens_by_seq([4, 3, 2, 1])
+    assert forward == backward
+    assert forward[1] != forward[2]  # different seq_ids still draw differently

@@ -1099,7 +1099,10 @@ class SimApp:
             )
         seed = params.seed
         if seed is None:
-            seed = zlib.crc32(f"{self.config.seed}/{lane}/{body.seq_id}/{self.state.random_hex(4)}".encode())
+            # A sequenced request's draw depends only on (server seed, sampler, seq_id), not on the order in which
+            # concurrent requests arrive, so a seeded server samples the same tokens run after run.
+            salt = str(body.seq_id) if body.seq_id is not None else self.state.random_hex(4)
+            seed = zlib.crc32(f"{self.config.seed}/{lane}/{salt}".encode())
         tokens_cost = _model_input_length(body.prompt) + max(body.num_samples, 1) * max(max_tokens, 0)
         state = self.state
 
