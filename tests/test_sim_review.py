@@ -9,6 +9,7 @@ import gzip
 import zlib
 from collections.abc import AsyncGenerator
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -223,7 +224,7 @@ async def test_unseeded_samples_do_not_depend_on_arrival_order(autojump_clock: t
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://s", headers=KEY) as client:
             sim = Sim(app, client)
             sampler_id = await _sampler(sim)
-            futures = {}
+            futures: dict[int, dict[str, Any]] = {}
             for seq in order:
                 body = _sample_body(sampler_id, seq, sampling_params={"max_tokens": 8, "temperature": 1.0, "stop": []})
                 futures[seq] = await sim.ok("asample", body)
