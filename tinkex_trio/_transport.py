@@ -10,9 +10,29 @@ Every request of the client goes through :meth:`Transport.request`. It
 * maps a non-2xx answer to the :mod:`tinkex_trio.errors` class of its status, and transport failures to
   :class:`~tinkex_trio.errors.APIConnectionError` / :class:`~tinkex_trio.errors.APITimeoutError`;
 * retries what :class:`~tinkex_trio._retry.RetryPolicy` says to retry, sleeping on trio's clock;
-* emits ``tinkex.http.request.{start,stop,exception}`` and ``tinkex.retry`` telemetry.
+* emits ``tinkex.http.request.{start,stop,exception}`` and ``tinkex.retry`` telemetry;
+* goes through the session's circuit breaker (:mod:`tinkex_trio._breaker`), if it has one.
 
-Cancellation passes straight through: only ``httpx.HTTPError`` and our own API errors are caught.
+The circuit breaker, on the hot path as plain method calls (no channel hop):
+
+* **Admission**: before the first attempt, an OPEN breaker (or a HALF_OPEN one with every trial slot taken) makes the
+  request fail at once with :class:`~tinkex_trio.errors.CircuitOpenError`, nothing sent, and emits
+  ``tinkex.circuit_breaker.rejected``. Before a retry, the same check is made whenever the breaker has changed state
+  since the request was admitted (or the request was a trial): retries stop as soon as the breaker opens, with
+  ``CircuitOpenError`` whose ``__cause__`` is the last error.
+* **The unit is the logical request while CLOSED**: its verdict is its final outcome, after the retries of the policy.
+  A request the retries rescued is a success; only a request that ends in a connection error, a timeout or a 5xx
+  counts as a failure. Counting attempts instead would open a 5-failures-in-a-row breaker every ~1,400 attempts under a
+  merely flaky service (25 % errors), which the retries handle fine.
+* **The unit is the attempt while HALF_OPEN**: a trial is one attempt, settled by its answer (a success closes the
+  breaker, a failure re-opens it, a 429 frees the slot); a retry must be admitted again.
+* **Not guarded** (neither checked nor counted): the ``FUTURES`` and ``TELEMETRY`` pools, i.e. retrieve_future polls.
+  A poll asks for work the server has already accepted: failing it fast would abandon that work, polls have their own
+  backoff, a long poll's slowness is by design, and their volume would swamp the count. Callers pass ``breaker=False``
+  for requests that must go out whatever the breaker says (the session's heartbeat and finish).
+
+Cancellation passes straight through: only ``httpx.HTTPError`` and our own API errors are caught. A cancelled request
+records no verdict; it only frees its trial slot.
 """
 
 from __future__ import annotations
@@ -31,9 +51,11 @@ import msgspec
 import trio
 
 from tinkex_trio import types as _types
+from tinkex_trio._breaker import CircuitBreaker, Permit, Verdict, classify_exception
 from tinkex_trio._config import Config, PoolLimits
 from tinkex_trio._retry import RetryPolicy, outcome_from_exception, parse_retry_after
 from tinkex_trio._telemetry import (
+    CIRCUIT_BREAKER_REJECTED,
     HTTP_REQUEST_EXCEPTION,
     HTTP_REQUEST_START,
     HTTP_REQUEST_STOP,
@@ -46,6 +68,7 @@ from tinkex_trio.errors import (
     APIError,
     APIStatusError,
     APITimeoutError,
+    CircuitOpenError,
     status_error_class,
 )
 
@@ -73,6 +96,9 @@ class PoolKind(enum.StrEnum):
 
 TransportFactory = Callable[[PoolKind], httpx.AsyncBaseTransport]
 """Builds the httpx transport of a pool (tests pass ``lambda pool: httpx.ASGITransport(app=app)``)."""
+
+_UNGUARDED_POOLS = frozenset({PoolKind.FUTURES, PoolKind.TELEMETRY})
+"""Pools whose requests the circuit breaker neither checks nor counts (see the module docstring)."""
 
 
 def _request_id_of(response: httpx.Response, body: object) -> str | None:
@@ -177,6 +203,7 @@ class Transport:
         telemetry: the bus that receives request events; a private one if not given.
         transport_factory: builds each pool's httpx transport (in-process ASGI apps in tests).
         rng: randomness for retry jitter (seed it for reproducible tests).
+        breaker: the circuit breaker every guarded request goes through (none: no breaker).
     """
 
     def __init__(
@@ -187,8 +214,10 @@ class Transport:
         telemetry: TelemetryBus | None = None,
         transport_factory: TransportFactory | None = None,
         rng: random.Random | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.config = config
+        self.breaker = breaker
         self.telemetry = telemetry if telemetry is not None else TelemetryBus(clock=trio.current_time)
         self._ssl_context = ssl_context
         self._transport_factory = transport_factory
@@ -272,12 +301,17 @@ class Transport:
         timeout: float | None = None,
         retry: bool = True,
         sdk_method: str | None = None,
+        breaker: bool | None = None,
     ) -> httpx.Response:
         """Send one logical request (retrying per the policy when ``retry``) and return the 2xx response.
+
+        ``breaker``: go through the circuit breaker (True), bypass it (False), or decide by pool (None: every pool
+        but ``FUTURES`` and ``TELEMETRY``).
 
         Raises:
             APIStatusError: (a subclass per status) the final answer was not a success.
             APIConnectionError: (or APITimeoutError) no HTTP answer.
+            CircuitOpenError: the circuit breaker refused the request (nothing sent) or its retry.
         """
         method = method.upper()
         if json is not None and content is not None:
@@ -300,29 +334,84 @@ class Transport:
         meta: dict[str, str | int | float | bool | None] = {"method": method, "path": path, "pool": pool.value}
         started = trio.current_time()
         attempt = 0
-        while True:
-            try:
-                return await self._send_once(
-                    client, method, path, body, req_headers, params, httpx_timeout, what, meta, attempt
-                )
-            except APIError as exc:
-                if not retry:
-                    raise
-                outcome = outcome_from_exception(exc)
-                if outcome is None:
-                    raise
-                now = trio.current_time()
-                decision = self._policy.decide(attempt, outcome, now, started)
-                if not decision.retry:
-                    raise
-                self.telemetry.emit(
-                    RETRY,
-                    {"delay_s": decision.delay, "attempt": attempt + 1},
-                    {**meta, "reason": decision.reason.value, "error": type(exc).__name__},
-                )
-                logger.debug("retrying %s in %.3fs (%s)", what, decision.delay, decision.reason.value)
-                await trio.sleep(decision.delay)
-                attempt += 1
+        guard = self.breaker
+        if guard is not None and (breaker is False or (breaker is None and pool in _UNGUARDED_POOLS)):
+            guard = None
+        permit = self._admit(guard, None, meta, attempt, None)
+        try:
+            while True:
+                try:
+                    response = await self._send_once(
+                        client, method, path, body, req_headers, params, httpx_timeout, what, meta, attempt
+                    )
+                except APIError as exc:
+                    verdict = classify_exception(exc)
+                    if guard is not None and permit is not None and permit.trial:
+                        guard.record(verdict, trio.current_time(), permit)  # a trial is settled by its attempt
+                    outcome = outcome_from_exception(exc) if retry else None
+                    if outcome is None:
+                        self._settle(guard, permit, verdict)
+                        raise
+                    now = trio.current_time()
+                    decision = self._policy.decide(attempt, outcome, now, started)
+                    if not decision.retry:
+                        self._settle(guard, permit, verdict)
+                        raise
+                    if guard is not None:
+                        guard.poll(now)
+                        if guard.open_until is not None:  # opened meanwhile: do not wait for a retry it will refuse
+                            permit = self._admit(guard, permit, meta, attempt + 1, exc)
+                    self.telemetry.emit(
+                        RETRY,
+                        {"delay_s": decision.delay, "attempt": attempt + 1},
+                        {**meta, "reason": decision.reason.value, "error": type(exc).__name__},
+                    )
+                    logger.debug("retrying %s in %.3fs (%s)", what, decision.delay, decision.reason.value)
+                    await trio.sleep(decision.delay)
+                    attempt += 1
+                    permit = self._admit(guard, permit, meta, attempt, exc)
+                else:
+                    self._settle(guard, permit, Verdict.SUCCESS)
+                    return response
+        finally:
+            # Cancellation, Ctrl-C, or an error that is no outcome: no verdict; frees a trial slot (no-op if settled).
+            if guard is not None and permit is not None and not permit.settled:
+                guard.release(permit)
+
+    def _admit(
+        self,
+        guard: CircuitBreaker | None,
+        permit: Permit | None,
+        meta: Mapping[str, str | int | float | bool | None],
+        attempt: int,
+        cause: APIError | None,
+    ) -> Permit | None:
+        """Admission before an attempt: keeps a live permit of a CLOSED breaker, asks the breaker again otherwise
+        (the first attempt, after a trial, after any transition); raises CircuitOpenError when it refuses."""
+        if guard is None:
+            return None
+        if permit is not None and not permit.settled and permit.generation == guard.generation:
+            return permit
+        if permit is not None:
+            guard.release(permit)  # stale or settled: a no-op, for clarity
+        now = trio.current_time()
+        try:
+            return guard.before_call(now)
+        except CircuitOpenError as exc:
+            self.telemetry.emit(
+                CIRCUIT_BREAKER_REJECTED,
+                {"retry_after_s": exc.retry_after, "attempt": attempt},
+                {**meta, "state": guard.state.value, "base_url": self.config.base_url},
+                time=now,
+            )
+            if cause is not None:
+                raise exc from cause
+            raise
+
+    @staticmethod
+    def _settle(guard: CircuitBreaker | None, permit: Permit | None, verdict: Verdict) -> None:
+        if guard is not None and permit is not None:
+            guard.record(verdict, trio.current_time(), permit)
 
     async def _send_once(
         self,
