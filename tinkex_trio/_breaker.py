@@ -61,7 +61,8 @@ from typing import Final, TypeVar, TypeVarTuple
 
 import trio
 
-from tinkex_trio._config import CircuitBreakerConfig
+from tinkex_trio._config import CircuitBreakerConfig, Config
+from tinkex_trio._telemetry import CIRCUIT_BREAKER_STATE_CHANGE, TelemetryBus
 from tinkex_trio.errors import APIConnectionError, APIStatusError, CircuitOpenError
 
 __all__ = [
@@ -72,10 +73,12 @@ __all__ = [
     "Permit",
     "Transition",
     "Verdict",
+    "breaker_for_config",
     "breakers",
     "classify_exception",
     "classify_status",
     "key_fingerprint",
+    "supervise",
 ]
 
 logger = logging.getLogger("tinkex_trio.breaker")
@@ -520,3 +523,73 @@ _REGISTRY: Final = BreakerRegistry()
 def breakers() -> BreakerRegistry:
     """The process-wide :class:`BreakerRegistry`: ``breakers().for_key(base_url, api_key).call(fn, *args)``."""
     return _REGISTRY
+
+
+def breaker_for_config(config: Config) -> CircuitBreaker | None:
+    """The registry's breaker for a session's ``(base_url, api_key)`` with its thresholds; None when
+    ``config.circuit_breaker.enabled`` is false (``TINKEX_CIRCUIT_BREAKER=off``)."""
+    if not config.circuit_breaker.enabled:
+        return None
+    return breakers().for_key(config.base_url, config.api_key, config.circuit_breaker)
+
+
+GAUGE_NAME: Final = "tinkex_circuit_breaker_state"
+"""The gauge :func:`supervise` sets (0 closed, 1 half-open, 2 open) when given a ``set_gauge``."""
+
+
+async def supervise(
+    breaker: CircuitBreaker,
+    telemetry: TelemetryBus,
+    *,
+    base_url: str,
+    set_gauge: Callable[[str, float], object] | None = None,
+) -> None:
+    """The breaker supervisor (DESIGN §2): runs in the session's nursery until cancelled.
+
+    * Publishes every transition of ``breaker`` (whoever caused it: this session, another session on the same
+      registry breaker, or this task) as ``tinkex.circuit_breaker.state_change``: measurements ``state`` (0/1/2),
+      ``consecutive_failures``, ``retry_after_s``; metadata ``from``, ``to``, ``reason``, ``base_url``.
+    * Owns the open timer: sleeps until ``open_until`` on trio's clock, then moves the breaker to HALF_OPEN (so the
+      state and the event appear on time even when no call comes).
+    * Feeds the ``tinkex_circuit_breaker_state`` gauge through ``set_gauge(name, value)`` if given.
+    """
+    wake: list[trio.Event] = [trio.Event()]
+
+    def gauge(state: BreakerState) -> None:
+        if set_gauge is not None:
+            try:
+                set_gauge(GAUGE_NAME, float(state.code))
+            except Exception:
+                logger.exception("setting the circuit breaker gauge failed")
+
+    def on_transition(transition: Transition) -> None:
+        telemetry.emit(
+            CIRCUIT_BREAKER_STATE_CHANGE,
+            {
+                "state": transition.new.code,
+                "consecutive_failures": transition.consecutive_failures,
+                "retry_after_s": breaker.retry_after(transition.at),
+            },
+            {
+                "from": transition.old.value,
+                "to": transition.new.value,
+                "reason": transition.reason,
+                "base_url": base_url,
+            },
+            time=transition.at,
+        )
+        gauge(transition.new)
+        wake[0].set()
+
+    breaker.add_listener(on_transition)
+    try:
+        gauge(breaker.state)
+        # Bounded: every pass waits for a transition or for the end of the open timer (which poll() then applies).
+        while True:
+            wake[0] = trio.Event()
+            until = breaker.open_until
+            with trio.move_on_at(until if until is not None else math.inf):
+                await wake[0].wait()
+            breaker.poll(trio.current_time())
+    finally:
+        breaker.remove_listener(on_transition)

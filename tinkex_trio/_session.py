@@ -25,12 +25,14 @@ import logging
 import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import msgspec
 import trio
 
 from tinkex_trio import types as _types
+from tinkex_trio._breaker import CircuitBreaker, breaker_for_config, supervise
 from tinkex_trio._config import Config
 from tinkex_trio._futures import FutureManager
 from tinkex_trio._telemetry import SESSION_HEARTBEAT, TelemetryBus
@@ -117,6 +119,12 @@ class Session:
         return f"<Session {self.session_id!r} base_url={self.config.base_url!r} {state}>"
 
     # -- public API ------------------------------------------------------------------------------------------------
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        """The circuit breaker of this session's (base_url, api_key), shared with every session of the process that
+        uses them (``tx.breakers()``); None when ``config.circuit_breaker.enabled`` is false."""
+        return self._transport.breaker
 
     @property
     def rest(self) -> RestClient:
@@ -217,6 +225,10 @@ class Session:
 
     def _start_background_tasks(self) -> None:
         """Start the session's own tasks in its nursery (future pollers start as futures are tracked)."""
+        if (breaker := self._transport.breaker) is not None:
+            set_gauge = getattr(getattr(self, "metrics", None), "set_gauge", None)  # duck-typed: metrics is optional
+            supervisor = partial(supervise, breaker, self.telemetry, base_url=self.config.base_url, set_gauge=set_gauge)
+            self._spawn(supervisor, "tinkex_trio.session.breaker")
         self._spawn(self._heartbeat_loop, "tinkex_trio.session.heartbeat")
         # Later issues start their tasks here, in this same nursery (DESIGN §2):
         #   - the breaker supervisor (breaker timers, transitions, gauges);
@@ -259,6 +271,7 @@ class Session:
                     json=body,
                     timeout=self.config.timeouts.heartbeat_s,
                     retry=False,
+                    breaker=False,  # keeps the session alive through an outage; neither blocked nor counted
                 )
             except GoneError:
                 self._expired = True
@@ -318,6 +331,7 @@ class Session:
                     f"{_API}/sessions/{self.session_id}/finish",
                     json=_types.FinishSessionRequest.of(reason, detail),
                     timeout=timeout,
+                    breaker=False,  # best effort, once, whatever the breaker says
                 )
             except APIError as exc:
                 logger.warning("session %s: finish (%s) failed: %s", self.session_id, reason, exc.message)
@@ -536,6 +550,7 @@ async def open_session(
         ssl_context=ssl_context,
         telemetry=TelemetryBus(clock=trio.current_time),
         transport_factory=transport_factory,
+        breaker=breaker_for_config(cfg),
     )
     try:
         client_config, dynamic_config, session_id = await _bootstrap(transport, cfg, user_metadata)
