@@ -101,7 +101,6 @@ _QUEUE_STATE_TOTAL: Final = "tinkex_future_queue_state_changes_total"
 _HEARTBEATS_TOTAL: Final = "tinkex_session_heartbeats_total"
 _SESSION_EXPIRED: Final = "tinkex_session_expired"
 _BREAKER_TRANSITIONS_TOTAL: Final = "tinkex_circuit_breaker_transitions_total"
-_BREAKER_STATE: Final = "tinkex_circuit_breaker_state"
 _BREAKER_REJECTED_TOTAL: Final = "tinkex_circuit_breaker_rejected_total"
 _BATCHES_TOTAL: Final = "tinkex_batches_total"
 _BATCH_DURATION_MS: Final = "tinkex_batch_duration_ms"
@@ -764,7 +763,6 @@ def _word(value: MetadataValue, default: str = "unknown") -> str:
 
 _LABEL_WORD: Final = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,63}")
 _BREAKER_STATES: Final = frozenset({"closed", "open", "half_open"})
-_BREAKER_STATE_VALUE: Final = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 _HANDLES_MAX: Final = 4096
 
 
@@ -785,8 +783,9 @@ class MetricsFeed:
                                            (``request_type``, ``queue_state``)
     ``tinkex.session.heartbeat``           counter ``tinkex_session_heartbeats_total`` (``ok``); gauge
                                            ``tinkex_session_expired`` set to 1 on a 410
-    ``tinkex.circuit_breaker.*``           counters ``tinkex_circuit_breaker_transitions_total`` (``to``),
-                                           ``tinkex_circuit_breaker_rejected_total``; gauge
+    ``tinkex.circuit_breaker.*``           counters ``tinkex_circuit_breaker_transitions_total`` (``to``) and
+                                           ``tinkex_circuit_breaker_rejected_total`` (``method``, ``endpoint``,
+                                           ``pool``); the breaker supervisor sets the gauge
                                            ``tinkex_circuit_breaker_state`` (0 closed, 1 half_open, 2 open)
     ``tinkex.batch.*.stop``                counter ``tinkex_batches_total`` (``op``); histograms
                                            ``tinkex_batch_duration_ms`` and ``tinkex_batch_size`` when measured
@@ -814,8 +813,12 @@ class MetricsFeed:
         BATCH_OPTIM_STEP_STOP,
     )
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, *, snapshot_interval_s: float | None = None) -> None:
+        interval = metrics.config.snapshot_interval_s if snapshot_interval_s is None else snapshot_interval_s
+        if not interval > 0:
+            raise ValueError(f"snapshot_interval_s must be > 0, got {interval!r}")
         self.metrics = metrics
+        self.snapshot_interval_s = interval
         self._bus: TelemetryBus | None = None
         self._generation = metrics.generation
         self._request_handles: dict[tuple[object, ...], tuple[Histogram, Counter]] = {}
@@ -851,11 +854,11 @@ class MetricsFeed:
         if handler is not None:
             handler(event)
 
-    async def run(self, interval_s: float) -> None:
+    async def run(self) -> None:
         """Emit ``tinkex.metrics.snapshot`` (measurements: :meth:`Metrics.snapshot`) on the attached bus every
-        ``interval_s`` seconds of trio time, until cancelled; then detach. Runs for the life of the session."""
-        if not interval_s > 0:
-            raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
+        ``snapshot_interval_s`` (default ``metrics.config.snapshot_interval_s``) of trio time, until cancelled;
+        then detach. The session runs it in its nursery, for the life of the session."""
+        interval_s = self.snapshot_interval_s
         try:
             deadline = trio.current_time() + interval_s
             while True:  # bounded by the session: cancelled with its nursery
@@ -947,18 +950,17 @@ class MetricsFeed:
     def _on_breaker_change(self, event: TelemetryEvent) -> None:
         metadata = event.metadata
         to: MetadataValue = None
-        for field in ("to", "to_state", "new_state", "state"):
+        for field in ("to", "to_state", "new_state"):
             if field in metadata:
                 to = metadata[field]
                 break
         state = to.lower() if isinstance(to, str) else ""
         state = state if state in _BREAKER_STATES else "unknown"
+        # The state gauge (tinkex_circuit_breaker_state) is the breaker supervisor's: it sets it on every transition.
         self.metrics.counter(_BREAKER_TRANSITIONS_TOTAL, {"to": state}).value += 1
-        if state in _BREAKER_STATE_VALUE:
-            self.metrics.gauge(_BREAKER_STATE).value = _BREAKER_STATE_VALUE[state]
 
     def _on_breaker_rejected(self, event: TelemetryEvent) -> None:
-        self.metrics.counter(_BREAKER_REJECTED_TOTAL).value += 1
+        self.metrics.counter(_BREAKER_REJECTED_TOTAL, self._request_labels(event.metadata)).value += 1
 
     def _on_batch_stop(self, event: TelemetryEvent) -> None:
         op = "forward_backward" if event.name == BATCH_FORWARD_BACKWARD_STOP else "optim_step"

@@ -35,6 +35,7 @@ from tinkex_trio import types as _types
 from tinkex_trio._breaker import CircuitBreaker, breaker_for_config, supervise
 from tinkex_trio._config import Config
 from tinkex_trio._futures import FutureManager
+from tinkex_trio._metrics import Metrics, MetricsFeed
 from tinkex_trio._telemetry import SESSION_HEARTBEAT, TelemetryBus
 from tinkex_trio._transport import PoolKind, Transport, TransportFactory
 from tinkex_trio._version import __version__
@@ -77,6 +78,8 @@ class Session:
         session_id: the server's id for the session.
         config: the configuration (the key is never shown in its repr).
         telemetry: the event bus (HTTP, retry, future queue-state and heartbeat events).
+        metrics: the session's :class:`~tinkex_trio.Metrics`, fed by its telemetry when ``config.metrics.enabled``
+            (request latency and counts, errors, retries, ...); empty otherwise, and yours to use either way.
         client_config: the server's flags from ``client/config``.
         dynamic_config: the server's flags from ``client/dynamic_config`` (defaults if it answered 404).
     """
@@ -96,6 +99,7 @@ class Session:
         self.session_id = session_id
         self.config = config
         self.telemetry: TelemetryBus = transport.telemetry
+        self.metrics = Metrics(config.metrics, clock=trio.current_time)
         self.client_config = client_config
         self.dynamic_config = dynamic_config
         self._transport = transport
@@ -226,14 +230,17 @@ class Session:
     def _start_background_tasks(self) -> None:
         """Start the session's own tasks in its nursery (future pollers start as futures are tracked)."""
         if (breaker := self._transport.breaker) is not None:
-            set_gauge = getattr(getattr(self, "metrics", None), "set_gauge", None)  # duck-typed: metrics is optional
+            set_gauge = self.metrics.set_gauge if self.config.metrics.enabled else None
             supervisor = partial(supervise, breaker, self.telemetry, base_url=self.config.base_url, set_gauge=set_gauge)
             self._spawn(supervisor, "tinkex_trio.session.breaker")
         self._spawn(self._heartbeat_loop, "tinkex_trio.session.heartbeat")
+        if self.config.metrics.enabled:
+            # The feed's handler is attached now, so the very first request is counted; its task emits the periodic
+            # snapshots and detaches the handler when the session's nursery is cancelled.
+            self._spawn(MetricsFeed(self.metrics).attach(self.telemetry).run, "tinkex_trio.session.metrics")
         # Later issues start their tasks here, in this same nursery (DESIGN §2):
         #   - the breaker supervisor (breaker timers, transitions, gauges);
         #   - the batch window (coalesces forward_backward / optim_step work from a memory channel);
-        #   - the metrics task (aggregates telemetry events, periodic tinkex.metrics.snapshot);
         #   - the dynamic_config refresh (every max(refresh_interval_sec, 10) s, errors ignored).
 
     def _spawn(self, fn: Callable[[], Awaitable[object]], name: str) -> None:
