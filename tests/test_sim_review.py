@@ -236,3 +236,25 @@ async def test_unseeded_samples_do_not_depend_on_arrival_order(autojump_clock: t
     backward = await tokens_by_seq([4, 3, 2, 1])
     assert forward == backward
     assert forward[1] != forward[2]  # different seq_ids still draw differently
+
+
+async def test_old_snapshot_samplers_release_their_tables(sim: Sim, autojump_clock: trio.testing.MockClock) -> None:
+    """Each save_weights_and_get_sampling_client made a snapshot sampler that kept ~2.5 MB of cached tables forever
+    once sampled, so an RL loop grew by that much per iteration."""
+    await sim.new_session()
+    model_id = await sim.new_model()
+    samplers: list[str] = []
+    for i in range(80):
+        body = {"model_id": model_id, "seq_id": i + 1, "sampling_session_seq_id": i, "kind": "snapshot"}
+        sampler_id = (await sim.result(await sim.ok("save_weights_for_sampler", body)))["sampling_session_id"]
+        samplers.append(sampler_id)
+        first = await sim.result(await sim.ok("asample", _sample_body(sampler_id, 1, num_samples=1)))
+        assert first["sequences"]
+    models = [sim.app.state.sampler(s).model for s in samplers]
+    cached = [getattr(m, "_tables", None) is not None for m in models]
+    assert sum(cached) <= 64 and cached[-1] and not cached[0]
+    # A sampler whose tables were dropped recomputes them: the same weights and seed give the same tokens.
+    params: dict[str, Any] = {"max_tokens": 12, "temperature": 1.0, "seed": 5, "stop": []}
+    dropped = await sim.result(await sim.ok("asample", _sample_body(samplers[0], 2, sampling_params=params)))
+    kept = await sim.result(await sim.ok("asample", _sample_body(samplers[-1], 2, sampling_params=params)))
+    assert [q["tokens"] for q in dropped["sequences"]] == [q["tokens"] for q in kept["sequences"]]

@@ -462,6 +462,11 @@ class LoraModel:
             self._tables = tables
         return tables
 
+    def drop_caches(self) -> None:
+        """Forget the cached logit, log-prob and sampling tables (about 2.5 MB at the default sizes); the next use
+        recomputes them. Safe while another thread samples: it keeps the tables it already holds."""
+        self._tables = None
+
     def logit_table(self) -> F64:
         """The V×V logit table: row ``x`` holds the next-token logits after token ``x`` (read-only)."""
         return self._get_tables().logits

@@ -19,7 +19,7 @@ import base64
 import json
 import random
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,6 +42,8 @@ __all__ = [
     "parse_tinker_path",
 ]
 
+MAX_CACHED_SAMPLERS = 64
+"""Sampling weights that keep their cached tables; less recently sampled ones drop them (recomputed when needed)."""
 MAX_COMPLETIONS = 50_000
 """Completion events a sampling session keeps for ``retrieve_futures`` (older ones are dropped)."""
 
@@ -271,6 +273,9 @@ class SimState:
         self.issued_jwts: int = 0
         self._base_models: dict[tuple[str, ModelConfig], LoraModel] = {}
         self._base_lock = threading.Lock()
+        self._sampled: OrderedDict[int, LoraModel] = OrderedDict()
+        """The most recently sampled weights, by ``id`` (touched from worker threads, under ``_sampled_lock``)."""
+        self._sampled_lock = threading.Lock()
         self.clock: Callable[[], datetime] = _now
         """Wall-clock time for checkpoint expiry (replaceable in tests)."""
         self._next_expiry: datetime | None = None
@@ -473,13 +478,25 @@ class SimState:
 
     def sampler_model(self, record: SamplerRecord) -> LoraModel:
         """The weights a sample on ``record`` uses right now."""
+        model = record.model
         if record.source_model_id is not None:
             source = self.models.get(record.source_model_id)
             if source is not None and source.inflight_model is not None:
-                return source.inflight_model
-        if record.model is None:
+                model = source.inflight_model
+        if model is None:
             raise SimUserError(f"sampling session {record.sampling_session_id!r} has no weights")
-        return record.model
+        self._touch_sampled(model)
+        return model
+
+    def _touch_sampled(self, model: LoraModel) -> None:
+        # Every snapshot sampler (one per save_weights_and_get_sampling_client, i.e. per RL iteration) would otherwise
+        # keep ~2.5 MB of tables forever: only the most recently sampled MAX_CACHED_SAMPLERS keep theirs.
+        with self._sampled_lock:
+            self._sampled[id(model)] = model
+            self._sampled.move_to_end(id(model))
+            while len(self._sampled) > MAX_CACHED_SAMPLERS:
+                _, stale = self._sampled.popitem(last=False)
+                stale.drop_caches()
 
     # -- auth -------------------------------------------------------------------------------------------------------
 
