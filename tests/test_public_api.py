@@ -1,5 +1,6 @@
 """The public surface is a contract: this test locks it. Adding a name means adding it here on purpose."""
 
+import inspect
 import subprocess
 import sys
 
@@ -9,6 +10,9 @@ EXPECTED = {
     "APIFuture",
     "AdamParams",
     "BatchingConfig",
+    "BreakerRegistry",
+    "BreakerState",
+    "CircuitBreaker",
     "CircuitBreakerConfig",
     "Config",
     "Datum",
@@ -17,6 +21,7 @@ EXPECTED = {
     "ForwardBackwardOutput",
     "ImageChunk",
     "LoraConfig",
+    "Metrics",
     "MetricsConfig",
     "ModelInput",
     "OptimStepResponse",
@@ -36,6 +41,7 @@ EXPECTED = {
     "TimeoutsConfig",
     "TrainingClient",
     "__version__",
+    "breakers",
     "datum",
     "errors",
     "open_session",
@@ -54,8 +60,6 @@ def test_every_exported_name_exists() -> None:
 
 
 def test_design_contract_names_and_signatures() -> None:
-    import inspect
-
     sig = inspect.signature(tx.open_session)
     params = list(sig.parameters.values())
     assert [p.name for p in params[:2]] == ["api_key", "base_url"]
@@ -89,6 +93,29 @@ def test_design_contract_names_and_signatures() -> None:
     assert {"with_optimizer"} <= set(inspect.signature(tx.TrainingClient.load_state).parameters)
 
 
+def test_design_contract_metrics_and_breaker() -> None:
+    m = tx.Metrics()
+    m.increment("name")
+    m.set_gauge("g", 1.0)
+    m.record_histogram("tinkex_request_duration_ms", 45.0)
+    snapshot = m.get_all_metrics()
+    assert snapshot["counters"]["name"] == 1
+    assert snapshot["gauges"]["g"] == 1.0
+    hist = snapshot["histograms"]["tinkex_request_duration_ms"]
+    for key in ("count", "min", "max", "mean", "stddev", "p50", "p90", "p95", "p99", "p999"):
+        assert key in hist, key
+    assert "tinkex_request_duration_ms" in m.to_prometheus()
+    m.reset()
+    assert m.get_all_metrics()["counters"] == {}
+    breaker = tx.breakers().for_key("https://example.test", "tml-contract-key")
+    assert breaker is tx.breakers().for_key("https://example.test/", "tml-contract-key")
+    assert breaker.state is tx.BreakerState.CLOSED
+    assert {s.name for s in tx.BreakerState} == {"CLOSED", "OPEN", "HALF_OPEN"}
+    assert isinstance(breaker, tx.CircuitBreaker)
+    assert "tml-contract-key" not in repr(breaker)
+    assert inspect.iscoroutinefunction(breaker.call)
+
+
 def test_errors_hierarchy() -> None:
     e = tx.errors
     assert issubclass(e.APIError, e.TinkexError)
@@ -119,3 +146,21 @@ def test_errors_hierarchy() -> None:
 def test_importing_the_library_does_not_import_the_simulator() -> None:
     code = "import sys, tinkex_trio; assert 'tinkex_trio.sim' not in sys.modules; assert 'hypercorn' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_session_attributes_of_the_contract(autojump_clock: object) -> None:
+    from _simkit import sim_stack
+
+    async with sim_stack() as sim, sim.session() as session:
+        assert isinstance(session, tx.Session)
+        assert session.session_id
+        assert isinstance(session.config, tx.Config)
+        assert isinstance(session.metrics, tx.Metrics)
+        assert isinstance(session.breaker, tx.CircuitBreaker)
+        assert session.breaker.state is tx.BreakerState.CLOSED
+        assert isinstance(session.telemetry, tx.TelemetryBus)
+        assert isinstance(session.rest, tx.RestClient)
+        caps = await session.get_server_capabilities()
+        assert caps.supported_models
+        counters = session.metrics.get_all_metrics()["counters"]
+        assert any(name.startswith("tinkex_requests_total") for name in counters)

@@ -17,6 +17,7 @@ The public surface is exactly ``__all__``; everything in a module whose name sta
 """
 
 from tinkex_trio import errors, types
+from tinkex_trio._breaker import BreakerRegistry, BreakerState, CircuitBreaker, breakers
 from tinkex_trio._config import (
     BatchingConfig,
     CircuitBreakerConfig,
@@ -28,6 +29,7 @@ from tinkex_trio._config import (
     TimeoutsConfig,
 )
 from tinkex_trio._futures import APIFuture
+from tinkex_trio._metrics import Metrics
 from tinkex_trio._session import Session, open_session
 from tinkex_trio._telemetry import TelemetryBus, TelemetryEvent
 from tinkex_trio._version import __version__
@@ -56,6 +58,9 @@ __all__ = [
     "APIFuture",
     "AdamParams",
     "BatchingConfig",
+    "BreakerRegistry",
+    "BreakerState",
+    "CircuitBreaker",
     "CircuitBreakerConfig",
     "Config",
     "Datum",
@@ -64,6 +69,7 @@ __all__ = [
     "ForwardBackwardOutput",
     "ImageChunk",
     "LoraConfig",
+    "Metrics",
     "MetricsConfig",
     "ModelInput",
     "OptimStepResponse",
@@ -83,6 +89,7 @@ __all__ = [
     "TimeoutsConfig",
     "TrainingClient",
     "__version__",
+    "breakers",
     "datum",
     "errors",
     "open_session",

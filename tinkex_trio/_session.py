@@ -84,8 +84,6 @@ class Session:
         dynamic_config: the server's flags from ``client/dynamic_config`` (defaults if it answered 404).
     """
 
-    # Later issues add ``metrics`` (Metrics) and ``breaker`` (CircuitBreaker) here (DESIGN §4).
-
     def __init__(
         self,
         *,
@@ -239,7 +237,6 @@ class Session:
             # snapshots and detaches the handler when the session's nursery is cancelled.
             self._spawn(MetricsFeed(self.metrics).attach(self.telemetry).run, "tinkex_trio.session.metrics")
         # Later issues start their tasks here, in this same nursery (DESIGN §2):
-        #   - the breaker supervisor (breaker timers, transitions, gauges);
         #   - the batch window (coalesces forward_backward / optim_step work from a memory channel);
         #   - the dynamic_config refresh (every max(refresh_interval_sec, 10) s, errors ignored).
 
@@ -353,7 +350,7 @@ class Session:
 
 
 class _BackgroundHost:
-    """A task holding the nursery of the session's background tasks (heartbeat, pollers, later the breaker
+    """A task holding the nursery of the session's background tasks (heartbeat, pollers, the breaker
     supervisor, batch window and metrics tasks).
 
     The body of ``async with open_session()`` runs in the parent nursery, beside this task: a background failure
