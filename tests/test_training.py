@@ -19,7 +19,7 @@ import trio.testing
 from _simkit import API_KEY, BASE_URL, JsonOnly, Reply, Seen, SimStack, sim_config, sim_stack
 
 from tinkex_trio import types as t
-from tinkex_trio._config import Config, RetryConfig
+from tinkex_trio._config import BatchingConfig, Config, RetryConfig
 from tinkex_trio._proto import _codec
 from tinkex_trio._session import Session, open_session
 from tinkex_trio.errors import (
@@ -260,7 +260,9 @@ async def test_a_cancelled_waiter_takes_no_seq_id(sim: SimStack, autojump_clock:
 
 
 async def test_batch_methods_pipeline_and_keep_order(sim: SimStack, autojump_clock: trio.testing.MockClock) -> None:
-    async with sim.session() as session:
+    # Batching off: one request per item, pipelined (tests/test_batching.py covers merging).
+    config = Config(api_key=API_KEY, base_url=BASE_URL, batching=BatchingConfig(enabled=False))
+    async with sim.session(config=config) as session:
         trainer = await new_trainer(session)
         short, long = pattern_data(1), pattern_data(3)
         outs = await trainer.forward_backward_batch([(short, "cross_entropy", None), (long, "cross_entropy", None)])

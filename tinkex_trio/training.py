@@ -33,7 +33,8 @@ protobuf (a JSON answer is still understood); with ``"json"`` both are JSON.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import httpx
@@ -41,11 +42,18 @@ import msgspec
 import trio
 
 from tinkex_trio import types
+from tinkex_trio._batching import WorkItem, plan_requests, split_output
 from tinkex_trio._chunking import combine_metrics, estimate_datum_bytes, plan_chunks
 from tinkex_trio._proto._codec import (
     PROTOBUF_CONTENT_TYPE,
     decode_forward_backward_output,
     encode_forward_backward_request,
+)
+from tinkex_trio._telemetry import (
+    BATCH_FORWARD_BACKWARD_START,
+    BATCH_FORWARD_BACKWARD_STOP,
+    BATCH_OPTIM_STEP_START,
+    BATCH_OPTIM_STEP_STOP,
 )
 from tinkex_trio._transport import PoolKind
 from tinkex_trio.errors import ResponseValidationError
@@ -309,13 +317,39 @@ class TrainingClient:
         return await self._submit_fwdbwd(data, loss_fn, loss_fn_config, forward_only=False)
 
     async def forward_backward_batch(self, items: Iterable[FwdBwdItem]) -> list[types.ForwardBackwardOutput]:
-        """Run several forward_backward calls, pipelined: submit them all in order, then wait for every result.
+        """Run several forward_backward calls in as few requests as possible; wait for every result.
 
-        ``items`` holds ``(data, loss_fn, loss_fn_config)`` triples; the results come back in the same order.
+        ``items`` holds ``(data, loss_fn, loss_fn_config)`` triples; the results come back in the same order, one
+        per item. With ``config.batching.enabled`` (the default), consecutive items with the same built-in loss and
+        an equal config are merged into one request while the merged data fit one chunk (``fwdbwd_max_chunk_len`` /
+        ``fwdbwd_max_chunk_bytes_count``, ``batching.max_batch_datums`` / ``max_batch_bytes``, at most
+        ``batching.max_items`` items); the gradient accumulated is the same, since the losses are sums. A merged
+        item's result holds its own outputs and its exact ``loss:sum``, recomputed from them; the merged request's
+        other metrics are dropped (see :mod:`tinkex_trio._batching`). Requests are submitted in order, pipelined,
+        then awaited. Emits ``tinkex.batch.forward_backward.start`` / ``.stop``.
         """
-        self._session._check_alive()
-        futures = [await self.submit_forward_backward(data, loss_fn, config) for data, loss_fn, config in items]
-        return [await future.result() for future in futures]
+        session = self._session
+        session._check_alive()
+        work = [WorkItem(list(data), loss_fn, config) for data, loss_fn, config in items]
+        batching = session.config.batching
+        client_config = session.client_config
+        plan = plan_requests(
+            work,
+            datum_bytes=_datum_bytes,
+            max_len=max(min(client_config.fwdbwd_max_chunk_len, batching.max_batch_datums), 1),
+            max_bytes=max(min(client_config.fwdbwd_max_chunk_bytes_count, batching.max_batch_bytes), 1),
+            max_items=batching.max_items if batching.enabled else 1,
+        )
+        counts = {"items": len(work), "requests": len(plan), "datums": sum(len(w.data) for w in work)}
+        with _batch_span(session, BATCH_FORWARD_BACKWARD_START, BATCH_FORWARD_BACKWARD_STOP, counts, self):
+            futures = [
+                await self.submit_forward_backward(request.data, request.loss_fn, request.loss_fn_config)
+                for request in plan
+            ]
+            results: list[types.ForwardBackwardOutput] = []
+            for request, future in zip(plan, futures, strict=True):
+                results.extend(split_output(request, work, await future.result()))
+        return results
 
     async def _submit_fwdbwd(
         self,
@@ -432,10 +466,18 @@ class TrainingClient:
     async def optim_step_batch(
         self, params: Iterable[types.AdamParams | types.DimuonParams]
     ) -> list[types.OptimStepResponse]:
-        """Run several optimizer steps, pipelined: submit them all in order, then wait for every result."""
-        self._session._check_alive()
-        futures = [await self.submit_optim_step(p) for p in params]
-        return [await future.result() for future in futures]
+        """Run several optimizer steps, pipelined: submit them all in order, then wait for every result.
+
+        Optimizer steps are never merged (each applies and clears the gradients). Emits
+        ``tinkex.batch.optim_step.start`` / ``.stop``.
+        """
+        session = self._session
+        session._check_alive()
+        steps = list(params)
+        counts = {"items": len(steps), "requests": len(steps)}
+        with _batch_span(session, BATCH_OPTIM_STEP_START, BATCH_OPTIM_STEP_STOP, counts, self):
+            futures = [await self.submit_optim_step(p) for p in steps]
+            return [await future.result() for future in futures]
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
 
@@ -576,6 +618,35 @@ async def _post_future(
         sdk_method=sdk_method,
     )
     return reply, trio.current_time() - started
+
+
+@contextmanager
+def _batch_span(
+    session: Session, start_event: str, stop_event: str, counts: Mapping[str, int], client: TrainingClient
+) -> Generator[None]:
+    """Emit ``start_event`` now and ``stop_event`` when the block ends, however it ends.
+
+    Both carry ``counts`` as measurements (items, requests, datums); the stop event adds ``duration_ms`` and the
+    metadata ``outcome``: ``"ok"``, ``"error"`` (with ``error``, the exception's class name) or ``"cancelled"``.
+    """
+    telemetry = session.telemetry
+    metadata: dict[str, str | int | float | bool | None] = {"model_id": client.model_id}
+    started = trio.current_time()
+    telemetry.emit(start_event, {**counts}, metadata, time=started)
+    outcome: dict[str, str | int | float | bool | None] = {"outcome": "ok"}
+    try:
+        yield
+    except Exception as exc:
+        outcome = {"outcome": "error", "error": type(exc).__name__}
+        raise
+    except BaseException:
+        outcome = {"outcome": "cancelled"}
+        raise
+    finally:
+        ended = trio.current_time()
+        telemetry.emit(
+            stop_event, {**counts, "duration_ms": (ended - started) * 1000.0}, {**metadata, **outcome}, time=ended
+        )
 
 
 async def _fetch_info(session: Session, model_id: str) -> types.GetInfoResponse:

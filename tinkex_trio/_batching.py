@@ -1,0 +1,336 @@
+"""Request batching for forward_backward: the sans-I/O planner and splitter (DESIGN §3, protocol §8, §13).
+
+A batch of forward_backward work items ``(data, loss_fn, loss_fn_config)`` is planned into fewer requests:
+
+* :func:`plan_requests` merges *consecutive* items with the same built-in ``loss_fn`` and an equal ``loss_fn_config``
+  (their datums concatenated, in order) as long as the merged data still go out as one chunk under the chunk limits
+  (:func:`~tinkex_trio._chunking.plan_chunks`) and the batch holds at most ``max_items`` items. Order is preserved:
+  an item is never moved across another one, so the server sees the same work in the same order.
+* :func:`split_output` takes the result of a merged request and gives every item its own
+  :class:`~tinkex_trio.types.ForwardBackwardOutput`: its slice of ``loss_fn_outputs`` (by datum count) and its exact
+  ``loss:sum``, recomputed in float64 from its slice of the learner's ``logprobs`` and its own loss inputs.
+
+Why it is exact. Every built-in loss is a sum of per-position terms that depend only on the learner's logprob ``lp``
+at that position and the datum's own inputs (protocol §13), so the gradient of one request over A+B equals the sum of
+the gradients over A and over B, and each item's ``loss:sum`` can be rebuilt from its slice:
+
+==================== ==================================================================== ==========================
+loss_fn              per-item ``loss:sum``                                                config (defaults)
+==================== ==================================================================== ==========================
+cross_entropy        ``-sum(lp * weights)``                                               none
+importance_sampling  ``-sum(exp(lp - q) * A)``                                            none
+ppo                  ``-sum(min(r*A, clip(r, lo, hi)*A))``, ``r = exp(lp - q)``           lo 0.8, hi 1.2
+cispo                ``-sum(clip(r, lo, hi) * lp * A)``                                   lo 0.8, hi 1.2
+dro                  ``-sum(lp*A - 0.5*beta*(lp - q)**2)``                                ``beta`` (required)
+==================== ==================================================================== ==========================
+
+(``q`` is the loss input ``logprobs``, ``A`` is ``advantages``; ``lo``/``hi`` are ``clip_low_threshold`` /
+``clip_high_threshold``.) The server computes ``lp`` in full precision but sends it as float32, so the recomputed
+value matches the server's ``loss:sum`` of the item sent alone to float32 rounding, not bit for bit.
+
+What is not merged (the item goes out as its own request, exactly as an unbatched call would):
+
+* a loss outside the table (``custom``, ``gspo``, …) or a ``loss_fn_config`` key the table does not know, a
+  non-finite or non-numeric config value, or ``dro`` without an explicit ``beta`` (the spec gives no default);
+* data whose loss inputs the recomputation could not read: a required input missing, a sparse tensor (the pad
+  value does not travel on the wire), or an input whose size differs from ``target_tokens``'.
+
+Metrics. A merged request returns one set of metrics for all its items. Only ``loss:sum`` can be split (it is
+recomputed per item); every other metric of a merged request is dropped from the per-item results. An item sent on
+its own keeps the server's metrics untouched.
+
+Errors. A merged request fails or succeeds as a whole: if the server rejects it, every item in it fails with that
+error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from tinkex_trio import types
+from tinkex_trio._chunking import plan_chunks
+from tinkex_trio.errors import ResponseValidationError
+
+__all__ = [
+    "LOSS_SUM",
+    "MERGEABLE_LOSSES",
+    "PlannedRequest",
+    "WorkItem",
+    "item_loss_sum",
+    "plan_requests",
+    "resolve_loss_config",
+    "split_output",
+]
+
+LOSS_SUM = "loss:sum"
+
+_RL_INPUTS = ("logprobs", "advantages")
+_CLIP_DEFAULTS: Mapping[str, float] = {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}
+
+# loss_fn -> (loss inputs besides target_tokens, config defaults, config keys without a default that must be given)
+_LOSSES: Mapping[str, tuple[tuple[str, ...], Mapping[str, float], tuple[str, ...]]] = {
+    "cross_entropy": (("weights",), {}, ()),
+    "importance_sampling": (_RL_INPUTS, {}, ()),
+    "ppo": (_RL_INPUTS, _CLIP_DEFAULTS, ()),
+    "cispo": (_RL_INPUTS, _CLIP_DEFAULTS, ()),
+    "dro": (_RL_INPUTS, {}, ("beta",)),
+}
+
+#: The loss functions whose items may be merged (their per-item ``loss:sum`` can be recomputed).
+MERGEABLE_LOSSES = frozenset(_LOSSES)
+
+_F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """One forward_backward call of a batch."""
+
+    data: Sequence[types.Datum]
+    loss_fn: str
+    loss_fn_config: Mapping[str, float | str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedRequest:
+    """One request of a plan: the items it carries (indices into the batch, consecutive) and their data.
+
+    ``loss_config`` is the resolved config used to recompute each item's ``loss:sum`` (defaults filled in); it is
+    ``None`` for an item that cannot be merged, which then travels alone and keeps its result as the server sent it.
+    """
+
+    items: tuple[int, ...]
+    counts: tuple[int, ...]
+    loss_fn: str
+    loss_fn_config: Mapping[str, float | str] | None
+    loss_config: Mapping[str, float] | None
+    data: tuple[types.Datum, ...]
+
+    @property
+    def merged(self) -> bool:
+        """Whether the request carries more than one item (its result must be split)."""
+        return len(self.items) > 1
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Mergeability
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_loss_config(loss_fn: str, loss_fn_config: Mapping[str, float | str] | None) -> dict[str, float] | None:
+    """The full config of a built-in loss (defaults filled in), or ``None`` if its items must not be merged.
+
+    ``None`` for a loss outside :data:`MERGEABLE_LOSSES`, an unknown key, a value that is not a finite number, or a
+    required key (``dro``'s ``beta``) that is missing.
+    """
+    spec = _LOSSES.get(loss_fn)
+    if spec is None:
+        return None
+    _, defaults, required = spec
+    resolved = dict(defaults)
+    for key, value in (loss_fn_config or {}).items():
+        if key not in defaults and key not in required:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return None
+        resolved[key] = float(value)
+    if any(key not in resolved for key in required):
+        return None
+    return resolved
+
+
+def _readable(datum: types.Datum, inputs: tuple[str, ...]) -> bool:
+    """Whether the datum has dense ``target_tokens`` and ``inputs`` of one size, so its loss can be recomputed."""
+    tensors = datum.loss_fn_inputs
+    target = tensors.get("target_tokens")
+    if target is None:
+        return False
+    for name in ("target_tokens", *inputs):
+        tensor = tensors.get(name)
+        if tensor is None or tensor.sparse_crow_indices is not None or tensor.sparse_col_indices is not None:
+            return False
+        if len(tensor.data) != len(target.data):
+            return False
+    return True
+
+
+def _config_key(config: Mapping[str, float | str] | None) -> dict[str, float | str]:
+    # None and {} both mean "the defaults" on the wire.
+    return dict(config) if config else {}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def plan_requests(
+    items: Sequence[WorkItem],
+    *,
+    datum_bytes: Callable[[types.Datum], int],
+    max_len: int,
+    max_bytes: int,
+    max_items: int,
+) -> list[PlannedRequest]:
+    """Plan the requests of a batch, in order (see the module docstring).
+
+    Consecutive mergeable items with the same ``loss_fn`` and an equal ``loss_fn_config`` share a request while the
+    merged data form a single chunk under ``max_len`` datums / ``max_bytes`` estimated bytes
+    (:func:`~tinkex_trio._chunking.plan_chunks`) and the request holds at most ``max_items`` items. An item too large
+    for one chunk travels alone (and is chunked as any call is). Every item ends up in exactly one request; the
+    requests list the items in their original order. An empty item raises :class:`ValueError`.
+    """
+    if max_items < 1:
+        raise ValueError(f"max_items must be >= 1, got {max_items}")
+    plan: list[PlannedRequest] = []
+    # The open request: its items, their sizes, and what they share.
+    group: list[int] = []
+    group_sizes: list[int] = []
+    group_config: dict[str, float] | None = None
+
+    def close() -> None:
+        nonlocal group, group_sizes, group_config
+        if group:
+            first = items[group[0]]
+            plan.append(
+                PlannedRequest(
+                    items=tuple(group),
+                    counts=tuple(len(items[i].data) for i in group),
+                    loss_fn=first.loss_fn,
+                    loss_fn_config=first.loss_fn_config,
+                    loss_config=group_config,
+                    data=tuple(d for i in group for d in items[i].data),
+                )
+            )
+        group, group_sizes, group_config = [], [], None
+
+    for index, item in enumerate(items):
+        if not item.data:
+            raise ValueError(f"forward_backward_batch item {index} has no data")
+        resolved = resolve_loss_config(item.loss_fn, item.loss_fn_config)
+        if resolved is not None:
+            inputs = _LOSSES[item.loss_fn][0]
+            if not all(_readable(d, inputs) for d in item.data):
+                resolved = None
+        sizes = [datum_bytes(d) for d in item.data]
+        if group and resolved is not None and group_config is not None:
+            previous = items[group[-1]]
+            if (
+                previous.loss_fn == item.loss_fn
+                and _config_key(previous.loss_fn_config) == _config_key(item.loss_fn_config)
+                and len(group) < max_items
+                and len(plan_chunks([*group_sizes, *sizes], max_len, max_bytes)) == 1
+            ):
+                group.append(index)
+                group_sizes.extend(sizes)
+                continue
+        close()
+        group, group_sizes, group_config = [index], sizes, resolved
+    close()
+    return plan
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Splitting
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _flat(tensor: types.TensorData) -> _F64:
+    return np.asarray(tensor.to_numpy(), dtype=np.float64).reshape(-1)
+
+
+def item_loss_sum(
+    loss_fn: str,
+    loss_config: Mapping[str, float],
+    data: Sequence[types.Datum],
+    outputs: Sequence[types.LossFnOutput],
+) -> float:
+    """The exact ``loss:sum`` of one item from the learner's ``logprobs`` of its datums (protocol §13), in float64.
+
+    ``loss_config`` is the resolved config (:func:`resolve_loss_config`). :class:`ResponseValidationError` if an
+    output has no ``logprobs`` or their size does not match the datum's ``target_tokens``; :class:`ValueError` for a
+    loss outside :data:`MERGEABLE_LOSSES`.
+    """
+    spec = _LOSSES.get(loss_fn)
+    if spec is None:
+        raise ValueError(f"cannot recompute the loss of {loss_fn!r}")
+    if len(data) != len(outputs):
+        raise ResponseValidationError(f"{len(outputs)} loss_fn_outputs for {len(data)} datums")
+    lps: list[_F64] = []
+    columns: dict[str, list[_F64]] = {name: [] for name in spec[0]}
+    for i, (datum, output) in enumerate(zip(data, outputs, strict=True)):
+        tensor = output.get("logprobs")
+        if tensor is None:
+            raise ResponseValidationError("a loss_fn_output has no logprobs", field=f"$.loss_fn_outputs[{i}]")
+        try:
+            lp = _flat(tensor)
+        except ValueError as exc:
+            raise ResponseValidationError(
+                f"unreadable logprobs: {exc}", field=f"$.loss_fn_outputs[{i}].logprobs"
+            ) from None
+        expected = len(datum.loss_fn_inputs["target_tokens"].data)
+        if lp.size != expected:
+            raise ResponseValidationError(
+                f"{lp.size} logprobs for {expected} target tokens", field=f"$.loss_fn_outputs[{i}].logprobs"
+            )
+        lps.append(lp)
+        for name, column in columns.items():
+            column.append(_flat(datum.loss_fn_inputs[name]))
+    lp = np.concatenate(lps)
+    x = {name: np.concatenate(column) for name, column in columns.items()}
+    terms: _F64
+    if loss_fn == "cross_entropy":
+        terms = lp * x["weights"]
+    else:
+        q, adv = x["logprobs"], x["advantages"]
+        if loss_fn == "dro":
+            diff = lp - q
+            terms = lp * adv - 0.5 * loss_config["beta"] * diff * diff
+        else:
+            ratio = np.exp(lp - q)
+            if loss_fn == "importance_sampling":
+                terms = ratio * adv
+            else:
+                clipped = np.clip(ratio, loss_config["clip_low_threshold"], loss_config["clip_high_threshold"])
+                terms = clipped * lp * adv if loss_fn == "cispo" else np.minimum(ratio * adv, clipped * adv)
+    return -float(np.sum(terms))
+
+
+def split_output(
+    request: PlannedRequest, items: Sequence[WorkItem], output: types.ForwardBackwardOutput
+) -> list[types.ForwardBackwardOutput]:
+    """The per-item results of a planned request, in the order of ``request.items``.
+
+    A request of one item returns ``output`` as it is. A merged request gives each item its slice of
+    ``loss_fn_outputs`` (by datum count), the merged ``loss_fn_output_type``, and ``metrics == {"loss:sum": …}``
+    recomputed from the slice; the merged request's other metrics are dropped. :class:`ResponseValidationError` if
+    the output does not hold one entry per datum.
+    """
+    if not request.merged:
+        return [output]
+    total = sum(request.counts)
+    if len(output.loss_fn_outputs) != total:
+        raise ResponseValidationError(
+            f"a merged forward_backward of {total} datums returned {len(output.loss_fn_outputs)} loss_fn_outputs",
+            field="$.loss_fn_outputs",
+        )
+    assert request.loss_config is not None  # only mergeable items are ever merged
+    results: list[types.ForwardBackwardOutput] = []
+    offset = 0
+    for index, count in zip(request.items, request.counts, strict=True):
+        outputs = output.loss_fn_outputs[offset : offset + count]
+        offset += count
+        loss = item_loss_sum(request.loss_fn, request.loss_config, items[index].data, outputs)
+        results.append(
+            types.ForwardBackwardOutput(
+                loss_fn_output_type=output.loss_fn_output_type,
+                loss_fn_outputs=list(outputs),
+                metrics={LOSS_SUM: loss},
+            )
+        )
+    return results
