@@ -489,3 +489,151 @@ async def test_a_failed_batch_emits_its_stop_event(autojump_clock: trio.testing.
         # Rejected before anything was sent: no seq_id used up, no event.
         assert drain(rx) == []
         assert len(sim.rec.requests("forward_backward")) == 2
+
+
+# -- the batch window: concurrent forward_backward calls (opt-in) -----------------------------------------------------
+
+
+def window_config(**overrides: Any) -> Config:
+    return session_config(BatchingConfig(coalesce=True, **overrides))
+
+
+def fwd_requests(sim: SimStack) -> list[tuple[int, int]]:
+    """(seq_id, datum count) of every forward_backward request the server saw, in order."""
+    return [
+        (r.seq_id, len(r.data))
+        for r in (_codec.decode_forward_backward_request(s.body) for s in sim.rec.requests("forward_backward"))
+    ]
+
+
+CALLS: list[tuple[list[t.Datum], str, dict[str, float | str] | None]] = [
+    ([ce_datum(6), ce_datum(9, 3)], "cross_entropy", None),
+    ([ce_datum(12, 1, weight=0.5)], "cross_entropy", None),
+    ([ce_datum(4, 2)], "cross_entropy", None),
+    ([rl_datum(8, 1), rl_datum(5, 2)], "ppo", PPO_CONFIG),
+    ([rl_datum(11, 3)], "ppo", PPO_CONFIG),
+]
+
+
+async def concurrent_calls(
+    sim: SimStack, config: Config, calls: Sequence[tuple[list[t.Datum], str, dict[str, float | str] | None]]
+) -> tuple[list[t.ForwardBackwardOutput], float]:
+    """Every call from its own task (started in order), on a fresh model; returns the outputs and when they ended."""
+    sim.rec.seen.clear()
+    async with sim.session(config=config) as session:
+        trainer = await session.create_lora_training_client(BASE, rank=4, seed=11)
+        outs: list[t.ForwardBackwardOutput | None] = [None] * len(calls)
+        started = trio.current_time()
+
+        async def one(i: int) -> None:
+            data, loss_fn, loss_config = calls[i]
+            outs[i] = await trainer.forward_backward(data, loss_fn, loss_config)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(calls)):
+                nursery.start_soon(one, i)
+                await trio.lowlevel.checkpoint()  # start them in order: call i is made before call i + 1
+        elapsed = trio.current_time() - started
+    assert all(o is not None for o in outs)
+    return [o for o in outs if o is not None], elapsed
+
+
+async def test_concurrent_calls_are_coalesced_only_when_asked(autojump_clock: trio.testing.MockClock) -> None:
+    async with sim_stack(sim_config()) as sim:
+        alone, _ = await concurrent_calls(sim, session_config(), CALLS)  # the default: no window
+        assert fwd_requests(sim) == [(1, 2), (2, 1), (3, 1), (4, 2), (5, 1)]
+        merged, _ = await concurrent_calls(sim, window_config(), CALLS)
+        # The three cross_entropy calls share one request, the two ppo calls another.
+        assert fwd_requests(sim) == [(1, 4), (2, 3)]
+    for a, b in zip(alone, merged, strict=True):
+        for x, y in zip(a.loss_fn_outputs, b.loss_fn_outputs, strict=True):
+            np.testing.assert_array_equal(x["logprobs"].to_numpy(), y["logprobs"].to_numpy())
+        assert np.allclose(a.metrics[LOSS_SUM], b.metrics[LOSS_SUM], rtol=1e-5, atol=1e-5)
+
+
+async def test_the_window_waits_window_ms_or_until_max_items(autojump_clock: trio.testing.MockClock) -> None:
+    async with sim_stack(sim_config()) as sim:
+        await concurrent_calls(sim, window_config(window_ms=2000.0), CALLS[:1])
+        (fwd,) = sim.rec.requests("forward_backward")
+        before = sim.rec.seen[sim.rec.seen.index(fwd) - 1]  # get_info, the last call of the model's creation
+        assert before.endpoint == "get_info"
+        assert fwd.at - before.at == pytest.approx(2.0, abs=0.01)  # 2 s in the window
+        await concurrent_calls(sim, window_config(window_ms=60_000.0, max_items=3), CALLS[:3])
+        # Full at three calls: sent at once, not after a minute.
+        assert fwd_requests(sim) == [(1, 4)]
+        fwd = sim.rec.requests("forward_backward")[0]
+        assert fwd.at - sim.rec.seen[sim.rec.seen.index(fwd) - 1].at < 0.01
+
+
+async def test_the_window_never_reorders_across_an_optim_step(autojump_clock: trio.testing.MockClock) -> None:
+    async with sim_stack(sim_config()) as sim, sim.session(config=window_config(window_ms=1000.0)) as session:
+        trainer = await session.create_lora_training_client(BASE, rank=4, seed=11)
+        order: list[str] = []
+
+        async def fwd(name: str, data: list[t.Datum]) -> None:
+            await trainer.forward_backward(data, "cross_entropy")
+            order.append(name)
+
+        async def step() -> None:
+            await trainer.optim_step(t.AdamParams(learning_rate=0.05))
+            order.append("step")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fwd, "a", [ce_datum(5)])
+            await trio.lowlevel.checkpoint()
+            nursery.start_soon(step)  # called while "a" waits in the window: "a" must be sent first
+            await trio.lowlevel.checkpoint()
+            nursery.start_soon(fwd, "b", [ce_datum(6)])  # called after the step: sent after it, not merged with "a"
+            await trio.lowlevel.checkpoint()
+            nursery.start_soon(fwd, "c", [ce_datum(7)])  # coalesced with "b"
+        record = sim.app.state.models[trainer.model_id]
+        assert [s.endpoint for s in sim.rec.seen if s.endpoint in ("forward_backward", "optim_step")] == [
+            "forward_backward",
+            "optim_step",
+            "forward_backward",
+        ]
+        assert fwd_requests(sim) == [(1, 1), (3, 2)]
+        assert record.applied_seq_ids == [1, 2, 3]
+        assert sorted(order) == ["a", "b", "c", "step"]
+
+
+async def test_a_call_cancelled_in_the_window_is_never_sent(autojump_clock: trio.testing.MockClock) -> None:
+    async with sim_stack(sim_config()) as sim, sim.session(config=window_config(window_ms=1000.0)) as session:
+        trainer = await session.create_lora_training_client(BASE, rank=4, seed=11)
+        kept: list[t.ForwardBackwardOutput] = []
+
+        async def keep() -> None:
+            kept.append(await trainer.forward_backward([ce_datum(5)], "cross_entropy"))
+
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as doomed:
+                nursery.start_soon(keep)
+                await trio.lowlevel.checkpoint()
+                with trio.move_on_after(0.5):  # cancelled in the window, before it closes at 1 s
+                    await trainer.forward_backward([ce_datum(9), ce_datum(3)], "cross_entropy")
+                doomed.cancel()
+        assert len(kept) == 1
+        assert fwd_requests(sim) == [(1, 1)]
+        # Other calls still go through the window afterwards.
+        out = await trainer.forward_backward([ce_datum(4)], "cross_entropy")
+        assert len(out.loss_fn_outputs) == 1 and fwd_requests(sim) == [(1, 1), (2, 1)]
+
+
+async def test_a_failed_merged_request_fails_each_of_its_calls(autojump_clock: trio.testing.MockClock) -> None:
+    async with sim_stack(sim_config()) as sim, sim.session(config=window_config()) as session:
+        trainer = await session.create_lora_training_client(BASE, rank=4, seed=11)
+        bad = t.datum([1, 2], target_tokens=[2, 3], weights=[1.0, math.inf])  # the server rejects NaN/inf inputs
+        failures: list[str] = []
+
+        async def call(data: list[t.Datum]) -> None:
+            try:
+                await trainer.forward_backward(data, "cross_entropy")
+            except Exception as exc:
+                failures.append(type(exc).__name__)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call, [ce_datum(4)])
+            await trio.lowlevel.checkpoint()
+            nursery.start_soon(call, [bad])
+        assert fwd_requests(sim) == [(1, 2)]
+        assert failures == ["RequestFailedError", "RequestFailedError"]

@@ -377,6 +377,7 @@ BAD_VALUES: list[tuple[str, str, object, str]] = [
     ("circuit_breaker", "timeout_s", 0.0, "expected float > 0, got 0.0"),
     ("circuit_breaker", "half_open_max_calls", 0, "expected int > 0, got 0"),
     ("batching", "enabled", None, "expected bool, got None"),
+    ("batching", "coalesce", "yes", "expected bool, got 'yes'"),
     ("batching", "window_ms", -0.5, "expected float >= 0, got -0.5"),
     ("batching", "max_batch_datums", 0, "expected int > 0, got 0"),
     ("batching", "max_batch_bytes", -5, "expected int > 0, got -5"),

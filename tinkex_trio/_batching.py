@@ -62,6 +62,7 @@ __all__ = [
     "PlannedRequest",
     "WorkItem",
     "item_loss_sum",
+    "item_output",
     "plan_requests",
     "resolve_loss_config",
     "split_output",
@@ -304,15 +305,22 @@ def item_loss_sum(
 def split_output(
     request: PlannedRequest, items: Sequence[WorkItem], output: types.ForwardBackwardOutput
 ) -> list[types.ForwardBackwardOutput]:
-    """The per-item results of a planned request, in the order of ``request.items``.
+    """The per-item results of a planned request, in the order of ``request.items`` (see :func:`item_output`)."""
+    return [item_output(request, items, output, position) for position in range(len(request.items))]
 
-    A request of one item returns ``output`` as it is. A merged request gives each item its slice of
+
+def item_output(
+    request: PlannedRequest, items: Sequence[WorkItem], output: types.ForwardBackwardOutput, position: int
+) -> types.ForwardBackwardOutput:
+    """The result of the ``position``-th item of a planned request (``items`` is the batch the plan was made from).
+
+    A request of one item returns ``output`` as it is. For a merged request, the item gets its slice of
     ``loss_fn_outputs`` (by datum count), the merged ``loss_fn_output_type``, and ``metrics == {"loss:sum": …}``
     recomputed from the slice; the merged request's other metrics are dropped. :class:`ResponseValidationError` if
     the output does not hold one entry per datum.
     """
     if not request.merged:
-        return [output]
+        return output
     total = sum(request.counts)
     if len(output.loss_fn_outputs) != total:
         raise ResponseValidationError(
@@ -320,17 +328,9 @@ def split_output(
             field="$.loss_fn_outputs",
         )
     assert request.loss_config is not None  # only mergeable items are ever merged
-    results: list[types.ForwardBackwardOutput] = []
-    offset = 0
-    for index, count in zip(request.items, request.counts, strict=True):
-        outputs = output.loss_fn_outputs[offset : offset + count]
-        offset += count
-        loss = item_loss_sum(request.loss_fn, request.loss_config, items[index].data, outputs)
-        results.append(
-            types.ForwardBackwardOutput(
-                loss_fn_output_type=output.loss_fn_output_type,
-                loss_fn_outputs=list(outputs),
-                metrics={LOSS_SUM: loss},
-            )
-        )
-    return results
+    offset = sum(request.counts[:position])
+    outputs = output.loss_fn_outputs[offset : offset + request.counts[position]]
+    loss = item_loss_sum(request.loss_fn, request.loss_config, items[request.items[position]].data, outputs)
+    return types.ForwardBackwardOutput(
+        loss_fn_output_type=output.loss_fn_output_type, loss_fn_outputs=list(outputs), metrics={LOSS_SUM: loss}
+    )

@@ -291,11 +291,15 @@ class CircuitBreakerConfig(_Validated, frozen=True, kw_only=True):
 
 class BatchingConfig(_Validated, frozen=True, kw_only=True):
     """Request batching: calls arriving within ``window_ms`` of each other are coalesced, up to ``max_items`` calls,
-    ``max_batch_datums`` datums and ``max_batch_bytes`` estimated bytes per batch (``window_ms=0``: no waiting)."""
+    ``max_batch_datums`` datums and ``max_batch_bytes`` estimated bytes per batch (``window_ms=0``: no waiting).
+
+    ``enabled`` merges the items of one ``forward_backward_batch`` call; ``coalesce`` (opt-in, off by default) also
+    coalesces concurrent ``forward_backward`` calls from different tasks within ``window_ms``."""
 
     _key_prefix: ClassVar[str] = "batching."
     _checks: ClassVar[Mapping[str, _Check]] = {
         "enabled": _bool,
+        "coalesce": _bool,
         "window_ms": _Num(float, ge=0),
         "max_batch_datums": _Num(int, gt=0),
         "max_batch_bytes": _Num(int, gt=0),
@@ -303,6 +307,7 @@ class BatchingConfig(_Validated, frozen=True, kw_only=True):
     }
 
     enabled: bool = True
+    coalesce: bool = False
     window_ms: float = 5.0
     max_batch_datums: int = 1024
     max_batch_bytes: int = 5_000_000

@@ -33,8 +33,9 @@ protobuf (a JSON answer is still understood); with ``"json"`` both are JSON.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import httpx
@@ -42,8 +43,9 @@ import msgspec
 import trio
 
 from tinkex_trio import types
-from tinkex_trio._batching import WorkItem, plan_requests, split_output
+from tinkex_trio._batching import PlannedRequest, WorkItem, item_output, plan_requests, split_output
 from tinkex_trio._chunking import combine_metrics, estimate_datum_bytes, plan_chunks
+from tinkex_trio._config import BatchingConfig
 from tinkex_trio._proto._codec import (
     PROTOBUF_CONTENT_TYPE,
     decode_forward_backward_output,
@@ -56,7 +58,7 @@ from tinkex_trio._telemetry import (
     BATCH_OPTIM_STEP_STOP,
 )
 from tinkex_trio._transport import PoolKind
-from tinkex_trio.errors import ResponseValidationError
+from tinkex_trio.errors import APIConnectionError, ResponseValidationError, SessionClosedError
 from tinkex_trio.sampling import SamplingClient
 
 if TYPE_CHECKING:
@@ -189,6 +191,10 @@ class TrainingClient:
         # The FIFO turn: whoever holds it takes the next seq_ids and submits; released once the POSTs returned.
         self._turn = trio.StrictFIFOLock()
         self._next_seq_id = 1  # seq 0 is the model's creation (create_model / create-via-load)
+        # Every ordered call takes the next ticket when it is made; the turn submits calls in ticket order, so work
+        # waiting in the batch window is never reordered across a later call (see _ordered_turn).
+        self._last_ticket = 0
+        self._window: _BatchWindow | None = None
 
     def __repr__(self) -> str:
         return f"<TrainingClient model_id={self.model_id!r}>"
@@ -298,6 +304,9 @@ class TrainingClient:
         ``loss_fn`` is a built-in loss (``cross_entropy``, ``importance_sampling``, ``ppo``, ``cispo``, ``dro``, …);
         ``loss_fn_config`` its parameters (e.g. ``{"clip_low_threshold": 0.8}``).
         """
+        batching = self._session.config.batching
+        if batching.enabled and batching.coalesce:
+            return await self._coalesced_forward_backward(data, loss_fn, loss_fn_config)
         future = await self.submit_forward_backward(data, loss_fn, loss_fn_config)
         return await future.result()
 
@@ -342,10 +351,13 @@ class TrainingClient:
         )
         counts = {"items": len(work), "requests": len(plan), "datums": sum(len(w.data) for w in work)}
         with _batch_span(session, BATCH_FORWARD_BACKWARD_START, BATCH_FORWARD_BACKWARD_STOP, counts, self):
-            futures = [
-                await self.submit_forward_backward(request.data, request.loss_fn, request.loss_fn_config)
-                for request in plan
-            ]
+            # One turn for the whole batch: its requests get consecutive seq_ids, nothing is submitted between them.
+            futures: list[APIFuture[types.ForwardBackwardOutput]] = []
+            async with self._ordered_turn():
+                for request in plan:
+                    futures.append(
+                        await self._send_fwdbwd(request.data, request.loss_fn, request.loss_fn_config, False)
+                    )
             results: list[types.ForwardBackwardOutput] = []
             for request, future in zip(plan, futures, strict=True):
                 results.extend(split_output(request, work, await future.result()))
@@ -359,11 +371,23 @@ class TrainingClient:
         *,
         forward_only: bool,
     ) -> APIFuture[types.ForwardBackwardOutput]:
-        session = self._session
-        session._check_alive()
+        self._session._check_alive()
         data = list(data)
         if not data:
             raise ValueError("forward/forward_backward needs at least one Datum")
+        async with self._ordered_turn():
+            return await self._send_fwdbwd(data, loss_fn, loss_fn_config, forward_only)
+
+    async def _send_fwdbwd(
+        self,
+        data: Sequence[types.Datum],
+        loss_fn: LossFn,
+        loss_fn_config: LossFnConfig | None,
+        forward_only: bool,
+    ) -> APIFuture[types.ForwardBackwardOutput]:
+        """Chunk, encode and POST one forward / forward_backward call; the caller holds the turn."""
+        session = self._session
+        session._check_alive()
         config = dict(loss_fn_config) if loss_fn_config is not None else None
         client_config = session.client_config
         chunks = plan_chunks(
@@ -375,30 +399,27 @@ class TrainingClient:
         request_type = "Forward" if forward_only else "ForwardBackward"
         sdk_method = f"TrainingClient.{'forward' if forward_only else 'forward_backward'}"
 
-        async with self._turn:
-            # Encode every chunk before taking its id: data the wire cannot carry fails here and uses up no seq_id.
-            first = self._next_seq_id
-            bodies = [
-                self._fwdbwd_body(first + i, data[r.start : r.stop], loss_fn, config, forward_only, proto)
-                for i, r in enumerate(chunks)
-            ]
-            self._next_seq_id += len(bodies)
-            content_type = PROTOBUF_CONTENT_TYPE if proto else _JSON
-            replies: list[tuple[types.UntypedAPIFuture, float] | None] = [None] * len(bodies)
+        # Encode every chunk before taking its id: data the wire cannot carry fails here and uses up no seq_id.
+        first = self._next_seq_id
+        bodies = [
+            self._fwdbwd_body(first + i, data[r.start : r.stop], loss_fn, config, forward_only, proto)
+            for i, r in enumerate(chunks)
+        ]
+        self._next_seq_id += len(bodies)
+        content_type = PROTOBUF_CONTENT_TYPE if proto else _JSON
+        replies: list[tuple[types.UntypedAPIFuture, float] | None] = [None] * len(bodies)
 
-            async def send(index: int) -> None:
-                replies[index] = await _post_future(
-                    session, "forward_backward", bodies[index], content_type, sdk_method
-                )
+        async def send(index: int) -> None:
+            replies[index] = await _post_future(session, "forward_backward", bodies[index], content_type, sdk_method)
 
-            if client_config.parallel_fwdbwd_chunks and len(bodies) > 1:
-                # Chunks 2..n concurrently, then the first: the server holds the later ones until the first arrives,
-                # so it finds the whole call queued when it starts.
-                await _run_all(send, range(1, len(bodies)))
-                await send(0)
-            else:
-                for index in range(len(bodies)):
-                    await send(index)
+        if client_config.parallel_fwdbwd_chunks and len(bodies) > 1:
+            # Chunks 2..n concurrently, then the first: the server holds the later ones until the first arrives,
+            # so it finds the whole call queued when it starts.
+            await _run_all(send, range(1, len(bodies)))
+            await send(0)
+        else:
+            for index in range(len(bodies)):
+                await send(index)
 
         futures: list[APIFuture[types.ForwardBackwardOutput]] = []
         for submitted in replies:
@@ -586,13 +607,65 @@ class TrainingClient:
         result_type: type[T],
     ) -> APIFuture[T]:
         """Take the turn and the next seq_id, POST the request built for it, release the turn once it is accepted."""
-        async with self._turn:
+        async with self._ordered_turn():
             body = types.encode(build(self._next_seq_id))
             self._next_seq_id += 1
             reply, roundtrip = await _post_future(self._session, endpoint, body, _JSON, sdk_method)
         return self._session._futures.track(
             reply, request_type, _json_decoder(result_type), create_roundtrip_s=roundtrip
         )
+
+    def _take_ticket(self) -> int:
+        self._last_ticket += 1
+        return self._last_ticket
+
+    @asynccontextmanager
+    async def _ordered_turn(self) -> AsyncGenerator[None]:
+        """Take a ticket, then the turn; first submit the batch window's work queued before this call.
+
+        The ticket is taken and the FIFO lock queued for without a checkpoint in between, so holders of the turn come
+        in ticket order, and each one first submits the window's work with a smaller ticket: everything reaches the
+        server in the order it was called, and nothing queued later jumps ahead (e.g. across an optim_step).
+        """
+        ticket = self._take_ticket()
+        async with self._turn:
+            if self._window is not None:
+                await self._window.submit_before(ticket)
+            yield
+
+    # -- the batch window (opt-in: config.batching.coalesce) ------------------------------------------------------
+
+    def _batch_window(self) -> _BatchWindow:
+        if self._window is None:
+            window = _BatchWindow(self)
+            self._session._spawn(window.run, f"tinkex_trio.batch_window[{self.model_id}]")
+            self._window = window
+        return self._window
+
+    async def _coalesced_forward_backward(
+        self, data: Sequence[types.Datum], loss_fn: LossFn, loss_fn_config: LossFnConfig | None
+    ) -> types.ForwardBackwardOutput:
+        """forward_backward through the batch window: queue the call, wait until its request is accepted, then for
+        its result, and take this call's share of it."""
+        self._session._check_alive()
+        item = WorkItem(list(data), loss_fn, dict(loss_fn_config) if loss_fn_config is not None else None)
+        if not item.data:
+            raise ValueError("forward/forward_backward needs at least one Datum")
+        window = self._batch_window()
+        slot = _Slot(self._take_ticket(), item, trio.current_time())
+        window.add(slot)
+        try:
+            await slot.done.wait()
+        except BaseException:
+            # Cancelled while queued: it never reaches the server. Once taken, it runs there anyway (as any submitted
+            # call does) and only this wait ends.
+            window.discard(slot)
+            raise
+        if slot.error is not None:
+            raise slot.error
+        assert slot.future is not None and slot.request is not None
+        output = await slot.future.result()
+        return item_output(slot.request, slot.batch, output, slot.position)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -618,6 +691,123 @@ async def _post_future(
         sdk_method=sdk_method,
     )
     return reply, trio.current_time() - started
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One forward_backward call waiting in the batch window, and what it gets once its request is accepted."""
+
+    ticket: int
+    item: WorkItem
+    arrived: float
+    done: trio.Event = field(default_factory=trio.Event)
+    taken: bool = False
+    batch: Sequence[WorkItem] = ()
+    request: PlannedRequest | None = None
+    position: int = 0
+    future: APIFuture[types.ForwardBackwardOutput] | None = None
+    error: Exception | None = None
+
+
+class _BatchWindow:
+    """Coalesces concurrent forward_backward calls of one TrainingClient (DESIGN §2, ``batching.coalesce``).
+
+    Calls queue here with their ticket. The window's task (in the session's nursery) submits the queue
+    ``window_ms`` after its oldest call arrived, or at once when ``max_items`` calls are waiting; any other call on
+    the client submits the queued calls older than itself first (:meth:`TrainingClient._ordered_turn`). Submitting
+    plans merged requests (:func:`~tinkex_trio._batching.plan_requests`) and hands every call its request's future.
+    """
+
+    def __init__(self, client: TrainingClient) -> None:
+        self._client = client
+        self._pending: list[_Slot] = []
+        self._wake = trio.Event()
+        self._full = trio.Event()
+
+    @property
+    def _config(self) -> BatchingConfig:
+        return self._client._session.config.batching
+
+    def add(self, slot: _Slot) -> None:
+        self._pending.append(slot)
+        self._wake.set()
+        if len(self._pending) >= self._config.max_items:
+            self._full.set()
+
+    def discard(self, slot: _Slot) -> None:
+        if not slot.taken and slot in self._pending:
+            self._pending.remove(slot)
+
+    async def run(self) -> None:
+        """Submit the queue when its window closes; runs for the life of the session (cancelled with its nursery)."""
+        client = self._client
+        try:
+            while True:
+                if not self._pending:
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                    continue
+                with trio.move_on_at(self._pending[0].arrived + self._config.window_ms / 1000.0):
+                    await self._full.wait()
+                ticket = client._take_ticket()
+                async with client._turn:
+                    await self.submit_before(ticket)
+        finally:
+            closed = SessionClosedError(f"session {client._session.session_id!r} closed before the call was sent")
+            for slot in self._pending:
+                slot.error = closed
+                slot.done.set()
+            self._pending.clear()
+
+    async def submit_before(self, ticket: int) -> None:
+        """Submit the queued calls with a ticket below ``ticket``, in order, as merged requests (the turn is held)."""
+        slots = [s for s in self._pending if s.ticket < ticket]
+        if not slots:
+            return
+        self._pending = [s for s in self._pending if s.ticket >= ticket]
+        if len(self._pending) < self._config.max_items:
+            self._full = trio.Event()
+        client = self._client
+        session = client._session
+        batching = self._config
+        batch = [s.item for s in slots]
+        client_config = session.client_config
+        plan = plan_requests(
+            batch,
+            datum_bytes=_datum_bytes,
+            max_len=max(min(client_config.fwdbwd_max_chunk_len, batching.max_batch_datums), 1),
+            max_bytes=max(min(client_config.fwdbwd_max_chunk_bytes_count, batching.max_batch_bytes), 1),
+            max_items=batching.max_items,
+        )
+        for slot in slots:
+            slot.taken = True
+            slot.batch = batch
+        counts = {"items": len(batch), "requests": len(plan), "datums": sum(len(w.data) for w in batch)}
+        with _batch_span(session, BATCH_FORWARD_BACKWARD_START, BATCH_FORWARD_BACKWARD_STOP, counts, client):
+            for done, request in enumerate(plan):
+                mine = [slots[i] for i in request.items]
+                try:
+                    future = await client._send_fwdbwd(request.data, request.loss_fn, request.loss_fn_config, False)
+                except Exception as exc:
+                    for position, slot in enumerate(mine):
+                        slot.request, slot.position, slot.error = request, position, exc
+                        slot.done.set()
+                    continue
+                except BaseException:
+                    # Cancelled mid-submission: this request may or may not have reached the server; the later ones
+                    # did not, and go back to the front of the queue, still ahead of every later call.
+                    cut = APIConnectionError("the batched forward_backward was cancelled while it was being sent")
+                    for slot in mine:
+                        slot.error = cut
+                        slot.done.set()
+                    later = [slots[i] for r in plan[done + 1 :] for i in r.items]
+                    for slot in later:
+                        slot.taken = False
+                    self._pending[:0] = later
+                    raise
+                for position, slot in enumerate(mine):
+                    slot.request, slot.position, slot.future = request, position, future
+                    slot.done.set()
 
 
 @contextmanager
