@@ -41,6 +41,9 @@ its own keeps the server's metrics untouched.
 
 Errors. A merged request fails or succeeds as a whole: if the server rejects it, every item in it fails with that
 error.
+
+The trio layer lives in :mod:`tinkex_trio.training`: ``TrainingClient.forward_backward_batch`` plans one call's items,
+and the opt-in batch window (``batching.coalesce``) plans the concurrent ``forward_backward`` calls it collected.
 """
 
 from __future__ import annotations

@@ -23,6 +23,13 @@ Chunking. forward / forward_backward split their data (``client_config.fwdbwd_ma
 sent concurrently with the first chunk last when ``parallel_fwdbwd_chunks`` is on, and the results are combined
 (outputs concatenated in order, metrics merged by their ``name:reduction`` keys).
 
+Batching (``config.batching``, :mod:`tinkex_trio._batching`). ``forward_backward_batch`` merges consecutive items with
+the same built-in loss and config into one request while they fit one chunk, and splits the result back per item
+(each with its own exact ``loss:sum``). With ``batching.coalesce`` (opt-in) concurrent ``forward_backward`` calls wait
+up to ``window_ms`` in a per-client batch window and are merged the same way. Every call takes a ticket when it is
+made, and the holder of the turn first submits the window's older calls, so nothing is reordered (never across an
+optim_step).
+
 Wire format. With ``config.wire_format == "proto"`` the forward_backward body is protobuf and results are asked for as
 protobuf (a JSON answer is still understood); with ``"json"`` both are JSON.
 """
