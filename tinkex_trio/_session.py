@@ -236,9 +236,8 @@ class Session:
             # The feed's handler is attached now, so the very first request is counted; its task emits the periodic
             # snapshots and detaches the handler when the session's nursery is cancelled.
             self._spawn(MetricsFeed(self.metrics).attach(self.telemetry).run, "tinkex_trio.session.metrics")
-        # Later issues start their tasks here, in this same nursery (DESIGN §2):
-        #   - the batch window (coalesces forward_backward / optim_step work from a memory channel);
-        #   - the dynamic_config refresh (every max(refresh_interval_sec, 10) s, errors ignored).
+        # Each TrainingClient's batch window (batching.coalesce) runs in this nursery too, started by the client.
+        # A later issue starts the dynamic_config refresh here (every max(refresh_interval_sec, 10) s, errors ignored).
 
     def _spawn(self, fn: Callable[[], Awaitable[object]], name: str) -> None:
         """Run ``fn()`` in the session's nursery. If it raises, the session ends (finish reason ``errored``) and the
@@ -316,7 +315,7 @@ class Session:
         if self._host.failure is not None:
             reason, detail = "errored", _describe(self._host.failure)
         with trio.CancelScope(shield=True):
-            # The batch window (later issue) is drained here on a clean exit, before finish.
+            # No batch window needs draining: on a clean exit no caller can still be waiting on one.
             if not self._expired:
                 await self._send_finish(reason, detail)
             self._closed = True
