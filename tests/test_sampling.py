@@ -20,7 +20,8 @@ import trio.testing
 from _simkit import API_KEY, BASE_URL, JsonOnly, Reply, Seen, SimStack, sim_config, sim_stack
 
 from tinkex_trio import types as t
-from tinkex_trio._config import Config, RetryConfig
+from tinkex_trio._breaker import BreakerState
+from tinkex_trio._config import CircuitBreakerConfig, Config, RetryConfig
 from tinkex_trio._telemetry import RETRY, TelemetryEvent
 from tinkex_trio.errors import (
     APIStatusError,
@@ -401,3 +402,29 @@ async def test_failed_future_is_not_retried(sim: SimStack, autojump_clock: trio.
             await sampler.sample(PROMPT)
         assert info.value.category is RequestErrorCategory.USER and "prompt too long" in info.value.message
         assert seq_ids(sim) == [0]
+
+
+async def test_a_sample_is_one_logical_request_for_the_breaker(
+    sim: SimStack, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Attempts that the sample's own retries rescue never open the breaker; a sample that gives up counts once."""
+    config = Config(
+        api_key=API_KEY,
+        base_url=BASE_URL,
+        retry=RetryConfig(max_retries=5),
+        circuit_breaker=CircuitBreakerConfig(failure_threshold=3),
+    )
+    async with sim.session(config=config) as session:
+        breaker = session.breaker
+        assert breaker is not None
+        sampler = await sampler_for(session)
+        sim.rec.script("asample", *[Reply(503, {"detail": "flaky"})] * 4)  # more failed attempts than the threshold
+        result = await sampler.sample(PROMPT, 1, t.SamplingParams(max_tokens=2))
+        assert len(result.sequences) == 1
+        assert seq_ids(sim) == [0, 1, 2, 3, 4]
+        assert breaker.state is BreakerState.CLOSED and breaker.consecutive_failures == 0
+
+        sim.rec.script("asample", *[Reply(503, {"detail": "down"})] * 6)
+        with pytest.raises(InternalServerError):
+            await sampler.sample(PROMPT, 1, t.SamplingParams(max_tokens=2))
+        assert breaker.state is BreakerState.CLOSED and breaker.consecutive_failures == 1

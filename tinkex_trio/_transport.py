@@ -72,7 +72,7 @@ from tinkex_trio.errors import (
     status_error_class,
 )
 
-__all__ = ["USER_AGENT", "PoolKind", "Transport", "TransportFactory"]
+__all__ = ["USER_AGENT", "BreakerGuard", "PoolKind", "Transport", "TransportFactory"]
 
 logger = logging.getLogger("tinkex_trio.transport")
 
@@ -192,6 +192,77 @@ class _Once:
         if data is None:
             raise StopAsyncIteration
         return data
+
+
+class BreakerGuard:
+    """The circuit breaker's view of one logical request that may take several attempts (see the module docstring).
+
+    ``admit`` before each attempt (a live CLOSED permit is kept; otherwise the breaker is asked again and may raise
+    :class:`~tinkex_trio.errors.CircuitOpenError`), ``attempt_failed`` after a failed attempt (settles a HALF_OPEN
+    trial), ``stop_if_opened`` before waiting for a retry, ``settle`` with the request's final verdict, and ``release``
+    in a ``finally`` (no verdict: cancellation, Ctrl-C). With no breaker every method is a no-op.
+    """
+
+    __slots__ = ("_base_url", "_breaker", "_meta", "_permit", "_telemetry")
+
+    def __init__(
+        self,
+        breaker: CircuitBreaker | None,
+        telemetry: TelemetryBus,
+        meta: Mapping[str, str | int | float | bool | None],
+        base_url: str,
+    ) -> None:
+        self._breaker = breaker
+        self._telemetry = telemetry
+        self._meta = meta
+        self._base_url = base_url
+        self._permit: Permit | None = None
+
+    def admit(self, attempt: int, cause: APIError | None = None) -> None:
+        """Admission before an attempt; raises CircuitOpenError (``from cause``) when the breaker refuses."""
+        breaker, permit = self._breaker, self._permit
+        if breaker is None:
+            return
+        if permit is not None and not permit.settled and permit.generation == breaker.generation:
+            return
+        if permit is not None:
+            breaker.release(permit)  # stale or settled: a no-op, for clarity
+        now = trio.current_time()
+        try:
+            self._permit = breaker.before_call(now)
+        except CircuitOpenError as exc:
+            self._telemetry.emit(
+                CIRCUIT_BREAKER_REJECTED,
+                {"retry_after_s": exc.retry_after, "attempt": attempt},
+                {**self._meta, "state": breaker.state.value, "base_url": self._base_url},
+                time=now,
+            )
+            if cause is not None:
+                raise exc from cause
+            raise
+
+    def attempt_failed(self, verdict: Verdict) -> None:
+        """A failed attempt: a HALF_OPEN trial is settled by its attempt, not by the request's final outcome."""
+        if self._breaker is not None and self._permit is not None and self._permit.trial:
+            self._breaker.record(verdict, trio.current_time(), self._permit)
+
+    def stop_if_opened(self, attempt: int, cause: APIError) -> None:
+        """Before waiting for a retry: if the breaker has opened meanwhile, raise CircuitOpenError now."""
+        breaker = self._breaker
+        if breaker is not None:
+            breaker.poll(trio.current_time())
+            if breaker.open_until is not None:
+                self.admit(attempt, cause)
+
+    def settle(self, verdict: Verdict) -> None:
+        """The logical request's final verdict."""
+        if self._breaker is not None and self._permit is not None:
+            self._breaker.record(verdict, trio.current_time(), self._permit)
+
+    def release(self) -> None:
+        """End without a verdict (frees a trial slot); a no-op once settled."""
+        if self._breaker is not None and self._permit is not None and not self._permit.settled:
+            self._breaker.release(self._permit)
 
 
 class Transport:
@@ -334,10 +405,8 @@ class Transport:
         meta: dict[str, str | int | float | bool | None] = {"method": method, "path": path, "pool": pool.value}
         started = trio.current_time()
         attempt = 0
-        guard = self.breaker
-        if guard is not None and (breaker is False or (breaker is None and pool in _UNGUARDED_POOLS)):
-            guard = None
-        permit = self._admit(guard, None, meta, attempt, None)
+        guard = self.guard(pool, meta, breaker=breaker)
+        guard.admit(attempt)
         try:
             while True:
                 try:
@@ -346,21 +415,17 @@ class Transport:
                     )
                 except APIError as exc:
                     verdict = classify_exception(exc)
-                    if guard is not None and permit is not None and permit.trial:
-                        guard.record(verdict, trio.current_time(), permit)  # a trial is settled by its attempt
+                    guard.attempt_failed(verdict)
                     outcome = outcome_from_exception(exc) if retry else None
                     if outcome is None:
-                        self._settle(guard, permit, verdict)
+                        guard.settle(verdict)
                         raise
                     now = trio.current_time()
                     decision = self._policy.decide(attempt, outcome, now, started)
                     if not decision.retry:
-                        self._settle(guard, permit, verdict)
+                        guard.settle(verdict)
                         raise
-                    if guard is not None:
-                        guard.poll(now)
-                        if guard.open_until is not None:  # opened meanwhile: do not wait for a retry it will refuse
-                            permit = self._admit(guard, permit, meta, attempt + 1, exc)
+                    guard.stop_if_opened(attempt + 1, exc)  # do not wait for a retry it will refuse
                     self.telemetry.emit(
                         RETRY,
                         {"delay_s": decision.delay, "attempt": attempt + 1},
@@ -369,49 +434,28 @@ class Transport:
                     logger.debug("retrying %s in %.3fs (%s)", what, decision.delay, decision.reason.value)
                     await trio.sleep(decision.delay)
                     attempt += 1
-                    permit = self._admit(guard, permit, meta, attempt, exc)
+                    guard.admit(attempt, exc)
                 else:
-                    self._settle(guard, permit, Verdict.SUCCESS)
+                    guard.settle(Verdict.SUCCESS)
                     return response
         finally:
             # Cancellation, Ctrl-C, or an error that is no outcome: no verdict; frees a trial slot (no-op if settled).
-            if guard is not None and permit is not None and not permit.settled:
-                guard.release(permit)
+            guard.release()
 
-    def _admit(
+    def guard(
         self,
-        guard: CircuitBreaker | None,
-        permit: Permit | None,
+        pool: PoolKind,
         meta: Mapping[str, str | int | float | bool | None],
-        attempt: int,
-        cause: APIError | None,
-    ) -> Permit | None:
-        """Admission before an attempt: keeps a live permit of a CLOSED breaker, asks the breaker again otherwise
-        (the first attempt, after a trial, after any transition); raises CircuitOpenError when it refuses."""
-        if guard is None:
-            return None
-        if permit is not None and not permit.settled and permit.generation == guard.generation:
-            return permit
-        if permit is not None:
-            guard.release(permit)  # stale or settled: a no-op, for clarity
-        now = trio.current_time()
-        try:
-            return guard.before_call(now)
-        except CircuitOpenError as exc:
-            self.telemetry.emit(
-                CIRCUIT_BREAKER_REJECTED,
-                {"retry_after_s": exc.retry_after, "attempt": attempt},
-                {**meta, "state": guard.state.value, "base_url": self.config.base_url},
-                time=now,
-            )
-            if cause is not None:
-                raise exc from cause
-            raise
-
-    @staticmethod
-    def _settle(guard: CircuitBreaker | None, permit: Permit | None, verdict: Verdict) -> None:
-        if guard is not None and permit is not None:
-            guard.record(verdict, trio.current_time(), permit)
+        *,
+        breaker: bool | None = None,
+    ) -> BreakerGuard:
+        """The circuit breaker's bookkeeping for one logical request of ``pool`` (a no-op guard when the request is
+        not guarded: no breaker, ``breaker=False``, or ``breaker=None`` on an unguarded pool). Used by
+        :meth:`request`, and by callers that run their own retry loop over ``breaker=False`` attempts (sampling)."""
+        cb = self.breaker
+        if cb is not None and (breaker is False or (breaker is None and pool in _UNGUARDED_POOLS)):
+            cb = None
+        return BreakerGuard(cb, self.telemetry, meta, self.config.base_url)
 
     async def _send_once(
         self,

@@ -37,11 +37,12 @@ import msgspec
 import trio
 
 from tinkex_trio import types
+from tinkex_trio._breaker import Verdict, classify_exception
 from tinkex_trio._proto._codec import PROTOBUF_CONTENT_TYPE, decode_sample_response
 from tinkex_trio._retry import RetryPolicy, outcome_from_exception
 from tinkex_trio._telemetry import RETRY
 from tinkex_trio._transport import PoolKind
-from tinkex_trio.errors import APIStatusError, RateLimitError, ResponseValidationError
+from tinkex_trio.errors import APIError, APIStatusError, RateLimitError, ResponseValidationError
 
 if TYPE_CHECKING:
     from tinkex_trio._session import Session
@@ -52,6 +53,11 @@ logger = logging.getLogger("tinkex_trio.sampling")
 
 _API = "/api/v1"
 _JSON = "application/json"
+_ASAMPLE_META: dict[str, str | int | float | bool | None] = {
+    "method": "POST",
+    "path": f"{_API}/asample",
+    "pool": "sampling",
+}
 _BACKPRESSURE_HEADER = {"X-Tinker-Sampling-Backpressure": "1"}
 
 #: Submissions of one client in flight at once (the official SDK's gate), and during a backpressure window.
@@ -307,35 +313,56 @@ class SamplingClient:
         max_retries = 0 if session.client_config.sample_no_retries else cfg.max_retries
         policy = RetryPolicy(cfg)
         started = trio.current_time()
-        for attempt in range(max_retries + 1):
-            session._check_alive()  # a heartbeat may have found the session expired while we waited
-            seq_id = self._take_seq_id()
-            try:
-                return await self._sample_once(msgspec.structs.replace(request, seq_id=seq_id), started)
-            except _BackpressureOutlasted as stop:
-                raise stop.error from None
-            except Exception as exc:
-                outcome = outcome_from_exception(exc)
-                if outcome is None:
-                    raise
-                retryable = policy.classify(outcome)[0] or (isinstance(exc, APIStatusError) and exc.status_code == 410)
-                if not retryable or attempt >= max_retries:
-                    raise
-                delay = self._retry_delay(attempt + 1)
-                if trio.current_time() - started + delay > cfg.retry_budget_s:
-                    raise
-                session.telemetry.emit(
-                    RETRY,
-                    {"delay_s": delay, "attempt": attempt + 1},
-                    {
-                        "method": "SamplingClient.sample",
-                        "reason": "retryable_failure",
-                        "error": type(exc).__name__,
-                        "seq_id": seq_id,
-                    },
-                )
-                logger.debug("sample seq_id=%d failed (%s); retrying in %.3fs", seq_id, type(exc).__name__, delay)
-                await trio.sleep(delay)
+        # The whole sample (every attempt, each with a new seq_id) is one logical request for the circuit breaker,
+        # as a transport request with its retries is: a flaky sampler that retries rescue never opens it.
+        guard = session._transport.guard(PoolKind.SAMPLING, _ASAMPLE_META)
+        guard.admit(0)
+        try:
+            for attempt in range(max_retries + 1):
+                session._check_alive()  # a heartbeat may have found the session expired while we waited
+                seq_id = self._take_seq_id()
+                try:
+                    result = await self._sample_once(msgspec.structs.replace(request, seq_id=seq_id), started)
+                except _BackpressureOutlasted as stop:
+                    guard.settle(classify_exception(stop.error))
+                    raise stop.error from None
+                except Exception as exc:
+                    verdict = classify_exception(exc)
+                    guard.attempt_failed(verdict)
+                    outcome = outcome_from_exception(exc)
+                    if outcome is None:
+                        guard.settle(verdict)
+                        raise
+                    retryable = policy.classify(outcome)[0] or (
+                        isinstance(exc, APIStatusError) and exc.status_code == 410
+                    )
+                    if not retryable or attempt >= max_retries:
+                        guard.settle(verdict)
+                        raise
+                    delay = self._retry_delay(attempt + 1)
+                    if trio.current_time() - started + delay > cfg.retry_budget_s:
+                        guard.settle(verdict)
+                        raise
+                    assert isinstance(exc, APIError)  # outcome_from_exception only knows API errors
+                    guard.stop_if_opened(attempt + 1, exc)
+                    session.telemetry.emit(
+                        RETRY,
+                        {"delay_s": delay, "attempt": attempt + 1},
+                        {
+                            "method": "SamplingClient.sample",
+                            "reason": "retryable_failure",
+                            "error": type(exc).__name__,
+                            "seq_id": seq_id,
+                        },
+                    )
+                    logger.debug("sample seq_id=%d failed (%s); retrying in %.3fs", seq_id, type(exc).__name__, delay)
+                    await trio.sleep(delay)
+                    guard.admit(attempt + 1, exc)
+                else:
+                    guard.settle(Verdict.SUCCESS)
+                    return result
+        finally:
+            guard.release()
         raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
     async def _sample_once(self, request: types.SampleRequest, started: float) -> types.SampleResponse:
@@ -369,6 +396,7 @@ class SamplingClient:
                         content_type=_JSON,
                         headers=_BACKPRESSURE_HEADER,
                         retry=False,
+                        breaker=False,  # counted once per sample() by _sample_with_retries
                         sdk_method="SamplingClient.sample",
                     )
                 except RateLimitError as exc:
