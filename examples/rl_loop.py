@@ -21,9 +21,9 @@ The mean reward printed per iteration rises as the policy learns to stay on the 
 from __future__ import annotations
 
 import argparse
-import time
 
 import trio
+from _common import base_parser, run
 
 import tinkex_trio as tx
 from tinkex_trio import types
@@ -31,7 +31,6 @@ from tinkex_trio import types
 PATTERN = [11, 27, 42, 5, 63, 88, 19, 70]
 TARGET = frozenset(PATTERN)
 PROMPT = PATTERN[:4]
-SIM_API_KEY = "tml-example-key"  # any tml- key works for the simulator
 
 
 def reward(tokens: list[int]) -> float:
@@ -89,32 +88,15 @@ async def train(base_url: str, api_key: str | None, args: argparse.Namespace) ->
             print(f"iter {iteration:3d}  reward {mean_reward:.3f}  (best sample {max(rewards):.3f})", flush=True)
 
 
-async def main(args: argparse.Namespace) -> None:
-    started = time.monotonic()
-    if args.base_url:
-        await train(args.base_url, None, args)  # the key comes from TINKER_API_KEY
-    else:
-        from tinkex_trio.sim import SimConfig, open_sim_server  # needs the `sim` extra
-
-        async with open_sim_server(SimConfig(seed=args.seed), tls=False) as server:
-            print(f"simulated Tinker server at {server.base_url}")
-            await train(server.base_url, SIM_API_KEY, args)
-    print(f"done in {time.monotonic() - started:.1f} s")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--base-url", help="a Tinker service (default: start the simulator in-process)")
-    parser.add_argument("--base-model", default="meta-llama/Llama-3.2-1B")
-    parser.add_argument("--rank", type=int, default=8)
+    parser = base_parser(__doc__)
     parser.add_argument("--loss", choices=["importance_sampling", "ppo"], default="importance_sampling")
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--group-size", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=12)
     parser.add_argument("--learning-rate", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    trio.run(main, parse_args())
+    trio.run(run, train, parse_args())

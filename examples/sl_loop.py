@@ -15,9 +15,9 @@ end, greedy samples from the trained weights continue it.
 from __future__ import annotations
 
 import argparse
-import time
 
 import trio
+from _common import base_parser, run
 
 import tinkex_trio as tx
 from tinkex_trio import types
@@ -25,7 +25,6 @@ from tinkex_trio import types
 PATTERN = [11, 27, 42, 5, 63, 88, 19, 70]
 SEQUENCE_LEN = 33
 NUM_SEQUENCES = 4
-SIM_API_KEY = "tml-example-key"  # any tml- key works for the simulator
 
 
 def make_data() -> tuple[list[types.Datum], int]:
@@ -70,29 +69,12 @@ async def train(base_url: str, api_key: str | None, args: argparse.Namespace) ->
         print(f"loss per token {losses[0]:.4f} -> {losses[-1]:.4f}")
 
 
-async def main(args: argparse.Namespace) -> None:
-    started = time.monotonic()
-    if args.base_url:
-        await train(args.base_url, None, args)  # the key comes from TINKER_API_KEY
-    else:
-        from tinkex_trio.sim import SimConfig, open_sim_server  # needs the `sim` extra
-
-        async with open_sim_server(SimConfig(seed=args.seed), tls=False) as server:
-            print(f"simulated Tinker server at {server.base_url}")
-            await train(server.base_url, SIM_API_KEY, args)
-    print(f"done in {time.monotonic() - started:.1f} s")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--base-url", help="a Tinker service (default: start the simulator in-process)")
-    parser.add_argument("--base-model", default="meta-llama/Llama-3.2-1B")
-    parser.add_argument("--rank", type=int, default=8)
+    parser = base_parser(__doc__)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--learning-rate", type=float, default=0.02)
-    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    trio.run(main, parse_args())
+    trio.run(run, train, parse_args())
