@@ -776,17 +776,27 @@ class SimApp:
         record = self._submit_model_op(model, "OptimStep", body.seq_id, compute, commit)
         return self._future_response(record)
 
-    def _checkpoint_commit(
+    def _save_checkpoint(
         self,
         model: ModelRecord,
         kind: CheckpointKind,
         name: str,
+        seq_id: int | None,
+        request_type: str,
+        respond: Callable[[CheckpointRecord], Any],
         *,
+        with_optimizer: bool,
         overwrite: bool,
         ttl_seconds: int | None,
         user_metadata: dict[str, str] | None,
-    ) -> Callable[[bytes], CheckpointRecord]:
-        def commit(data: bytes) -> CheckpointRecord:
+    ) -> Response:
+        """Queue a save of ``model``'s weights (with its optimizer state or not) as checkpoint ``name``; the future's
+        result is ``respond(checkpoint)``. An existing checkpoint is replaced only with ``overwrite``."""
+
+        def compute(lora: LoraModel) -> bytes:
+            return lora.to_bytes(with_optimizer=with_optimizer)
+
+        def commit(data: bytes) -> Any:
             checkpoint = self.state.make_checkpoint(
                 model, kind, name, data, ttl_seconds=ttl_seconds, user_metadata=user_metadata
             )
@@ -795,9 +805,9 @@ class SimApp:
             model.checkpoints.pop(checkpoint.checkpoint_id, None)
             model.checkpoints[checkpoint.checkpoint_id] = checkpoint
             self.state.note_expiry(checkpoint.expires_at)
-            return checkpoint
+            return respond(checkpoint)
 
-        return commit
+        return self._future_response(self._submit_model_op(model, request_type, seq_id, compute, commit))
 
     def _checkpoint_name(self, name: str | None, seq_id: int | None, prefix: str) -> str:
         if name is None:
@@ -812,24 +822,18 @@ class SimApp:
         self._note_seq(request, body.model_id, body.seq_id)
         self._check_ttl(body.ttl_seconds)
         model = self.state.model(body.model_id)
-        name = self._checkpoint_name(body.path, body.seq_id, "state")
-        store = self._checkpoint_commit(
+        return self._save_checkpoint(
             model,
             "training",
-            name,
+            self._checkpoint_name(body.path, body.seq_id, "state"),
+            body.seq_id,
+            "SaveWeights",
+            lambda checkpoint: t.SaveWeightsResponse(path=checkpoint.tinker_path),
+            with_optimizer=True,
             overwrite=body.overwrite,
             ttl_seconds=body.ttl_seconds,
             user_metadata=body.user_metadata,
         )
-
-        def compute(lora: LoraModel) -> bytes:
-            return lora.to_bytes(with_optimizer=True)
-
-        def commit(data: bytes) -> t.SaveWeightsResponse:
-            return t.SaveWeightsResponse(path=store(data).tinker_path)
-
-        record = self._submit_model_op(model, "SaveWeights", body.seq_id, compute, commit)
-        return self._future_response(record)
 
     async def _save_weights_for_sampler(self, request: Request) -> Response:
         body = self._decode(request, t.SaveWeightsForSamplerRequest)
@@ -837,24 +841,18 @@ class SimApp:
         self._check_ttl(body.ttl_seconds)
         model = self.state.model(body.model_id)
         if body.path is not None:
-            name = self._checkpoint_name(body.path, body.seq_id, "sampler")
-            store = self._checkpoint_commit(
+            return self._save_checkpoint(
                 model,
                 "sampler",
-                name,
+                self._checkpoint_name(body.path, body.seq_id, "sampler"),
+                body.seq_id,
+                "SaveWeightsForSampler",
+                lambda checkpoint: t.SaveWeightsForSamplerResponse(path=checkpoint.tinker_path),
+                with_optimizer=False,
                 overwrite=True,
                 ttl_seconds=body.ttl_seconds,
                 user_metadata=body.user_metadata,
             )
-
-            def compute_named(lora: LoraModel) -> bytes:
-                return lora.to_bytes(with_optimizer=False)
-
-            def commit_named(data: bytes) -> t.SaveWeightsForSamplerResponse:
-                return t.SaveWeightsForSamplerResponse(path=store(data).tinker_path)
-
-            record = self._submit_model_op(model, "SaveWeightsForSampler", body.seq_id, compute_named, commit_named)
-            return self._future_response(record)
         if body.sampling_session_seq_id is None:
             raise HTTPError(422, "save_weights_for_sampler needs a path or a sampling_session_seq_id")
         session = self.state.session(model.session_id)
@@ -885,20 +883,18 @@ class SimApp:
         self._note_seq(request, body.model_id, body.seq_id)
         self._check_ttl(body.ttl_seconds)
         model = self.state.model(body.model_id)
-        name = self._checkpoint_name(body.path, body.seq_id, "external")
-        store = self._checkpoint_commit(
-            model, "external", name, overwrite=True, ttl_seconds=body.ttl_seconds, user_metadata=None
+        return self._save_checkpoint(
+            model,
+            "external",
+            self._checkpoint_name(body.path, body.seq_id, "external"),
+            body.seq_id,
+            "SaveWeightsExternal",
+            lambda cp: t.SaveWeightsExternalResponse(path=cp.tinker_path, size_bytes=cp.size_bytes),
+            with_optimizer=False,
+            overwrite=True,
+            ttl_seconds=body.ttl_seconds,
+            user_metadata=None,
         )
-
-        def compute(lora: LoraModel) -> bytes:
-            return lora.to_bytes(with_optimizer=False)
-
-        def commit(data: bytes) -> t.SaveWeightsExternalResponse:
-            checkpoint = store(data)
-            return t.SaveWeightsExternalResponse(path=checkpoint.tinker_path, size_bytes=checkpoint.size_bytes)
-
-        record = self._submit_model_op(model, "SaveWeightsExternal", body.seq_id, compute, commit)
-        return self._future_response(record)
 
     def _find_checkpoint(self, path: str) -> CheckpointRecord:
         try:
