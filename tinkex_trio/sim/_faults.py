@@ -363,32 +363,13 @@ class FaultConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict
         if name is None:
             name = endpoint_name(path)
         override = self.endpoints.get(path) or self.endpoints.get(name)
-        if override is None:
-            return ResolvedFaults(
-                latency=self.latency,
-                body_delay=self.body_delay,
-                error_rates=self.error_rates,
-                retry_after_s=self.retry_after_s,
-                retry_after_ms=self.retry_after_ms,
-                should_retry=self.should_retry,
-                reset_rate=self.reset_rate,
-                reset_after_rate=self.reset_after_rate,
-                malformed_rate=self.malformed_rate,
-                truncate_rate=self.truncate_rate,
-            )
-        o = override
-        return ResolvedFaults(
-            latency=self.latency if isinstance(o.latency, UnsetType) else o.latency,
-            body_delay=self.body_delay if isinstance(o.body_delay, UnsetType) else o.body_delay,
-            error_rates=self.error_rates if isinstance(o.error_rates, UnsetType) else o.error_rates,
-            retry_after_s=self.retry_after_s if isinstance(o.retry_after_s, UnsetType) else o.retry_after_s,
-            retry_after_ms=self.retry_after_ms if isinstance(o.retry_after_ms, UnsetType) else o.retry_after_ms,
-            should_retry=self.should_retry if isinstance(o.should_retry, UnsetType) else o.should_retry,
-            reset_rate=self.reset_rate if isinstance(o.reset_rate, UnsetType) else o.reset_rate,
-            reset_after_rate=self.reset_after_rate if isinstance(o.reset_after_rate, UnsetType) else o.reset_after_rate,
-            malformed_rate=self.malformed_rate if isinstance(o.malformed_rate, UnsetType) else o.malformed_rate,
-            truncate_rate=self.truncate_rate if isinstance(o.truncate_rate, UnsetType) else o.truncate_rate,
-        )
+        values: dict[str, Any] = {field: getattr(self, field) for field in ResolvedFaults.__struct_fields__}
+        if override is not None:
+            for field in ResolvedFaults.__struct_fields__:
+                value = getattr(override, field)
+                if not isinstance(value, UnsetType):
+                    values[field] = value
+        return ResolvedFaults(**values)
 
     # -- randomness -------------------------------------------------------------------------------------------
 
