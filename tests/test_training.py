@@ -27,6 +27,7 @@ from tinkex_trio.errors import (
     InternalServerError,
     RequestErrorCategory,
     RequestFailedError,
+    SequenceInDoubtError,
     SessionClosedError,
     UnprocessableEntityError,
 )
@@ -535,13 +536,14 @@ async def test_non_retryable_errors_raise_at_once(sim: SimStack, autojump_clock:
         with pytest.raises(RequestFailedError) as failed:
             await trainer.forward_backward(pattern_data(1), "no_such_loss")
         assert failed.value.category is RequestErrorCategory.USER
-        # A 5xx that persists ends with the server's error once the retries are used up.
+        # A 5xx that persists leaves the step in doubt once the retries are used up (see test_in_doubt_*).
         config = Config(api_key=API_KEY, base_url=BASE_URL, retry=RetryConfig(max_retries=2))
         async with sim.session(config=config) as quick:
             other = await new_trainer(quick)
             sim.rec.script("optim_step", *[Reply(500, {"detail": "down"})] * 3)
-            with pytest.raises(InternalServerError):
+            with pytest.raises(SequenceInDoubtError) as doubt:
                 await other.optim_step(t.AdamParams())
+            assert isinstance(doubt.value.__cause__, InternalServerError)
 
 
 async def test_a_gone_training_future_fails_without_resubmission(

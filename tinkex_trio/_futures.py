@@ -23,11 +23,12 @@ What the poll does with each answer (protocol §6, checked in this order):
                                             jittered, growing: never a tight loop)
 429, connection error, timeout              re-poll after :func:`~tinkex_trio._retry.poll_backoff` (``min(2^n, 30)``
                                             s, at least a 429's ``Retry-After``); ``n`` counts these in a row
+                                            (both backoffs are capped by ``config.retry.max_delay_s``)
 400                                         up to 3 re-polls in a row, then fail with the BadRequestError
 402                                         re-poll every 5 s while the billing pause allows, then fail
 410                                         fail with :class:`~tinkex_trio.errors.GoneError` (the sampler re-submits)
 other 4xx                                   fail with the status's error
-a body that cannot be read or decoded       up to 3 re-polls (after a short backoff), then
+a body that cannot be read or decoded       up to 10 re-polls in a row (after a short backoff), then
                                             :class:`~tinkex_trio.errors.ResponseValidationError`
 ==========================================  ========================================================================
 
@@ -41,7 +42,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Generator, Sequence
-from typing import Any, Final, Generic, TypeAlias, TypeVar
+from typing import Any, Final, Generic, TypeAlias, TypeVar, cast
 
 import httpx
 import msgspec
@@ -84,8 +85,9 @@ FutureDecoder: TypeAlias = Callable[[httpx.Response], T]
 RETRIEVE_FUTURE_PATH: Final = "/api/v1/retrieve_future"
 MAX_BAD_REQUEST_RETRIES: Final = 3
 """400 answers re-polled in a row before the future fails (as the official SDK)."""
-MAX_BAD_REPLY_RETRIES: Final = 3
-"""Unreadable 200 answers (not JSON, wrong schema, undecodable protobuf) re-polled in a row before failing."""
+MAX_BAD_REPLY_RETRIES: Final = 10
+"""Unreadable 200 answers (not JSON, wrong schema, undecodable protobuf) re-polled in a row before failing. The
+server holds the result, so re-polling is safe; the bound is for a server that only ever answers garbage."""
 BILLING_RETRY_DELAY_S: Final = 5.0
 """Wait between polls answered 402, while the billing pause lasts."""
 TRY_AGAIN_MIN_INTERVAL_S: Final = 0.05
@@ -265,6 +267,9 @@ class FutureManager:
         config = transport.config
         self._poll_timeout_s = poll_timeout_s if poll_timeout_s is not None else config.timeouts.retrieve_future_s
         self._retry_after_max_s = config.retry.retry_after_max_s
+        # One knob for the longest wait between two attempts: the poll backoffs are capped by it too, so a future
+        # is re-polled no later than ``retry.max_delay_s`` after an outage ends.
+        self._max_delay_s = config.retry.max_delay_s
         self._billing_pause_s = billing_pause_s
         self._rng = rng if rng is not None else random.Random()
         self._pending: dict[APIFuture[Any], trio.CancelScope] = {}
@@ -318,10 +323,12 @@ class FutureManager:
         *,
         request_id: str | None = None,
         request_type: str | None = None,
+        failed: Callable[[list[T | TinkexError]], TinkexError] | None = None,
     ) -> APIFuture[U]:
         """One future for several (e.g. the chunks of one forward_backward): ``combine(results)``, in order.
 
-        It fails with the first failure in order; an exception from ``combine`` itself becomes a
+        It fails with the first failure in order, or, with ``failed``, with ``failed(outcomes)`` once every input
+        has an outcome (a result or its error, in order); an exception from ``combine`` itself becomes a
         ResponseValidationError (the results did not fit together). The inputs keep being polled either way.
         """
         if not futures:
@@ -333,7 +340,7 @@ class FutureManager:
             request_type if request_type is not None else futures[0].request_type,
             model_id=futures[0].model_id,
         )
-        self._start(out, self._gather, list(futures), combine)
+        self._start(out, self._gather, list(futures), combine, failed)
         return out
 
     def _check_open(self, request_id: str) -> None:
@@ -400,8 +407,24 @@ class FutureManager:
 
     # -- the poll loop -------------------------------------------------------------------------------------------
 
-    async def _gather(self, futures: list[APIFuture[T]], combine: Callable[[list[T]], U]) -> U:
-        results = [await f.result() for f in futures]
+    async def _gather(
+        self,
+        futures: list[APIFuture[T]],
+        combine: Callable[[list[T]], U],
+        failed: Callable[[list[T | TinkexError]], TinkexError] | None,
+    ) -> U:
+        if failed is None:
+            results = [await f.result() for f in futures]
+        else:
+            outcomes: list[T | TinkexError] = []
+            for f in futures:
+                try:
+                    outcomes.append(await f.result())
+                except TinkexError as exc:
+                    outcomes.append(exc)
+            if any(isinstance(o, TinkexError) for o in outcomes):
+                raise failed(outcomes)
+            results = cast("list[T]", outcomes)
         try:
             return combine(results)
         except TinkexError:
@@ -452,7 +475,7 @@ class FutureManager:
                 await self._on_status_error(fut, state, exc)
                 continue
             except APIConnectionError as exc:
-                delay = poll_backoff(state.connection_errors)
+                delay = min(poll_backoff(state.connection_errors), self._max_delay_s)
                 state.connection_errors += 1
                 logger.debug("poll of %s: %s; re-polling in %.1f s", rid, type(exc).__name__, delay)
                 await trio.sleep(delay)
@@ -475,7 +498,7 @@ class FutureManager:
                 state.bad_replies += 1
                 if state.bad_replies > MAX_BAD_REPLY_RETRIES:
                     raise outcome
-                delay = poll_error_backoff(state.bad_replies - 1, self._rng)
+                delay = min(poll_error_backoff(state.bad_replies - 1, self._rng), self._max_delay_s)
                 logger.debug("poll of %s: unreadable answer (%s); re-polling in %.2f s", rid, outcome, delay)
                 await trio.sleep(delay)
                 continue
@@ -549,7 +572,7 @@ class FutureManager:
         status = exc.status_code
         rid = fut.request_id
         if status == 429:
-            delay = poll_backoff(state.connection_errors)
+            delay = min(poll_backoff(state.connection_errors), self._max_delay_s)
             state.connection_errors += 1
             if exc.retry_after is not None and 0.0 <= exc.retry_after <= self._retry_after_max_s:
                 delay = max(delay, exc.retry_after)
@@ -565,7 +588,7 @@ class FutureManager:
                 if isinstance(queue_state, str):
                     self._queue_state(fut, state, queue_state, reason if isinstance(reason, str) else None)
             state.bad_requests = 0
-            delay = poll_error_backoff(state.server_errors, self._rng)
+            delay = min(poll_error_backoff(state.server_errors, self._rng), self._max_delay_s)
             state.server_errors += 1
             logger.debug("poll of %s: %d; re-polling in %.2f s", rid, status, delay)
             await trio.sleep(delay)

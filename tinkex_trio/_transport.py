@@ -53,7 +53,7 @@ import trio
 from tinkex_trio import types as _types
 from tinkex_trio._breaker import CircuitBreaker, Permit, Verdict, classify_exception
 from tinkex_trio._config import Config, PoolLimits
-from tinkex_trio._retry import RetryPolicy, outcome_from_exception, parse_retry_after
+from tinkex_trio._retry import ConnectionFailure, RetryPolicy, is_retryable_status, outcome_from_exception, parse_retry_after
 from tinkex_trio._telemetry import (
     CIRCUIT_BREAKER_REJECTED,
     HTTP_REQUEST_EXCEPTION,
@@ -69,10 +69,11 @@ from tinkex_trio.errors import (
     APIStatusError,
     APITimeoutError,
     CircuitOpenError,
+    ResponseValidationError,
     status_error_class,
 )
 
-__all__ = ["USER_AGENT", "BreakerGuard", "PoolKind", "Transport", "TransportFactory"]
+__all__ = ["USER_AGENT", "BreakerGuard", "PoolKind", "Transport", "TransportFactory", "delivery_known"]
 
 logger = logging.getLogger("tinkex_trio.transport")
 
@@ -217,6 +218,11 @@ class BreakerGuard:
         self._meta = meta
         self._base_url = base_url
         self._permit: Permit | None = None
+
+    def describe(self, meta: Mapping[str, str | int | float | bool | None]) -> None:
+        """Give the guard the request's telemetry metadata, unless its maker already did."""
+        if not self._meta:
+            self._meta = meta
 
     def admit(self, attempt: int, cause: APIError | None = None) -> None:
         """Admission before an attempt; raises CircuitOpenError (``from cause``) when the breaker refuses."""
@@ -384,6 +390,87 @@ class Transport:
             APIConnectionError: (or APITimeoutError) no HTTP answer.
             CircuitOpenError: the circuit breaker refused the request (nothing sent) or its retry.
         """
+        return await self._request(
+            _keep_response,
+            pool,
+            method,
+            path,
+            json=json,
+            content=content,
+            content_type=content_type,
+            accept=accept,
+            params=params,
+            headers=headers,
+            timeout=timeout,
+            retry=retry,
+            sdk_method=sdk_method,
+            guard=self.guard(pool, {}, breaker=breaker),
+            committed=False,
+        )
+
+    async def request_committed(
+        self,
+        type_: type[T],
+        pool: PoolKind,
+        path: str,
+        *,
+        content: bytes,
+        content_type: str,
+        guard: BreakerGuard,
+        idempotency_key: str,
+        sdk_method: str | None = None,
+    ) -> T:
+        """POST a *sequenced* request (one the server dedups by ``(model_id, seq_id)``) and decode its answer.
+
+        The caller has already admitted the request through ``guard`` (``guard.admit(0)``, which raises
+        CircuitOpenError before anything is sent) and releases it afterwards. From the first attempt on the request
+        is *committed*: its retries are not cut short by the breaker (a later request of the model would wait
+        behind its seq_id), and an answer that cannot be read (not JSON, wrong schema, truncated) is re-sent like a
+        connection error, with the same body and ``idempotency_key``: the server answers a re-send from its first
+        result, so the step is applied once. Retries end per the policy (``max_retries``, ``retry_budget_s``).
+
+        Raises the last error when the retries end; :func:`delivery_known` tells whether the server judged it.
+        """
+        return await self._request(
+            _decoder(type_),
+            pool,
+            "POST",
+            path,
+            json=None,
+            content=content,
+            content_type=content_type,
+            accept="application/json",
+            params=None,
+            headers={"X-Idempotency-Key": idempotency_key},
+            timeout=None,
+            retry=True,
+            sdk_method=sdk_method,
+            guard=guard,
+            committed=True,
+        )
+
+    async def _request(
+        self,
+        decode: Callable[[httpx.Response], T],
+        pool: PoolKind,
+        method: str,
+        path: str,
+        *,
+        json: object,
+        content: bytes | None,
+        content_type: str | None,
+        accept: str,
+        params: Mapping[str, str | int] | None,
+        headers: Mapping[str, str] | None,
+        timeout: float | None,
+        retry: bool,
+        sdk_method: str | None,
+        guard: BreakerGuard,
+        committed: bool,
+    ) -> T:
+        """The one retry loop. ``committed``: the caller admitted ``guard`` and releases it (see
+        :meth:`request_committed`); otherwise this admits the request, re-checks the breaker before retries and
+        releases the guard itself."""
         method = method.upper()
         if json is not None and content is not None:
             raise TypeError("pass json= or content=, not both")
@@ -405,18 +492,23 @@ class Transport:
         meta: dict[str, str | int | float | bool | None] = {"method": method, "path": path, "pool": pool.value}
         started = trio.current_time()
         attempt = 0
-        guard = self.guard(pool, meta, breaker=breaker)
-        guard.admit(attempt)
+        guard.describe(meta)
+        if not committed:
+            guard.admit(attempt)
         try:
             while True:
                 try:
                     response = await self._send_once(
                         client, method, path, body, req_headers, params, httpx_timeout, what, meta, attempt
                     )
+                    result = decode(response)
                 except APIError as exc:
                     verdict = classify_exception(exc)
                     guard.attempt_failed(verdict)
                     outcome = outcome_from_exception(exc) if retry else None
+                    if outcome is None and committed and isinstance(exc, ResponseValidationError):
+                        # The server answered but the answer cannot be read: re-send (idempotent) to read it again.
+                        outcome = ConnectionFailure()
                     if outcome is None:
                         guard.settle(verdict)
                         raise
@@ -425,7 +517,8 @@ class Transport:
                     if not decision.retry:
                         guard.settle(verdict)
                         raise
-                    guard.stop_if_opened(attempt + 1, exc)  # do not wait for a retry it will refuse
+                    if not committed:
+                        guard.stop_if_opened(attempt + 1, exc)  # do not wait for a retry it will refuse
                     self.telemetry.emit(
                         RETRY,
                         {"delay_s": decision.delay, "attempt": attempt + 1},
@@ -434,13 +527,15 @@ class Transport:
                     logger.debug("retrying %s in %.3fs (%s)", what, decision.delay, decision.reason.value)
                     await trio.sleep(decision.delay)
                     attempt += 1
-                    guard.admit(attempt, exc)
+                    if not committed:
+                        guard.admit(attempt, exc)
                 else:
                     guard.settle(Verdict.SUCCESS)
-                    return response
+                    return result
         finally:
             # Cancellation, Ctrl-C, or an error that is no outcome: no verdict; frees a trial slot (no-op if settled).
-            guard.release()
+            if not committed:
+                guard.release()
 
     def guard(
         self,
@@ -523,4 +618,23 @@ class Transport:
     ) -> T:
         """:meth:`request`, then decode the body as ``type_`` (ResponseValidationError on a bad body)."""
         response = await self.request(pool, method, path, **kwargs)
+        return _decoder(type_)(response)
+
+
+def _keep_response(response: httpx.Response) -> httpx.Response:
+    return response
+
+
+def _decoder(type_: type[T]) -> Callable[[httpx.Response], T]:
+    def decode(response: httpx.Response) -> T:
         return _types.decode(type_, response.content, request_id=response.headers.get("x-request-id"))
+
+    return decode
+
+
+def delivery_known(exc: BaseException) -> bool:
+    """Whether a request that ended with ``exc`` was *judged by the server*: a status it will answer the same way
+    again (400, 401, 403, 404, 422, ...: retrying cannot change it). Everything else (a connection error, a
+    timeout, 408/409/429/5xx, an answer that could not be read, cancellation) leaves its fate unknown: the server
+    may or may not have applied it."""
+    return isinstance(exc, APIStatusError) and not is_retryable_status(exc.status_code)

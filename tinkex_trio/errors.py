@@ -26,6 +26,8 @@ anything that looks like a Tinker credential before they are stored.
     ├── CircuitOpenError                   the breaker is open: failing fast
     ├── SessionExpiredError                the server forgot the session (410 on heartbeat)
     ├── SessionClosedError                 the session's ``async with`` block has ended
+    ├── SequenceInDoubtError               a training request's delivery is unknown: its model is stopped
+    ├── PartiallyAppliedError              a chunked forward_backward was applied in part
     └── ConfigError                        bad configuration, raised before any request
 """
 
@@ -50,11 +52,13 @@ __all__ = [
     "GoneError",
     "InternalServerError",
     "NotFoundError",
+    "PartiallyAppliedError",
     "PermissionDeniedError",
     "RateLimitError",
     "RequestErrorCategory",
     "RequestFailedError",
     "ResponseValidationError",
+    "SequenceInDoubtError",
     "SessionClosedError",
     "SessionExpiredError",
     "TinkexError",
@@ -310,3 +314,57 @@ class SessionExpiredError(TinkexError):
 class SessionClosedError(TinkexError):
     """The session is closed (its ``async with`` block has ended, or is ending): a call was made on it afterwards,
     or a future was still pending when it closed. Futures never outlive their session."""
+
+
+class SequenceInDoubtError(TinkexError):
+    """A training request that took a ``seq_id`` may or may not have reached the server, and its model is stopped.
+
+    The server runs a model's requests in ``seq_id`` order, so nothing later can go until that ``seq_id`` is settled.
+    Raised by the call whose delivery is unknown (its retries ended without the server's verdict, or it was
+    cancelled while being sent: ``__cause__`` is the last error), and then by every later call on the same
+    TrainingClient, which sends nothing. Recover with :meth:`TrainingClient.resend_in_doubt` (re-sends the same
+    ``(model_id, seq_id)``, which the server applies at most once, and returns its future), or start over from a
+    checkpoint in a new TrainingClient. Do not repeat the operation by hand: it may already be applied.
+
+    Attributes:
+        model_id: the model.
+        seq_ids: the ``seq_id`` (several for a chunked forward_backward) whose fate is unknown.
+        operation: what it was, e.g. ``"optim_step"``.
+    """
+
+    model_id: str
+    seq_ids: tuple[int, ...]
+    operation: str
+
+    def __init__(self, message: str, *, model_id: str, seq_ids: tuple[int, ...], operation: str) -> None:
+        super().__init__(message)
+        self.model_id = model_id
+        self.seq_ids = seq_ids
+        self.operation = operation
+
+
+class PartiallyAppliedError(TinkexError):
+    """Some chunks of one chunked forward_backward call were applied by the server and others were not.
+
+    A call whose data span several requests (chunks) cannot be undone piecewise: the gradients of ``applied`` are
+    accumulated on the server, those of ``failed`` are not. Every ``seq_id`` of the call is settled, so the model goes
+    on; to drop the partial gradients, load a checkpoint (:meth:`TrainingClient.load_state`), or accept them.
+
+    Attributes:
+        applied: the ``(start, stop)`` datum index ranges the server applied.
+        failed: ``((start, stop), error)`` for each range it did not apply; ``__cause__`` is the first error.
+    """
+
+    applied: tuple[tuple[int, int], ...]
+    failed: tuple[tuple[tuple[int, int], TinkexError], ...]
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        applied: tuple[tuple[int, int], ...],
+        failed: tuple[tuple[tuple[int, int], TinkexError], ...],
+    ) -> None:
+        super().__init__(message)
+        self.applied = applied
+        self.failed = failed
