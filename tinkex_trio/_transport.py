@@ -53,7 +53,13 @@ import trio
 from tinkex_trio import types as _types
 from tinkex_trio._breaker import CircuitBreaker, Permit, Verdict, classify_exception
 from tinkex_trio._config import Config, PoolLimits
-from tinkex_trio._retry import ConnectionFailure, RetryPolicy, is_retryable_status, outcome_from_exception, parse_retry_after
+from tinkex_trio._retry import (
+    ConnectionFailure,
+    RetryPolicy,
+    is_retryable_status,
+    outcome_from_exception,
+    parse_retry_after,
+)
 from tinkex_trio._telemetry import (
     CIRCUIT_BREAKER_REJECTED,
     HTTP_REQUEST_EXCEPTION,

@@ -40,9 +40,9 @@ protobuf (a JSON answer is still understood); with ``"json"`` both are JSON.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-import uuid
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
@@ -914,9 +914,7 @@ def _describe_ranges(ranges: Sequence[tuple[int, int]]) -> str:
     return ", ".join(f"[{start}:{stop}]" for start, stop in ranges)
 
 
-def _partial_results(
-    model_id: str, ranges: Sequence[tuple[int, int]], outcomes: Sequence[object]
-) -> TinkexError:
+def _partial_results(model_id: str, ranges: Sequence[tuple[int, int]], outcomes: Sequence[object]) -> TinkexError:
     """The error of a chunked forward_backward whose chunks were accepted but some failed when they ran."""
     failed = tuple((ranges[i], o) for i, o in enumerate(outcomes) if isinstance(o, TinkexError))
     applied = tuple(ranges[i] for i, o in enumerate(outcomes) if not isinstance(o, TinkexError))
