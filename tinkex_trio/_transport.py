@@ -50,6 +50,7 @@ import httpx
 import msgspec
 import trio
 
+from tinkex_trio import _secrets
 from tinkex_trio import types as _types
 from tinkex_trio._breaker import CircuitBreaker, Permit, Verdict, classify_exception
 from tinkex_trio._config import Config, PoolLimits
@@ -287,6 +288,10 @@ class Transport:
         rng: random.Random | None = None,
         breaker: CircuitBreaker | None = None,
     ) -> None:
+        # The key never reaches a log: known to the redaction even if this config bypassed validation
+        # (msgspec.structs.replace), and the HTTP stack's loggers scrub it (see tinkex_trio._secrets).
+        _secrets.register_secret(config.api_key)
+        _secrets.install_log_filters()
         self.config = config
         self.breaker = breaker
         self.telemetry = telemetry if telemetry is not None else TelemetryBus(clock=trio.current_time)
