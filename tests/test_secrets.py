@@ -9,6 +9,7 @@ import importlib
 import logging
 import traceback
 
+import hpack
 import httpx
 import pytest
 import trio
@@ -63,6 +64,9 @@ async def test_debug_logs_of_a_real_session_never_show_the_key(http2: bool, capl
     sim_cfg = sim_config(service=ServiceTime(base_s=0.01))
     sim_cfg.compute_in_threads = True
     caplog.set_level(logging.DEBUG)  # the root logger and the capture handler
+    for name in ("httpx", "httpcore", "hpack", "h2", "tinkex_trio"):
+        # Explicitly too: an imported library may have raised one of them (the official SDK quiets "httpx").
+        caplog.set_level(logging.DEBUG, logger=name)
     with trio.fail_after(60):
         async with open_sim_server(sim_cfg, tls=True, http2=http2) as server:
             config = Config.create(KEY, server.base_url, http2=http2, telemetry=False)
@@ -83,9 +87,14 @@ async def test_debug_logs_of_a_real_session_never_show_the_key(http2: bool, capl
         # hpack logs every header it encodes (client) and decodes (server), values included.
         assert {"hpack.hpack", "httpcore.http2"} <= names
         assert any("x-api-key" in r.getMessage() for r in caplog.records if r.name == "hpack.hpack")
+    # hpack also logs whole header blocks as bytes: there the key is Huffman-coded, which anyone can decode.
+    huffman = [s for s in _secrets._bytes_spellings(_secrets._hpack_huffman(KEY.encode())) if s]
+    if http2:
+        assert any(r.getMessage().startswith("Encoded header block to") for r in caplog.records)
     for record in caplog.records:
         texts = [record.getMessage(), str(record.msg), repr(record.args), record.exc_text or ""]
         assert not any(leaks(text) for text in texts), (record.name, record.getMessage()[:300])
+        assert not any(h in text for h in huffman for text in texts), (record.name, record.getMessage()[:300])
     assert not leaks(caplog.text)
     # The key is sent as the X-API-Key header of an HTTP/2 request, but not as an HPACK never-indexed field: httpcore
     # rebuilds every header as a plain 2-tuple before h2 encodes it, and offers no public way to mark one sensitive
@@ -235,3 +244,26 @@ def test_register_is_idempotent_and_keeps_only_the_key_spellings() -> None:
     assert _secrets._secrets == before
     for text in (key, repr(key), repr(key.encode()), str(httpx.Headers({"k": key}))):
         assert "Idem" not in redact(text), text
+
+
+def test_the_huffman_spelling_is_the_key_as_hpack_codes_it() -> None:
+    """An independent check of _hpack_huffman: hpack's public Decoder reads the code back as the key."""
+    for key in (KEY, "tml-" + "x" * 300):  # one length byte, and a multi-byte length (>= 127)
+        _secrets.register_secret(key)
+        code = _secrets._hpack_huffman(key.encode())
+        assert code and len(code) < len(key)
+        length = len(code)
+        prefix = bytes([0x80 | length]) if length < 127 else bytes([0xFF, *_rest_of_int(length - 127)])
+        block = b"\x00\x01k" + prefix + code  # a literal, not indexed, with a literal (non-Huffman) name
+        assert hpack.Decoder().decode(block, raw=True) == [(b"k", key.encode())]
+        spelling = _secrets._bytes_spellings(code)
+        assert any(s in repr(b"\x88" + code + b"\x00") for s in spelling)
+        assert redact(repr(b"\x88" + code)).count("<redacted>") == 1
+
+
+def _rest_of_int(value: int) -> list[int]:
+    out: list[int] = []
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    return [*out, value]

@@ -1,10 +1,11 @@
 """Secrets never leak: a process-wide registry of API keys, the redaction built on it, and a logging filter.
 
 * :func:`register_secret` records a key the client is about to use (:func:`~tinkex_trio.validate_api_key` calls it
-  for every key it accepts, and every :class:`~tinkex_trio._transport.Transport` for its config's key). The registry
-  holds the strings needed to find the key in text, and nothing else: the key itself, the part after ``tml-`` (a
-  server may echo the key without its prefix) and their ``repr``/JSON-escaped spellings (how a key looks inside a
-  logged ``bytes`` or a raw JSON body).
+  for every key it accepts, and every :class:`~tinkex_trio._transport.Transport` for its config's key) and installs
+  the log filters. The registry holds the strings needed to find the key in text, and nothing else: the key itself,
+  the part after ``tml-`` (a server may echo the key without its prefix), their ``repr``/JSON-escaped spellings (how
+  a key looks inside a logged ``bytes`` or a raw JSON body) and the ``repr`` of the key's HPACK Huffman code (how it
+  looks inside a logged HTTP/2 header block).
 * :func:`scrub` / :func:`scrub_bytes` replace every registered secret (longest first, so a whole key is never
   half-replaced by its suffix) and anything shaped like a Tinker credential (``tml-...`` or a JWT) with
   ``<redacted>``. :func:`tinkex_trio.errors.redact` is :func:`scrub`: every error message, body and repr goes
@@ -14,8 +15,9 @@
   any handler sees it. (A filter attached to a logger runs only for records logged *on that logger*, not on its
   children, hence the explicit list of the loggers those packages actually use.)
 
-Why a filter and not HPACK never-indexed alone: ``hpack`` logs every header it encodes and decodes at DEBUG, in clear
-text, and ``h2`` only marks ``authorization``/``proxy-authorization`` (and short cookies) never-indexed.
+Why a filter, whatever the HPACK representation: at DEBUG ``hpack`` logs every header it adds to its table in clear,
+every header block it encodes or decodes (Huffman-coded values, a public code anyone can decode, never-indexed
+fields included) and every header it decodes in clear (the simulator's server side, in the same process in tests).
 
 HPACK never-indexed for ``X-API-Key``: there is no public way to get it with httpx/httpcore (checked against httpcore
 1.0.9, h2 4.4, hpack 4.2). hpack honours a never-indexed field only when the header *tuple* is an
@@ -35,6 +37,8 @@ import logging
 import re
 import threading
 from collections.abc import Iterable
+
+import hpack
 
 __all__ = [
     "LOGGER_NAMES",
@@ -58,6 +62,7 @@ _MIN_BARE_SUFFIX = 8
 ordinary words everywhere (and is no real key: the whole ``tml-...`` form is still redacted by the pattern)."""
 
 _lock = threading.Lock()
+_local = threading.local()
 _secrets: set[str] = set()
 # Rebuilt on each registration (rare: once per distinct key), read without the lock (a reference swap is atomic).
 _secret_re: re.Pattern[str] | None = None
@@ -72,15 +77,59 @@ def _spellings(text: str) -> Iterable[str]:
     yield json.dumps(text)[1:-1]
 
 
+def _hpack_huffman(value: bytes) -> bytes:
+    """``value`` as it appears inside an HTTP/2 header block: its HPACK Huffman code (RFC 7541 §5.2), which anyone
+    can decode, and which hpack logs at DEBUG within every header block it encodes or decodes.
+
+    Computed with hpack's public ``Encoder`` (the encoder h2 uses, with Huffman coding on, as h2 calls it): a fresh
+    encoder writes the never-indexed field ``k: value`` as ``0x10``, the name literal (``0x81`` and one byte of
+    code), then the value literal: a length with a 7-bit prefix (RFC 7541 §5.1) and the code. ``b""`` if the block is
+    not shaped as expected (a future hpack): the plain spellings are still registered."""
+    # hpack logs the block it encodes at DEBUG, i.e. this very code: the filter (installed by register_secret, the
+    # caller) drops the records of this call.
+    _local.computing = True
+    try:
+        block = hpack.Encoder().encode([(b"k", value, True)], huffman=True)
+    finally:
+        _local.computing = False
+    if len(block) < 4 or block[:2] != b"\x10\x81":
+        return b""
+    pos, length = 4, block[3] & 0x7F
+    if length == 0x7F:
+        shift = 0
+        while pos < len(block):
+            byte = block[pos]
+            pos += 1
+            length += (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+    code = block[pos:]
+    return code if len(code) == length else b""
+
+
+def _bytes_spellings(data: bytes) -> Iterable[str]:
+    """How ``data`` reads inside the repr of a longer bytes object: quoted with ``'`` (then ``'`` is escaped) or,
+    when that object holds ``'`` and no ``"``, with ``"``."""
+    single = repr(data + b'"')[2:-2]  # the trailing '"' forces '-quoting
+    yield single
+    yield single.replace("\\'", "'")
+
+
 def register_secret(key: str) -> None:
-    """Remember ``key`` so that :func:`scrub` (hence every error and, once :func:`install_log_filters` has run,
-    every log record of the HTTP stack) replaces it with ``<redacted>``: the whole key and, for a ``tml-`` key, the
-    part after the prefix (when at least 8 characters long). Idempotent and cheap for a known key."""
+    """Remember ``key`` so that :func:`scrub` (hence every error) and every log record of the HTTP stack (the filters
+    are installed first: :func:`install_log_filters`) replace it with ``<redacted>``: the whole key, in clear or as
+    the HPACK Huffman code of an HTTP/2 header value, and, for a ``tml-`` key, the part after the prefix (when at
+    least 8 characters long). Idempotent and cheap for a known key."""
+    install_log_filters()
     if not key:
         return
     forms: set[str] = set(_spellings(key))
     if key.startswith("tml-") and len(key) - len("tml-") >= _MIN_BARE_SUFFIX:
         forms.update(_spellings(key[len("tml-") :]))
+    if key.isascii() and (code := _hpack_huffman(key.encode("ascii"))):
+        # The X-API-Key header's value in HTTP/2 header blocks, as hpack logs them.
+        forms.update(_bytes_spellings(code))
     global _secret_re, _secret_bytes_re
     with _lock:
         if forms <= _secrets:
@@ -112,11 +161,14 @@ def scrub_bytes(data: bytes) -> bytes:
 
 
 class ScrubFilter(logging.Filter):
-    """A logging filter that never drops a record but rewrites it when it mentions a secret: the message is
+    """A logging filter that rewrites a record when it mentions a secret (it drops none but those of the client's own
+    computation of a key's HPACK code, see :func:`register_secret`): the message is
     formatted with its arguments, scrubbed, and stored as the record's ``msg`` with no ``args``; a pending
     exception traceback and stack info are formatted and scrubbed too (formatters use ``exc_text`` when set)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(_local, "computing", False):
+            return False  # hpack logging the key's Huffman code while _hpack_huffman computes it
         try:
             message = record.getMessage()
         except Exception:

@@ -288,10 +288,9 @@ class Transport:
         rng: random.Random | None = None,
         breaker: CircuitBreaker | None = None,
     ) -> None:
-        # The key never reaches a log: known to the redaction even if this config bypassed validation
-        # (msgspec.structs.replace), and the HTTP stack's loggers scrub it (see tinkex_trio._secrets).
+        # The key never reaches a log or an error, even if this config bypassed validation (msgspec.structs.replace):
+        # registering it also makes the HTTP stack's loggers scrub it (see tinkex_trio._secrets).
         _secrets.register_secret(config.api_key)
-        _secrets.install_log_filters()
         self.config = config
         self.breaker = breaker
         self.telemetry = telemetry if telemetry is not None else TelemetryBus(clock=trio.current_time)
