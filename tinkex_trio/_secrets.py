@@ -122,7 +122,7 @@ def register_secret(key: str) -> None:
     the HPACK Huffman code of an HTTP/2 header value, and, for a ``tml-`` key, the part after the prefix (when at
     least 8 characters long). Idempotent and cheap for a known key."""
     install_log_filters()
-    if not key:
+    if not key or key in _secrets:  # the key itself is always one of its registered spellings
         return
     forms: set[str] = set(_spellings(key))
     if key.startswith("tml-") and len(key) - len("tml-") >= _MIN_BARE_SUFFIX:
@@ -181,7 +181,10 @@ class ScrubFilter(logging.Filter):
             record.msg = clean
             record.args = None
         if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            # Formatted here only when it must be scrubbed (a formatter uses ``exc_text`` when set, else formats).
+            text = logging.Formatter().formatException(record.exc_info)
+            if scrub(text) != text:
+                record.exc_text = text
         if record.exc_text:
             record.exc_text = scrub(record.exc_text)
         if record.stack_info:
@@ -228,6 +231,4 @@ def install_log_filters() -> None:
     """Attach the shared :class:`ScrubFilter` to every logger of :data:`LOGGER_NAMES` (idempotent: a logger never
     gets it twice). Uses only ``logging``'s public API; loggers are created if they do not exist yet."""
     for name in LOGGER_NAMES:
-        log = logging.getLogger(name)
-        if _FILTER not in log.filters:
-            log.addFilter(_FILTER)
+        logging.getLogger(name).addFilter(_FILTER)  # addFilter ignores a filter already there
