@@ -39,6 +39,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from tinkex_trio import _secrets
 from tinkex_trio.errors import ConfigError
 
 __all__ = [
@@ -82,7 +83,9 @@ def validate_api_key(key: object) -> str:
     """Return ``key`` if it is a well-formed Tinker credential, else raise :class:`ConfigError`.
 
     A credential is a static key starting with ``tml-`` or a JWT (``eyJ...``, three dot-separated base64url
-    segments). The error message never contains the key.
+    segments), in printable ASCII (no whitespace, control or non-ASCII characters). The error message never
+    contains the key. An accepted key is registered with :func:`tinkex_trio._secrets.register_secret`, so that
+    errors and the HTTP stack's logs redact it (also without its ``tml-`` prefix).
     """
     if key is None or key == "":
         raise ConfigError("api_key: no API key given: pass api_key= or set TINKER_API_KEY", key="api_key")
@@ -90,11 +93,17 @@ def validate_api_key(key: object) -> str:
         raise ConfigError(f"api_key: expected str, got {type(key).__name__}", key="api_key")
     if any(c.isspace() or not c.isprintable() for c in key):
         raise ConfigError("api_key: the key contains whitespace or control characters", key="api_key")
+    if not key.isascii():
+        # Checked here, not left to httpx: a header value must be ASCII, and the UnicodeEncodeError httpx would raise
+        # quotes the whole value in its message.
+        raise ConfigError("api_key: the key contains non-ASCII characters (expected printable ASCII)", key="api_key")
     if key.startswith("tml-"):
         if len(key) == len("tml-"):
             raise ConfigError("api_key: the key is empty after the 'tml-' prefix", key="api_key")
+        _secrets.register_secret(key)
         return key
     if _is_jwt(key):
+        _secrets.register_secret(key)
         return key
     raise ConfigError(
         "api_key: the key must start with the 'tml-' prefix or be a JWT ('eyJ...', three segments)", key="api_key"

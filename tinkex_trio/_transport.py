@@ -50,6 +50,7 @@ import httpx
 import msgspec
 import trio
 
+from tinkex_trio import _secrets
 from tinkex_trio import types as _types
 from tinkex_trio._breaker import CircuitBreaker, Permit, Verdict, classify_exception
 from tinkex_trio._config import Config, PoolLimits
@@ -299,6 +300,9 @@ class Transport:
         rng: random.Random | None = None,
         breaker: CircuitBreaker | None = None,
     ) -> None:
+        # The key never reaches a log or an error, even if this config bypassed validation (msgspec.structs.replace):
+        # registering it also makes the HTTP stack's loggers scrub it (see tinkex_trio._secrets).
+        _secrets.register_secret(config.api_key)
         self.config = config
         self.breaker = breaker
         self.telemetry = telemetry if telemetry is not None else TelemetryBus(clock=trio.current_time)

@@ -1,8 +1,9 @@
 """The exception hierarchy of tinkex_trio.
 
 Every failure a user can see is a :class:`TinkexError`. Each error carries the facts needed to act on it
-(status, parsed body, request id, category, retry-after) and never the API key: messages are scrubbed of
-anything that looks like a Tinker credential before they are stored.
+(status, parsed body, request id, category, retry-after) and never the API key: messages and bodies are scrubbed
+of the keys in use (with or without their ``tml-`` prefix) and of anything that looks like a Tinker credential
+before they are stored.
 
 ::
 
@@ -34,9 +35,10 @@ anything that looks like a Tinker credential before they are stored.
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Mapping
 from typing import Any
+
+from tinkex_trio import _secrets
 
 __all__ = [
     "APIConnectionError",
@@ -67,19 +69,17 @@ __all__ = [
     "status_error_class",
 ]
 
-# A Tinker key (``tml-`` then anything printable: Config accepts any such key, so the match runs to the next space,
-# quote, bracket or separator) or a JWT (three base64url segments starting with ``eyJ``).
-_SECRET_RE = re.compile(r"tml-[^\s\"'`<>\\,;&)\]}]+|eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
-_SECRET_BYTES_RE = re.compile(_SECRET_RE.pattern.encode("ascii"))
-
 
 def redact(text: str) -> str:
-    """Return ``text`` with anything that looks like a Tinker credential replaced by ``<redacted>``."""
-    return _SECRET_RE.sub("<redacted>", text)
+    """Return ``text`` with every API key this process uses (whole, or without its ``tml-`` prefix) and anything
+    that looks like a Tinker credential (``tml-...``, a JWT) replaced by ``<redacted>``.
+
+    A key is known once a :class:`~tinkex_trio.Config` has validated it (see :mod:`tinkex_trio._secrets`)."""
+    return _secrets.scrub(text)
 
 
 def _redact_bytes(data: bytes) -> bytes:
-    return _SECRET_BYTES_RE.sub(b"<redacted>", data)
+    return _secrets.scrub_bytes(data)
 
 
 def _redact_value(value: Any) -> Any:
