@@ -26,7 +26,9 @@ anything that looks like a Tinker credential before they are stored.
     ├── CircuitOpenError                   the breaker is open: failing fast
     ├── SessionExpiredError                the server forgot the session (410 on heartbeat)
     ├── SessionClosedError                 the session's ``async with`` block has ended
-    └── ConfigError                        bad configuration, raised before any request
+    ├── ConfigError                        bad configuration, raised before any request (also a ValueError)
+    └── InvalidArgumentError               a bad argument to a public method, raised before any request (ValueError)
+        └── InvalidArgumentTypeError       the argument has the wrong type (also a TypeError)
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ __all__ = [
     "ConflictError",
     "GoneError",
     "InternalServerError",
+    "InvalidArgumentError",
+    "InvalidArgumentTypeError",
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
@@ -121,6 +125,25 @@ class ConfigError(TinkexError, ValueError):
     def __init__(self, message: str, *, key: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+class InvalidArgumentError(TinkexError, ValueError):
+    """An argument of a public method (or a field of a request type) is invalid.
+
+    Raised before any request is sent and before any sequence id is taken, so a refused call leaves the client as it
+    was. ``argument`` names the offending argument as the caller wrote it, with a path into it when the fault is
+    inside (``"data[3]"``, ``"adam.learning_rate"``, ``"user_metadata"``).
+    """
+
+    argument: str
+
+    def __init__(self, message: str, *, argument: str) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+
+class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument has the wrong type (a ``str`` where a sequence of Datum is expected, ``"2"`` for an int)."""
 
 
 class APIError(TinkexError):
