@@ -236,12 +236,13 @@ def loss_fn_input(key: str, value: object) -> TensorData:
     if isinstance(value, TensorData):
         return value
     argument = f"loss_fn_inputs[{key!r}]"
+    arr: npt.NDArray[Any]
     if isinstance(value, np.ndarray):
         arr = cast("npt.NDArray[Any]", value)
         wire: TensorDtype | None = None
     elif isinstance(value, list | tuple):
         try:
-            arr = np.asarray(value)
+            arr = np.asarray(cast("Sequence[object]", value))
         except ValueError:
             raise InvalidArgumentError(
                 f"{argument} must be a rectangular numeric array; ragged nested lists are not supported",
@@ -254,7 +255,9 @@ def loss_fn_input(key: str, value: object) -> TensorData:
             argument=argument,
         )
     if arr.dtype.kind not in "fiub":
-        raise InvalidArgumentTypeError(f"{argument} must be numeric, got values of dtype {arr.dtype}", argument=argument)
+        raise InvalidArgumentTypeError(
+            f"{argument} must be numeric, got values of dtype {arr.dtype}", argument=argument
+        )
     try:
         return TensorData.from_numpy(arr, wire)
     except ValueError as exc:

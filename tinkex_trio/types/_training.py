@@ -225,14 +225,14 @@ class Datum(WireStruct):
             raise InvalidArgumentTypeError(
                 f"model_input must be a ModelInput, got {type(self.model_input).__name__}", argument="model_input"
             )
-        inputs: object = self.loss_fn_inputs
-        if not isinstance(inputs, Mapping):
+        given = cast("object", self.loss_fn_inputs)  # what a caller passed may be anything
+        if not isinstance(given, Mapping):
             raise InvalidArgumentTypeError(
-                f"loss_fn_inputs must be a mapping, got {type(inputs).__name__}", argument="loss_fn_inputs"
+                f"loss_fn_inputs must be a mapping, got {type(given).__name__}", argument="loss_fn_inputs"
             )
-        inputs = cast("Mapping[object, object]", inputs)
+        inputs = cast("Mapping[object, object]", given)
         # Decoded datums hold a dict of TensorData already: only a caller's arrays and lists are converted.
-        if type(inputs) is not dict or not all(type(v) is TensorData for v in inputs.values()):
+        if type(self.loss_fn_inputs) is not dict or any(type(v) is not TensorData for v in inputs.values()):
             self.loss_fn_inputs = {_input_key(k): loss_fn_input(_input_key(k), v) for k, v in inputs.items()}
         target = self.loss_fn_inputs.get("target_tokens")
         if target is not None and target.data and (lowest := min(target.data)) < 0:
