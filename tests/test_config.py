@@ -456,8 +456,10 @@ def test_direct_construction_validates_sections_type() -> None:
         PoolsConfig(sampling=3)  # type: ignore[arg-type]
 
 
-def test_ca_file_accepts_path() -> None:
-    assert make(ca_file=Path("/tmp/ca.pem")).ca_file == "/tmp/ca.pem"
+def test_ca_file_accepts_path(tmp_path: Path) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")
+    assert make(ca_file=bundle).ca_file == str(bundle)
 
 
 def test_wire_format_json() -> None:

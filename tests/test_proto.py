@@ -64,6 +64,7 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 
 INT32 = st.integers(-(2**31), 2**31 - 1)
 INT64 = st.integers(-(2**63), 2**63 - 1)
+TOKEN_IDS = st.integers(0, 2**31 - 1)  # token ids are >= 0 (a Datum refuses negative ones)
 FLOAT32 = st.floats(width=32, allow_nan=False)
 NAMES = st.text(string.ascii_letters + "_:.", min_size=1, max_size=8)
 LOSS_FNS = st.sampled_from(["cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "custom"])
@@ -103,7 +104,7 @@ def tensors(draw: st.DrawFn, dtypes: Sequence[str] = ("float32", "int64"), flat:
 def chunks(draw: st.DrawFn) -> ModelInputChunk:
     kind = draw(st.sampled_from(["text", "text", "image", "dmel"]))
     if kind == "text":
-        return EncodedTextChunk(tokens=draw(st.lists(INT32, max_size=16)))
+        return EncodedTextChunk(tokens=draw(st.lists(TOKEN_IDS, max_size=16)))
     if kind == "image":
         return ImageChunk(
             data=draw(st.binary(max_size=32)),
@@ -366,12 +367,12 @@ def test_request_v2_config_wins_over_v1() -> None:
 
 
 def test_request_tokens_are_int32_little_endian() -> None:
-    d = Datum(model_input=ModelInput.from_ints([1, -2, 2**31 - 1]))
+    d = Datum(model_input=ModelInput.from_ints([1, 0, 2**31 - 1]))
     msg = pb.ForwardBackwardRequest.FromString(
         encode_forward_backward_request("m", 1, [d], "cross_entropy", None, True)
     )
     raw = msg.data[0].model_input[0].encoded_text.tokens
-    assert raw == np.array([1, -2, 2**31 - 1], dtype="<i4").tobytes()
+    assert raw == np.array([1, 0, 2**31 - 1], dtype="<i4").tobytes()
     assert msg.forward_only
 
 
@@ -463,12 +464,12 @@ def test_request_decoder_widens_int32_and_bf16_inputs() -> None:
     d.model_input.add().encoded_text.tokens = np.array([7], dtype="<i4").tobytes()
     t32 = d.loss_fn_inputs["target_tokens"]
     t32.dtype = pb.DTYPE_INT32
-    t32.dense = np.array([5, -1], dtype="<i4").tobytes()
+    t32.dense = np.array([5, 2**31 - 1], dtype="<i4").tobytes()
     bf = d.loss_fn_inputs["weights"]
     bf.dtype = pb.DTYPE_BFLOAT16
     bf.dense = (np.array([1.5, -2.0], dtype="<f4").view("<u4") >> 16).astype("<u2").tobytes()
     data = decode_forward_backward_request(msg.SerializeToString()).data[0]
-    assert data.loss_fn_inputs["target_tokens"] == TensorData(data=[5, -1], dtype="int64")
+    assert data.loss_fn_inputs["target_tokens"] == TensorData(data=[5, 2**31 - 1], dtype="int64")
     assert data.loss_fn_inputs["weights"] == TensorData(data=[1.5, -2.0], dtype="float32")
     assert data.model_input.to_ints() == [7]
 

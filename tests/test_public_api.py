@@ -139,8 +139,12 @@ def test_errors_hierarchy() -> None:
         e.CircuitOpenError,
         e.SessionExpiredError,
         e.ConfigError,
+        e.InvalidArgumentError,
     ):
         assert issubclass(cls, e.TinkexError)
+    assert issubclass(e.InvalidArgumentError, ValueError)
+    assert issubclass(e.InvalidArgumentTypeError, e.InvalidArgumentError)
+    assert issubclass(e.InvalidArgumentTypeError, TypeError)
 
 
 def test_importing_the_library_does_not_import_the_simulator() -> None:

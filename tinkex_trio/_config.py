@@ -211,6 +211,22 @@ def _opt_str(value: object) -> str | None:
     return value
 
 
+def _ca_file(value: object) -> str | None:
+    """A PEM bundle that exists now: a wrong path would otherwise surface only at the first HTTPS connection."""
+    path = _opt_str(value)
+    if path is not None and not os.path.isfile(path):
+        raise ValueError(f"no such file: {path!r}")
+    return path
+
+
+def _header_text(value: object) -> str | None:
+    """Text sent in an HTTP header: printable ASCII only (a CR or LF would split the header, httpx refuses the rest)."""
+    text = _opt_str(value)
+    if text is not None and not all(" " <= ch <= "~" for ch in text):
+        raise ValueError(f"expected printable ASCII (no control characters), got {_got(text)}")
+    return text
+
+
 _Check = Callable[[object], object]
 
 
@@ -508,10 +524,10 @@ class Config(_Validated, frozen=True, kw_only=True):
         "telemetry": _bool,
         "wire_format": _wire_format,
         "heartbeat_interval_s": _Num(float, gt=0),
-        "user_agent_suffix": _opt_str,
+        "user_agent_suffix": _header_text,
         "http2": _bool,
         "verify": _bool,
-        "ca_file": _opt_str,
+        "ca_file": _ca_file,
         **{name: _section_check(cls) for name, cls in _SECTIONS.items()},
     }
 

@@ -38,6 +38,13 @@ from tinkex_trio._futures import FutureManager
 from tinkex_trio._metrics import Metrics, MetricsFeed
 from tinkex_trio._telemetry import SESSION_HEARTBEAT, TelemetryBus
 from tinkex_trio._transport import PoolKind, Transport, TransportFactory
+from tinkex_trio._validation import (
+    check_bool,
+    check_create_lora,
+    check_metadata,
+    check_path,
+    check_sampling_client_source,
+)
 from tinkex_trio._version import __version__
 from tinkex_trio.errors import (
     APIError,
@@ -162,6 +169,7 @@ class Session:
         """Create a LoRA model of ``base_model`` and return its :class:`~tinkex_trio.TrainingClient`."""
         from tinkex_trio.training import TrainingClient
 
+        check_create_lora(base_model, rank, seed, train_mlp, train_attn, train_unembed, user_metadata)
         self._check_alive()
         return await TrainingClient._create_lora(  # pyright: ignore[reportPrivateUsage]
             self,
@@ -184,6 +192,8 @@ class Session:
         """Create a model from a training checkpoint (``tinker://...``), with its optimizer state by default."""
         from tinkex_trio.training import TrainingClient
 
+        path, with_optimizer = check_path(path), check_bool(with_optimizer, "with_optimizer")
+        user_metadata = check_metadata(user_metadata)
         self._check_alive()
         return await TrainingClient._create_from_state(  # pyright: ignore[reportPrivateUsage]
             self, path, with_optimizer=with_optimizer, user_metadata=user_metadata
@@ -195,6 +205,7 @@ class Session:
         """A :class:`~tinkex_trio.SamplingClient` for a base model or for saved sampler weights (``model_path``)."""
         from tinkex_trio.sampling import SamplingClient
 
+        check_sampling_client_source(base_model, model_path)
         self._check_alive()
         return await SamplingClient._create(  # pyright: ignore[reportPrivateUsage]
             self, base_model=base_model, model_path=model_path
@@ -546,6 +557,7 @@ async def open_session(
     Raises ConfigError before any request if the configuration is invalid, and the bootstrap's errors
     (e.g. AuthenticationError) if the server refuses the session.
     """
+    user_metadata = check_metadata(user_metadata)
     cfg = _resolve_config(api_key, base_url, config, tags)
     raised: BaseException | None = None  # what the body raised, if anything
     transport = Transport(

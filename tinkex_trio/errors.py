@@ -29,7 +29,9 @@ before they are stored.
     ├── SessionClosedError                 the session's ``async with`` block has ended
     ├── SequenceInDoubtError               a training request's delivery is unknown: its model is stopped
     ├── PartiallyAppliedError              a chunked forward_backward was applied in part
-    └── ConfigError                        bad configuration, raised before any request
+    ├── ConfigError                        bad configuration, raised before any request (also a ValueError)
+    └── InvalidArgumentError               a bad argument to a public method, raised before any request (ValueError)
+        └── InvalidArgumentTypeError       the argument has the wrong type (also a TypeError)
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ __all__ = [
     "ConflictError",
     "GoneError",
     "InternalServerError",
+    "InvalidArgumentError",
+    "InvalidArgumentTypeError",
     "NotFoundError",
     "PartiallyAppliedError",
     "PermissionDeniedError",
@@ -125,6 +129,25 @@ class ConfigError(TinkexError, ValueError):
     def __init__(self, message: str, *, key: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+class InvalidArgumentError(TinkexError, ValueError):
+    """An argument of a public method (or a field of a request type) is invalid.
+
+    Raised before any request is sent and before any sequence id is taken, so a refused call leaves the client as it
+    was. ``argument`` names the offending argument as the caller wrote it, with a path into it when the fault is
+    inside (``"data[3]"``, ``"adam.learning_rate"``, ``"user_metadata"``).
+    """
+
+    argument: str
+
+    def __init__(self, message: str, *, argument: str) -> None:
+        super().__init__(message)
+        self.argument = argument
+
+
+class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument has the wrong type (a ``str`` where a sequence of Datum is expected, ``"2"`` for an int)."""
 
 
 class APIError(TinkexError):

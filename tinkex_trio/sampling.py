@@ -42,6 +42,7 @@ from tinkex_trio._proto._codec import PROTOBUF_CONTENT_TYPE, decode_sample_respo
 from tinkex_trio._retry import RetryPolicy, outcome_from_exception
 from tinkex_trio._telemetry import RETRY
 from tinkex_trio._transport import PoolKind
+from tinkex_trio._validation import check_model_input, check_sample
 from tinkex_trio.errors import APIError, APIStatusError, RateLimitError, ResponseValidationError
 
 if TYPE_CHECKING:
@@ -268,11 +269,8 @@ class SamplingClient:
         Returns the sequences (tokens, logprobs, stop reason, ``sequence_id``) and the prompt scores asked for.
         Backpressure and transient failures are retried (see the module docstring); other errors are raised at once.
         """
+        check_sample(prompt, num_samples, sampling_params, include_prompt_logprobs, topk_prompt_logprobs)
         self._session._check_alive()
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        if topk_prompt_logprobs < 0:
-            raise ValueError(f"topk_prompt_logprobs must be >= 0, got {topk_prompt_logprobs}")
         request = types.SampleRequest(
             prompt=prompt,
             sampling_params=sampling_params if sampling_params is not None else types.SamplingParams(),
@@ -285,6 +283,7 @@ class SamplingClient:
 
     async def compute_logprobs(self, prompt: types.ModelInput) -> list[float | None]:
         """The logprob of every prompt token given the tokens before it (``None`` for the first token)."""
+        prompt = check_model_input(prompt)
         response = await self.sample(
             prompt, num_samples=1, sampling_params=types.SamplingParams(max_tokens=1), include_prompt_logprobs=True
         )

@@ -67,6 +67,16 @@ from tinkex_trio._telemetry import (
     BATCH_OPTIM_STEP_STOP,
 )
 from tinkex_trio._transport import BreakerGuard, PoolKind, delivery_known
+from tinkex_trio._validation import (
+    check_bool,
+    check_fwdbwd,
+    check_fwdbwd_items,
+    check_name,
+    check_optimizer_params,
+    check_optimizer_params_list,
+    check_path,
+    check_ttl,
+)
 from tinkex_trio.errors import (
     APIConnectionError,
     PartiallyAppliedError,
@@ -311,6 +321,7 @@ class TrainingClient:
 
         Returns the per-datum outputs (e.g. ``logprobs``) and the loss metrics (e.g. ``loss:sum``).
         """
+        data, loss_fn, loss_fn_config = check_fwdbwd(data, loss_fn, loss_fn_config)
         future = await self.submit_forward(data, loss_fn, loss_fn_config)
         return await future.result()
 
@@ -322,6 +333,7 @@ class TrainingClient:
         ``loss_fn`` is a built-in loss (``cross_entropy``, ``importance_sampling``, ``ppo``, ``cispo``, ``dro``, …);
         ``loss_fn_config`` its parameters (e.g. ``{"clip_low_threshold": 0.8}``).
         """
+        data, loss_fn, loss_fn_config = check_fwdbwd(data, loss_fn, loss_fn_config)
         batching = self._session.config.batching
         if batching.enabled and batching.coalesce:
             return await self._coalesced_forward_backward(data, loss_fn, loss_fn_config)
@@ -332,6 +344,7 @@ class TrainingClient:
         self, data: Sequence[types.Datum], loss_fn: LossFn, loss_fn_config: LossFnConfig | None = None
     ) -> APIFuture[types.ForwardBackwardOutput]:
         """Submit a forward pass; return its future once the server accepted every chunk of it."""
+        data, loss_fn, loss_fn_config = check_fwdbwd(data, loss_fn, loss_fn_config)
         return await self._submit_fwdbwd(data, loss_fn, loss_fn_config, forward_only=True)
 
     async def submit_forward_backward(
@@ -341,6 +354,7 @@ class TrainingClient:
 
         Later submissions on this client are ordered after it, so an optim_step submitted next applies its gradients.
         """
+        data, loss_fn, loss_fn_config = check_fwdbwd(data, loss_fn, loss_fn_config)
         return await self._submit_fwdbwd(data, loss_fn, loss_fn_config, forward_only=False)
 
     async def forward_backward_batch(self, items: Iterable[FwdBwdItem]) -> list[types.ForwardBackwardOutput]:
@@ -355,9 +369,10 @@ class TrainingClient:
         other metrics are dropped (see :mod:`tinkex_trio._batching`). Requests are submitted in order, pipelined,
         then awaited. Emits ``tinkex.batch.forward_backward.start`` / ``.stop``.
         """
+        checked = check_fwdbwd_items(items)
         session = self._session
         session._check_alive()
-        work = [WorkItem(list(data), loss_fn, config) for data, loss_fn, config in items]
+        work = [WorkItem(data, loss_fn, config) for data, loss_fn, config in checked]
         batching = session.config.batching
         client_config = session.client_config
         plan = plan_requests(
@@ -480,6 +495,7 @@ class TrainingClient:
 
         The optimizer family is fixed when the model is created; the parameters must match it.
         """
+        adam = check_optimizer_params(adam)
         future = await self.submit_optim_step(adam)
         return await future.result()
 
@@ -487,6 +503,7 @@ class TrainingClient:
         self, adam: types.AdamParams | types.DimuonParams
     ) -> APIFuture[types.OptimStepResponse]:
         """Submit an optimizer step; return its future once the server accepted it."""
+        adam = check_optimizer_params(adam)
         self._session._check_alive()
         if isinstance(adam, types.DimuonParams):
 
@@ -509,9 +526,9 @@ class TrainingClient:
         Optimizer steps are never merged (each applies and clears the gradients). Emits
         ``tinkex.batch.optim_step.start`` / ``.stop``.
         """
+        steps = check_optimizer_params_list(params)
         session = self._session
         session._check_alive()
-        steps = list(params)
         counts = {"items": len(steps), "requests": len(steps)}
         with _batch_span(session, BATCH_OPTIM_STEP_START, BATCH_OPTIM_STEP_STOP, counts, self):
             futures = [await self.submit_optim_step(p) for p in steps]
@@ -525,6 +542,7 @@ class TrainingClient:
         The path is ``tinker://<model_id>/weights/<name>``; load it with :meth:`load_state` or
         :meth:`Session.create_training_client_from_state`. ``ttl_seconds`` makes the checkpoint expire.
         """
+        name, ttl_seconds = check_name(name), check_ttl(ttl_seconds)
         self._session._check_alive()
 
         def build(seq_id: int) -> types.SaveWeightsRequest:
@@ -540,6 +558,7 @@ class TrainingClient:
 
         ``with_optimizer=False`` loads the weights only and keeps this model's optimizer state.
         """
+        path, with_optimizer = check_path(path), check_bool(with_optimizer, "with_optimizer")
         self._session._check_alive()
 
         def build(seq_id: int) -> types.LoadWeightsRequest:
@@ -555,6 +574,7 @@ class TrainingClient:
 
         Sample from it with ``session.create_sampling_client(model_path=path)``.
         """
+        name, ttl_seconds = check_name(name), check_ttl(ttl_seconds)
         self._session._check_alive()
 
         def build(seq_id: int) -> types.SaveWeightsForSamplerRequest:
@@ -581,6 +601,7 @@ class TrainingClient:
         directly. With ``name`` the weights are saved as a sampler checkpoint (see :meth:`save_weights_for_sampler`)
         and the sampling client is created from its path.
         """
+        name = check_name(name) if name is not None else None
         session = self._session
         session._check_alive()
         if name is not None:

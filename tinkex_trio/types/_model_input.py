@@ -9,6 +9,7 @@ from typing import Any, Literal, TypeAlias, cast
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import InvalidArgumentError, InvalidArgumentTypeError
 from ._base import WireStruct
 
 __all__ = [
@@ -29,9 +30,20 @@ _MAX_DTYPE_BYTE = 7
 
 
 class EncodedTextChunk(WireStruct, tag_field="type", tag="encoded_text", gc=False):
-    """A run of token ids. Its length is the token count."""
+    """A run of token ids (ints >= 0). Its length is the token count.
+
+    ``tokens`` may be given as any iterable of ints or a numpy integer array; it is stored as a list.
+    """
 
     tokens: list[int]
+
+    def __post_init__(self) -> None:
+        tokens = self.tokens
+        if type(tokens) is not list:  # decoded chunks always hold a list: only a caller's iterable is converted
+            tokens = self.tokens = _int_list(tokens)
+        # One C-level pass, cheap enough for every decode; a negative id would only fail later, on the server.
+        if tokens and (lowest := min(tokens)) < 0:
+            raise InvalidArgumentError(f"token ids must be >= 0, got {lowest}", argument="tokens")
 
     @property
     def length(self) -> int:
@@ -74,10 +86,17 @@ def _int_list(tokens: Iterable[int] | npt.NDArray[np.integer[Any]]) -> list[int]
     if isinstance(tokens, np.ndarray):
         arr = cast("npt.NDArray[Any]", tokens)
         if arr.dtype.kind not in "iu":
-            raise TypeError(f"token ids must be integers, got a {arr.dtype} array")
+            raise InvalidArgumentTypeError(f"token ids must be integers, got a {arr.dtype} array", argument="tokens")
         out: list[int] = arr.astype(np.int64, copy=False).ravel().tolist()
         return out
-    return list(map(operator.index, tokens))
+    if isinstance(tokens, str | bytes):
+        raise InvalidArgumentTypeError(
+            f"token ids must be an iterable of ints, got {type(tokens).__name__}", argument="tokens"
+        )
+    try:
+        return list(map(operator.index, tokens))
+    except TypeError as exc:
+        raise InvalidArgumentTypeError(f"token ids must be ints: {exc}", argument="tokens") from None
 
 
 def _read_varint(data: bytes, offset: int) -> tuple[int, int]:

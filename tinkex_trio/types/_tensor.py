@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import InvalidArgumentError, InvalidArgumentTypeError
 from ._base import WireStruct
 
-__all__ = ["LOSS_FN_INPUT_DTYPES", "TensorData", "TensorDtype", "to_tensor_data"]
+__all__ = ["LOSS_FN_INPUT_DTYPES", "TensorData", "TensorDtype", "loss_fn_input", "to_tensor_data"]
 
 TensorDtype: TypeAlias = Literal["float32", "int64"]
 
@@ -59,6 +60,13 @@ class TensorData(WireStruct, gc=False):
 
     def __post_init__(self) -> None:
         # Cheap structural checks only (they run on every decode): the values themselves are checked by to_numpy.
+        # A decoded tensor always holds a list; anything else (a numpy array, a tuple) was passed by a caller.
+        if type(self.data) is not list:
+            self._adopt_array()
+        if self.dtype not in _NP_DTYPES:
+            raise InvalidArgumentError(f"dtype must be 'float32' or 'int64', got {self.dtype!r}", argument="dtype")
+        if self.shape is not None and type(self.shape) is not list:
+            self.shape = list(self.shape)
         if self.sparse_crow_indices is None and self.sparse_col_indices is None:
             if self.shape is not None and math.prod(self.shape) != len(self.data):
                 raise ValueError(f"{len(self.data)} values do not fill shape {self.shape}")
@@ -71,6 +79,24 @@ class TensorData(WireStruct, gc=False):
             raise ValueError("sparse_crow_indices needs rows + 1 entries")
         if len(self.sparse_col_indices) != len(self.data):
             raise ValueError("sparse_col_indices needs one entry per value")
+
+    def _adopt_array(self) -> None:
+        """Turn array-like ``data`` into the flat list of ``dtype`` values the wire carries (shape kept if N-D)."""
+        if self.dtype not in _NP_DTYPES:
+            raise InvalidArgumentError(f"dtype must be 'float32' or 'int64', got {self.dtype!r}", argument="dtype")
+        try:
+            arr = np.asarray(self.data)
+        except ValueError as exc:
+            raise InvalidArgumentError(f"data must be a rectangular numeric array: {exc}", argument="data") from None
+        if arr.dtype.kind not in "fiub":
+            raise InvalidArgumentTypeError(f"data must be numeric, got values of dtype {arr.dtype}", argument="data")
+        if self.dtype == "int64" and arr.dtype.kind == "f" and not _is_integral(arr):
+            raise InvalidArgumentError("cannot store non-integral floats in an int64 TensorData", argument="data")
+        converted = arr.astype(_NP_DTYPES[self.dtype], copy=False)
+        values: list[int | float] = converted.ravel().tolist()
+        self.data = values
+        if self.shape is None and converted.ndim > 1:
+            self.shape = list(converted.shape)
 
     # -- construction -----------------------------------------------------------------------------------------
 
@@ -197,3 +223,42 @@ def to_tensor_data(key: str, value: TensorData | npt.ArrayLike) -> TensorData:
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{key} must be numeric, got values of dtype {arr.dtype}")
     return TensorData.from_numpy(arr, LOSS_FN_INPUT_DTYPES.get(key))
+
+
+def loss_fn_input(key: str, value: object) -> TensorData:
+    """Convert a ``Datum.loss_fn_inputs`` value as the official SDK's ``Datum`` does.
+
+    A TensorData is kept; a numpy array keeps its own dtype family (floats float32, integers and bools int64); a
+    list or tuple takes the wire dtype of its key (``target_tokens`` int64; ``weights``, ``advantages``, ``logprobs``,
+    ``clip_*_threshold``, ``sequence_ratio_mask`` float32), or that of its values for other keys. Anything else is an
+    :class:`~tinkex_trio.errors.InvalidArgumentTypeError` naming ``loss_fn_inputs[key]``.
+    """
+    if isinstance(value, TensorData):
+        return value
+    argument = f"loss_fn_inputs[{key!r}]"
+    arr: npt.NDArray[Any]
+    if isinstance(value, np.ndarray):
+        arr = cast("npt.NDArray[Any]", value)
+        wire: TensorDtype | None = None
+    elif isinstance(value, list | tuple):
+        try:
+            arr = np.asarray(cast("Sequence[object]", value))
+        except ValueError:
+            raise InvalidArgumentError(
+                f"{argument} must be a rectangular numeric array; ragged nested lists are not supported",
+                argument=argument,
+            ) from None
+        wire = LOSS_FN_INPUT_DTYPES.get(key)
+    else:
+        raise InvalidArgumentTypeError(
+            f"{argument} must be a TensorData, a numpy array or a list of numbers, got {type(value).__name__}",
+            argument=argument,
+        )
+    if arr.dtype.kind not in "fiub":
+        raise InvalidArgumentTypeError(
+            f"{argument} must be numeric, got values of dtype {arr.dtype}", argument=argument
+        )
+    try:
+        return TensorData.from_numpy(arr, wire)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{argument}: {exc}", argument=argument) from None

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import InvalidArgumentError, InvalidArgumentTypeError
 from ._base import WireStruct, sent
 from ._model_input import ModelInput
-from ._tensor import TensorData, to_tensor_data
+from ._tensor import TensorData, loss_fn_input, to_tensor_data
 
 __all__ = [
     "AdamOptimizerConfig",
@@ -92,8 +94,44 @@ class DimuonOptimizerConfig(WireStruct, tag_field="type", tag="dimuon"):
 OptimizerConfig: TypeAlias = AdamOptimizerConfig | DimuonOptimizerConfig
 
 
+# The range of each optimizer parameter: "nonneg" is [0, inf), "unit" is [0, 1) (the server's rules, protocol §4).
+_PARAM_RANGES: dict[str, Literal["nonneg", "unit"]] = {
+    "learning_rate": "nonneg",
+    "beta1": "unit",
+    "beta2": "unit",
+    "eps": "nonneg",
+    "weight_decay": "nonneg",
+    "grad_clip_norm": "nonneg",
+}
+
+
+def check_step_params(params: AdamParams | DimuonParams, prefix: str = "") -> None:
+    """Check every field of optimizer parameters: a finite real number (not a bool) in its range.
+
+    Ints are stored as floats. A NaN or an infinity would be sent as JSON ``null`` and refused by the server, so it is
+    refused here, as an :class:`~tinkex_trio.errors.InvalidArgumentError` naming ``prefix + field``.
+    """
+    for name in params.__struct_fields__:
+        value: object = getattr(params, name)
+        argument = prefix + name
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidArgumentTypeError(f"{argument} must be a float, got {type(value).__name__}", argument=argument)
+        if not math.isfinite(value):
+            raise InvalidArgumentError(f"{argument} must be finite, got {value!r}", argument=argument)
+        if type(value) is not float:
+            setattr(params, name, float(value))
+        if _PARAM_RANGES[name] == "unit" and not 0 <= value < 1:
+            raise InvalidArgumentError(f"{argument} must be in [0, 1), got {value!r}", argument=argument)
+        if value < 0:
+            raise InvalidArgumentError(f"{argument} must be >= 0, got {value!r}", argument=argument)
+
+
 class AdamParams(WireStruct):
-    """AdamW step parameters (decoupled weight decay; ``grad_clip_norm=0`` turns clipping off)."""
+    """AdamW step parameters (decoupled weight decay; ``grad_clip_norm=0`` turns clipping off).
+
+    Every field is a finite float: ``beta1``, ``beta2`` in [0, 1), the others >= 0 (``InvalidArgumentError``
+    otherwise, at construction and again at ``optim_step``).
+    """
 
     learning_rate: float = sent(1e-4)
     beta1: float = sent(0.9)
@@ -102,19 +140,22 @@ class AdamParams(WireStruct):
     weight_decay: float = sent(0.0)
     grad_clip_norm: float = sent(0.0)
 
+    def __post_init__(self) -> None:
+        check_step_params(self)
+
 
 class DimuonParams(WireStruct, tag_field="type", tag="dimuon"):
-    """Dimuon step parameters, sent as ``optimizer_params`` with ``type: "dimuon"``."""
+    """Dimuon step parameters, sent as ``optimizer_params`` with ``type: "dimuon"``.
+
+    Every field is a finite float: ``beta1`` in [0, 1), the others >= 0.
+    """
 
     learning_rate: float
     grad_clip_norm: float = sent(0.0)
     beta1: float = sent(0.9)
 
     def __post_init__(self) -> None:
-        if not self.learning_rate >= 0:
-            raise ValueError("learning_rate must be >= 0")
-        if not 0 <= self.beta1 < 1:
-            raise ValueError("beta1 must be in [0, 1)")
+        check_step_params(self)
 
 
 # -- data -----------------------------------------------------------------------------------------------------
@@ -156,7 +197,11 @@ class ProvenanceSpan(WireStruct):
 class Datum(WireStruct):
     """One training example: the model input and the loss function's inputs (each a TensorData).
 
-    Build one with :func:`datum` or :meth:`Datum.from_tokens`, which accept lists and numpy arrays.
+    ``loss_fn_inputs`` values may be given as the official SDK allows: a TensorData, a numpy array (its dtype
+    family kept: float32 or int64) or a plain list (``target_tokens`` int64; ``weights``, ``advantages``,
+    ``logprobs``, ``clip_low_threshold``, ``clip_high_threshold``, ``sequence_ratio_mask`` float32). They are
+    converted to TensorData at construction; ``target_tokens`` must hold ids >= 0. :func:`datum` and
+    :meth:`Datum.from_tokens` build one from plain token ids.
     """
 
     model_input: ModelInput
@@ -164,7 +209,37 @@ class Datum(WireStruct):
     model_input_spans: list[ProvenanceSpan] | None = None
     loss_fn_input_spans: list[ProvenanceSpan] | None = None
 
+    if TYPE_CHECKING:
+        # The constructor as callers see it: loss inputs may be arrays or lists (converted in __post_init__).
+        def __init__(
+            self,
+            *,
+            model_input: ModelInput,
+            loss_fn_inputs: Mapping[str, TensorData | npt.ArrayLike] = ...,
+            model_input_spans: list[ProvenanceSpan] | None = None,
+            loss_fn_input_spans: list[ProvenanceSpan] | None = None,
+        ) -> None: ...
+
     def __post_init__(self) -> None:
+        if not isinstance(self.model_input, ModelInput):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise InvalidArgumentTypeError(
+                f"model_input must be a ModelInput, got {type(self.model_input).__name__}", argument="model_input"
+            )
+        given = cast("object", self.loss_fn_inputs)  # what a caller passed may be anything
+        if not isinstance(given, Mapping):
+            raise InvalidArgumentTypeError(
+                f"loss_fn_inputs must be a mapping, got {type(given).__name__}", argument="loss_fn_inputs"
+            )
+        inputs = cast("Mapping[object, object]", given)
+        # Decoded datums hold a dict of TensorData already: only a caller's arrays and lists are converted.
+        if type(self.loss_fn_inputs) is not dict or any(type(v) is not TensorData for v in inputs.values()):
+            self.loss_fn_inputs = {_input_key(k): loss_fn_input(_input_key(k), v) for k, v in inputs.items()}
+        target = self.loss_fn_inputs.get("target_tokens")
+        if target is not None and target.data and (lowest := min(target.data)) < 0:
+            raise InvalidArgumentError(
+                f"loss_fn_inputs['target_tokens'] must hold token ids >= 0, got {lowest}",
+                argument="loss_fn_inputs['target_tokens']",
+            )
         if (self.model_input_spans is None) != (self.loss_fn_input_spans is None):
             raise ValueError("model_input_spans and loss_fn_input_spans come as a pair: set both or neither")
 
@@ -204,6 +279,12 @@ class Datum(WireStruct):
             model_input_spans=model_input_spans,
             loss_fn_input_spans=loss_fn_input_spans,
         )
+
+
+def _input_key(key: object) -> str:
+    if not isinstance(key, str):
+        raise InvalidArgumentTypeError(f"loss_fn_inputs keys must be str, got {key!r}", argument="loss_fn_inputs")
+    return key
 
 
 def datum(
