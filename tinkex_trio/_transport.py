@@ -55,8 +55,8 @@ import platform
 import random
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar, cast
 
 import httpx
 import msgspec
@@ -642,7 +642,9 @@ class Transport:
                 )
             buffer = bytearray()
             # aclosing: a body abandoned half-way (too large, cancelled) ends httpx's async generator now, not in GC.
-            async with contextlib.aclosing(response.aiter_bytes()) as chunks:
+            # (httpx annotates aiter_bytes as an AsyncIterator; it is an async generator.)
+            body = cast("AsyncGenerator[bytes]", response.aiter_bytes())
+            async with contextlib.aclosing(body) as chunks:
                 async for chunk in chunks:
                     buffer += chunk
                     if len(buffer) > limit:
