@@ -28,7 +28,8 @@ What the poll does with each answer (protocol §6, checked in this order):
 410                                         fail with :class:`~tinkex_trio.errors.GoneError` (the sampler re-submits)
 other 4xx                                   fail with the status's error
 a body that cannot be read or decoded       up to 3 re-polls (after a short backoff), then
-                                            :class:`~tinkex_trio.errors.ResponseValidationError`
+(or is over ``max_response_bytes``)         :class:`~tinkex_trio.errors.ResponseValidationError` (or its subclass
+                                            :class:`~tinkex_trio.errors.ResponseTooLargeError`)
 ==========================================  ========================================================================
 
 Polling has no overall deadline (``result(timeout)`` limits only the wait); it ends with the future's outcome, or with
@@ -457,6 +458,11 @@ class FutureManager:
                 logger.debug("poll of %s: %s; re-polling in %.1f s", rid, type(exc).__name__, delay)
                 await trio.sleep(delay)
                 continue
+            except ResponseValidationError as exc:
+                # The transport could not read the answer (ResponseTooLargeError: over max_response_bytes): an
+                # unreadable answer like the ones below. Bounded: each re-poll reads at most the limit.
+                await self._on_bad_reply(rid, state, exc)
+                continue
 
             # Any 2xx resets the error counters.
             state.connection_errors = state.server_errors = state.bad_requests = 0
@@ -472,14 +478,18 @@ class FutureManager:
                 await trio.sleep_until(sent_at + TRY_AGAIN_MIN_INTERVAL_S)
                 continue
             if isinstance(outcome, ResponseValidationError):
-                state.bad_replies += 1
-                if state.bad_replies > MAX_BAD_REPLY_RETRIES:
-                    raise outcome
-                delay = poll_error_backoff(state.bad_replies - 1, self._rng)
-                logger.debug("poll of %s: unreadable answer (%s); re-polling in %.2f s", rid, outcome, delay)
-                await trio.sleep(delay)
+                await self._on_bad_reply(rid, state, outcome)
                 continue
             return outcome
+
+    async def _on_bad_reply(self, rid: str, state: _PollState, error: ResponseValidationError) -> None:
+        """An unreadable answer: wait a short backoff before re-polling, or raise ``error`` past the cap."""
+        state.bad_replies += 1
+        if state.bad_replies > MAX_BAD_REPLY_RETRIES:
+            raise error
+        delay = poll_error_backoff(state.bad_replies - 1, self._rng)
+        logger.debug("poll of %s: unreadable answer (%s); re-polling in %.2f s", rid, error, delay)
+        await trio.sleep(delay)
 
     def _classify(
         self, fut: APIFuture[T], state: _PollState, decode: FutureDecoder[T], response: httpx.Response

@@ -48,15 +48,14 @@ records no verdict; it only frees its trial slot.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import platform
 import random
 import ssl
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from typing import Any, TypeVar, cast
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
@@ -641,14 +640,14 @@ class Transport:
                     request_id=rid,
                 )
             buffer = bytearray()
-            # aclosing: a body abandoned half-way (too large, cancelled) ends httpx's async generator now, not in GC.
-            # (httpx annotates aiter_bytes as an AsyncIterator; it is an async generator.)
-            body = cast("AsyncGenerator[bytes]", response.aiter_bytes())
-            async with contextlib.aclosing(body) as chunks:
-                async for chunk in chunks:
+            too_large: ResponseTooLargeError | None = None
+            with trio.CancelScope() as reading:
+                async for chunk in response.aiter_bytes():
+                    if too_large is not None:
+                        continue  # bytes h11 had already received when we cut: dropped
                     buffer += chunk
                     if len(buffer) > limit:
-                        raise ResponseTooLargeError(
+                        too_large = ResponseTooLargeError(
                             f"{what}: the response body is over the limit of {limit} bytes (max_response_bytes); "
                             f"stopped reading after {len(buffer)}",
                             limit=limit,
@@ -656,6 +655,14 @@ class Transport:
                             body=bytes(buffer[:2048]),
                             request_id=rid,
                         )
+                        buffer = bytearray()
+                        # Not `break`: that would abandon httpx's nested async generators half-way (trio warns when
+                        # they are collected). Cancelling makes the next network read raise, which ends every one of
+                        # them, and httpcore closes the connection on the way out. This scope catches only its own
+                        # Cancelled: the deadline's or the caller's passes through.
+                        reading.cancel()
+            if too_large is not None:
+                raise too_large
             # httpx has no public way to attach a body read by hand; aread() would buffer it unbounded.
             response._content = bytes(buffer)  # pyright: ignore[reportPrivateUsage]
             del buffer
