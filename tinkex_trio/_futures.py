@@ -21,6 +21,7 @@ What the poll does with each answer (protocol §6, checked in this order):
 200, any other JSON                         decode
 408 / 5xx                                   re-poll after :func:`~tinkex_trio._retry.poll_error_backoff` (short,
                                             jittered, growing: never a tight loop)
+TLS certificate or handshake failure        fail with :class:`~tinkex_trio.errors.TLSError` (it would fail forever)
 429, connection error, timeout              re-poll after :func:`~tinkex_trio._retry.poll_backoff` (``min(2^n, 30)``
                                             s, at least a 429's ``Retry-After``); ``n`` counts these in a row
 400                                         up to 3 re-polls in a row, then fail with the BadRequestError
@@ -61,6 +62,7 @@ from tinkex_trio.errors import (
     ResponseValidationError,
     SessionClosedError,
     TinkexError,
+    TLSError,
 )
 
 __all__ = [
@@ -452,6 +454,9 @@ class FutureManager:
             except APIStatusError as exc:
                 await self._on_status_error(fut, state, exc)
                 continue
+            except TLSError:
+                # A certificate or TLS mismatch repeats on every poll: fail the future now rather than poll forever.
+                raise
             except APIConnectionError as exc:
                 delay = poll_backoff(state.connection_errors)
                 state.connection_errors += 1

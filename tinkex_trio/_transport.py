@@ -216,13 +216,16 @@ def _tls_error(exc: httpx.ConnectError, ssl_exc: ssl.SSLError, what: str) -> TLS
         host = f"{url.host}:{url.port}" if url.port is not None else url.host
     except RuntimeError:  # an httpx exception raised without a request (never by client.send)
         host = "the server"
+    # getattr: the ssl module sets these attributes only on the errors it raises itself.
     if isinstance(ssl_exc, ssl.SSLCertVerificationError):
-        reason = ssl_exc.verify_message or ssl_exc.reason or "unknown reason"
+        verify_message: str | None = getattr(ssl_exc, "verify_message", None)
+        reason = verify_message or str(ssl_exc) or "unknown reason"
         return TLSError(
             f"{what}: TLS certificate verify failed: {reason} (hostname {host}); "
             "trust the server's CA with ca_file= or ssl_context=, or check base_url"
         )
-    reason = (ssl_exc.reason or str(ssl_exc)).lower().replace("_", " ")
+    ssl_reason: str | None = getattr(ssl_exc, "reason", None)
+    reason = (ssl_reason or str(ssl_exc)).lower().replace("_", " ")
     hint = (
         " (does the server speak plain HTTP on this port? then base_url should be http://)"
         if "wrong version number" in reason or "record layer failure" in reason
@@ -566,7 +569,7 @@ class Transport:
                 response = await self._send_and_read(client, request, what)
             if response is None:
                 raise APITimeoutError(
-                    f"{what}: no complete answer within {deadline_s:g} s (the attempt's overall deadline, "
+                    f"{what}: no complete answer within {deadline_s:g} s (the attempt's overall deadline; see "
                     "timeouts.total_s)"
                 )
         except httpx.HTTPError as exc:
