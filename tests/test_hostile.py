@@ -430,3 +430,37 @@ async def test_a_retried_connection_error_keeps_its_cause(autojump_clock: trio.t
     assert "Connection refused" in str(err)
     chain = " ".join(repr(e) for e in (err, err.__cause__, err.__cause__.__cause__, err.__cause__.__context__))
     assert KEY not in chain
+
+
+# -- the deadline, deterministically (in process, autojump clock) ---------------------------------------------------
+
+
+async def test_an_answer_that_never_comes_is_cut_at_the_deadline_and_retried(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    arrivals: list[float] = []
+
+    async def stuck_app(scope: Any, receive: Any, send: Any) -> None:
+        arrivals.append(trio.current_time())
+        await trio.sleep_forever()  # (httpx's timeouts do not apply to an in-process app: only the deadline can help)
+
+    config = Config.create(
+        api_key=KEY,
+        base_url="http://sim.test",
+        env={},
+        timeouts={"total_s": 50.0},
+        retry={"max_retries": 2, "base_delay_s": 1.0, "max_delay_s": 1.0, "jitter": 0.0},
+    )
+    transport = Transport(config, transport_factory=lambda pool: httpx.ASGITransport(app=stuck_app))
+    with trio.fail_after(10_000):
+        start = trio.current_time()
+        with pytest.raises(errors.APITimeoutError, match=r"within 50 s"):
+            await create_session(transport)
+        assert [round(t - start, 6) for t in arrivals] == [0.0, 51.0, 102.0]  # 50 s each, 1 s backoff between
+        # A poll (its own 45 s timeout + connect_s 5 s) is cut at 50 s too; a heartbeat (10 s + 5 s) at 15 s.
+        for timeout, expected in ((45.0, 50.0), (10.0, 15.0)):
+            arrivals.clear()
+            with pytest.raises(errors.APITimeoutError, match=rf"within {expected:g} s"):
+                await transport.request(PoolKind.FUTURES, "POST", "/x", json={}, timeout=timeout, retry=False)
+            assert trio.current_time() - arrivals[0] == pytest.approx(expected)
+    await transport.aclose()
