@@ -464,3 +464,21 @@ async def test_an_answer_that_never_comes_is_cut_at_the_deadline_and_retried(
                 await transport.request(PoolKind.FUTURES, "POST", "/x", json={}, timeout=timeout, retry=False)
             assert trio.current_time() - arrivals[0] == pytest.approx(expected)
     await transport.aclose()
+
+
+# -- how the new errors are classified ------------------------------------------------------------------------------
+
+
+def test_tls_and_too_large_errors_are_not_retried_and_neutral_for_the_breaker() -> None:
+    from tinkex_trio._breaker import Verdict, classify_exception
+    from tinkex_trio._retry import ConnectionFailure, outcome_from_exception
+
+    tls = errors.TLSError("certificate verify failed")
+    too_large = errors.ResponseTooLargeError("too large", limit=1024, size=2048)
+    for err in (tls, too_large):
+        assert outcome_from_exception(err) is None
+        assert classify_exception(err) is Verdict.NEUTRAL
+    # their neighbours keep their meaning
+    assert outcome_from_exception(errors.APIConnectionError("reset")) == ConnectionFailure()
+    assert classify_exception(errors.APIConnectionError("reset")) is Verdict.FAILURE
+    assert too_large.limit == 1024 and too_large.size == 2048 and too_large.body is None

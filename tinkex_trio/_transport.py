@@ -359,7 +359,9 @@ class Transport:
         rng: randomness for retry jitter (seed it for reproducible tests).
         breaker: the circuit breaker every guarded request goes through (none: no breaker).
 
-    Every attempt is bounded in time and in memory (see "Bounded responses" in the module docstring).
+    Every attempt is bounded in time and in memory (see "Bounded responses" in the module docstring): past its
+    deadline it fails with APITimeoutError (retried), past ``config.max_response_bytes`` with ResponseTooLargeError
+    (not retried). A certificate or TLS handshake failure is a TLSError, not retried.
     """
 
     def __init__(
