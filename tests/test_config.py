@@ -394,6 +394,8 @@ BAD_VALUES: list[tuple[str, str, object, str]] = [
     ("timeouts", "telemetry_s", 0, "expected float > 0, got 0"),
     ("timeouts", "cancel_future_s", 0, "expected float > 0, got 0"),
     ("timeouts", "finish_s", 0, "expected float > 0, got 0"),
+    ("timeouts", "total_s", 0, "expected float > 0, got 0"),
+    ("timeouts", "total_s", "120", "expected float > 0, got '120'"),
 ]
 
 
@@ -607,3 +609,61 @@ def test_from_toml_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file") as info:
         Config.from_toml(tmp_path / "nope.toml", env={"TINKER_API_KEY": KEY})
     assert info.value.key is None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Bounded responses: timeouts.total_s, max_response_bytes; ports in base_url
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_total_deadline_and_response_cap_defaults() -> None:
+    c = make()
+    assert c.timeouts.total_s is None and c.timeouts.effective_total_s == 120.0  # 2 x request_s
+    assert make(timeouts={"request_s": 90}).timeouts.effective_total_s == 180.0
+    assert make(timeouts={"total_s": 300}).timeouts.effective_total_s == 300.0
+    assert c.max_response_bytes == 256 * 1024 * 1024
+
+
+def test_total_deadline_may_not_cut_long_polls_short() -> None:
+    with pytest.raises(ConfigError) as info:
+        make(timeouts={"total_s": 30})
+    assert str(info.value).startswith("timeouts.total_s: expected float >= retrieve_future_s (45)")
+    assert info.value.key == "timeouts.total_s"
+    assert make(timeouts={"total_s": 2, "retrieve_future_s": 1}).timeouts.total_s == 2.0
+
+
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [(1023, "expected int >= 1024, got 1023"), (2.0**20, "expected int >= 1024, got 1048576.0"), (True, "got True")],
+)
+def test_max_response_bytes_validation(value: object, detail: str) -> None:
+    with pytest.raises(ConfigError, match=detail) as info:
+        make(max_response_bytes=value)
+    assert info.value.key == "max_response_bytes"
+
+
+def test_total_deadline_and_response_cap_from_toml_and_env(tmp_path: Path) -> None:
+    toml = f'api_key = "{KEY}"\nmax_response_bytes = 4096\n[timeouts]\ntotal_s = 90\n'
+    c = Config.from_toml(write(tmp_path, toml), env={})
+    assert c.max_response_bytes == 4096 and c.timeouts.total_s == 90.0
+    env = {"TINKEX_TIMEOUT_TOTAL_S": "75.5", "TINKEX_MAX_RESPONSE_BYTES": "2048"}
+    c = Config.create(KEY, env=env)
+    assert c.timeouts.total_s == 75.5 and c.max_response_bytes == 2048
+    # arguments and the file beat the environment
+    assert Config.create(KEY, env=env, max_response_bytes=8192).max_response_bytes == 8192
+    assert Config.from_toml(write(tmp_path, toml), env=env).timeouts.total_s == 90.0
+    for name, raw in (("TINKEX_TIMEOUT_TOTAL_S", "soon"), ("TINKEX_MAX_RESPONSE_BYTES", "1.5")):
+        with pytest.raises(ConfigError) as info:
+            Config.create(KEY, env={name: raw})
+        assert info.value.key == name and repr(raw) in str(info.value)
+    with pytest.raises(ConfigError, match=r"^max_response_bytes: expected int >= 1024, got 10$"):
+        Config.create(KEY, env={"TINKEX_MAX_RESPONSE_BYTES": "10"})
+
+
+@pytest.mark.parametrize(
+    "bad", ["http://127.0.0.1:99999", "https://h.example:65536/x", "http://h.example:-1", "http://h:x"]
+)
+def test_base_url_port_out_of_range(bad: str) -> None:
+    with pytest.raises(ConfigError, match=r"^base_url: expected a numeric port in 0-65535, got ") as info:
+        make(base_url=bad)
+    assert info.value.key == "base_url"

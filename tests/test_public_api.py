@@ -133,6 +133,8 @@ def test_errors_hierarchy() -> None:
         assert issubclass(cls, e.APIStatusError)
     assert issubclass(e.APITimeoutError, e.APIConnectionError)
     assert issubclass(e.APIConnectionError, e.APIError)
+    assert issubclass(e.TLSError, e.APIConnectionError)
+    assert issubclass(e.ResponseTooLargeError, e.ResponseValidationError)
     for cls in (
         e.ResponseValidationError,
         e.RequestFailedError,

@@ -31,8 +31,11 @@ What counts (:func:`classify_exception`, :func:`classify_status`):
 * FAILURE: no HTTP answer (:class:`~tinkex_trio.errors.APIConnectionError`, including timeouts and a proxy's empty
   400) and every 5xx. These say the service (or the path to it) is unhealthy.
 * NEUTRAL: 429 and 408 (the service is alive but pushing back; rate limiting is not an outage, and counting it would
-  make the breaker amplify the server's own backpressure), a nested ``CircuitOpenError``, and any exception that is not
-  a transport outcome (a bug in the caller's code, a bad body): none of them measure the service's health.
+  make the breaker amplify the server's own backpressure), a nested ``CircuitOpenError``, a
+  :class:`~tinkex_trio.errors.TLSError` (a certificate or protocol mismatch is a configuration problem; it is not
+  retried anyway, and an open breaker would hide "certificate verify failed" behind CircuitOpenError), and any
+  exception that is not a transport outcome (a bug in the caller's code, a bad or too large body): none of them
+  measure the service's health.
 * SUCCESS: a return, and every other 4xx: the service answered and judged the request (the fault is ours).
 * Never counted at all: ``trio.Cancelled``, ``KeyboardInterrupt``, ``GeneratorExit`` (any ``BaseException`` that is not
   an ``Exception``). The call's trial slot is released and the exception propagates untouched.
@@ -63,7 +66,7 @@ import trio
 
 from tinkex_trio._config import CircuitBreakerConfig, Config
 from tinkex_trio._telemetry import CIRCUIT_BREAKER_STATE_CHANGE, TelemetryBus
-from tinkex_trio.errors import APIConnectionError, APIStatusError, CircuitOpenError
+from tinkex_trio.errors import APIConnectionError, APIStatusError, CircuitOpenError, TLSError
 
 __all__ = [
     "BreakerRegistry",
@@ -130,6 +133,8 @@ def classify_exception(exc: Exception) -> Verdict:
     """
     if isinstance(exc, APIStatusError):
         return classify_status(exc.status_code)
+    if isinstance(exc, TLSError):  # configuration, not health (see the module docstring)
+        return Verdict.NEUTRAL
     if isinstance(exc, APIConnectionError):  # includes APITimeoutError
         return Verdict.FAILURE
     return Verdict.NEUTRAL

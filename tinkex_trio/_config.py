@@ -18,6 +18,8 @@ Environment variables (an empty value counts as unset):
 ``TINKER_TAGS``            comma-separated session tags, order kept, duplicates dropped
 ``TINKER_TELEMETRY``       ``1|true|yes|on`` keeps telemetry on; ``0|false|no|off`` (or anything else) turns it off
 ``TINKEX_CIRCUIT_BREAKER`` ``on|off`` (also ``1|0|true|false|yes|no``)
+``TINKEX_TIMEOUT_TOTAL_S`` ``timeouts.total_s``: the deadline of one attempt, in seconds
+``TINKEX_MAX_RESPONSE_BYTES`` ``max_response_bytes``: the largest response body read, in bytes
 =========================  ==============================================================
 
 The API key never appears in a repr, a str or an error message: ``Config.__repr__`` shows
@@ -44,6 +46,7 @@ from tinkex_trio.errors import ConfigError
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "BatchingConfig",
     "CircuitBreakerConfig",
     "Config",
@@ -58,6 +61,9 @@ __all__ = [
 ]
 
 DEFAULT_BASE_URL = "https://tinker.thinkingmachines.dev/services/tinker-prod"
+DEFAULT_MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+"""``Config.max_response_bytes`` by default: 256 MiB, well above any answer of the service (the largest are sample and
+forward results), well below what would hurt a training host."""
 
 WireFormat = Literal["proto", "json"]
 
@@ -357,8 +363,24 @@ class MetricsConfig(_Validated, frozen=True, kw_only=True):
     histogram_max_ms: int = 3_600_000
 
 
+def _opt_positive_float(value: object) -> float | None:
+    if value is None:
+        return None
+    return float(_Num(float, gt=0)(value))
+
+
 class TimeoutsConfig(_Validated, frozen=True, kw_only=True):
-    """Per-call timeouts in seconds (protocol §1.4)."""
+    """Per-call timeouts in seconds (protocol §1.4).
+
+    ``connect_s`` and the per-call timeouts (``request_s`` for ordinary calls, ``retrieve_future_s`` for a poll, ...)
+    are httpx's: they bound the connection and *each read*, so a server dripping a byte every few seconds never
+    trips them. ``total_s`` bounds the whole of one attempt (connect, send, wait, read the entire body): past it the
+    attempt fails with :class:`~tinkex_trio.errors.APITimeoutError` (retried like any timeout; a poll re-polls).
+    ``None`` (the default) means ``2 × request_s`` (120 s). A call with a shorter timeout of its own (a poll, a
+    heartbeat, telemetry, cancel, finish) gets that timeout ``+ connect_s`` when that is sooner: a poll attempt ends
+    after at most ``retrieve_future_s + connect_s`` (50 s). ``total_s`` may not be below ``retrieve_future_s``, or
+    every long-poll would be cut short.
+    """
 
     _key_prefix: ClassVar[str] = "timeouts."
     _checks: ClassVar[Mapping[str, _Check]] = {
@@ -372,7 +394,7 @@ class TimeoutsConfig(_Validated, frozen=True, kw_only=True):
             "cancel_future_s",
             "finish_s",
         )
-    }
+    } | {"total_s": _opt_positive_float}
 
     connect_s: float = 5.0
     request_s: float = 60.0
@@ -381,6 +403,20 @@ class TimeoutsConfig(_Validated, frozen=True, kw_only=True):
     telemetry_s: float = 5.0
     cancel_future_s: float = 30.0
     finish_s: float = 10.0
+    total_s: float | None = None
+
+    @property
+    def effective_total_s(self) -> float:
+        """``total_s``, or ``2 × request_s`` when it is not set."""
+        return self.total_s if self.total_s is not None else 2.0 * self.request_s
+
+    def _check_together(self) -> None:
+        if self.effective_total_s < self.retrieve_future_s:
+            self._fail(
+                "total_s",
+                f"expected float >= retrieve_future_s ({self.retrieve_future_s:g}): a long-poll may take that long, "
+                f"got {self.effective_total_s!r}",
+            )
 
 
 class PoolLimits(_Validated, frozen=True, kw_only=True):
@@ -464,6 +500,10 @@ def _base_url(value: object) -> str:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"expected an http:// or https:// URL, got {_got(value)}")
+    try:
+        parts.port  # noqa: B018  # urlsplit parses the port lazily: reading it checks 0-65535
+    except ValueError:
+        raise ValueError(f"expected a numeric port in 0-65535, got {_got(value)}") from None
     return url
 
 
@@ -513,6 +553,10 @@ class Config(_Validated, frozen=True, kw_only=True):
         http2: offer HTTP/2 over TLS.
         verify: verify TLS certificates (``False`` only for local experiments).
         ca_file: a PEM bundle of extra CAs to trust (an ``ssl.SSLContext`` passed to ``open_session`` wins).
+        max_response_bytes: the largest response body the client reads (after content decoding), for submissions and
+            polls alike; a larger one fails with :class:`~tinkex_trio.errors.ResponseTooLargeError` as soon as its
+            Content-Length or the bytes read pass it, so the client buffers at most about this much per response.
+            Default 256 MiB; at least 1024.
         retry, circuit_breaker, batching, metrics, timeouts, pools: the sections.
     """
 
@@ -528,6 +572,7 @@ class Config(_Validated, frozen=True, kw_only=True):
         "http2": _bool,
         "verify": _bool,
         "ca_file": _ca_file,
+        "max_response_bytes": _Num(int, ge=1024),
         **{name: _section_check(cls) for name, cls in _SECTIONS.items()},
     }
 
@@ -542,6 +587,7 @@ class Config(_Validated, frozen=True, kw_only=True):
     http2: bool = True
     verify: bool = True
     ca_file: str | None = None
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
     circuit_breaker: CircuitBreakerConfig = msgspec.field(default_factory=CircuitBreakerConfig)
     batching: BatchingConfig = msgspec.field(default_factory=BatchingConfig)
@@ -674,7 +720,23 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
         layer["telemetry"] = telemetry
     if (breaker := _env_word(env, "TINKEX_CIRCUIT_BREAKER", unknown=None)) is not None:
         layer["circuit_breaker"] = {"enabled": breaker}
+    if (total := _env_number(env, "TINKEX_TIMEOUT_TOTAL_S", float)) is not None:
+        layer["timeouts"] = {"total_s": total}
+    if (max_bytes := _env_number(env, "TINKEX_MAX_RESPONSE_BYTES", int)) is not None:
+        layer["max_response_bytes"] = max_bytes
     return layer
+
+
+def _env_number(env: Mapping[str, str], name: str, kind: type[int] | type[float]) -> int | float | None:
+    """A numeric environment variable: ``None`` when unset or empty, else the number (its range is checked by the
+    field it sets); a value that is not a number is a :class:`ConfigError` naming the variable."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {raw!r}", key=name) from None
 
 
 def _as_layer(struct: msgspec.Struct) -> dict[str, Any]:

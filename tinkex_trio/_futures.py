@@ -21,6 +21,7 @@ What the poll does with each answer (protocol §6, checked in this order):
 200, any other JSON                         decode
 408 / 5xx                                   re-poll after :func:`~tinkex_trio._retry.poll_error_backoff` (short,
                                             jittered, growing: never a tight loop)
+TLS certificate or handshake failure        fail with :class:`~tinkex_trio.errors.TLSError` (it would fail forever)
 429, connection error, timeout              re-poll after :func:`~tinkex_trio._retry.poll_backoff` (``min(2^n, 30)``
                                             s, at least a 429's ``Retry-After``); ``n`` counts these in a row
                                             (both backoffs are capped by ``config.retry.max_delay_s``)
@@ -29,7 +30,8 @@ What the poll does with each answer (protocol §6, checked in this order):
 410                                         fail with :class:`~tinkex_trio.errors.GoneError` (the sampler re-submits)
 other 4xx                                   fail with the status's error
 a body that cannot be read or decoded       up to 10 re-polls in a row (after a short backoff), then
-                                            :class:`~tinkex_trio.errors.ResponseValidationError`
+(or is over ``max_response_bytes``)         :class:`~tinkex_trio.errors.ResponseValidationError` (or its subclass
+                                            :class:`~tinkex_trio.errors.ResponseTooLargeError`)
 ==========================================  ========================================================================
 
 Polling has no overall deadline (``result(timeout)`` limits only the wait); it ends with the future's outcome, or with
@@ -61,6 +63,7 @@ from tinkex_trio.errors import (
     ResponseValidationError,
     SessionClosedError,
     TinkexError,
+    TLSError,
 )
 
 __all__ = [
@@ -474,11 +477,19 @@ class FutureManager:
             except APIStatusError as exc:
                 await self._on_status_error(fut, state, exc)
                 continue
+            except TLSError:
+                # A certificate or TLS mismatch repeats on every poll: fail the future now rather than poll forever.
+                raise
             except APIConnectionError as exc:
                 delay = min(poll_backoff(state.connection_errors), self._max_delay_s)
                 state.connection_errors += 1
                 logger.debug("poll of %s: %s; re-polling in %.1f s", rid, type(exc).__name__, delay)
                 await trio.sleep(delay)
+                continue
+            except ResponseValidationError as exc:
+                # The transport could not read the answer (ResponseTooLargeError: over max_response_bytes): an
+                # unreadable answer like the ones below. Bounded: each re-poll reads at most the limit.
+                await self._on_bad_reply(rid, state, exc)
                 continue
 
             # Any 2xx resets the error counters.
@@ -495,14 +506,18 @@ class FutureManager:
                 await trio.sleep_until(sent_at + TRY_AGAIN_MIN_INTERVAL_S)
                 continue
             if isinstance(outcome, ResponseValidationError):
-                state.bad_replies += 1
-                if state.bad_replies > MAX_BAD_REPLY_RETRIES:
-                    raise outcome
-                delay = min(poll_error_backoff(state.bad_replies - 1, self._rng), self._max_delay_s)
-                logger.debug("poll of %s: unreadable answer (%s); re-polling in %.2f s", rid, outcome, delay)
-                await trio.sleep(delay)
+                await self._on_bad_reply(rid, state, outcome)
                 continue
             return outcome
+
+    async def _on_bad_reply(self, rid: str, state: _PollState, error: ResponseValidationError) -> None:
+        """An unreadable answer: wait a short backoff before re-polling, or raise ``error`` past the cap."""
+        state.bad_replies += 1
+        if state.bad_replies > MAX_BAD_REPLY_RETRIES:
+            raise error
+        delay = min(poll_error_backoff(state.bad_replies - 1, self._rng), self._max_delay_s)
+        logger.debug("poll of %s: unreadable answer (%s); re-polling in %.2f s", rid, error, delay)
+        await trio.sleep(delay)
 
     def _classify(
         self, fut: APIFuture[T], state: _PollState, decode: FutureDecoder[T], response: httpx.Response

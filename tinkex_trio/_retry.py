@@ -14,7 +14,8 @@ The HTTP layer asks :meth:`RetryPolicy.decide` after each failed attempt and sle
                 raise
         await trio.sleep(decision.delay)
 
-Rules: 408, 409, 429 and every status >= 500 are retried, and so are connection errors and timeouts; a
+Rules: 408, 409, 429 and every status >= 500 are retried, and so are connection errors and timeouts (but not a
+:class:`~tinkex_trio.errors.TLSError`: a certificate or handshake failure repeats identically); a
 ``x-should-retry: true|false`` response header overrides the status. The delay is the server's ``retry-after-ms``, else
 its ``retry-after`` (seconds or an HTTP date), when that is between 0 and ``retry_after_max_s`` (60 s); otherwise
 ``min(base_delay_s * 2**k, max_delay_s) * (1 - jitter * U[0,1))`` for retry ``k`` (0 for the first retry). Retrying
@@ -34,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from tinkex_trio._config import RetryConfig
-from tinkex_trio.errors import APIConnectionError, APIStatusError, APITimeoutError
+from tinkex_trio.errors import APIConnectionError, APIStatusError, APITimeoutError, TLSError
 
 __all__ = [
     "ConnectionFailure",
@@ -88,10 +89,15 @@ def outcome_from_exception(exc: BaseException) -> Outcome | None:
 
     :class:`~tinkex_trio.errors.APIStatusError` → :class:`StatusOutcome`; :class:`~tinkex_trio.errors.APITimeoutError`
     → ``ConnectionFailure(timeout=True)``; other :class:`~tinkex_trio.errors.APIConnectionError` →
-    ``ConnectionFailure()``. Anything else (including ``trio.Cancelled``) → ``None``.
+    ``ConnectionFailure()``. Anything else (including ``trio.Cancelled``) → ``None``; so is a
+    :class:`~tinkex_trio.errors.TLSError`, the one connection error that retrying cannot fix (the same certificate or
+    protocol mismatch fails every handshake), and a :class:`~tinkex_trio.errors.ResponseValidationError` (including
+    ``ResponseTooLargeError``: the server would send the same body again).
     """
     if isinstance(exc, APIStatusError):
         return StatusOutcome(exc.status_code, exc.headers)
+    if isinstance(exc, TLSError):
+        return None
     if isinstance(exc, APITimeoutError):
         return ConnectionFailure(timeout=True)
     if isinstance(exc, APIConnectionError):

@@ -8,7 +8,10 @@ Every request of the client goes through :meth:`Transport.request`. It
 * sends on the ``httpx.AsyncClient`` of its pool kind (protocol §1.5: training calls never queue behind a thousand
   sample submissions or long-polls), each with the limits of ``config.pools``;
 * maps a non-2xx answer to the :mod:`tinkex_trio.errors` class of its status, and transport failures to
-  :class:`~tinkex_trio.errors.APIConnectionError` / :class:`~tinkex_trio.errors.APITimeoutError`;
+  :class:`~tinkex_trio.errors.APIConnectionError` / :class:`~tinkex_trio.errors.APITimeoutError` (the httpx
+  exception as ``__cause__``), or :class:`~tinkex_trio.errors.TLSError` for a certificate or handshake failure that
+  retrying cannot fix;
+* bounds every attempt (see "Bounded responses" below);
 * retries what :class:`~tinkex_trio._retry.RetryPolicy` says to retry, sleeping on trio's clock;
 * emits ``tinkex.http.request.{start,stop,exception}`` and ``tinkex.retry`` telemetry;
 * goes through the session's circuit breaker (:mod:`tinkex_trio._breaker`), if it has one.
@@ -30,6 +33,14 @@ The circuit breaker, on the hot path as plain method calls (no channel hop):
   A poll asks for work the server has already accepted: failing it fast would abandon that work, polls have their own
   backoff, a long poll's slowness is by design, and their volume would swamp the count. Callers pass ``breaker=False``
   for requests that must go out whatever the breaker says (the session's heartbeat and finish).
+
+Bounded responses: httpx's timeouts bound the connection and each read, not the whole answer, and httpx buffers any
+body whole. So each attempt (connect, send, wait for the answer, read its whole body) runs under an overall deadline
+(:meth:`Transport._attempt_deadline`: ``timeouts.total_s``, or a call's own shorter timeout ``+ connect_s``) and
+fails past it with :class:`~tinkex_trio.errors.APITimeoutError` (retried like any timeout); and the body is streamed
+into a buffer of at most ``config.max_response_bytes`` (checked against ``Content-Length`` up front, and against the
+decoded bytes as they arrive): past it the attempt fails with :class:`~tinkex_trio.errors.ResponseTooLargeError`
+(not retried). The response is closed in every case, so a half-read connection is dropped, never reused.
 
 Cancellation passes straight through: only ``httpx.HTTPError`` and our own API errors are caught. A cancelled request
 records no verdict; it only frees its trial slot.
@@ -76,7 +87,9 @@ from tinkex_trio.errors import (
     APIStatusError,
     APITimeoutError,
     CircuitOpenError,
+    ResponseTooLargeError,
     ResponseValidationError,
+    TLSError,
     status_error_class,
 )
 
@@ -164,10 +177,80 @@ def _may_carry_key(base: httpx.URL, url: httpx.URL) -> bool:
 
 
 def _connection_error(exc: httpx.HTTPError, what: str) -> APIConnectionError:
+    """The error for an httpx failure; the caller raises it ``from exc`` (httpx exceptions carry no headers, so the
+    cause chain cannot show the key)."""
     if isinstance(exc, httpx.TimeoutException):
         return APITimeoutError(f"{what}: request timed out ({type(exc).__name__})")
-    detail = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ConnectError) and (ssl_exc := _fatal_ssl_error(exc)) is not None:
+        return _tls_error(exc, ssl_exc, what)
+    detail = str(exc) or _root_detail(exc) or type(exc).__name__
     return APIConnectionError(f"{what}: connection error: {detail}")
+
+
+# A TLS connection cut short (EOF, reset, a syscall error) during the handshake is transport trouble like any other
+# and is retried; every other ssl.SSLError is a verdict of the handshake itself, which a retry would repeat.
+_TRANSIENT_SSL_ERRORS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes/contexts, outermost first (each once: a chain may loop)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and not any(current is seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _fatal_ssl_error(exc: httpx.ConnectError) -> ssl.SSLError | None:
+    """The ``ssl.SSLError`` behind a failed connection when retrying cannot fix it (see _TRANSIENT_SSL_ERRORS)."""
+    for link in _exception_chain(exc):
+        if isinstance(link, ssl.SSLError):
+            return None if isinstance(link, _TRANSIENT_SSL_ERRORS) else link
+    return None
+
+
+def _root_detail(exc: BaseException) -> str:
+    """The message of the innermost exception in the chain that has one (httpx's ConnectError is often empty)."""
+    for link in reversed(_exception_chain(exc)):
+        if text := str(link):
+            return text
+    return ""
+
+
+def _tls_error(exc: httpx.ConnectError, ssl_exc: ssl.SSLError, what: str) -> TLSError:
+    try:
+        url = exc.request.url
+        host = f"{url.host}:{url.port}" if url.port is not None else url.host
+    except RuntimeError:  # an httpx exception raised without a request (never by client.send)
+        host = "the server"
+    # getattr: the ssl module sets these attributes only on the errors it raises itself.
+    if isinstance(ssl_exc, ssl.SSLCertVerificationError):
+        verify_message: str | None = getattr(ssl_exc, "verify_message", None)
+        reason = verify_message or str(ssl_exc) or "unknown reason"
+        return TLSError(
+            f"{what}: TLS certificate verify failed: {reason} (hostname {host}); "
+            "trust the server's CA with ca_file= or ssl_context=, or check base_url"
+        )
+    ssl_reason: str | None = getattr(ssl_exc, "reason", None)
+    reason = (ssl_reason or str(ssl_exc)).lower().replace("_", " ")
+    hint = (
+        " (does the server speak plain HTTP on this port? then base_url should be http://)"
+        if "wrong version number" in reason or "record layer failure" in reason
+        else ""
+    )
+    return TLSError(f"{what}: TLS handshake with {host} failed: {reason}{hint}")
+
+
+def _declared_length(response: httpx.Response) -> int | None:
+    """The response's Content-Length as a number, or None when absent or not a number (httpx then errors itself)."""
+    raw = response.headers.get("content-length")
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return None
 
 
 class _RequestBody(httpx.AsyncByteStream):
@@ -288,6 +371,10 @@ class Transport:
         transport_factory: builds each pool's httpx transport (in-process ASGI apps in tests).
         rng: randomness for retry jitter (seed it for reproducible tests).
         breaker: the circuit breaker every guarded request goes through (none: no breaker).
+
+    Every attempt is bounded in time and in memory (see "Bounded responses" in the module docstring): past its
+    deadline it fails with APITimeoutError (retried), past ``config.max_response_bytes`` with ResponseTooLargeError
+    (not retried). A certificate or TLS handshake failure is a TLSError, not retried.
     """
 
     def __init__(
@@ -516,8 +603,14 @@ class Transport:
                     verdict = classify_exception(exc)
                     guard.attempt_failed(verdict)
                     outcome = outcome_from_exception(exc) if retry else None
-                    if outcome is None and committed and isinstance(exc, ResponseValidationError):
+                    if (
+                        outcome is None
+                        and committed
+                        and isinstance(exc, ResponseValidationError)
+                        and not isinstance(exc, ResponseTooLargeError)
+                    ):
                         # The server answered but the answer cannot be read: re-send (idempotent) to read it again.
+                        # (Not one over the size cap: the server keeps that answer and would send it again.)
                         outcome = ConnectionFailure()
                     if outcome is None:
                         guard.settle(verdict)
@@ -578,11 +671,20 @@ class Transport:
         bus = self.telemetry
         start = trio.current_time()
         bus.emit(HTTP_REQUEST_START, {"attempt": attempt}, meta, time=start)
+        deadline_s = self._attempt_deadline(timeout)
         try:
             request = client.build_request(method, path, content=body, headers=headers, params=params, timeout=timeout)
             if body is not None:
                 request.stream = _RequestBody(body)
-            response = await client.send(request)
+            response: httpx.Response | None = None
+            # Our own scope: its Cancelled ends here (cancelled_caught); an outer cancellation propagates untouched.
+            with trio.move_on_after(deadline_s):
+                response = await self._send_and_read(client, request, what)
+            if response is None:
+                raise APITimeoutError(
+                    f"{what}: no complete answer within {deadline_s:g} s (the attempt's overall deadline; see "
+                    "timeouts.total_s)"
+                )
         except httpx.HTTPError as exc:
             err = _connection_error(exc, what)
             end = trio.current_time()
@@ -592,7 +694,7 @@ class Transport:
                 {**meta, "kind": type(err).__name__},
                 time=end,
             )
-            raise err from None
+            raise err from exc
         except BaseException as exc:
             # The span ends whatever happened (the bus's convention: cancellation or Ctrl-C is a .stop with
             # cancelled=True, not a failure), and the exception propagates untouched.
@@ -617,6 +719,72 @@ class Transport:
             # A zero-length 400 is a proxy's reset, not the server's verdict (protocol §7).
             raise APIConnectionError(f"{what}: empty 400 response (connection reset by a proxy)")
         raise error_from_response(response)
+
+    def _attempt_deadline(self, timeout: httpx.Timeout) -> float:
+        """The overall deadline of one attempt, in seconds: ``timeouts.total_s`` (default ``2 × request_s``), or,
+        for a call with a shorter read timeout of its own (a poll, a heartbeat, ...), that timeout ``+ connect_s``
+        when that is sooner."""
+        timeouts = self.config.timeouts
+        total = timeouts.effective_total_s
+        read = timeout.read
+        if read is not None and read < timeouts.request_s:
+            return min(total, read + timeouts.connect_s)
+        return total
+
+    async def _send_and_read(self, client: httpx.AsyncClient, request: httpx.Request, what: str) -> httpx.Response:
+        """Send ``request`` and read its whole body (decoded), at most ``config.max_response_bytes`` of it.
+
+        Returns the response with its body loaded (``response.content`` works). The response is closed whatever
+        happens, cancellation included: a body read to its end gives the connection back to the pool, any other
+        ending closes the connection (httpx shields that close from cancellation itself).
+
+        Raises:
+            ResponseTooLargeError: the declared Content-Length, or the bytes read so far, exceed the limit.
+            httpx.HTTPError: the transport failed (the caller maps it).
+        """
+        limit = self.config.max_response_bytes
+        response = await client.send(request, stream=True)
+        try:
+            rid = response.headers.get("x-request-id")
+            declared = _declared_length(response)
+            if declared is not None and declared > limit:
+                raise ResponseTooLargeError(
+                    f"{what}: the response declares {declared} bytes (Content-Length), over the limit of {limit} "
+                    "(max_response_bytes); not read",
+                    limit=limit,
+                    size=declared,
+                    request_id=rid,
+                )
+            buffer = bytearray()
+            too_large: ResponseTooLargeError | None = None
+            with trio.CancelScope() as reading:
+                async for chunk in response.aiter_bytes():
+                    if too_large is not None:
+                        continue  # bytes h11 had already received when we cut: dropped
+                    buffer += chunk
+                    if len(buffer) > limit:
+                        too_large = ResponseTooLargeError(
+                            f"{what}: the response body is over the limit of {limit} bytes (max_response_bytes); "
+                            f"stopped reading after {len(buffer)}",
+                            limit=limit,
+                            size=len(buffer),
+                            body=bytes(buffer[:2048]),
+                            request_id=rid,
+                        )
+                        buffer = bytearray()
+                        # Not `break`: that would abandon httpx's nested async generators half-way (trio warns when
+                        # they are collected). Cancelling makes the next network read raise, which ends every one of
+                        # them, and httpcore closes the connection on the way out. This scope catches only its own
+                        # Cancelled: the deadline's or the caller's passes through.
+                        reading.cancel()
+            if too_large is not None:
+                raise too_large
+            # httpx has no public way to attach a body read by hand; aread() would buffer it unbounded.
+            response._content = bytes(buffer)  # pyright: ignore[reportPrivateUsage]
+            del buffer
+        finally:
+            await response.aclose()
+        return response
 
     async def request_json(
         self,

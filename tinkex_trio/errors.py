@@ -21,8 +21,10 @@ before they are stored.
     │   │   ├── RateLimitError             429
     │   │   └── InternalServerError        5xx
     │   ├── APIConnectionError
-    │   │   └── APITimeoutError
+    │   │   ├── APITimeoutError
+    │   │   └── TLSError                   certificate or handshake failure: not retried
     │   └── ResponseValidationError
+    │       └── ResponseTooLargeError      the body is over ``max_response_bytes``: not retried
     ├── RequestFailedError                 a future that failed (category user/server/unknown)
     ├── CircuitOpenError                   the breaker is open: failing fast
     ├── SessionExpiredError                the server forgot the session (410 on heartbeat)
@@ -63,10 +65,12 @@ __all__ = [
     "RateLimitError",
     "RequestErrorCategory",
     "RequestFailedError",
+    "ResponseTooLargeError",
     "ResponseValidationError",
     "SequenceInDoubtError",
     "SessionClosedError",
     "SessionExpiredError",
+    "TLSError",
     "TinkexError",
     "UnprocessableEntityError",
     "redact",
@@ -268,6 +272,20 @@ class APITimeoutError(APIConnectionError):
         super().__init__(message, request_id=request_id)
 
 
+class TLSError(APIConnectionError):
+    """The TLS handshake failed in a way that retrying cannot fix: the server's certificate did not verify (unknown
+    CA, expired, issued for another host name) or the two sides do not speak TLS alike (e.g. ``https://`` to a plain
+    HTTP port: "wrong version number").
+
+    Never retried, and neutral for the circuit breaker: the same handshake would fail the same way, and the fix is
+    in the configuration (trust the server's CA with ``ca_file`` or an ``ssl_context``, correct ``base_url``), not in
+    the service's health. The message names the host and the reason (e.g. ``certificate verify failed:
+    self-signed certificate in certificate chain``); ``__cause__`` is the httpx exception, whose chain ends in the
+    ``ssl.SSLError``. A TLS connection cut short (EOF or reset during the handshake) is an ordinary, retried
+    :class:`APIConnectionError`, not this.
+    """
+
+
 class ResponseValidationError(APIError):
     """The server's answer was not valid: not JSON, or a field of the wrong type or missing.
 
@@ -291,6 +309,38 @@ class ResponseValidationError(APIError):
         self.field = field
         # Redacted before it is cut to 2 KiB, so that no key is cut in half (a server may echo the request back).
         self.body = _redact_bytes(body[:8192])[:2048] if body is not None else None
+
+
+class ResponseTooLargeError(ResponseValidationError):
+    """The response body is larger than ``Config.max_response_bytes``: the client stopped reading it.
+
+    Raised as soon as the declared ``Content-Length`` or the bytes read so far (after content decoding) pass the
+    limit; the connection is closed, so at most about ``limit`` bytes were buffered. It is a
+    :class:`ResponseValidationError` because the answer exists but is unusable, and like one it is not retried by the
+    HTTP layer: the server would send the same body again (for a POST, its answer under the same idempotency key).
+    Neutral for the circuit breaker. A ``retrieve_future`` poll counts it as an unreadable answer (a few re-polls,
+    then the future fails with it). Raise ``max_response_bytes`` if the answer is legitimately that large.
+
+    Attributes:
+        limit: the limit in bytes (``Config.max_response_bytes``).
+        size: the declared Content-Length, or the bytes read when reading stopped.
+    """
+
+    limit: int
+    size: int
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: int,
+        size: int,
+        body: bytes | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, body=body, request_id=request_id)
+        self.limit = limit
+        self.size = size
 
 
 class RequestFailedError(TinkexError):
