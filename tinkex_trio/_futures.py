@@ -190,6 +190,9 @@ class APIFuture(Generic[T]):
         else:
             await trio.lowlevel.checkpoint()
         if self._error is not None:
+            # A waiter whose own scope is cancelled gets Cancelled, not the error: when a cancelled session fails
+            # its futures with SessionClosedError, that error must not race the cancellation out of the block.
+            await trio.lowlevel.checkpoint_if_cancelled()
             raise self._error
         value = self._value
         assert not isinstance(value, _Pending)
@@ -369,20 +372,17 @@ class FutureManager:
                     value = await body(*args)
                 except TinkexError as exc:
                     fut._set_exception(exc)  # pyright: ignore[reportPrivateUsage]
-                except trio.Cancelled:
-                    # Only the session closing cancels a poll (its nursery, or aclose()).
-                    fut._set_exception(self._closed_error(fut))  # pyright: ignore[reportPrivateUsage]
-                    raise
-                except BaseException as exc:
-                    # A bug (or KeyboardInterrupt): the future cannot complete; the session will see the exception.
-                    fut._set_exception(  # pyright: ignore[reportPrivateUsage]
-                        TinkexError(f"polling {fut.request_type} request {fut.request_id!r} failed: {exc!r}")
-                    )
-                    raise
+                # Cancelled (the session is ending: its nursery, or aclose()), KeyboardInterrupt landing in this
+                # task, or a bug: the future stays pending and the exception goes on as itself. The session ends,
+                # cancels every waiter, and only then does aclose() fail what is still pending with
+                # SessionClosedError. Failing the future here would wake its waiter with an error before its own
+                # cancellation arrives: a SessionClosedError out of a cancelled block, or, beside the
+                # KeyboardInterrupt, an ExceptionGroup of two.
                 else:
                     fut._set_result(value)  # pyright: ignore[reportPrivateUsage]
         finally:
-            self._pending.pop(fut, None)
+            if fut.done():
+                self._pending.pop(fut, None)
             self._running -= 1
             if self._running == 0 and self._all_stopped is not None:
                 self._all_stopped.set()
@@ -394,15 +394,21 @@ class FutureManager:
             "its result is lost (futures never outlive their session)"
         )
 
+    def close_nowait(self) -> None:
+        """Fail every pending future with SessionClosedError and cancel their polls, without waiting for the poll
+        tasks to stop (not a checkpoint). Idempotent."""
+        self._closed = True
+        pending, self._pending = self._pending, {}
+        for fut, scope in pending.items():
+            fut._set_exception(self._closed_error(fut))  # pyright: ignore[reportPrivateUsage]
+            scope.cancel()
+
     async def aclose(self) -> None:
         """Fail every pending future with SessionClosedError, stop their polls, and wait until they have stopped.
 
         Idempotent. Later :meth:`track` calls raise SessionClosedError.
         """
-        self._closed = True
-        for fut, scope in list(self._pending.items()):
-            fut._set_exception(self._closed_error(fut))  # pyright: ignore[reportPrivateUsage]
-            scope.cancel()
+        self.close_nowait()
         if self._running:
             self._all_stopped = trio.Event()
             with trio.CancelScope(shield=True):

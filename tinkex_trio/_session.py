@@ -325,15 +325,21 @@ class Session:
         """Send finish (shielded, bounded), fail the pending futures, cancel the background tasks."""
         if self._host.failure is not None:
             reason, detail = "errored", _describe(self._host.failure)
-        with trio.CancelScope(shield=True):
-            # No batch window needs draining: on a clean exit no caller can still be waiting on one.
-            if not self._expired:
-                await self._send_finish(reason, detail)
+        try:
+            with trio.CancelScope(shield=True):
+                # No batch window needs draining: on a clean exit no caller can still be waiting on one.
+                if not self._expired:
+                    await self._send_finish(reason, detail)
+                self._closed = True
+                await self._futures.aclose()
+        finally:
+            # Also after a second Ctrl-C, which trio delivers even inside the shield: the session still ends at
+            # once, its pending futures failed.
             self._closed = True
-            await self._futures.aclose()
-        # Cancels the background nursery only: the scope the body runs in is never cancelled by us, so an exception
-        # from the body leaves the block untouched (a cancelled scope would rebuild ExceptionGroups it passes).
-        self._nursery.cancel_scope.cancel()
+            self._futures.close_nowait()
+            # Cancels the background nursery only: the scope the body runs in is never cancelled by us, so an
+            # exception from the body leaves the block untouched (a cancelled scope would rebuild ExceptionGroups).
+            self._nursery.cancel_scope.cancel()
 
     async def _send_finish(self, reason: _types.FinishReasonType, detail: str | None) -> None:
         timeout = self.config.timeouts.finish_s
