@@ -24,6 +24,7 @@ from tinkex_trio import types
 from tinkex_trio._config import Config
 from tinkex_trio._futures import APIFuture
 from tinkex_trio._session import open_session
+from tinkex_trio._telemetry import CIRCUIT_BREAKER_STATE_CHANGE
 from tinkex_trio.errors import CircuitOpenError
 from tinkex_trio.sim import FaultConfig, SimConfig, create_app, open_sim_server
 from tinkex_trio.sim._config import ServiceTime
@@ -77,6 +78,7 @@ async def test_soak_every_step_applied_once_without_stalls() -> None:
     adam = types.AdamParams(learning_rate=0.01)
     stalls = Stalls()
     done_fwdbwd = done_optim = 0
+    transitions: list[str] = []
 
     app = create_app(sim_config)
     async with open_sim_server(sim_config, app=app, tls=True) as server:
@@ -91,6 +93,9 @@ async def test_soak_every_step_applied_once_without_stalls() -> None:
         started = trio.current_time()
         with trio.fail_after(RUN_LIMIT_S):
             async with open_session(config=config, ssl_context=server.client_ssl_context()) as session:
+                session.telemetry.attach(
+                    "soak", CIRCUIT_BREAKER_STATE_CHANGE, lambda e: transitions.append(str(e.metadata.get("to")))
+                )
                 trainer = await session.create_lora_training_client("meta-llama/Llama-3.2-1B", rank=4, seed=3)
                 pending: list[tuple[APIFuture[types.ForwardBackwardOutput], APIFuture[types.OptimStepResponse]]]
                 pending = []
@@ -122,12 +127,16 @@ async def test_soak_every_step_applied_once_without_stalls() -> None:
         print(
             f"\nsoak: {STEPS} steps; applied fwd_bwd={record.forward_backward_applied} optim={record.steps_applied};"
             f" reported fwd_bwd={done_fwdbwd} optim={done_optim}; duplicates={duplicates};"
-            f" longest stall={stalls.longest:.2f}s; breaker refusals={stalls.refusals}; wall={wall:.1f}s;"
+            f" longest stall={stalls.longest:.2f}s; breaker refusals={stalls.refusals}; breaker={transitions};"
+            f" wall={wall:.1f}s;"
             f" faults={sum(server.stats.faults.values())}"
         )
         assert record.forward_backward_applied == done_fwdbwd == STEPS
         assert record.steps_applied == done_optim == STEPS
         assert applied == list(range(1, 2 * STEPS + 1))
+        # The breaker counts a logical request's final outcome: here every one was rescued by its retries, so it
+        # never had to open (its refusal path is tested in test_sequence_integrity); it ends closed either way.
+        assert not transitions or transitions[-1] == "closed", transitions
         assert stalls.longest < OUTAGE_S + 2 * MAX_DELAY_S + BREAKER_TIMEOUT_S + 2.0, stalls.longest
 
     kinds = {kind for (kind, _) in server.stats.faults}
