@@ -136,7 +136,7 @@ async def test_random_ctrl_c_points_leave_as_a_bare_keyboard_interrupt(
             opened: list[Session] = []
             with pytest.raises(KeyboardInterrupt) as info:
                 async with open_session(
-                    API_KEY, BASE_URL, transport_factory=lambda pool: httpx.ASGITransport(app=interrupt)
+                    API_KEY, BASE_URL, transport_factory=lambda pool, app=interrupt: httpx.ASGITransport(app=app)
                 ) as session:
                     opened.append(session)
                     await workload(session)
