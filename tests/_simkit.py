@@ -93,15 +93,7 @@ class Recorder:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        for _ in range(100_000):  # bounded by the body: the last message has more_body=False
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        body = await read_body(receive)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path: str = scope["path"]
         seen = Seen(trio.current_time(), scope["method"], path.removeprefix("/api/v1/"), headers, body)
@@ -115,31 +107,74 @@ class Recorder:
             seen.scripted = True
             if isinstance(item, BaseException):
                 raise item
-            if item.delay:
-                await trio.sleep(item.delay)
-            payload = item.body if isinstance(item.body, bytes) else json.dumps(item.body).encode()
             seen.status = item.status
-            out = [(b"content-type", item.content_type.encode()), (b"content-length", str(len(payload)).encode())]
-            out += [(k.lower().encode(), v.encode()) for k, v in item.headers.items()]
-            await send({"type": "http.response.start", "status": item.status, "headers": out})
-            await send({"type": "http.response.body", "body": payload, "more_body": False})
+            await send_reply(send, item)
             return
-
-        delivered = False
-
-        async def replay() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
 
         async def recording_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 seen.status = message["status"]
             await send(message)
 
-        await self.app(scope, replay, recording_send)
+        await self.app(scope, replaying(body, receive), recording_send)
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole body of an ASGI request."""
+    chunks: list[bytes] = []
+    for _ in range(100_000):  # bounded by the body: the last message has more_body=False
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app ``body`` (already read) first, then whatever ``receive`` says."""
+    delivered = False
+
+    async def replay() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def send_reply(send: Send, reply: Reply) -> None:
+    """Answer with a scripted reply (after its delay)."""
+    if reply.delay:
+        await trio.sleep(reply.delay)
+    payload = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+    out = [(b"content-type", reply.content_type.encode()), (b"content-length", str(len(payload)).encode())]
+    out += [(k.lower().encode(), v.encode()) for k, v in reply.headers.items()]
+    await send({"type": "http.response.start", "status": reply.status, "headers": out})
+    await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+class Gate:
+    """ASGI middleware: for each request, ``decide(path, body)`` returns a Reply to answer instead of ``app``, or
+    None to pass the request on (its body replayed)."""
+
+    def __init__(self, app: ASGIApp, decide: Callable[[str, bytes], Reply | None]) -> None:
+        self.app = app
+        self.decide = decide
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body = await read_body(receive)
+        reply = self.decide(scope["path"], body)
+        if reply is not None:
+            await send_reply(send, reply)
+            return
+        await self.app(scope, replaying(body, receive), send)
 
 
 def sim_config(**overrides: Any) -> SimConfig:

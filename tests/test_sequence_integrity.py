@@ -16,7 +16,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from _simkit import API_KEY, BASE_URL, ASGIApp, Receive, Reply, Scope, Send, SimStack, sim_config, sim_stack
+from _simkit import API_KEY, BASE_URL, ASGIApp, Gate, Receive, Reply, Scope, Send, SimStack, sim_config, sim_stack
 
 from tinkex_trio import types as t
 from tinkex_trio._config import Config, RetryConfig
@@ -183,34 +183,12 @@ async def test_a_later_chunk_in_doubt_still_sends_the_first_and_resend_completes
         # 5 datums: chunks seq 1 (2), 2 (2), 3 (1); 2 and 3 go first. Make seq 3 fail until its retries end.
         failing = {3}
 
-        async def gate(scope: Scope, receive: Receive, send: Send) -> None:
-            body = b""
-            more = True
-            while more:
-                message = await receive()
-                body += message.get("body", b"")
-                more = message.get("more_body", False)
-            headers = dict(scope["headers"])
-            if (
-                scope["path"].endswith("/forward_backward")
-                and seq_of(body, headers[b"content-type"].decode()) in failing
-            ):
-                payload = b'{"detail": "busy"}'
-                out = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-                await send({"type": "http.response.start", "status": 503, "headers": out})
-                await send({"type": "http.response.body", "body": payload})
-                return
-            delivered = False
+        def busy(path: str, body: bytes) -> Reply | None:
+            if path.endswith("/forward_backward") and _codec.decode_forward_backward_request(body).seq_id in failing:
+                return Reply(503, {"detail": "busy"})
+            return None
 
-            async def replay() -> Any:
-                nonlocal delivered
-                if not delivered:
-                    delivered = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
-            await sim.rec(scope, replay, send)
-
+        gate = Gate(sim.rec, busy)
         async with open_session(config=QUICK, transport_factory=lambda pool: httpx.ASGITransport(app=gate)) as gated:
             trainer = await new_trainer(gated)
             with pytest.raises(SequenceInDoubtError) as doubt:
@@ -234,36 +212,16 @@ async def test_a_refused_later_chunk_settles_every_seq_id_and_says_what_was_appl
     async with sim_stack(chunked_config()) as sim:
         refused = {3}
 
-        async def gate(scope: Scope, receive: Receive, send: Send) -> None:
-            body = b""
-            more = True
-            while more:
-                message = await receive()
-                body += message.get("body", b"")
-                more = message.get("more_body", False)
-            headers = dict(scope["headers"])
-            if scope["path"].endswith("/forward_backward"):
+        def judge(path: str, body: bytes) -> Reply | None:
+            if path.endswith("/forward_backward"):
                 decoded = _codec.decode_forward_backward_request(body)
                 if decoded.seq_id in refused:
                     # The server judged it (as a 4xx): that seq_id is used up on its side.
                     sim.app.queue.consume_seq(decoded.model_id, decoded.seq_id, "rejected: test")
-                    payload = b'{"detail": "bad chunk"}'
-                    out = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-                    await send({"type": "http.response.start", "status": 422, "headers": out})
-                    await send({"type": "http.response.body", "body": payload})
-                    return
-            del headers
-            delivered = False
+                    return Reply(422, {"detail": "bad chunk"})
+            return None
 
-            async def replay() -> Any:
-                nonlocal delivered
-                if not delivered:
-                    delivered = True
-                    return {"type": "http.request", "body": body, "more_body": False}
-                return await receive()
-
-            await sim.rec(scope, replay, send)
-
+        gate = Gate(sim.rec, judge)
         async with open_session(API_KEY, BASE_URL, transport_factory=lambda pool: httpx.ASGITransport(app=gate)) as s:
             trainer = await new_trainer(s)
             with pytest.raises(PartiallyAppliedError) as partial:
