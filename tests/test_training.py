@@ -607,7 +607,7 @@ async def test_train_and_sample_over_tls_loopback() -> None:
 async def test_parallel_chunk_sends_raise_a_lone_interrupt_as_itself(autojump_clock: trio.testing.MockClock) -> None:
     # Review fix: the concurrent chunk sends run in a nursery; a KeyboardInterrupt landing in one of them came out
     # of forward_backward as a BaseExceptionGroup of one instead of as itself (DESIGN §2).
-    from tinkex_trio.training import _run_all  # pyright: ignore[reportPrivateUsage]
+    from tinkex_trio._sequencing import run_all as _run_all
 
     sent: list[int] = []
 

@@ -22,7 +22,9 @@ The circuit breaker, on the hot path as plain method calls (no channel hop):
   request fail at once with :class:`~tinkex_trio.errors.CircuitOpenError`, nothing sent, and emits
   ``tinkex.circuit_breaker.rejected``. Before a retry, the same check is made whenever the breaker has changed state
   since the request was admitted (or the request was a trial): retries stop as soon as the breaker opens, with
-  ``CircuitOpenError`` whose ``__cause__`` is the last error.
+  ``CircuitOpenError`` whose ``__cause__`` is the last error. Not so for a *committed* request
+  (:meth:`Transport.request_committed`, a training request with a seq_id): the caller admits it before taking the
+  seq_id, and once sent it is settled whatever the breaker says, since the model's later requests wait behind it.
 * **The unit is the logical request while CLOSED**: its verdict is its final outcome, after the retries of the policy.
   A request the retries rescued is a success; only a request that ends in a connection error, a timeout or a 5xx
   counts as a failure. Counting attempts instead would open a 5-failures-in-a-row breaker every ~1,400 attempts under a

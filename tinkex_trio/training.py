@@ -14,14 +14,24 @@ Sequencing. Every operation on a model carries a ``seq_id`` (1, 2, 3, … per mo
 implicit 0) and the server runs a model's operations in ``seq_id`` order. The client submits them strictly in that
 order: one submission at a time holds the client's turn (a FIFO lock), takes the next ids and returns the turn as
 soon as the server has *accepted* the request, not when its result is ready, so a forward_backward and the
-optim_step behind it are pipelined. Concurrent callers get increasing ids in the order they called. A caller
-cancelled while it waits for its turn takes no id; an id whose POST fails or is cancelled mid-flight is used up (the
-server may or may not have seen it, and never runs a later id twice).
+optim_step behind it are pipelined. Concurrent callers get increasing ids in the order they called.
+
+Sequence integrity (think like the server: it runs a model's ids in order and waits for a missing one). A call refused
+before it is sent (bad arguments, the circuit breaker, a body that cannot be encoded) takes no id; neither does a
+caller cancelled while it waits for its turn. Once sent, a request is *committed*: it is retried with the same id and
+idempotency key (the server answers a re-send from its first result), its retries are not cut short by the breaker,
+and an answer that cannot be read is re-sent rather than reported. It ends *accepted* (a future), *refused* (the
+server's 4xx verdict, which uses its id up on the server too), or *in doubt*: its retries ended without a verdict, or
+the caller was cancelled while it was being sent. In doubt, the client refuses every later call with
+:class:`~tinkex_trio.errors.SequenceInDoubtError` (nothing is sent, nothing silently waits on the hole) until
+:meth:`TrainingClient.resend_in_doubt` re-sends the same ids and settles them.
 
 Chunking. forward / forward_backward split their data (``client_config.fwdbwd_max_chunk_len`` datums and
 ``fwdbwd_max_chunk_bytes_count`` estimated bytes per chunk); each chunk gets its own ``seq_id`` and future, chunks are
 sent concurrently with the first chunk last when ``parallel_fwdbwd_chunks`` is on, and the results are combined
-(outputs concatenated in order, metrics merged by their ``name:reduction`` keys).
+(outputs concatenated in order, metrics merged by their ``name:reduction`` keys). The first chunk goes out whatever
+became of the others, so every id is settled; a call some chunks of which were applied and others not raises
+:class:`~tinkex_trio.errors.PartiallyAppliedError` naming both datum ranges.
 
 Batching (``config.batching``, :mod:`tinkex_trio._batching`). ``forward_backward_batch`` merges consecutive items with
 the same built-in loss and config into one request while they fit one chunk, and splits the result back per item
@@ -40,12 +50,11 @@ protobuf (a JSON answer is still understood); with ``"json"`` both are JSON.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import httpx
 import msgspec
@@ -60,13 +69,14 @@ from tinkex_trio._proto._codec import (
     decode_forward_backward_output,
     encode_forward_backward_request,
 )
+from tinkex_trio._sequencing import Delivery, ModelSequence, partial_results
 from tinkex_trio._telemetry import (
     BATCH_FORWARD_BACKWARD_START,
     BATCH_FORWARD_BACKWARD_STOP,
     BATCH_OPTIM_STEP_START,
     BATCH_OPTIM_STEP_STOP,
 )
-from tinkex_trio._transport import BreakerGuard, PoolKind, delivery_known
+from tinkex_trio._transport import PoolKind
 from tinkex_trio._validation import (
     check_bool,
     check_fwdbwd,
@@ -77,14 +87,7 @@ from tinkex_trio._validation import (
     check_path,
     check_ttl,
 )
-from tinkex_trio.errors import (
-    APIConnectionError,
-    PartiallyAppliedError,
-    ResponseValidationError,
-    SequenceInDoubtError,
-    SessionClosedError,
-    TinkexError,
-)
+from tinkex_trio.errors import APIConnectionError, ResponseValidationError, SessionClosedError
 from tinkex_trio.sampling import SamplingClient
 
 if TYPE_CHECKING:
@@ -216,13 +219,11 @@ class TrainingClient:
         self._info = info
         # The FIFO turn: whoever holds it takes the next seq_ids and submits; released once the POSTs returned.
         self._turn = trio.StrictFIFOLock()
-        self._next_seq_id = 1  # seq 0 is the model's creation (create_model / create-via-load)
+        self._sequence = ModelSequence(session._transport, model_id)
         # Every ordered call takes the next ticket when it is made; the turn submits calls in ticket order, so work
         # waiting in the batch window is never reordered across a later call (see _ordered_turn).
         self._last_ticket = 0
         self._window: _BatchWindow | None = None
-        # The operation whose delivery is unknown, if any: every later call is refused until it is settled.
-        self._in_doubt: _Delivery[Any] | None = None
 
     def __repr__(self) -> str:
         return f"<TrainingClient model_id={self.model_id!r}>"
@@ -433,8 +434,8 @@ class TrainingClient:
         sdk_method = f"TrainingClient.{'forward' if forward_only else 'forward_backward'}"
 
         # Encode every chunk before taking its id: data the wire cannot carry fails here and uses up no seq_id.
-        self._refuse_if_in_doubt()
-        first = self._next_seq_id
+        self._sequence.refuse_if_in_doubt()
+        first = self._sequence.next_seq_id
         bodies = [
             self._fwdbwd_body(first + i, data[r.start : r.stop], loss_fn, config, forward_only, proto)
             for i, r in enumerate(chunks)
@@ -452,10 +453,10 @@ class TrainingClient:
                 futures,
                 lambda outputs: combine_fwdbwd_outputs(outputs, counts),
                 request_type=request_type,
-                failed=None if forward_only else partial(_partial_results, self.model_id, ranges),
+                failed=None if forward_only else partial(partial_results, self.model_id, ranges),
             )
 
-        delivery = _Delivery(
+        delivery = Delivery(
             "forward" if forward_only else "forward_backward",
             "forward_backward",
             bodies,
@@ -465,7 +466,7 @@ class TrainingClient:
             finish,
             parallel=client_config.parallel_fwdbwd_chunks,
         )
-        return await self._deliver_new(delivery)
+        return await self._sequence.deliver_new(delivery)
 
     def _fwdbwd_body(
         self,
@@ -646,161 +647,20 @@ class TrainingClient:
     ) -> APIFuture[T]:
         """Take the turn and the next seq_id, POST the request built for it, release the turn once it is accepted."""
         async with self._ordered_turn():
-            body = types.encode(build(self._next_seq_id))
+            body = types.encode(build(self._sequence.next_seq_id))
             decode = _json_decoder(result_type)
 
             def finish(replies: list[tuple[types.UntypedAPIFuture, float]]) -> APIFuture[T]:
                 (reply, roundtrip) = replies[0]
                 return self._session._futures.track(reply, request_type, decode, create_roundtrip_s=roundtrip)
 
-            delivery = _Delivery(endpoint, endpoint, [body], _JSON, sdk_method, [(0, 0)], finish, parallel=False)
-            return await self._deliver_new(delivery)
-
-    async def _deliver_new(self, delivery: _Delivery[T]) -> APIFuture[T]:
-        """Deliver a new sequenced operation (the caller holds the turn): refuse it while an earlier one is in doubt,
-        pass the circuit breaker, take its seq_ids, send it, and return its future.
-
-        Nothing refused here (in doubt, breaker open) takes a seq_id. See :meth:`_deliver` for what a failure
-        leaves behind.
-        """
-        self._refuse_if_in_doubt()
-        guard = self._admit(delivery)  # CircuitOpenError: nothing sent, no seq_id taken
-        try:
-            delivery.seq_ids = list(range(self._next_seq_id, self._next_seq_id + len(delivery.bodies)))
-            self._next_seq_id += len(delivery.bodies)
-            await self._deliver(delivery, guard)
-        finally:
-            guard.release()
-        return self._conclude(delivery)
-
-    def _admit(self, delivery: _Delivery[Any]) -> BreakerGuard:
-        meta: dict[str, str | int | float | bool | None] = {
-            "method": "POST",
-            "path": f"{_API}/{delivery.endpoint}",
-            "pool": PoolKind.TRAINING.value,
-        }
-        guard = self._session._transport.guard(PoolKind.TRAINING, meta)
-        guard.admit(0)
-        return guard
-
-    async def _deliver(self, delivery: _Delivery[Any], guard: BreakerGuard) -> None:
-        """Send every request of ``delivery`` not yet accepted or refused (the caller holds the turn).
-
-        Each request is committed once sent (see :meth:`Transport.request_committed`). After this returns, every
-        request of the delivery is *accepted* (a future reply), *refused* (the server's own verdict: a 4xx, which
-        uses up its seq_id on the server) or *unknown* (retries ended without a verdict). Unknown requests, or a
-        cancellation while sending, put the client in doubt (:class:`~tinkex_trio.errors.SequenceInDoubtError`):
-        it refuses every later call until :meth:`resend_in_doubt` settles them.
-
-        Sent one after another, a refused request stops the rest, whose seq_ids are given back (nothing later was
-        taken: the turn is held). Sent in parallel (chunks 2..n together, then the first), the first chunk goes out
-        whatever happened to the others: the server holds the later ones until it arrives.
-        """
-        transport = self._session._transport
-        path = f"{_API}/{delivery.endpoint}"
-        delivery.unknown.clear()
-
-        async def send(index: int) -> None:
-            if delivery.replies[index] is not None or index in delivery.refused:
-                return
-            body = delivery.bodies[index]
-            started = trio.current_time()
-            try:
-                reply = await transport.request_committed(
-                    types.UntypedAPIFuture,
-                    PoolKind.TRAINING,
-                    path,
-                    content=body,
-                    content_type=delivery.content_type,
-                    guard=guard,
-                    idempotency_key=delivery.keys[index],
-                    sdk_method=delivery.sdk_method,
-                )
-            except Exception as exc:
-                if delivery_known(exc):
-                    delivery.refused[index] = cast("TinkexError", exc)
-                else:
-                    delivery.unknown[index] = exc
-                return
-            delivery.replies[index] = (reply, trio.current_time() - started)
-
-        try:
-            if delivery.parallel and len(delivery.bodies) > 1:
-                # Chunks 2..n concurrently, then the first: the server holds the later ones until the first arrives,
-                # so it finds the whole call queued when it starts.
-                await _run_all(send, range(1, len(delivery.bodies)))
-                await send(0)
-            else:
-                for index in range(len(delivery.bodies)):
-                    await send(index)
-                    if index in delivery.refused and not delivery.unknown:
-                        self._give_back(delivery, index + 1)
-                        break
-        except BaseException:
-            # Cancelled (or Ctrl-C) while sending: whatever went out may or may not have reached the server.
-            self._in_doubt = delivery
-            raise
-        if delivery.unknown:
-            self._in_doubt = delivery
-            first = min(delivery.unknown)
-            raise self._in_doubt_error(delivery, refusing=False) from delivery.unknown[first]
-        self._in_doubt = None
-
-    def _give_back(self, delivery: _Delivery[Any], start: int) -> None:
-        """Return the seq_ids of the requests from ``start`` on, never sent, to the counter (the turn is held and
-        they are the last ones taken)."""
-        unsent = len(delivery.bodies) - start
-        if unsent > 0 and self._next_seq_id == delivery.seq_ids[-1] + 1:
-            self._next_seq_id -= unsent
-            cause = delivery.refused[start - 1]
-            for index in range(start, len(delivery.bodies)):
-                delivery.refused[index] = cause  # not applied either: never sent
-
-    def _conclude(self, delivery: _Delivery[T]) -> APIFuture[T]:
-        """The future of a delivery every request of which is settled: its result, or the server's refusal."""
-        if not delivery.refused:
-            replies = [r for r in delivery.replies if r is not None]
-            return delivery.finish(replies)
-        first = delivery.refused[min(delivery.refused)]
-        accepted = [delivery.ranges[i] for i, r in enumerate(delivery.replies) if r is not None]
-        if not accepted or delivery.operation == "forward":
-            raise first  # nothing applied (a forward applies nothing): the server's verdict as itself
-        failed = tuple((delivery.ranges[i], e) for i, e in sorted(delivery.refused.items()))
-        raise PartiallyAppliedError(
-            f"{delivery.operation} on {self.model_id}: the server applied datums "
-            f"{_describe_ranges(accepted)} and refused {_describe_ranges([r for r, _ in failed])} "
-            f"({type(first).__name__}: {first.message}); the accumulated gradients hold the applied part only",
-            applied=tuple(accepted),
-            failed=failed,
-        ) from first
-
-    def _refuse_if_in_doubt(self) -> None:
-        if self._in_doubt is not None:
-            raise self._in_doubt_error(self._in_doubt, refusing=True)
-
-    def _in_doubt_error(self, delivery: _Delivery[Any], *, refusing: bool) -> SequenceInDoubtError:
-        seq_ids = tuple(delivery.seq_ids[i] for i in sorted(delivery.unknown) or range(len(delivery.seq_ids)))
-        what = f"{delivery.operation} seq_id {', '.join(map(str, seq_ids))} of {self.model_id}"
-        if refusing:
-            message = f"refused: {what} may or may not have reached the server, and later calls would wait for it"
-        else:
-            message = f"{what} may or may not have reached the server (its retries ended without an answer)"
-        return SequenceInDoubtError(
-            f"{message}; call `await trainer.resend_in_doubt()` to re-send it (the server applies it at most once) "
-            "or continue from a checkpoint in a new TrainingClient; do not repeat it by hand",
-            model_id=self.model_id,
-            seq_ids=seq_ids,
-            operation=delivery.operation,
-        )
+            delivery = Delivery(endpoint, endpoint, [body], _JSON, sdk_method, [(0, 0)], finish)
+            return await self._sequence.deliver_new(delivery)
 
     @property
     def in_doubt(self) -> tuple[int, ...]:
         """The seq_ids whose delivery is unknown (empty when the client can go on); see :meth:`resend_in_doubt`."""
-        delivery = self._in_doubt
-        if delivery is None:
-            return ()
-        unknown = sorted(delivery.unknown) or [i for i, r in enumerate(delivery.replies) if r is None]
-        return tuple(delivery.seq_ids[i] for i in unknown)
+        return self._sequence.in_doubt
 
     async def resend_in_doubt(self) -> APIFuture[Any] | None:
         """Settle the operation whose delivery is unknown, so that the client can go on.
@@ -814,15 +674,7 @@ class TrainingClient:
         """
         self._session._check_alive()
         async with self._ordered_turn():
-            delivery = self._in_doubt
-            if delivery is None:
-                return None
-            guard = self._admit(delivery)
-            try:
-                await self._deliver(delivery, guard)
-            finally:
-                guard.release()
-            return self._conclude(delivery)
+            return await self._sequence.resend_in_doubt()
 
     def _take_ticket(self) -> int:
         self._last_ticket += 1
@@ -900,56 +752,6 @@ async def _post_future(
         sdk_method=sdk_method,
     )
     return reply, trio.current_time() - started
-
-
-@dataclass(eq=False)
-class _Delivery(Generic[T]):
-    """One sequenced operation on its way to the server: its requests (one per chunk) and what became of each.
-
-    Made with its bodies already encoded; :meth:`TrainingClient._deliver_new` gives it its seq_ids. Each request
-    keeps one idempotency key for every attempt and every re-send (:meth:`TrainingClient.resend_in_doubt`).
-    """
-
-    operation: str
-    endpoint: str
-    bodies: list[bytes]
-    content_type: str
-    sdk_method: str
-    ranges: list[tuple[int, int]]
-    """The datum range ``(start, stop)`` of each request (``(0, 0)`` for operations without data)."""
-    finish: Callable[[list[tuple[types.UntypedAPIFuture, float]]], APIFuture[T]]
-    """Builds the operation's future from every request's ``(reply, round trip)``."""
-    parallel: bool
-    seq_ids: list[int] = field(default_factory=list[int])
-    keys: list[str] = field(default_factory=list[str])
-    replies: list[tuple[types.UntypedAPIFuture, float] | None] = field(default_factory=list[Any])
-    refused: dict[int, TinkexError] = field(default_factory=dict[int, TinkexError])
-    unknown: dict[int, Exception] = field(default_factory=dict[int, Exception])
-
-    def __post_init__(self) -> None:
-        self.keys = [f"tinkex-trio-{uuid.uuid4()}" for _ in self.bodies]
-        self.replies = [None] * len(self.bodies)
-
-
-def _describe_ranges(ranges: Sequence[tuple[int, int]]) -> str:
-    return ", ".join(f"[{start}:{stop}]" for start, stop in ranges)
-
-
-def _partial_results(model_id: str, ranges: Sequence[tuple[int, int]], outcomes: Sequence[object]) -> TinkexError:
-    """The error of a chunked forward_backward whose chunks were accepted but some failed when they ran."""
-    failed = tuple((ranges[i], o) for i, o in enumerate(outcomes) if isinstance(o, TinkexError))
-    applied = tuple(ranges[i] for i, o in enumerate(outcomes) if not isinstance(o, TinkexError))
-    first = failed[0][1]
-    if not applied:
-        return first
-    error = PartiallyAppliedError(
-        f"forward_backward on {model_id}: datums {_describe_ranges(applied)} were applied, "
-        f"{_describe_ranges([r for r, _ in failed])} failed ({type(first).__name__}: {first.message})",
-        applied=applied,
-        failed=failed,
-    )
-    error.__cause__ = first
-    return error
 
 
 @dataclass(eq=False)
@@ -1113,32 +915,3 @@ async def _fetch_info(session: Session, model_id: str) -> types.GetInfoResponse:
         model_data = msgspec.structs.replace(info.model_data, tokenizer_id=tokenizer_id.split(":", 1)[0])
         info = msgspec.structs.replace(info, model_data=model_data)
     return info
-
-
-async def _run_all(send: Callable[[int], Awaitable[None]], indices: Iterable[int]) -> None:
-    """Run ``send(i)`` for every index concurrently; re-raise the first failure (by index) as itself.
-
-    Every send runs to its end even when another fails: a POST cut off halfway would leave the server unsure whether
-    it saw the request. Cancellation of the caller still cancels them all.
-    """
-    errors: dict[int, Exception] = {}
-
-    async def one(index: int) -> None:
-        try:
-            await send(index)
-        except Exception as exc:
-            errors[index] = exc
-
-    try:
-        async with trio.open_nursery() as nursery:
-            for index in indices:
-                nursery.start_soon(one, index)
-    except BaseExceptionGroup as group:
-        # Only what ``one`` does not catch gets here: Cancelled, KeyboardInterrupt. A lone non-Cancelled one leaves as
-        # itself (a single failure is never an ExceptionGroup of one); Cancelled is left to its cancel scope.
-        real = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
-        if len(real) == 1:
-            raise real[0] from None
-        raise
-    if errors:
-        raise errors[min(errors)]
