@@ -215,7 +215,7 @@ async def submit_create_model(session: Session, base_model: str = "Qwen/Qwen3-8B
         "/api/v1/create_model",
         json=t.CreateModelRequest(
             session_id=session.session_id,
-            model_seq_id=session._next_model_seq_id(),  # pyright: ignore[reportPrivateUsage]
+            model_seq_id=session._ctx.next_model_seq_id(),  # pyright: ignore[reportPrivateUsage]
             base_model=base_model,
             lora_config=t.LoraConfig(rank=4),
         ),

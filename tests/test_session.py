@@ -301,7 +301,7 @@ async def test_lone_background_failure_is_not_an_exception_group(autojump_clock:
     async with sim_stack() as sim:
         with pytest.raises(RuntimeError, match="background task broke") as info:
             async with sim.session() as session:
-                session._spawn(broken, "tinkex_trio.test.broken")
+                session._ctx.spawn(broken, "tinkex_trio.test.broken")
                 await trio.sleep_forever()
         assert type(info.value) is RuntimeError
         assert info.value.__context__ is None
@@ -329,7 +329,7 @@ async def test_no_task_outlives_the_session(autojump_clock: trio.testing.MockClo
             await session.get_server_capabilities()
         assert "closed" in repr(session)
         with pytest.raises(SessionClosedError):
-            session._spawn(trio.sleep_forever, "tinkex_trio.test.late")
+            session._ctx.spawn(trio.sleep_forever, "tinkex_trio.test.late")
         requests_at_exit = len(sim.rec.seen)
         await trio.sleep(100)
         assert len(sim.rec.seen) == requests_at_exit  # nothing polls or beats any more
@@ -364,9 +364,9 @@ async def test_session_api(autojump_clock: trio.testing.MockClock) -> None:
         assert isinstance(sampler, SamplingClient)
         assert sim.rec.requests("create_sampling_session")[0].json()["sampling_session_seq_id"] == 0
 
-    assert session._next_model_seq_id() == 2
-    assert session._next_sampling_session_seq_id() == 1
-    assert [session._next_custom_loss_seq_id() for _ in range(2)] == [0, 1]
+    assert session._ctx.next_model_seq_id() == 2
+    assert session._ctx.next_sampling_session_seq_id() == 1
+    assert [session._ctx.next_custom_loss_seq_id() for _ in range(2)] == [0, 1]
 
 
 # -- over TLS loopback -----------------------------------------------------------------------------------------------

@@ -42,27 +42,38 @@ its own keeps the server's metrics untouched.
 Errors. A merged request fails or succeeds as a whole: if the server rejects it, every item in it fails with that
 error.
 
-The trio layer lives in :mod:`tinkex_trio.training`: ``TrainingClient.forward_backward_batch`` plans one call's items,
-and the opt-in batch window (``batching.coalesce``) plans the concurrent ``forward_backward`` calls it collected.
+The trio layer: ``TrainingClient.forward_backward_batch`` plans one call's items; the opt-in batch window
+(:class:`BatchWindow`, ``batching.coalesce``), a task in the session's nursery fed by a memory channel, plans the
+concurrent ``forward_backward`` calls it collected. The window knows only work items and the routes its client hands
+it (:class:`WindowRoutes`), never the client.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+import trio
 
 from tinkex_trio import types
 from tinkex_trio._chunking import plan_chunks
-from tinkex_trio.errors import ResponseValidationError
+from tinkex_trio.errors import APIConnectionError, ResponseValidationError, SessionClosedError
+
+if TYPE_CHECKING:
+    from tinkex_trio._futures import APIFuture
 
 __all__ = [
     "LOSS_SUM",
     "MERGEABLE_LOSSES",
+    "BatchWindow",
     "PlannedRequest",
+    "WindowRoutes",
+    "WindowSlot",
     "WorkItem",
     "item_loss_sum",
     "item_output",
@@ -337,3 +348,148 @@ def item_output(
     return types.ForwardBackwardOutput(
         loss_fn_output_type=output.loss_fn_output_type, loss_fn_outputs=list(outputs), metrics={LOSS_SUM: loss}
     )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The batch window task (DESIGN §2)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WindowRoutes:
+    """What the batch window is handed by its client; it knows nothing else of it.
+
+    Attributes:
+        take_ticket: the client's next ticket (every ordered call takes one when it is made).
+        turn: the client's FIFO turn, held while submitting (so nothing else takes seq_ids meanwhile).
+        plan: plans a batch of items into requests (the client's chunk limits).
+        send: submits one planned request (the turn is held) and returns its future.
+        span: telemetry around one flush, given its counts.
+    """
+
+    take_ticket: Callable[[], int]
+    turn: Callable[[], AbstractAsyncContextManager[object]]
+    plan: Callable[[Sequence[WorkItem]], list[PlannedRequest]]
+    send: Callable[[PlannedRequest], Awaitable[APIFuture[types.ForwardBackwardOutput]]]
+    span: Callable[[Mapping[str, int]], AbstractContextManager[object]]
+
+
+@dataclass(eq=False)
+class WindowSlot:
+    """One forward_backward call waiting in the batch window, and what it gets once its request is accepted."""
+
+    ticket: int
+    item: WorkItem
+    arrived: float
+    done: trio.Event = field(default_factory=trio.Event)
+    taken: bool = False
+    batch: Sequence[WorkItem] = ()
+    request: PlannedRequest | None = None
+    position: int = 0
+    future: APIFuture[types.ForwardBackwardOutput] | None = None
+    error: Exception | None = None
+
+
+class BatchWindow:
+    """Coalesces the concurrent forward_backward calls of one client (``batching.coalesce``).
+
+    Calls arrive over a memory channel (:meth:`add`, never blocking) with their ticket. The window's task
+    (:meth:`run`, in the session's nursery) submits what arrived ``window_s`` after the oldest call, or at once when
+    ``max_items`` are waiting. Any other call of the client first submits the calls older than its own ticket
+    (:meth:`submit_before`, under the client's turn), so nothing is reordered, never across an optim_step. A
+    submission plans merged requests (:func:`plan_requests`) and hands every call its request's future.
+    """
+
+    def __init__(self, routes: WindowRoutes, *, window_s: float, max_items: int, closed_message: str) -> None:
+        self._routes = routes
+        self._window_s = window_s
+        self._max_items = max(max_items, 1)
+        self._closed_message = closed_message
+        self._send, self._receive = trio.open_memory_channel[WindowSlot](math.inf)
+        self._pending: list[WindowSlot] = []
+
+    def add(self, slot: WindowSlot) -> None:
+        """Queue a call (not a checkpoint)."""
+        self._send.send_nowait(slot)
+
+    def discard(self, slot: WindowSlot) -> None:
+        """Forget a call that was cancelled before it was taken (a no-op once taken)."""
+        self._drain()
+        if not slot.taken and slot in self._pending:
+            self._pending.remove(slot)
+
+    def _take(self, slot: WindowSlot) -> None:
+        # Not ``self._pending.append(await ...)``: that binds the list before the await, and a caller's
+        # submit_before may replace the list meanwhile.
+        self._pending.append(slot)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._pending.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+
+    async def run(self) -> None:
+        """Submit the calls when their window closes; runs for the life of the session (cancelled with it). Calls
+        still waiting when it ends fail with SessionClosedError."""
+        try:
+            while True:
+                self._drain()
+                if not self._pending:
+                    self._take(await self._receive.receive())
+                    continue
+                with trio.move_on_at(self._pending[0].arrived + self._window_s):
+                    while len(self._pending) < self._max_items:
+                        self._take(await self._receive.receive())
+                if self._pending:  # a later call of the client may have submitted them meanwhile
+                    ticket = self._routes.take_ticket()
+                    async with self._routes.turn():
+                        await self.submit_before(ticket)
+        finally:
+            self._drain()
+            self._receive.close()
+            closed = SessionClosedError(self._closed_message)
+            for slot in self._pending:
+                slot.error = closed
+                slot.done.set()
+            self._pending.clear()
+
+    async def submit_before(self, ticket: int) -> None:
+        """Submit the queued calls with a ticket below ``ticket``, in order, as merged requests (the turn is held)."""
+        self._drain()
+        slots = [s for s in self._pending if s.ticket < ticket]
+        if not slots:
+            return
+        self._pending = [s for s in self._pending if s.ticket >= ticket]
+        batch = [s.item for s in slots]
+        plan = self._routes.plan(batch)
+        for slot in slots:
+            slot.taken = True
+            slot.batch = batch
+        counts = {"items": len(batch), "requests": len(plan), "datums": sum(len(w.data) for w in batch)}
+        with self._routes.span(counts):
+            for done, request in enumerate(plan):
+                mine = [slots[i] for i in request.items]
+                try:
+                    future = await self._routes.send(request)
+                except Exception as exc:
+                    for position, slot in enumerate(mine):
+                        slot.request, slot.position, slot.error = request, position, exc
+                        slot.done.set()
+                    continue
+                except BaseException:
+                    # Cancelled mid-submission: this request may or may not have reached the server (the client is
+                    # in doubt about it); the later ones did not, and go back to the front of the queue.
+                    cut = APIConnectionError("the batched forward_backward was cancelled while it was being sent")
+                    for slot in mine:
+                        slot.error = cut
+                        slot.done.set()
+                    later = [slots[i] for r in plan[done + 1 :] for i in r.items]
+                    for slot in later:
+                        slot.taken = False
+                    self._pending[:0] = later
+                    raise
+                for position, slot in enumerate(mine):
+                    slot.request, slot.position, slot.future = request, position, future
+                    slot.done.set()

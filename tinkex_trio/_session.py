@@ -20,13 +20,12 @@ ExceptionGroup is unwrapped when it holds a single exception (a user's error, or
 
 from __future__ import annotations
 
-import itertools
 import logging
 import ssl
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import Any, Final, NoReturn
 
 import msgspec
 import trio
@@ -34,6 +33,7 @@ import trio
 from tinkex_trio import types as _types
 from tinkex_trio._breaker import CircuitBreaker, breaker_for_config, supervise
 from tinkex_trio._config import Config
+from tinkex_trio._context import SessionContext
 from tinkex_trio._futures import FutureManager
 from tinkex_trio._metrics import Metrics, MetricsFeed
 from tinkex_trio._telemetry import SESSION_HEARTBEAT, TelemetryBus
@@ -51,15 +51,11 @@ from tinkex_trio.errors import (
     APIStatusError,
     GoneError,
     NotFoundError,
-    SessionClosedError,
-    SessionExpiredError,
     redact,
 )
-
-if TYPE_CHECKING:
-    from tinkex_trio.rest import RestClient
-    from tinkex_trio.sampling import SamplingClient
-    from tinkex_trio.training import TrainingClient
+from tinkex_trio.rest import RestClient
+from tinkex_trio.sampling import SamplingClient, create_sampling_client
+from tinkex_trio.training import TrainingClient, create_client_from_state, create_lora_client
 
 __all__ = ["SDK_VERSION", "Session", "open_session"]
 
@@ -116,15 +112,19 @@ class Session:
             transport.telemetry,
             billing_pause_s=float(client_config.billing_exception_max_pause_duration_sec),
         )
+        # What the clients get of the session (they never see the Session itself), including its liveness.
+        self._ctx = SessionContext(
+            session_id=session_id,
+            config=config,
+            client_config=client_config,
+            transport=transport,
+            futures=self._futures,
+            nursery=host.nursery,
+        )
         self._rest: RestClient | None = None
-        self._model_seq_ids = itertools.count()
-        self._sampling_session_seq_ids = itertools.count()
-        self._custom_loss_seq_ids = itertools.count()
-        self._expired = False
-        self._closed = False
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "expired" if self._expired else "open"
+        state = "closed" if self._ctx.closed else "expired" if self._ctx.expired else "open"
         return f"<Session {self.session_id!r} base_url={self.config.base_url!r} {state}>"
 
     # -- public API ------------------------------------------------------------------------------------------------
@@ -139,8 +139,6 @@ class Session:
     def rest(self) -> RestClient:
         """A :class:`~tinkex_trio.RestClient` on this session's connections (made on first use)."""
         if self._rest is None:
-            from tinkex_trio.rest import RestClient
-
             self._rest = RestClient(self._transport)
         return self._rest
 
@@ -167,12 +165,10 @@ class Session:
         user_metadata: Mapping[str, Any] | None = None,
     ) -> TrainingClient:
         """Create a LoRA model of ``base_model`` and return its :class:`~tinkex_trio.TrainingClient`."""
-        from tinkex_trio.training import TrainingClient
-
         check_create_lora(base_model, rank, seed, train_mlp, train_attn, train_unembed, user_metadata)
         self._check_alive()
-        return await TrainingClient._create_lora(  # pyright: ignore[reportPrivateUsage]
-            self,
+        return await create_lora_client(
+            self._ctx,
             base_model,
             rank,
             seed=seed,
@@ -190,49 +186,24 @@ class Session:
         user_metadata: Mapping[str, Any] | None = None,
     ) -> TrainingClient:
         """Create a model from a training checkpoint (``tinker://...``), with its optimizer state by default."""
-        from tinkex_trio.training import TrainingClient
-
         path, with_optimizer = check_path(path), check_bool(with_optimizer, "with_optimizer")
         user_metadata = check_metadata(user_metadata)
         self._check_alive()
-        return await TrainingClient._create_from_state(  # pyright: ignore[reportPrivateUsage]
-            self, path, with_optimizer=with_optimizer, user_metadata=user_metadata
+        return await create_client_from_state(
+            self._ctx, path, with_optimizer=with_optimizer, user_metadata=user_metadata
         )
 
     async def create_sampling_client(
         self, *, base_model: str | None = None, model_path: str | None = None
     ) -> SamplingClient:
         """A :class:`~tinkex_trio.SamplingClient` for a base model or for saved sampler weights (``model_path``)."""
-        from tinkex_trio.sampling import SamplingClient
-
         check_sampling_client_source(base_model, model_path)
         self._check_alive()
-        return await SamplingClient._create(  # pyright: ignore[reportPrivateUsage]
-            self, base_model=base_model, model_path=model_path
-        )
-
-    # -- internal API (training.py, sampling.py, rest.py) ---------------------------------------------------------
+        return await create_sampling_client(self._ctx, base_model=base_model, model_path=model_path)
 
     def _check_alive(self) -> None:
         """Raise SessionClosedError after the block has ended, SessionExpiredError after a heartbeat 410."""
-        if self._closed:
-            raise SessionClosedError(f"session {self.session_id!r} is closed: its async with block has ended")
-        if self._expired:
-            raise SessionExpiredError(
-                f"session {self.session_id!r} has expired: the server answered 410 to a heartbeat; open a new session"
-            )
-
-    def _next_model_seq_id(self) -> int:
-        """0, 1, 2, ... per session: the ``model_seq_id`` of create_model and create-via-load."""
-        return next(self._model_seq_ids)
-
-    def _next_sampling_session_seq_id(self) -> int:
-        """0, 1, 2, ... per session, shared by create_sampling_session and the ephemeral save_weights_for_sampler."""
-        return next(self._sampling_session_seq_ids)
-
-    def _next_custom_loss_seq_id(self) -> int:
-        """0, 1, 2, ... per session: the ``custom_loss_seq_id`` of create_custom_loss."""
-        return next(self._custom_loss_seq_ids)
+        self._ctx.check_alive()
 
     # -- background tasks -----------------------------------------------------------------------------------------
 
@@ -241,25 +212,14 @@ class Session:
         if (breaker := self._transport.breaker) is not None:
             set_gauge = self.metrics.set_gauge if self.config.metrics.enabled else None
             supervisor = partial(supervise, breaker, self.telemetry, base_url=self.config.base_url, set_gauge=set_gauge)
-            self._spawn(supervisor, "tinkex_trio.session.breaker")
-        self._spawn(self._heartbeat_loop, "tinkex_trio.session.heartbeat")
+            self._ctx.spawn(supervisor, "tinkex_trio.session.breaker")
+        self._ctx.spawn(self._heartbeat_loop, "tinkex_trio.session.heartbeat")
         if self.config.metrics.enabled:
             # The feed's handler is attached now, so the very first request is counted; its task emits the periodic
             # snapshots and detaches the handler when the session's nursery is cancelled.
-            self._spawn(MetricsFeed(self.metrics).attach(self.telemetry).run, "tinkex_trio.session.metrics")
+            self._ctx.spawn(MetricsFeed(self.metrics).attach(self.telemetry).run, "tinkex_trio.session.metrics")
         # Each TrainingClient's batch window (batching.coalesce) runs in this nursery too, started by the client.
         # A later issue starts the dynamic_config refresh here (every max(refresh_interval_sec, 10) s, errors ignored).
-
-    def _spawn(self, fn: Callable[[], Awaitable[object]], name: str) -> None:
-        """Run ``fn()`` in the session's nursery. If it raises, the session ends (finish reason ``errored``) and the
-        ``async with`` block raises that exception, as itself."""
-        if not self._closed:
-            try:
-                self._nursery.start_soon(fn, name=name)
-                return
-            except RuntimeError:  # the nursery is closed: a background failure is ending the session
-                pass
-        raise SessionClosedError(f"session {self.session_id!r} is closed: cannot start {name}")
 
     async def _heartbeat_loop(self) -> None:
         """POST session_heartbeat every ``heartbeat_interval_s`` (the first one interval after creation), 10 s
@@ -288,7 +248,7 @@ class Session:
                     breaker=False,  # keeps the session alive through an outage; neither blocked nor counted
                 )
             except GoneError:
-                self._expired = True
+                self._ctx.expired = True
                 self._emit_heartbeat(started, ok=False, status=410, error="GoneError", expired=True)
                 logger.error("session %s expired: the server answered 410 to a heartbeat", self.session_id)
                 return
@@ -328,14 +288,14 @@ class Session:
         try:
             with trio.CancelScope(shield=True):
                 # No batch window needs draining: on a clean exit no caller can still be waiting on one.
-                if not self._expired:
+                if not self._ctx.expired:
                     await self._send_finish(reason, detail)
-                self._closed = True
+                self._ctx.closed = True
                 await self._futures.aclose()
         finally:
             # Also after a second Ctrl-C, which trio delivers even inside the shield: the session still ends at
             # once, its pending futures failed.
-            self._closed = True
+            self._ctx.closed = True
             self._futures.close_nowait()
             # Cancels the background nursery only: the scope the body runs in is never cancelled by us, so an
             # exception from the body leaves the block untouched (a cancelled scope would rebuild ExceptionGroups).

@@ -19,10 +19,6 @@ forgot) retry the *whole* sample with a new ``seq_id`` after ``min(0.5·2^(n−1
 ``config.retry`` (``max_retries`` retries, ``retry_budget_s`` seconds in all, backpressure waits included).
 """
 
-# The underscore members of Session (_transport, _futures, _check_alive, the seq-id counters) are the internal
-# contract between the client modules (notes/CLIENT_CONTRACT.md), so this module uses them by design.
-# pyright: reportPrivateUsage=false
-
 from __future__ import annotations
 
 import logging
@@ -30,7 +26,6 @@ import math
 import random
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
 
 import httpx
 import msgspec
@@ -38,6 +33,7 @@ import trio
 
 from tinkex_trio import types
 from tinkex_trio._breaker import Verdict, classify_exception
+from tinkex_trio._context import SessionContext
 from tinkex_trio._proto._codec import PROTOBUF_CONTENT_TYPE, decode_sample_response
 from tinkex_trio._retry import RetryPolicy, outcome_from_exception
 from tinkex_trio._telemetry import RETRY
@@ -45,10 +41,7 @@ from tinkex_trio._transport import PoolKind
 from tinkex_trio._validation import check_model_input, check_sample
 from tinkex_trio.errors import APIError, APIStatusError, RateLimitError, ResponseValidationError
 
-if TYPE_CHECKING:
-    from tinkex_trio._session import Session
-
-__all__ = ["SamplingClient"]
+__all__ = ["SamplingClient", "create_sampling_client"]
 
 logger = logging.getLogger("tinkex_trio.sampling")
 
@@ -182,7 +175,7 @@ class SamplingClient:
     do not construct it directly. Safe to share between tasks: samples run concurrently.
 
     Attributes:
-        sampling_session_id: the server's id of the sampling session, e.g. ``"<session_id>:sample:0"``.
+        sampling_session_id: the server's id of the sampling ctx, e.g. ``"<session_id>:sample:0"``.
         base_model: the base model's name, when known.
         model_path: the ``tinker://`` path of the weights sampled, for clients made from a checkpoint.
     """
@@ -193,14 +186,14 @@ class SamplingClient:
 
     def __init__(
         self,
-        session: Session,
+        ctx: SessionContext,
         sampling_session_id: str,
         *,
         base_model: str | None = None,
         model_path: str | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        self._session = session
+        self._ctx = ctx
         self.sampling_session_id = sampling_session_id
         self.base_model = base_model
         self.model_path = model_path
@@ -210,38 +203,6 @@ class SamplingClient:
 
     def __repr__(self) -> str:
         return f"<SamplingClient sampling_session_id={self.sampling_session_id!r}>"
-
-    @classmethod
-    async def _create(
-        cls,
-        session: Session,
-        *,
-        base_model: str | None = None,
-        model_path: str | None = None,
-        sampling_session_id: str | None = None,
-    ) -> SamplingClient:
-        """A client for an existing sampling session (``sampling_session_id``), or for a new one created with the
-        session's next ``sampling_session_seq_id`` from ``base_model`` or ``model_path``."""
-        session._check_alive()
-        if sampling_session_id is None:
-            if base_model is None and model_path is None:
-                raise ValueError("create_sampling_client needs a base_model or a model_path")
-            request = types.CreateSamplingSessionRequest(
-                session_id=session.session_id,
-                sampling_session_seq_id=session._next_sampling_session_seq_id(),
-                base_model=base_model,
-                model_path=model_path,
-            )
-            created = await session._transport.request_json(
-                types.CreateSamplingSessionResponse,
-                PoolKind.SESSION,
-                "POST",
-                f"{_API}/create_sampling_session",
-                json=request,
-                sdk_method="Session.create_sampling_client",
-            )
-            sampling_session_id = created.sampling_session_id
-        return cls(session, sampling_session_id, base_model=base_model, model_path=model_path)
 
     # -- public API -----------------------------------------------------------------------------------------------
 
@@ -270,7 +231,7 @@ class SamplingClient:
         Backpressure and transient failures are retried (see the module docstring); other errors are raised at once.
         """
         check_sample(prompt, num_samples, sampling_params, include_prompt_logprobs, topk_prompt_logprobs)
-        self._session._check_alive()
+        self._ctx.check_alive()
         request = types.SampleRequest(
             prompt=prompt,
             sampling_params=sampling_params if sampling_params is not None else types.SamplingParams(),
@@ -302,23 +263,23 @@ class SamplingClient:
 
     def _retry_delay(self, retry_number: int) -> float:
         """``min(base·2^(n−1), max)`` ± jitter, capped at ``max`` (n = 1 for the first retry)."""
-        cfg = self._session.config.retry
+        cfg = self._ctx.config.retry
         base = min(cfg.base_delay_s * 2.0 ** min(retry_number - 1, 64), cfg.max_delay_s)
         return max(0.0, min(base * (1.0 + cfg.jitter * self._rng.uniform(-1.0, 1.0)), cfg.max_delay_s))
 
     async def _sample_with_retries(self, request: types.SampleRequest) -> types.SampleResponse:
-        session = self._session
-        cfg = session.config.retry
-        max_retries = 0 if session.client_config.sample_no_retries else cfg.max_retries
+        ctx = self._ctx
+        cfg = ctx.config.retry
+        max_retries = 0 if ctx.client_config.sample_no_retries else cfg.max_retries
         policy = RetryPolicy(cfg)
         started = trio.current_time()
         # The whole sample (every attempt, each with a new seq_id) is one logical request for the circuit breaker,
         # as a transport request with its retries is: a flaky sampler that retries rescue never opens it.
-        guard = session._transport.guard(PoolKind.SAMPLING, _ASAMPLE_META)
+        guard = ctx.transport.guard(PoolKind.SAMPLING, _ASAMPLE_META)
         guard.admit(0)
         try:
             for attempt in range(max_retries + 1):
-                session._check_alive()  # a heartbeat may have found the session expired while we waited
+                ctx.check_alive()  # a heartbeat may have found the session expired while we waited
                 seq_id = self._take_seq_id()
                 try:
                     result = await self._sample_once(msgspec.structs.replace(request, seq_id=seq_id), started)
@@ -344,7 +305,7 @@ class SamplingClient:
                         raise
                     assert isinstance(exc, APIError)  # outcome_from_exception only knows API errors
                     guard.stop_if_opened(attempt + 1, exc)
-                    session.telemetry.emit(
+                    ctx.telemetry.emit(
                         RETRY,
                         {"delay_s": delay, "attempt": attempt + 1},
                         {
@@ -366,27 +327,27 @@ class SamplingClient:
 
     async def _sample_once(self, request: types.SampleRequest, started: float) -> types.SampleResponse:
         """One attempt: submit (waiting out backpressure with the same seq_id), then wait for the future."""
-        session = self._session
+        ctx = self._ctx
         reply = await self._submit(types.encode(request), started)
         sequence_ids = reply.sample_sequence_ids
         if sequence_ids is None:
             raise ResponseValidationError(
                 "the asample future has no sample_sequence_ids", field="$.sample_sequence_ids"
             )
-        future = session._futures.track(
-            reply, "Sample", _SampleDecoder(list(sequence_ids)), accept_proto=session.config.wire_format == "proto"
+        future = ctx.futures.track(
+            reply, "Sample", _SampleDecoder(list(sequence_ids)), accept_proto=ctx.config.wire_format == "proto"
         )
         return await future.result()
 
     async def _submit(self, body: bytes, started: float) -> types.UntypedAPIFuture:
-        session = self._session
-        budget = session.config.retry.retry_budget_s
-        max_wait = session.config.retry.retry_after_max_s
+        ctx = self._ctx
+        budget = ctx.config.retry.retry_budget_s
+        max_wait = ctx.config.retry.retry_after_max_s
         for rounds in range(_MAX_BACKPRESSURE_ROUNDS):
             await self._gate.wait_backoff()
             async with self._gate.slot():
                 try:
-                    return await session._transport.request_json(
+                    return await ctx.transport.request_json(
                         types.UntypedAPIFuture,
                         PoolKind.SAMPLING,
                         "POST",
@@ -406,7 +367,7 @@ class SamplingClient:
                     if trio.current_time() - started + wait > budget:
                         raise _BackpressureOutlasted(exc) from None
                     self._gate.backpressure(wait)
-                    session.telemetry.emit(
+                    ctx.telemetry.emit(
                         RETRY,
                         {"delay_s": wait, "attempt": rounds + 1},
                         {"method": "SamplingClient.sample", "reason": "backpressure", "error": type(exc).__name__},
@@ -415,3 +376,34 @@ class SamplingClient:
         raise RateLimitError(  # pragma: no cover - the budget ends the loop long before
             "asample: too many backpressure rounds", status_code=429
         )
+
+
+async def create_sampling_client(
+    ctx: SessionContext,
+    *,
+    base_model: str | None = None,
+    model_path: str | None = None,
+    sampling_session_id: str | None = None,
+) -> SamplingClient:
+    """A client for an existing sampling session (``sampling_session_id``), or for a new one created with the
+    session's next ``sampling_session_seq_id`` from ``base_model`` or ``model_path``."""
+    ctx.check_alive()
+    if sampling_session_id is None:
+        if base_model is None and model_path is None:
+            raise ValueError("create_sampling_client needs a base_model or a model_path")
+        request = types.CreateSamplingSessionRequest(
+            session_id=ctx.session_id,
+            sampling_session_seq_id=ctx.next_sampling_session_seq_id(),
+            base_model=base_model,
+            model_path=model_path,
+        )
+        created = await ctx.transport.request_json(
+            types.CreateSamplingSessionResponse,
+            PoolKind.SESSION,
+            "POST",
+            f"{_API}/create_sampling_session",
+            json=request,
+            sdk_method="Session.create_sampling_client",
+        )
+        sampling_session_id = created.sampling_session_id
+    return SamplingClient(ctx, sampling_session_id, base_model=base_model, model_path=model_path)

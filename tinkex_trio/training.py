@@ -44,15 +44,10 @@ Wire format. With ``config.wire_format == "proto"`` the forward_backward body is
 protobuf (a JSON answer is still understood); with ``"json"`` both are JSON.
 """
 
-# The underscore members of Session (_transport, _futures, _check_alive, the seq-id counters) are the internal
-# contract between the client modules (notes/CLIENT_CONTRACT.md), so this module uses them by design.
-# pyright: reportPrivateUsage=false
-
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -61,9 +56,18 @@ import msgspec
 import trio
 
 from tinkex_trio import types
-from tinkex_trio._batching import PlannedRequest, WorkItem, item_output, plan_requests, split_output
+from tinkex_trio._batching import (
+    BatchWindow,
+    PlannedRequest,
+    WindowRoutes,
+    WindowSlot,
+    WorkItem,
+    item_output,
+    plan_requests,
+    split_output,
+)
 from tinkex_trio._chunking import combine_metrics, estimate_datum_bytes, plan_chunks
-from tinkex_trio._config import BatchingConfig
+from tinkex_trio._context import SessionContext
 from tinkex_trio._proto._codec import (
     PROTOBUF_CONTENT_TYPE,
     decode_forward_backward_output,
@@ -87,14 +91,13 @@ from tinkex_trio._validation import (
     check_path,
     check_ttl,
 )
-from tinkex_trio.errors import APIConnectionError, ResponseValidationError, SessionClosedError
-from tinkex_trio.sampling import SamplingClient
+from tinkex_trio.errors import ResponseValidationError
+from tinkex_trio.sampling import SamplingClient, create_sampling_client
 
 if TYPE_CHECKING:
     from tinkex_trio._futures import APIFuture
-    from tinkex_trio._session import Session
 
-__all__ = ["TrainingClient"]
+__all__ = ["TrainingClient", "create_client_from_state", "create_lora_client"]
 
 T = TypeVar("T")
 
@@ -207,110 +210,36 @@ class TrainingClient:
 
     def __init__(
         self,
-        session: Session,
+        ctx: SessionContext,
         model_id: str,
         *,
         model_seq_id: int,
         info: types.GetInfoResponse | None = None,
     ) -> None:
-        self._session = session
+        self._ctx = ctx
         self.model_id = model_id
         self._model_seq_id = model_seq_id
         self._info = info
         # The FIFO turn: whoever holds it takes the next seq_ids and submits; released once the POSTs returned.
         self._turn = trio.StrictFIFOLock()
-        self._sequence = ModelSequence(session._transport, model_id)
+        self._sequence = ModelSequence(ctx.transport, model_id)
         # Every ordered call takes the next ticket when it is made; the turn submits calls in ticket order, so work
         # waiting in the batch window is never reordered across a later call (see _ordered_turn).
         self._last_ticket = 0
-        self._window: _BatchWindow | None = None
+        self._window: BatchWindow | None = None
 
     def __repr__(self) -> str:
         return f"<TrainingClient model_id={self.model_id!r}>"
 
     # -- creation -------------------------------------------------------------------------------------------------
 
-    @classmethod
-    async def _create_lora(
-        cls,
-        session: Session,
-        base_model: str,
-        rank: int,
-        *,
-        seed: int | None,
-        train_mlp: bool,
-        train_attn: bool,
-        train_unembed: bool,
-        user_metadata: Mapping[str, Any] | None,
-    ) -> TrainingClient:
-        """Create a LoRA model (create_model with the session's next ``model_seq_id``), wait for it, fetch its info."""
-        session._check_alive()
-        model_seq_id = session._next_model_seq_id()
-        request = types.CreateModelRequest(
-            session_id=session.session_id,
-            model_seq_id=model_seq_id,
-            base_model=base_model,
-            user_metadata=dict(user_metadata) if user_metadata is not None else None,
-            lora_config=types.LoraConfig(
-                rank=rank, seed=seed, train_unembed=train_unembed, train_mlp=train_mlp, train_attn=train_attn
-            ),
-            optimizer_config=types.AdamOptimizerConfig(),
-        )
-        reply, roundtrip = await _post_future(
-            session, "create_model", types.encode(request), _JSON, "Session.create_lora_training_client"
-        )
-        future = session._futures.track(
-            reply, "CreateModel", _json_decoder(types.CreateModelResponse), create_roundtrip_s=roundtrip
-        )
-        created = await future.result()
-        info = await _fetch_info(session, created.model_id)
-        return cls(session, created.model_id, model_seq_id=model_seq_id, info=info)
-
-    @classmethod
-    async def _create_from_state(
-        cls,
-        session: Session,
-        path: str,
-        *,
-        with_optimizer: bool,
-        user_metadata: Mapping[str, Any] | None,
-    ) -> TrainingClient:
-        """Create a model from a checkpoint (create-via-load: load_weights with session_id + model_seq_id).
-
-        The model id is ``"{session_id}:train:{model_seq_id}"``, as the official SDK builds it; the checkpoint gives
-        the base model and LoRA settings.
-        """
-        session._check_alive()
-        model_seq_id = session._next_model_seq_id()
-        model_id = f"{session.session_id}:train:{model_seq_id}"
-        request = types.LoadWeightsRequest(
-            path=path,
-            optimizer=with_optimizer,
-            session_id=session.session_id,
-            model_seq_id=model_seq_id,
-            user_metadata=dict(user_metadata) if user_metadata is not None else None,
-        )
-        reply, roundtrip = await _post_future(
-            session, "load_weights", types.encode(request), _JSON, "Session.create_training_client_from_state"
-        )
-        future = session._futures.track(
-            reply, "LoadWeights", _json_decoder(types.LoadWeightsResponse), create_roundtrip_s=roundtrip
-        )
-        loaded = await future.result()
-        if loaded.model_id is not None and loaded.model_id != model_id:
-            raise ResponseValidationError(
-                f"load_weights created model {loaded.model_id!r}, expected {model_id!r}", field="$.model_id"
-            )
-        info = await _fetch_info(session, model_id)
-        return cls(session, model_id, model_seq_id=model_seq_id, info=info)
-
     # -- info -----------------------------------------------------------------------------------------------------
 
     async def get_info(self) -> types.GetInfoResponse:
         """The model's info (base model, LoRA rank, optimizer, tokenizer id), fetched once at creation and cached."""
-        self._session._check_alive()
+        self._ctx.check_alive()
         if self._info is None:
-            self._info = await _fetch_info(self._session, self.model_id)
+            self._info = await _fetch_info(self._ctx, self.model_id)
         return self._info
 
     # -- forward / backward ---------------------------------------------------------------------------------------
@@ -335,7 +264,7 @@ class TrainingClient:
         ``loss_fn_config`` its parameters (e.g. ``{"clip_low_threshold": 0.8}``).
         """
         data, loss_fn, loss_fn_config = check_fwdbwd(data, loss_fn, loss_fn_config)
-        batching = self._session.config.batching
+        batching = self._ctx.config.batching
         if batching.enabled and batching.coalesce:
             return await self._coalesced_forward_backward(data, loss_fn, loss_fn_config)
         future = await self.submit_forward_backward(data, loss_fn, loss_fn_config)
@@ -371,20 +300,13 @@ class TrainingClient:
         then awaited. Emits ``tinkex.batch.forward_backward.start`` / ``.stop``.
         """
         checked = check_fwdbwd_items(items)
-        session = self._session
-        session._check_alive()
+        ctx = self._ctx
+        ctx.check_alive()
         work = [WorkItem(data, loss_fn, config) for data, loss_fn, config in checked]
-        batching = session.config.batching
-        client_config = session.client_config
-        plan = plan_requests(
-            work,
-            datum_bytes=_datum_bytes,
-            max_len=max(min(client_config.fwdbwd_max_chunk_len, batching.max_batch_datums), 1),
-            max_bytes=max(min(client_config.fwdbwd_max_chunk_bytes_count, batching.max_batch_bytes), 1),
-            max_items=batching.max_items if batching.enabled else 1,
-        )
+        batching = ctx.config.batching
+        plan = self._plan_batch(work, max_items=batching.max_items if batching.enabled else 1)
         counts = {"items": len(work), "requests": len(plan), "datums": sum(len(w.data) for w in work)}
-        with _batch_span(session, BATCH_FORWARD_BACKWARD_START, BATCH_FORWARD_BACKWARD_STOP, counts, self):
+        with _batch_span(ctx, BATCH_FORWARD_BACKWARD_START, BATCH_FORWARD_BACKWARD_STOP, counts, self):
             # One turn for the whole batch: its requests get consecutive seq_ids, nothing is submitted between them.
             futures: list[APIFuture[types.ForwardBackwardOutput]] = []
             async with self._ordered_turn():
@@ -405,7 +327,7 @@ class TrainingClient:
         *,
         forward_only: bool,
     ) -> APIFuture[types.ForwardBackwardOutput]:
-        self._session._check_alive()
+        self._ctx.check_alive()
         data = list(data)
         if not data:
             raise ValueError("forward/forward_backward needs at least one Datum")
@@ -420,16 +342,16 @@ class TrainingClient:
         forward_only: bool,
     ) -> APIFuture[types.ForwardBackwardOutput]:
         """Chunk, encode and POST one forward / forward_backward call; the caller holds the turn."""
-        session = self._session
-        session._check_alive()
+        ctx = self._ctx
+        ctx.check_alive()
         config = dict(loss_fn_config) if loss_fn_config is not None else None
-        client_config = session.client_config
+        client_config = ctx.client_config
         chunks = plan_chunks(
             [_datum_bytes(d) for d in data],
             max(client_config.fwdbwd_max_chunk_len, 1),
             max(client_config.fwdbwd_max_chunk_bytes_count, 1),
         )
-        proto = session.config.wire_format == "proto"
+        proto = ctx.config.wire_format == "proto"
         request_type = "Forward" if forward_only else "ForwardBackward"
         sdk_method = f"TrainingClient.{'forward' if forward_only else 'forward_backward'}"
 
@@ -441,7 +363,7 @@ class TrainingClient:
             for i, r in enumerate(chunks)
         ]
         counts = [len(r) for r in chunks]
-        futures_of = session._futures
+        futures_of = ctx.futures
 
         def finish(replies: list[tuple[types.UntypedAPIFuture, float]]) -> APIFuture[types.ForwardBackwardOutput]:
             futures = [
@@ -505,7 +427,7 @@ class TrainingClient:
     ) -> APIFuture[types.OptimStepResponse]:
         """Submit an optimizer step; return its future once the server accepted it."""
         adam = check_optimizer_params(adam)
-        self._session._check_alive()
+        self._ctx.check_alive()
         if isinstance(adam, types.DimuonParams):
 
             def build(seq_id: int) -> types.OptimStepRequest:
@@ -528,10 +450,10 @@ class TrainingClient:
         ``tinkex.batch.optim_step.start`` / ``.stop``.
         """
         steps = check_optimizer_params_list(params)
-        session = self._session
-        session._check_alive()
+        ctx = self._ctx
+        ctx.check_alive()
         counts = {"items": len(steps), "requests": len(steps)}
-        with _batch_span(session, BATCH_OPTIM_STEP_START, BATCH_OPTIM_STEP_STOP, counts, self):
+        with _batch_span(ctx, BATCH_OPTIM_STEP_START, BATCH_OPTIM_STEP_STOP, counts, self):
             futures = [await self.submit_optim_step(p) for p in steps]
             return [await future.result() for future in futures]
 
@@ -544,7 +466,7 @@ class TrainingClient:
         :meth:`Session.create_training_client_from_state`. ``ttl_seconds`` makes the checkpoint expire.
         """
         name, ttl_seconds = check_name(name), check_ttl(ttl_seconds)
-        self._session._check_alive()
+        self._ctx.check_alive()
 
         def build(seq_id: int) -> types.SaveWeightsRequest:
             return types.SaveWeightsRequest(model_id=self.model_id, path=name, seq_id=seq_id, ttl_seconds=ttl_seconds)
@@ -560,7 +482,7 @@ class TrainingClient:
         ``with_optimizer=False`` loads the weights only and keeps this model's optimizer state.
         """
         path, with_optimizer = check_path(path), check_bool(with_optimizer, "with_optimizer")
-        self._session._check_alive()
+        self._ctx.check_alive()
 
         def build(seq_id: int) -> types.LoadWeightsRequest:
             return types.LoadWeightsRequest(path=path, optimizer=with_optimizer, model_id=self.model_id, seq_id=seq_id)
@@ -576,7 +498,7 @@ class TrainingClient:
         Sample from it with ``session.create_sampling_client(model_path=path)``.
         """
         name, ttl_seconds = check_name(name), check_ttl(ttl_seconds)
-        self._session._check_alive()
+        self._ctx.check_alive()
 
         def build(seq_id: int) -> types.SaveWeightsForSamplerRequest:
             return types.SaveWeightsForSamplerRequest(
@@ -603,18 +525,18 @@ class TrainingClient:
         and the sampling client is created from its path.
         """
         name = check_name(name) if name is not None else None
-        session = self._session
-        session._check_alive()
+        ctx = self._ctx
+        ctx.check_alive()
         if name is not None:
             path = await self.save_weights_for_sampler(name)
-            return await SamplingClient._create(session, model_path=path)
+            return await create_sampling_client(ctx, model_path=path)
 
         def build(seq_id: int) -> types.SaveWeightsForSamplerRequest:
             # Taken in turn, once per logical request: retries re-send the same body.
             return types.SaveWeightsForSamplerRequest(
                 model_id=self.model_id,
                 seq_id=seq_id,
-                sampling_session_seq_id=session._next_sampling_session_seq_id(),
+                sampling_session_seq_id=ctx.next_sampling_session_seq_id(),
                 kind="snapshot",
             )
 
@@ -631,9 +553,7 @@ class TrainingClient:
                 "save_weights_for_sampler answered without a sampling_session_id", field="$.sampling_session_id"
             )
         base_model = self._info.model_data.model_name if self._info is not None else None
-        return await SamplingClient._create(
-            session, base_model=base_model, sampling_session_id=result.sampling_session_id
-        )
+        return await create_sampling_client(ctx, base_model=base_model, sampling_session_id=result.sampling_session_id)
 
     # -- submission -----------------------------------------------------------------------------------------------
 
@@ -652,7 +572,7 @@ class TrainingClient:
 
             def finish(replies: list[tuple[types.UntypedAPIFuture, float]]) -> APIFuture[T]:
                 (reply, roundtrip) = replies[0]
-                return self._session._futures.track(reply, request_type, decode, create_roundtrip_s=roundtrip)
+                return self._ctx.futures.track(reply, request_type, decode, create_roundtrip_s=roundtrip)
 
             delivery = Delivery(endpoint, endpoint, [body], _JSON, sdk_method, [(0, 0)], finish)
             return await self._sequence.deliver_new(delivery)
@@ -672,7 +592,7 @@ class TrainingClient:
         :class:`~tinkex_trio.errors.SequenceInDoubtError` and the client stays in doubt; CircuitOpenError leaves it
         unchanged.
         """
-        self._session._check_alive()
+        self._ctx.check_alive()
         async with self._ordered_turn():
             return await self._sequence.resend_in_doubt()
 
@@ -696,24 +616,51 @@ class TrainingClient:
 
     # -- the batch window (opt-in: config.batching.coalesce) ------------------------------------------------------
 
-    def _batch_window(self) -> _BatchWindow:
+    def _batch_window(self) -> BatchWindow:
         if self._window is None:
-            window = _BatchWindow(self)
-            self._session._spawn(window.run, f"tinkex_trio.batch_window[{self.model_id}]")
+            batching = self._ctx.config.batching
+            routes = WindowRoutes(
+                take_ticket=self._take_ticket,
+                turn=lambda: self._turn,
+                plan=partial(self._plan_batch, max_items=batching.max_items),
+                send=lambda r: self._send_fwdbwd(r.data, r.loss_fn, r.loss_fn_config, False),
+                span=lambda counts: _batch_span(
+                    self._ctx, BATCH_FORWARD_BACKWARD_START, BATCH_FORWARD_BACKWARD_STOP, counts, self
+                ),
+            )
+            window = BatchWindow(
+                routes,
+                window_s=batching.window_ms / 1000.0,
+                max_items=batching.max_items,
+                closed_message=f"session {self._ctx.session_id!r} closed before the call was sent",
+            )
+            self._ctx.spawn(window.run, f"tinkex_trio.batch_window[{self.model_id}]")
             self._window = window
         return self._window
+
+    def _plan_batch(self, items: Sequence[WorkItem], *, max_items: int) -> list[PlannedRequest]:
+        """Plan merged requests within the server's chunk limits and ``config.batching``'s."""
+        batching = self._ctx.config.batching
+        client_config = self._ctx.client_config
+        return plan_requests(
+            items,
+            datum_bytes=_datum_bytes,
+            max_len=max(min(client_config.fwdbwd_max_chunk_len, batching.max_batch_datums), 1),
+            max_bytes=max(min(client_config.fwdbwd_max_chunk_bytes_count, batching.max_batch_bytes), 1),
+            max_items=max_items,
+        )
 
     async def _coalesced_forward_backward(
         self, data: Sequence[types.Datum], loss_fn: LossFn, loss_fn_config: LossFnConfig | None
     ) -> types.ForwardBackwardOutput:
         """forward_backward through the batch window: queue the call, wait until its request is accepted, then for
         its result, and take this call's share of it."""
-        self._session._check_alive()
+        self._ctx.check_alive()
         item = WorkItem(list(data), loss_fn, dict(loss_fn_config) if loss_fn_config is not None else None)
         if not item.data:
             raise ValueError("forward/forward_backward needs at least one Datum")
         window = self._batch_window()
-        slot = _Slot(self._take_ticket(), item, trio.current_time())
+        slot = WindowSlot(self._take_ticket(), item, trio.current_time())
         window.add(slot)
         try:
             await slot.done.wait()
@@ -730,19 +677,96 @@ class TrainingClient:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Creation (called by the session)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+async def create_lora_client(
+    ctx: SessionContext,
+    base_model: str,
+    rank: int,
+    *,
+    seed: int | None,
+    train_mlp: bool,
+    train_attn: bool,
+    train_unembed: bool,
+    user_metadata: Mapping[str, Any] | None,
+) -> TrainingClient:
+    """Create a LoRA model (create_model with the session's next ``model_seq_id``), wait for it, fetch its info."""
+    ctx.check_alive()
+    model_seq_id = ctx.next_model_seq_id()
+    request = types.CreateModelRequest(
+        session_id=ctx.session_id,
+        model_seq_id=model_seq_id,
+        base_model=base_model,
+        user_metadata=dict(user_metadata) if user_metadata is not None else None,
+        lora_config=types.LoraConfig(
+            rank=rank, seed=seed, train_unembed=train_unembed, train_mlp=train_mlp, train_attn=train_attn
+        ),
+        optimizer_config=types.AdamOptimizerConfig(),
+    )
+    reply, roundtrip = await _post_future(
+        ctx, "create_model", types.encode(request), _JSON, "Session.create_lora_training_client"
+    )
+    future = ctx.futures.track(
+        reply, "CreateModel", _json_decoder(types.CreateModelResponse), create_roundtrip_s=roundtrip
+    )
+    created = await future.result()
+    info = await _fetch_info(ctx, created.model_id)
+    return TrainingClient(ctx, created.model_id, model_seq_id=model_seq_id, info=info)
+
+
+async def create_client_from_state(
+    ctx: SessionContext,
+    path: str,
+    *,
+    with_optimizer: bool,
+    user_metadata: Mapping[str, Any] | None,
+) -> TrainingClient:
+    """Create a model from a checkpoint (create-via-load: load_weights with session_id + model_seq_id).
+
+    The model id is ``"{session_id}:train:{model_seq_id}"``, as the official SDK builds it; the checkpoint gives
+    the base model and LoRA settings.
+    """
+    ctx.check_alive()
+    model_seq_id = ctx.next_model_seq_id()
+    model_id = f"{ctx.session_id}:train:{model_seq_id}"
+    request = types.LoadWeightsRequest(
+        path=path,
+        optimizer=with_optimizer,
+        session_id=ctx.session_id,
+        model_seq_id=model_seq_id,
+        user_metadata=dict(user_metadata) if user_metadata is not None else None,
+    )
+    reply, roundtrip = await _post_future(
+        ctx, "load_weights", types.encode(request), _JSON, "Session.create_training_client_from_state"
+    )
+    future = ctx.futures.track(
+        reply, "LoadWeights", _json_decoder(types.LoadWeightsResponse), create_roundtrip_s=roundtrip
+    )
+    loaded = await future.result()
+    if loaded.model_id is not None and loaded.model_id != model_id:
+        raise ResponseValidationError(
+            f"load_weights created model {loaded.model_id!r}, expected {model_id!r}", field="$.model_id"
+        )
+    info = await _fetch_info(ctx, model_id)
+    return TrainingClient(ctx, model_id, model_seq_id=model_seq_id, info=info)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------------------------
 
 
 async def _post_future(
-    session: Session, endpoint: str, body: bytes, content_type: str, sdk_method: str
+    ctx: SessionContext, endpoint: str, body: bytes, content_type: str, sdk_method: str
 ) -> tuple[types.UntypedAPIFuture, float]:
     """POST a future-returning request on the training pool; return the future reply and the round trip (s).
 
     The transport retries it per the policy, with one idempotency key for every attempt (and the same seq_id).
     """
     started = trio.current_time()
-    reply = await session._transport.request_json(
+    reply = await ctx.transport.request_json(
         types.UntypedAPIFuture,
         PoolKind.TRAINING,
         "POST",
@@ -754,133 +778,16 @@ async def _post_future(
     return reply, trio.current_time() - started
 
 
-@dataclass(eq=False)
-class _Slot:
-    """One forward_backward call waiting in the batch window, and what it gets once its request is accepted."""
-
-    ticket: int
-    item: WorkItem
-    arrived: float
-    done: trio.Event = field(default_factory=trio.Event)
-    taken: bool = False
-    batch: Sequence[WorkItem] = ()
-    request: PlannedRequest | None = None
-    position: int = 0
-    future: APIFuture[types.ForwardBackwardOutput] | None = None
-    error: Exception | None = None
-
-
-class _BatchWindow:
-    """Coalesces concurrent forward_backward calls of one TrainingClient (DESIGN §2, ``batching.coalesce``).
-
-    Calls queue here with their ticket. The window's task (in the session's nursery) submits the queue
-    ``window_ms`` after its oldest call arrived, or at once when ``max_items`` calls are waiting; any other call on
-    the client submits the queued calls older than itself first (:meth:`TrainingClient._ordered_turn`). Submitting
-    plans merged requests (:func:`~tinkex_trio._batching.plan_requests`) and hands every call its request's future.
-    """
-
-    def __init__(self, client: TrainingClient) -> None:
-        self._client = client
-        self._pending: list[_Slot] = []
-        self._wake = trio.Event()
-        self._full = trio.Event()
-
-    @property
-    def _config(self) -> BatchingConfig:
-        return self._client._session.config.batching
-
-    def add(self, slot: _Slot) -> None:
-        self._pending.append(slot)
-        self._wake.set()
-        if len(self._pending) >= self._config.max_items:
-            self._full.set()
-
-    def discard(self, slot: _Slot) -> None:
-        if not slot.taken and slot in self._pending:
-            self._pending.remove(slot)
-
-    async def run(self) -> None:
-        """Submit the queue when its window closes; runs for the life of the session (cancelled with its nursery)."""
-        client = self._client
-        try:
-            while True:
-                if not self._pending:
-                    self._wake = trio.Event()
-                    await self._wake.wait()
-                    continue
-                with trio.move_on_at(self._pending[0].arrived + self._config.window_ms / 1000.0):
-                    await self._full.wait()
-                ticket = client._take_ticket()
-                async with client._turn:
-                    await self.submit_before(ticket)
-        finally:
-            closed = SessionClosedError(f"session {client._session.session_id!r} closed before the call was sent")
-            for slot in self._pending:
-                slot.error = closed
-                slot.done.set()
-            self._pending.clear()
-
-    async def submit_before(self, ticket: int) -> None:
-        """Submit the queued calls with a ticket below ``ticket``, in order, as merged requests (the turn is held)."""
-        slots = [s for s in self._pending if s.ticket < ticket]
-        if not slots:
-            return
-        self._pending = [s for s in self._pending if s.ticket >= ticket]
-        if len(self._pending) < self._config.max_items:
-            self._full = trio.Event()
-        client = self._client
-        session = client._session
-        batching = self._config
-        batch = [s.item for s in slots]
-        client_config = session.client_config
-        plan = plan_requests(
-            batch,
-            datum_bytes=_datum_bytes,
-            max_len=max(min(client_config.fwdbwd_max_chunk_len, batching.max_batch_datums), 1),
-            max_bytes=max(min(client_config.fwdbwd_max_chunk_bytes_count, batching.max_batch_bytes), 1),
-            max_items=batching.max_items,
-        )
-        for slot in slots:
-            slot.taken = True
-            slot.batch = batch
-        counts = {"items": len(batch), "requests": len(plan), "datums": sum(len(w.data) for w in batch)}
-        with _batch_span(session, BATCH_FORWARD_BACKWARD_START, BATCH_FORWARD_BACKWARD_STOP, counts, client):
-            for done, request in enumerate(plan):
-                mine = [slots[i] for i in request.items]
-                try:
-                    future = await client._send_fwdbwd(request.data, request.loss_fn, request.loss_fn_config, False)
-                except Exception as exc:
-                    for position, slot in enumerate(mine):
-                        slot.request, slot.position, slot.error = request, position, exc
-                        slot.done.set()
-                    continue
-                except BaseException:
-                    # Cancelled mid-submission: this request may or may not have reached the server; the later ones
-                    # did not, and go back to the front of the queue, still ahead of every later call.
-                    cut = APIConnectionError("the batched forward_backward was cancelled while it was being sent")
-                    for slot in mine:
-                        slot.error = cut
-                        slot.done.set()
-                    later = [slots[i] for r in plan[done + 1 :] for i in r.items]
-                    for slot in later:
-                        slot.taken = False
-                    self._pending[:0] = later
-                    raise
-                for position, slot in enumerate(mine):
-                    slot.request, slot.position, slot.future = request, position, future
-                    slot.done.set()
-
-
 @contextmanager
 def _batch_span(
-    session: Session, start_event: str, stop_event: str, counts: Mapping[str, int], client: TrainingClient
+    ctx: SessionContext, start_event: str, stop_event: str, counts: Mapping[str, int], client: TrainingClient
 ) -> Generator[None]:
     """Emit ``start_event`` now and ``stop_event`` when the block ends, however it ends.
 
     Both carry ``counts`` as measurements (items, requests, datums); the stop event adds ``duration_ms`` and the
     metadata ``outcome``: ``"ok"``, ``"error"`` (with ``error``, the exception's class name) or ``"cancelled"``.
     """
-    telemetry = session.telemetry
+    telemetry = ctx.telemetry
     metadata: dict[str, str | int | float | bool | None] = {"model_id": client.model_id}
     started = trio.current_time()
     telemetry.emit(start_event, {**counts}, metadata, time=started)
@@ -900,9 +807,9 @@ def _batch_span(
         )
 
 
-async def _fetch_info(session: Session, model_id: str) -> types.GetInfoResponse:
+async def _fetch_info(ctx: SessionContext, model_id: str) -> types.GetInfoResponse:
     """get_info (direct answer), with ``model_data.tokenizer_id`` cut at its first ``:`` as the official SDK does."""
-    info = await session._transport.request_json(
+    info = await ctx.transport.request_json(
         types.GetInfoResponse,
         PoolKind.TRAINING,
         "POST",
