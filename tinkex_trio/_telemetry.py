@@ -28,13 +28,16 @@ from tinkex_trio.errors import redact
 
 __all__ = [
     "ALL_EVENTS",
+    "BATCH_FORWARD_BACKWARD",
     "BATCH_FORWARD_BACKWARD_START",
     "BATCH_FORWARD_BACKWARD_STOP",
+    "BATCH_OPTIM_STEP",
     "BATCH_OPTIM_STEP_START",
     "BATCH_OPTIM_STEP_STOP",
     "CIRCUIT_BREAKER_REJECTED",
     "CIRCUIT_BREAKER_STATE_CHANGE",
     "FUTURE_QUEUE_STATE",
+    "HTTP_REQUEST",
     "HTTP_REQUEST_EXCEPTION",
     "HTTP_REQUEST_START",
     "HTTP_REQUEST_STOP",
@@ -53,11 +56,15 @@ logger = logging.getLogger("tinkex_trio.telemetry")
 # Event names (DESIGN §4)
 # --------------------------------------------------------------------------------------------------------------------
 
+HTTP_REQUEST = "tinkex.http.request"
+"""The span prefix of one HTTP attempt (``.start``, ``.stop``, ``.exception``)."""
 HTTP_REQUEST_START = "tinkex.http.request.start"
 HTTP_REQUEST_STOP = "tinkex.http.request.stop"
 HTTP_REQUEST_EXCEPTION = "tinkex.http.request.exception"
 CIRCUIT_BREAKER_STATE_CHANGE = "tinkex.circuit_breaker.state_change"
 CIRCUIT_BREAKER_REJECTED = "tinkex.circuit_breaker.rejected"
+BATCH_FORWARD_BACKWARD = "tinkex.batch.forward_backward"
+BATCH_OPTIM_STEP = "tinkex.batch.optim_step"
 BATCH_FORWARD_BACKWARD_START = "tinkex.batch.forward_backward.start"
 BATCH_FORWARD_BACKWARD_STOP = "tinkex.batch.forward_backward.stop"
 BATCH_OPTIM_STEP_START = "tinkex.batch.optim_step.start"
@@ -308,37 +315,42 @@ class TelemetryBus:
         self,
         prefix: str,
         metadata: Mapping[str, MetadataValue] | None = None,
+        *,
+        measurements: Mapping[str, float] | None = None,
+        outcome: bool = False,
     ) -> Generator[dict[str, MetadataValue]]:
         """Emit ``{prefix}.start`` now and ``{prefix}.stop`` (or ``{prefix}.exception``) at the end of the block.
 
-        The stop / exception events carry ``duration_ms``. The yielded dict is extra metadata the block may fill in
-        for the stop event (e.g. a status code). An ``Exception`` gives ``.exception`` with ``kind`` (the class
-        name) and is re-raised; cancellation (any other ``BaseException``) gives ``.stop`` with
-        ``cancelled=True`` and propagates: it is not a failure.
+        Both carry ``measurements`` (the start event adds ``system_time``, the end event ``duration_ms``). The
+        yielded dict is extra metadata the block may fill in for the end event (e.g. a status code). How the block
+        ended:
+
+        * without ``outcome`` (request spans): an ``Exception`` gives ``.exception`` with ``kind`` (the class name);
+          cancellation (any other ``BaseException``) gives ``.stop`` with ``cancelled=True``: it is not a failure;
+        * with ``outcome`` (batch spans, whose consumers want one end event): always ``.stop``, with the metadata
+          ``outcome``: ``"ok"``, ``"error"`` (and ``error``, the class name) or ``"cancelled"``.
+
+        The exception is re-raised untouched.
         """
         base: dict[str, MetadataValue] = dict(metadata) if metadata else {}
+        counts: dict[str, float] = dict(measurements) if measurements else {}
         start = self._clock()
-        self.emit(f"{prefix}.start", {"system_time": _time.time()}, base, time=start)
+        self.emit(f"{prefix}.start", {**counts, "system_time": _time.time()}, base, time=start)
         extra: dict[str, MetadataValue] = {}
+        ending: dict[str, MetadataValue] = {"outcome": "ok"} if outcome else {}
+        name = f"{prefix}.stop"
         try:
             yield extra
         except Exception as exc:
-            end = self._clock()
-            self.emit(
-                f"{prefix}.exception",
-                {"duration_ms": (end - start) * 1000.0},
-                {**base, **extra, "kind": type(exc).__name__},
-                time=end,
-            )
+            if outcome:
+                ending = {"outcome": "error", "error": type(exc).__name__}
+            else:
+                name = f"{prefix}.exception"
+                ending = {"kind": type(exc).__name__}
             raise
         except BaseException:
-            end = self._clock()
-            self.emit(
-                f"{prefix}.stop",
-                {"duration_ms": (end - start) * 1000.0},
-                {**base, **extra, "cancelled": True},
-                time=end,
-            )
+            ending = {"outcome": "cancelled"} if outcome else {"cancelled": True}
             raise
-        end = self._clock()
-        self.emit(f"{prefix}.stop", {"duration_ms": (end - start) * 1000.0}, {**base, **extra}, time=end)
+        finally:
+            end = self._clock()
+            self.emit(name, {**counts, "duration_ms": (end - start) * 1000.0}, {**base, **extra, **ending}, time=end)

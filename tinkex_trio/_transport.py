@@ -74,14 +74,7 @@ from tinkex_trio._retry import (
     outcome_from_exception,
     parse_retry_after,
 )
-from tinkex_trio._telemetry import (
-    CIRCUIT_BREAKER_REJECTED,
-    HTTP_REQUEST_EXCEPTION,
-    HTTP_REQUEST_START,
-    HTTP_REQUEST_STOP,
-    RETRY,
-    TelemetryBus,
-)
+from tinkex_trio._telemetry import CIRCUIT_BREAKER_REJECTED, HTTP_REQUEST, RETRY, TelemetryBus
 from tinkex_trio._version import __version__
 from tinkex_trio.errors import (
     APIConnectionError,
@@ -670,51 +663,27 @@ class Transport:
         meta: dict[str, str | int | float | bool | None],
         attempt: int,
     ) -> httpx.Response:
-        bus = self.telemetry
-        start = trio.current_time()
-        bus.emit(HTTP_REQUEST_START, {"attempt": attempt}, meta, time=start)
         deadline_s = self._attempt_deadline(timeout)
-        try:
+        # The span ends whatever happens: an error is a .exception (its kind: the class we raise), cancellation or
+        # Ctrl-C a .stop with cancelled=True (not a failure), and an HTTP answer, whatever its status, a .stop.
+        with self.telemetry.span(HTTP_REQUEST, meta, measurements={"attempt": attempt}) as extra:
             request = client.build_request(method, path, content=body, headers=headers, params=params, timeout=timeout)
             if body is not None:
                 request.stream = _RequestBody(body)
             response: httpx.Response | None = None
-            # Our own scope: its Cancelled ends here (cancelled_caught); an outer cancellation propagates untouched.
-            with trio.move_on_after(deadline_s):
-                response = await self._send_and_read(client, request, what)
+            try:
+                # Our own scope: its Cancelled ends here (cancelled_caught); an outer cancellation propagates.
+                with trio.move_on_after(deadline_s):
+                    response = await self._send_and_read(client, request, what)
+            except httpx.HTTPError as exc:
+                raise _connection_error(exc, what) from exc
             if response is None:
                 raise APITimeoutError(
                     f"{what}: no complete answer within {deadline_s:g} s (the attempt's overall deadline; see "
                     "timeouts.total_s)"
                 )
-        except httpx.HTTPError as exc:
-            err = _connection_error(exc, what)
-            end = trio.current_time()
-            bus.emit(
-                HTTP_REQUEST_EXCEPTION,
-                {"duration_ms": (end - start) * 1000.0, "attempt": attempt},
-                {**meta, "kind": type(err).__name__},
-                time=end,
-            )
-            raise err from exc
-        except BaseException as exc:
-            # The span ends whatever happened (the bus's convention: cancellation or Ctrl-C is a .stop with
-            # cancelled=True, not a failure), and the exception propagates untouched.
-            end = trio.current_time()
-            measurements = {"duration_ms": (end - start) * 1000.0, "attempt": attempt}
-            if isinstance(exc, Exception):
-                bus.emit(HTTP_REQUEST_EXCEPTION, measurements, {**meta, "kind": type(exc).__name__}, time=end)
-            else:
-                bus.emit(HTTP_REQUEST_STOP, measurements, {**meta, "cancelled": True}, time=end)
-            raise
-        end = trio.current_time()
-        status = response.status_code
-        bus.emit(
-            HTTP_REQUEST_STOP,
-            {"duration_ms": (end - start) * 1000.0, "attempt": attempt},
-            {**meta, "status": status},
-            time=end,
-        )
+            status = response.status_code
+            extra["status"] = status
         if 200 <= status < 300:
             return response
         if status == 400 and not response.content:

@@ -46,8 +46,8 @@ protobuf (a JSON answer is still understood); with ``"json"`` both are JSON.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -74,12 +74,7 @@ from tinkex_trio._proto._codec import (
     encode_forward_backward_request,
 )
 from tinkex_trio._sequencing import Delivery, ModelSequence, partial_results
-from tinkex_trio._telemetry import (
-    BATCH_FORWARD_BACKWARD_START,
-    BATCH_FORWARD_BACKWARD_STOP,
-    BATCH_OPTIM_STEP_START,
-    BATCH_OPTIM_STEP_STOP,
-)
+from tinkex_trio._telemetry import BATCH_FORWARD_BACKWARD, BATCH_OPTIM_STEP
 from tinkex_trio._transport import PoolKind
 from tinkex_trio._validation import (
     check_bool,
@@ -306,7 +301,7 @@ class TrainingClient:
         batching = ctx.config.batching
         plan = self._plan_batch(work, max_items=batching.max_items if batching.enabled else 1)
         counts = {"items": len(work), "requests": len(plan), "datums": sum(len(w.data) for w in work)}
-        with _batch_span(ctx, BATCH_FORWARD_BACKWARD_START, BATCH_FORWARD_BACKWARD_STOP, counts, self):
+        with self._batch_span(BATCH_FORWARD_BACKWARD, counts):
             # One turn for the whole batch: its requests get consecutive seq_ids, nothing is submitted between them.
             futures: list[APIFuture[types.ForwardBackwardOutput]] = []
             async with self._ordered_turn():
@@ -453,7 +448,7 @@ class TrainingClient:
         ctx = self._ctx
         ctx.check_alive()
         counts = {"items": len(steps), "requests": len(steps)}
-        with _batch_span(ctx, BATCH_OPTIM_STEP_START, BATCH_OPTIM_STEP_STOP, counts, self):
+        with self._batch_span(BATCH_OPTIM_STEP, counts):
             futures = [await self.submit_optim_step(p) for p in steps]
             return [await future.result() for future in futures]
 
@@ -624,9 +619,7 @@ class TrainingClient:
                 turn=lambda: self._turn,
                 plan=partial(self._plan_batch, max_items=batching.max_items),
                 send=lambda r: self._send_fwdbwd(r.data, r.loss_fn, r.loss_fn_config, False),
-                span=lambda counts: _batch_span(
-                    self._ctx, BATCH_FORWARD_BACKWARD_START, BATCH_FORWARD_BACKWARD_STOP, counts, self
-                ),
+                span=partial(self._batch_span, BATCH_FORWARD_BACKWARD),
             )
             window = BatchWindow(
                 routes,
@@ -637,6 +630,12 @@ class TrainingClient:
             self._ctx.spawn(window.run, f"tinkex_trio.batch_window[{self.model_id}]")
             self._window = window
         return self._window
+
+    def _batch_span(self, prefix: str, counts: Mapping[str, int]) -> AbstractContextManager[object]:
+        """``tinkex.batch.*.start`` / ``.stop`` around a batch: its counts (items, requests, datums) as measurements,
+        the model as metadata, and the stop event's ``outcome``."""
+        measurements = {k: float(v) for k, v in counts.items()}
+        return self._ctx.telemetry.span(prefix, {"model_id": self.model_id}, measurements=measurements, outcome=True)
 
     def _plan_batch(self, items: Sequence[WorkItem], *, max_items: int) -> list[PlannedRequest]:
         """Plan merged requests within the server's chunk limits and ``config.batching``'s."""
@@ -776,35 +775,6 @@ async def _post_future(
         sdk_method=sdk_method,
     )
     return reply, trio.current_time() - started
-
-
-@contextmanager
-def _batch_span(
-    ctx: SessionContext, start_event: str, stop_event: str, counts: Mapping[str, int], client: TrainingClient
-) -> Generator[None]:
-    """Emit ``start_event`` now and ``stop_event`` when the block ends, however it ends.
-
-    Both carry ``counts`` as measurements (items, requests, datums); the stop event adds ``duration_ms`` and the
-    metadata ``outcome``: ``"ok"``, ``"error"`` (with ``error``, the exception's class name) or ``"cancelled"``.
-    """
-    telemetry = ctx.telemetry
-    metadata: dict[str, str | int | float | bool | None] = {"model_id": client.model_id}
-    started = trio.current_time()
-    telemetry.emit(start_event, {**counts}, metadata, time=started)
-    outcome: dict[str, str | int | float | bool | None] = {"outcome": "ok"}
-    try:
-        yield
-    except Exception as exc:
-        outcome = {"outcome": "error", "error": type(exc).__name__}
-        raise
-    except BaseException:
-        outcome = {"outcome": "cancelled"}
-        raise
-    finally:
-        ended = trio.current_time()
-        telemetry.emit(
-            stop_event, {**counts, "duration_ms": (ended - started) * 1000.0}, {**metadata, **outcome}, time=ended
-        )
 
 
 async def _fetch_info(ctx: SessionContext, model_id: str) -> types.GetInfoResponse:
