@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 import trio
 
 from tinkex_trio import types
+from tinkex_trio._groups import lone_exception, reraise
 from tinkex_trio._transport import BreakerGuard, PoolKind, Transport, delivery_known
 from tinkex_trio.errors import PartiallyAppliedError, SequenceInDoubtError, TinkexError
 
@@ -289,9 +290,9 @@ async def run_all(send: Callable[[int], Awaitable[None]], indices: Iterable[int]
     except BaseExceptionGroup as group:
         # Only what ``one`` does not catch gets here: Cancelled, KeyboardInterrupt. A lone non-Cancelled one leaves as
         # itself (a single failure is never an ExceptionGroup of one); Cancelled is left to its cancel scope.
-        real = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
-        if len(real) == 1:
-            raise real[0] from None
-        raise
+        lone = lone_exception(group)
+        if lone is None or isinstance(lone, trio.Cancelled):
+            raise
+        reraise(lone)
     if errors:
         raise errors[min(errors)]

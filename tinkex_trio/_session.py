@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import msgspec
 import trio
@@ -35,6 +35,7 @@ from tinkex_trio._breaker import CircuitBreaker, breaker_for_config, supervise
 from tinkex_trio._config import Config
 from tinkex_trio._context import SessionContext
 from tinkex_trio._futures import FutureManager
+from tinkex_trio._groups import is_interruption, lone_exception, original, reraise
 from tinkex_trio._metrics import Metrics, MetricsFeed
 from tinkex_trio._telemetry import SESSION_HEARTBEAT, TelemetryBus
 from tinkex_trio._transport import PoolKind, Transport, TransportFactory
@@ -350,14 +351,14 @@ class _BackgroundHost:
                 task_status.started()
                 await trio.sleep_forever()
         except BaseExceptionGroup as group:
-            lone = _lone_exception(group)
+            lone = lone_exception(group)
             failure = lone if lone is not None else group
-            if isinstance(failure, Exception) and not _is_interruption(failure):
+            if isinstance(failure, Exception) and not is_interruption(failure):
                 self.failure = failure
                 logger.error("session background task failed: %r", failure)
             if lone is None:
                 raise
-            _reraise(lone)
+            reraise(lone)
 
 
 def _resolve_config(api_key: str | None, base_url: str | None, config: Config | None, tags: Sequence[str]) -> Config:
@@ -426,76 +427,10 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) <= _DETAIL_MAX_CHARS else text[: _DETAIL_MAX_CHARS - 1] + "…"
 
 
-def _is_interruption(exc: BaseException) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        members: tuple[BaseException, ...] = exc.exceptions  # pyright: ignore[reportUnknownMemberType,reportUnknownVariableType]
-        return all(_is_interruption(e) for e in members)
-    return isinstance(exc, trio.Cancelled | KeyboardInterrupt | GeneratorExit)
-
-
 def _finish_reason(exc: BaseException) -> tuple[_types.FinishReasonType, str | None]:
-    if _is_interruption(exc):
+    if is_interruption(exc):
         return "interrupted", type(exc).__name__
     return "errored", _describe(exc)
-
-
-def _lone_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The single exception the nursery's group stands for, or None when several things failed.
-
-    Cancelled siblings are dropped (cancellation is not a failure); a group of nothing but Cancelled stands for one.
-    Only the nursery's own level is unwrapped: an ExceptionGroup the user raised comes out as itself.
-    """
-    real = [e for e in group.exceptions if not isinstance(e, trio.Cancelled)]
-    if len(real) == 1:
-        return real[0]
-    if not real:
-        return group.exceptions[0]
-    return None
-
-
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        members: tuple[BaseException, ...] = exc.exceptions  # pyright: ignore[reportUnknownMemberType,reportUnknownVariableType]
-        for member in members:
-            yield from _leaves(member)
-    else:
-        yield exc
-
-
-def _original(exc: BaseException, raised: BaseException | None) -> BaseException:
-    """``raised`` (what the body raised) when ``exc`` is trio's copy of it, else ``exc``.
-
-    The body's exception cancels the nursery's scope, which rebuilds an ExceptionGroup passing through it (without
-    its Cancelled members, and as a plain ExceptionGroup if the subclass has no ``derive``): the body's own group
-    object is what the user should get back.
-    """
-    if raised is None or exc is raised:
-        return exc
-    message = _group_message(exc)
-    if (
-        message is not None
-        and message == _group_message(raised)
-        and {id(leaf) for leaf in _leaves(exc)} <= {id(leaf) for leaf in _leaves(raised)}
-    ):
-        return raised
-    return exc
-
-
-def _group_message(exc: BaseException) -> str | None:
-    if isinstance(exc, BaseExceptionGroup):
-        message: str = exc.message  # pyright: ignore[reportUnknownMemberType]
-        return message
-    return None
-
-
-def _reraise(exc: BaseException) -> NoReturn:
-    """Raise ``exc`` keeping its own ``__context__`` (not the group it was unwrapped from)."""
-    context = exc.__context__
-    try:
-        raise exc
-    finally:
-        exc.__context__ = context
-        del exc, context
 
 
 @asynccontextmanager
@@ -559,10 +494,10 @@ async def open_session(
                 finally:
                     await session._close(reason, detail)  # pyright: ignore[reportPrivateUsage]
         except BaseExceptionGroup as group:
-            lone = _lone_exception(group)
+            lone = lone_exception(group)
             if lone is None:
                 raise
-            _reraise(_original(lone, raised))
+            reraise(original(lone, raised))
     finally:
         raised = None
         await transport.aclose()
