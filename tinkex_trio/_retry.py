@@ -50,6 +50,7 @@ __all__ = [
     "parse_retry_after",
     "poll_backoff",
     "poll_error_backoff",
+    "sample_retry_delay",
 ]
 
 # Statuses retried unless the server says otherwise.
@@ -276,6 +277,13 @@ class RetryPolicy:
 POLL_BACKOFF_MAX_S = 30.0
 POLL_ERROR_BACKOFF_BASE_S = 0.25
 POLL_ERROR_BACKOFF_MAX_S = 5.0
+
+
+def sample_retry_delay(retry_number: int, config: RetryConfig, rng: random.Random) -> float:
+    """The sampler's retry backoff (protocol §7, layer 3): ``min(base·2^(n−1), max)`` with uniform ±``jitter``,
+    capped at ``max_delay_s`` (``n = 1`` for the first retry)."""
+    base = min(config.base_delay_s * 2.0 ** min(retry_number - 1, 64), config.max_delay_s)
+    return max(0.0, min(base * (1.0 + config.jitter * rng.uniform(-1.0, 1.0)), config.max_delay_s))
 
 
 def poll_backoff(n: int) -> float:

@@ -56,8 +56,9 @@ import platform
 import random
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
 
 import httpx
 import msgspec
@@ -88,7 +89,16 @@ from tinkex_trio.errors import (
     status_error_class,
 )
 
-__all__ = ["USER_AGENT", "BreakerGuard", "PoolKind", "Transport", "TransportFactory", "delivery_known"]
+__all__ = [
+    "USER_AGENT",
+    "BreakerGuard",
+    "PoolKind",
+    "RetryStep",
+    "Transport",
+    "TransportFactory",
+    "delivery_known",
+    "run_with_retries",
+]
 
 logger = logging.getLogger("tinkex_trio.transport")
 
@@ -583,57 +593,29 @@ class Transport:
         what = f"{method} {path}"
         meta: dict[str, str | int | float | bool | None] = {"method": method, "path": path, "pool": pool.value}
         started = trio.current_time()
-        attempt = 0
         guard.describe(meta)
-        if not committed:
-            guard.admit(attempt)
-        try:
-            while True:
-                try:
-                    response = await self._send_once(
-                        client, method, path, body, req_headers, params, httpx_timeout, what, meta, attempt
-                    )
-                    result = decode(response)
-                except APIError as exc:
-                    verdict = classify_exception(exc)
-                    guard.attempt_failed(verdict)
-                    outcome = outcome_from_exception(exc) if retry else None
-                    if (
-                        outcome is None
-                        and committed
-                        and isinstance(exc, ResponseValidationError)
-                        and not isinstance(exc, ResponseTooLargeError)
-                    ):
-                        # The server answered but the answer cannot be read: re-send (idempotent) to read it again.
-                        # (Not one over the size cap: the server keeps that answer and would send it again.)
-                        outcome = ConnectionFailure()
-                    if outcome is None:
-                        guard.settle(verdict)
-                        raise
-                    now = trio.current_time()
-                    decision = self._policy.decide(attempt, outcome, now, started)
-                    if not decision.retry:
-                        guard.settle(verdict)
-                        raise
-                    if not committed:
-                        guard.stop_if_opened(attempt + 1, exc)  # do not wait for a retry it will refuse
-                    self.telemetry.emit(
-                        RETRY,
-                        {"delay_s": decision.delay, "attempt": attempt + 1},
-                        {**meta, "reason": decision.reason.value, "error": type(exc).__name__},
-                    )
-                    logger.debug("retrying %s in %.3fs (%s)", what, decision.delay, decision.reason.value)
-                    await trio.sleep(decision.delay)
-                    attempt += 1
-                    if not committed:
-                        guard.admit(attempt, exc)
-                else:
-                    guard.settle(Verdict.SUCCESS)
-                    return result
-        finally:
-            # Cancellation, Ctrl-C, or an error that is no outcome: no verdict; frees a trial slot (no-op if settled).
-            if not committed:
-                guard.release()
+
+        async def attempt_once(attempt: int) -> T:
+            response = await self._send_once(
+                client, method, path, body, req_headers, params, httpx_timeout, what, meta, attempt
+            )
+            return decode(response)
+
+        def next_delay(attempt: int, exc: Exception) -> RetryStep | None:
+            if not isinstance(exc, APIError) or not retry:
+                return None
+            outcome = outcome_from_exception(exc)
+            if outcome is None and committed and _unreadable(exc):
+                # The server answered but the answer cannot be read: re-send (idempotent) to read it again.
+                outcome = ConnectionFailure()
+            if outcome is None:
+                return None
+            decision = self._policy.decide(attempt, outcome, trio.current_time(), started)
+            return RetryStep(decision.delay, decision.reason.value) if decision.retry else None
+
+        return await run_with_retries(
+            attempt_once, next_delay, guard, self.telemetry, meta, committed=committed, what=what
+        )
 
     def guard(
         self,
@@ -787,3 +769,71 @@ def delivery_known(exc: BaseException) -> bool:
     timeout, 408/409/429/5xx, an answer that could not be read, cancellation) leaves its fate unknown: the server
     may or may not have applied it."""
     return isinstance(exc, APIStatusError) and not is_retryable_status(exc.status_code)
+
+
+def _unreadable(exc: APIError) -> bool:
+    """An answer that came but cannot be read (not one over the size cap: the server would send that again)."""
+    return isinstance(exc, ResponseValidationError) and not isinstance(exc, ResponseTooLargeError)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryStep:
+    """Retry after ``delay`` seconds, for ``reason`` (published in the ``tinkex.retry`` event)."""
+
+    delay: float
+    reason: str
+
+
+async def run_with_retries(
+    attempt: Callable[[int], Awaitable[T]],
+    next_delay: Callable[[int, Exception], RetryStep | None],
+    guard: BreakerGuard,
+    telemetry: TelemetryBus,
+    meta: Mapping[str, str | int | float | bool | None],
+    *,
+    committed: bool = False,
+    what: str = "request",
+) -> T:
+    """The one retry loop of the client, with the circuit breaker's bookkeeping of a logical request.
+
+    Runs ``attempt(0)``, ``attempt(1)``, ... until one returns; after a failure, ``next_delay(n, exc)`` says how long
+    to wait before the next attempt, or ``None`` to raise ``exc``. ``guard`` sees every attempt (a HALF_OPEN trial is
+    settled by its attempt) and the request's final verdict. Unless ``committed`` (the caller admitted the request
+    and releases the guard), the breaker is asked before the first attempt and before every retry it may refuse
+    (CircuitOpenError, chained to the last error), and the guard is released at the end. Each retry emits
+    ``tinkex.retry``. Cancellation passes through untouched, with no verdict.
+    """
+    n = 0
+    if not committed:
+        guard.admit(n)
+    try:
+        while True:
+            try:
+                result = await attempt(n)
+            except Exception as exc:
+                verdict = classify_exception(exc)
+                guard.attempt_failed(verdict)
+                step = next_delay(n, exc)
+                if step is None:
+                    guard.settle(verdict)
+                    raise
+                cause = cast("APIError", exc)  # only API errors are retried
+                if not committed:
+                    guard.stop_if_opened(n + 1, cause)  # do not wait for a retry it will refuse
+                telemetry.emit(
+                    RETRY,
+                    {"delay_s": step.delay, "attempt": n + 1},
+                    {**meta, "reason": step.reason, "error": type(exc).__name__},
+                )
+                logger.debug("retrying %s in %.3fs (%s)", what, step.delay, step.reason)
+                await trio.sleep(step.delay)
+                n += 1
+                if not committed:
+                    guard.admit(n, cause)
+            else:
+                guard.settle(Verdict.SUCCESS)
+                return result
+    finally:
+        # Cancellation, Ctrl-C: no verdict; frees a trial slot (a no-op once settled).
+        if not committed:
+            guard.release()

@@ -32,14 +32,13 @@ import msgspec
 import trio
 
 from tinkex_trio import types
-from tinkex_trio._breaker import Verdict, classify_exception
 from tinkex_trio._context import SessionContext
 from tinkex_trio._proto._codec import PROTOBUF_CONTENT_TYPE, decode_sample_response
-from tinkex_trio._retry import RetryPolicy, outcome_from_exception
+from tinkex_trio._retry import RetryPolicy, outcome_from_exception, sample_retry_delay
 from tinkex_trio._telemetry import RETRY
-from tinkex_trio._transport import PoolKind
+from tinkex_trio._transport import PoolKind, RetryStep, run_with_retries
 from tinkex_trio._validation import check_model_input, check_sample
-from tinkex_trio.errors import APIError, APIStatusError, RateLimitError, ResponseValidationError
+from tinkex_trio.errors import APIStatusError, RateLimitError, ResponseValidationError
 
 __all__ = ["SamplingClient", "create_sampling_client"]
 
@@ -52,6 +51,8 @@ _ASAMPLE_META: dict[str, str | int | float | bool | None] = {
     "path": f"{_API}/asample",
     "pool": "sampling",
 }
+_SAMPLE_RETRY_META: dict[str, str | int | float | bool | None] = {"method": "SamplingClient.sample"}
+"""The metadata of a whole sample's ``tinkex.retry`` events (each retry is a new submission)."""
 _BACKPRESSURE_HEADER = {"X-Tinker-Sampling-Backpressure": "1"}
 
 #: Submissions of one client in flight at once (the official SDK's gate), and during a backpressure window.
@@ -261,69 +262,39 @@ class SamplingClient:
         self._next_seq_id += 1
         return seq_id
 
-    def _retry_delay(self, retry_number: int) -> float:
-        """``min(base·2^(n−1), max)`` ± jitter, capped at ``max`` (n = 1 for the first retry)."""
-        cfg = self._ctx.config.retry
-        base = min(cfg.base_delay_s * 2.0 ** min(retry_number - 1, 64), cfg.max_delay_s)
-        return max(0.0, min(base * (1.0 + cfg.jitter * self._rng.uniform(-1.0, 1.0)), cfg.max_delay_s))
-
     async def _sample_with_retries(self, request: types.SampleRequest) -> types.SampleResponse:
         ctx = self._ctx
         cfg = ctx.config.retry
         max_retries = 0 if ctx.client_config.sample_no_retries else cfg.max_retries
         policy = RetryPolicy(cfg)
         started = trio.current_time()
+
+        async def attempt(n: int) -> types.SampleResponse:
+            ctx.check_alive()  # a heartbeat may have found the session expired while we waited
+            return await self._sample_once(msgspec.structs.replace(request, seq_id=self._take_seq_id()), started)
+
+        def next_delay(n: int, exc: Exception) -> RetryStep | None:
+            # Layer 3 of the protocol's retries: a new seq_id each time, 410 included, the SDK's ±25 % backoff.
+            outcome = outcome_from_exception(exc)
+            if outcome is None or n >= max_retries:
+                return None
+            gone = isinstance(exc, APIStatusError) and exc.status_code == 410
+            if not (policy.classify(outcome)[0] or gone):
+                return None
+            delay = sample_retry_delay(n + 1, cfg, self._rng)
+            if trio.current_time() - started + delay > cfg.retry_budget_s:
+                return None
+            return RetryStep(delay, "retryable_failure")
+
         # The whole sample (every attempt, each with a new seq_id) is one logical request for the circuit breaker,
         # as a transport request with its retries is: a flaky sampler that retries rescue never opens it.
         guard = ctx.transport.guard(PoolKind.SAMPLING, _ASAMPLE_META)
-        guard.admit(0)
         try:
-            for attempt in range(max_retries + 1):
-                ctx.check_alive()  # a heartbeat may have found the session expired while we waited
-                seq_id = self._take_seq_id()
-                try:
-                    result = await self._sample_once(msgspec.structs.replace(request, seq_id=seq_id), started)
-                except _BackpressureOutlasted as stop:
-                    guard.settle(classify_exception(stop.error))
-                    raise stop.error from None
-                except Exception as exc:
-                    verdict = classify_exception(exc)
-                    guard.attempt_failed(verdict)
-                    outcome = outcome_from_exception(exc)
-                    if outcome is None:
-                        guard.settle(verdict)
-                        raise
-                    retryable = policy.classify(outcome)[0] or (
-                        isinstance(exc, APIStatusError) and exc.status_code == 410
-                    )
-                    if not retryable or attempt >= max_retries:
-                        guard.settle(verdict)
-                        raise
-                    delay = self._retry_delay(attempt + 1)
-                    if trio.current_time() - started + delay > cfg.retry_budget_s:
-                        guard.settle(verdict)
-                        raise
-                    assert isinstance(exc, APIError)  # outcome_from_exception only knows API errors
-                    guard.stop_if_opened(attempt + 1, exc)
-                    ctx.telemetry.emit(
-                        RETRY,
-                        {"delay_s": delay, "attempt": attempt + 1},
-                        {
-                            "method": "SamplingClient.sample",
-                            "reason": "retryable_failure",
-                            "error": type(exc).__name__,
-                            "seq_id": seq_id,
-                        },
-                    )
-                    logger.debug("sample seq_id=%d failed (%s); retrying in %.3fs", seq_id, type(exc).__name__, delay)
-                    await trio.sleep(delay)
-                    guard.admit(attempt + 1, exc)
-                else:
-                    guard.settle(Verdict.SUCCESS)
-                    return result
-        finally:
-            guard.release()
-        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
+            return await run_with_retries(
+                attempt, next_delay, guard, ctx.telemetry, _SAMPLE_RETRY_META, what="SamplingClient.sample"
+            )
+        except _BackpressureOutlasted as stop:
+            raise stop.error from None
 
     async def _sample_once(self, request: types.SampleRequest, started: float) -> types.SampleResponse:
         """One attempt: submit (waiting out backpressure with the same seq_id), then wait for the future."""
