@@ -31,6 +31,7 @@ from tinkex_trio._batching import (
     resolve_loss_config,
     split_output,
 )
+from tinkex_trio._chunking import datum_bytes as _datum_bytes
 from tinkex_trio._chunking import plan_chunks
 from tinkex_trio._config import BatchingConfig, Config
 from tinkex_trio._proto import _codec
@@ -41,7 +42,6 @@ from tinkex_trio._telemetry import (
     BATCH_OPTIM_STEP_STOP,
 )
 from tinkex_trio.errors import ResponseValidationError
-from tinkex_trio.training import _datum_bytes
 
 BASE = "Qwen/Qwen3-8B"
 PATTERN = [1, 2, 3, 4, 5, 6, 7, 8] * 4

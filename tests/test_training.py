@@ -19,6 +19,7 @@ import trio.testing
 from _simkit import API_KEY, BASE_URL, JsonOnly, Reply, Seen, SimStack, sim_config, sim_stack
 
 from tinkex_trio import types as t
+from tinkex_trio._chunking import combine_fwdbwd_outputs
 from tinkex_trio._config import BatchingConfig, Config, RetryConfig
 from tinkex_trio._proto import _codec
 from tinkex_trio._session import Session, open_session
@@ -33,7 +34,7 @@ from tinkex_trio.errors import (
 )
 from tinkex_trio.sim import Latency, open_sim_server
 from tinkex_trio.sim._config import ServiceTime, SimConfig, SupportedModel
-from tinkex_trio.training import TrainingClient, combine_fwdbwd_outputs
+from tinkex_trio.training import TrainingClient
 
 BASE = "Qwen/Qwen3-8B"
 PATTERN = [1, 2, 3, 4, 5, 6, 7, 8] * 3

@@ -1,16 +1,20 @@
 """Chunk planning and metric combining for forward_backward / forward (protocol §7, §8). Pure functions.
 
-* :func:`estimate_datum_bytes`: the size estimate the official SDK uses for one datum's protobuf encoding.
+* :func:`estimate_datum_bytes`: the size estimate the official SDK uses for one datum's protobuf encoding, and
+  :func:`datum_bytes`, that estimate for a :class:`~tinkex_trio.types.Datum`.
 * :func:`plan_chunks`: split data, in order, into chunks of at most ``max_len`` datums and ``max_bytes`` estimated
   bytes (a single datum larger than ``max_bytes`` forms its own chunk).
 * :func:`dispatch_order`: the order chunks are sent in with ``parallel_fwdbwd_chunks`` (first chunk last).
-* :func:`combine_metrics`: merge the per-chunk ``metrics`` dicts, each key ``name:reduction``.
+* :func:`combine_metrics`: merge the per-chunk ``metrics`` dicts, each key ``name:reduction``, and
+  :func:`combine_fwdbwd_outputs`, the per-chunk results of one call into one.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+
+from tinkex_trio import types
 
 __all__ = [
     "DEFAULT_MAX_CHUNK_BYTES",
@@ -19,7 +23,9 @@ __all__ = [
     "REDUCTIONS",
     "SAMPLE_BYTES_PER_TOKEN",
     "SPARSE_INDEX_BYTES",
+    "combine_fwdbwd_outputs",
     "combine_metrics",
+    "datum_bytes",
     "dispatch_order",
     "estimate_datum_bytes",
     "estimate_sample_bytes",
@@ -198,3 +204,49 @@ def combine_metrics(per_chunk: Sequence[Mapping[str, float]], weights: Sequence[
             for k, value in enumerate(values[1:], start=_UNIQUE_FIRST_SUFFIX):
                 result[f"{key}_{k}"] = value
     return result
+
+
+_DTYPE_BYTES = {"float32": 4, "int64": 8}
+
+
+def datum_bytes(datum: types.Datum) -> int:
+    """The official SDK's estimate of a datum's protobuf size (tokens, raw image/audio bytes, tensor bytes)."""
+    tokens = 0
+    raw = 0
+    for chunk in datum.model_input.chunks:
+        if isinstance(chunk, types.EncodedTextChunk):
+            tokens += len(chunk.tokens)
+        elif isinstance(chunk, types.ImageChunk):
+            raw += len(chunk.data)
+        elif isinstance(chunk, types.DmelChunk):
+            raw += len(chunk.dmel)
+        else:
+            raw += len(chunk.location)
+    tensor_bytes = 0
+    sparse_indices = 0
+    for td in datum.loss_fn_inputs.values():
+        tensor_bytes += len(td.data) * _DTYPE_BYTES.get(td.dtype, 8)
+        sparse_indices += len(td.sparse_crow_indices or ()) + len(td.sparse_col_indices or ())
+    return estimate_datum_bytes(
+        token_count=tokens, tensor_bytes=tensor_bytes, sparse_index_count=sparse_indices, raw_bytes=raw
+    )
+
+
+def combine_fwdbwd_outputs(
+    outputs: Sequence[types.ForwardBackwardOutput], datum_counts: Sequence[int]
+) -> types.ForwardBackwardOutput:
+    """Merge the per-chunk results of one forward / forward_backward call (protocol §8).
+
+    ``loss_fn_outputs`` are concatenated in chunk order, ``loss_fn_output_type`` is the first chunk's, and the metrics
+    are merged by :func:`~tinkex_trio._chunking.combine_metrics` weighted by ``datum_counts``. The combiner runs even
+    for one chunk (keys with an unknown reduction are dropped, as the official SDK does).
+    """
+    if not outputs:
+        raise ValueError("no chunk results to combine")
+    loss_fn_outputs: list[types.LossFnOutput] = []
+    for out in outputs:
+        loss_fn_outputs.extend(out.loss_fn_outputs)
+    metrics = combine_metrics([out.metrics for out in outputs], datum_counts)
+    return types.ForwardBackwardOutput(
+        loss_fn_output_type=outputs[0].loss_fn_output_type, loss_fn_outputs=loss_fn_outputs, metrics=metrics
+    )

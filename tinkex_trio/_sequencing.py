@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 import trio
 
 from tinkex_trio import types
+from tinkex_trio._chunking import dispatch_order
 from tinkex_trio._groups import lone_exception, reraise
 from tinkex_trio._transport import BreakerGuard, PoolKind, Transport, delivery_known
 from tinkex_trio.errors import PartiallyAppliedError, SequenceInDoubtError, TinkexError
@@ -188,8 +189,9 @@ class ModelSequence:
             if delivery.parallel and len(delivery.bodies) > 1:
                 # Chunks 2..n concurrently, then the first: the server holds the later ones until the first arrives,
                 # so it finds the whole call queued when it starts.
-                await run_all(send, range(1, len(delivery.bodies)))
-                await send(0)
+                *together, last = dispatch_order(len(delivery.bodies))
+                await run_all(send, together)
+                await send(last)
             else:
                 for index in range(len(delivery.bodies)):
                     await send(index)

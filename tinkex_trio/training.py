@@ -66,7 +66,7 @@ from tinkex_trio._batching import (
     plan_requests,
     split_output,
 )
-from tinkex_trio._chunking import combine_metrics, estimate_datum_bytes, plan_chunks
+from tinkex_trio._chunking import combine_fwdbwd_outputs, datum_bytes, plan_chunks
 from tinkex_trio._context import SessionContext
 from tinkex_trio._proto._codec import (
     PROTOBUF_CONTENT_TYPE,
@@ -133,56 +133,6 @@ def _decode_fwdbwd(response: httpx.Response) -> types.ForwardBackwardOutput:
     if _is_protobuf(response):
         return decode_forward_backward_output(response.content)
     return types.decode(types.ForwardBackwardOutput, response.content, request_id=_request_id(response))
-
-
-def combine_fwdbwd_outputs(
-    outputs: Sequence[types.ForwardBackwardOutput], datum_counts: Sequence[int]
-) -> types.ForwardBackwardOutput:
-    """Merge the per-chunk results of one forward / forward_backward call (protocol §8).
-
-    ``loss_fn_outputs`` are concatenated in chunk order, ``loss_fn_output_type`` is the first chunk's, and the metrics
-    are merged by :func:`~tinkex_trio._chunking.combine_metrics` weighted by ``datum_counts``. The combiner runs even
-    for one chunk (keys with an unknown reduction are dropped, as the official SDK does).
-    """
-    if not outputs:
-        raise ValueError("no chunk results to combine")
-    loss_fn_outputs: list[types.LossFnOutput] = []
-    for out in outputs:
-        loss_fn_outputs.extend(out.loss_fn_outputs)
-    metrics = combine_metrics([out.metrics for out in outputs], datum_counts)
-    return types.ForwardBackwardOutput(
-        loss_fn_output_type=outputs[0].loss_fn_output_type, loss_fn_outputs=loss_fn_outputs, metrics=metrics
-    )
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Chunk planning
-# --------------------------------------------------------------------------------------------------------------------
-
-_DTYPE_BYTES = {"float32": 4, "int64": 8}
-
-
-def _datum_bytes(datum: types.Datum) -> int:
-    """The official SDK's estimate of a datum's protobuf size (tokens, raw image/audio bytes, tensor bytes)."""
-    tokens = 0
-    raw = 0
-    for chunk in datum.model_input.chunks:
-        if isinstance(chunk, types.EncodedTextChunk):
-            tokens += len(chunk.tokens)
-        elif isinstance(chunk, types.ImageChunk):
-            raw += len(chunk.data)
-        elif isinstance(chunk, types.DmelChunk):
-            raw += len(chunk.dmel)
-        else:
-            raw += len(chunk.location)
-    tensor_bytes = 0
-    sparse_indices = 0
-    for td in datum.loss_fn_inputs.values():
-        tensor_bytes += len(td.data) * _DTYPE_BYTES.get(td.dtype, 8)
-        sparse_indices += len(td.sparse_crow_indices or ()) + len(td.sparse_col_indices or ())
-    return estimate_datum_bytes(
-        token_count=tokens, tensor_bytes=tensor_bytes, sparse_index_count=sparse_indices, raw_bytes=raw
-    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -342,7 +292,7 @@ class TrainingClient:
         config = dict(loss_fn_config) if loss_fn_config is not None else None
         client_config = ctx.client_config
         chunks = plan_chunks(
-            [_datum_bytes(d) for d in data],
+            [datum_bytes(d) for d in data],
             max(client_config.fwdbwd_max_chunk_len, 1),
             max(client_config.fwdbwd_max_chunk_bytes_count, 1),
         )
@@ -643,7 +593,7 @@ class TrainingClient:
         client_config = self._ctx.client_config
         return plan_requests(
             items,
-            datum_bytes=_datum_bytes,
+            datum_bytes=datum_bytes,
             max_len=max(min(client_config.fwdbwd_max_chunk_len, batching.max_batch_datums), 1),
             max_bytes=max(min(client_config.fwdbwd_max_chunk_bytes_count, batching.max_batch_bytes), 1),
             max_items=max_items,
