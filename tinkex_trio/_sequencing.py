@@ -35,7 +35,9 @@ import trio
 from tinkex_trio import types
 from tinkex_trio._chunking import dispatch_order
 from tinkex_trio._groups import lone_exception, reraise
-from tinkex_trio._transport import BreakerGuard, PoolKind, Transport, delivery_known
+from tinkex_trio._guard import BreakerGuard
+from tinkex_trio._http_errors import delivery_known
+from tinkex_trio._transport import PoolKind, Transport
 from tinkex_trio.errors import PartiallyAppliedError, SequenceInDoubtError, TinkexError
 
 if TYPE_CHECKING:

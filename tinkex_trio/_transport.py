@@ -56,49 +56,34 @@ import platform
 import random
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, TypeVar
 
 import httpx
-import msgspec
 import trio
 
 from tinkex_trio import _secrets
 from tinkex_trio import types as _types
-from tinkex_trio._breaker import CircuitBreaker, Permit, Verdict, classify_exception
+from tinkex_trio._breaker import CircuitBreaker
 from tinkex_trio._config import Config, PoolLimits
+from tinkex_trio._guard import BreakerGuard, RetryStep, run_with_retries
+from tinkex_trio._http_errors import connection_error, error_from_response
 from tinkex_trio._retry import (
     ConnectionFailure,
     RetryPolicy,
-    is_retryable_status,
     outcome_from_exception,
-    parse_retry_after,
 )
-from tinkex_trio._telemetry import CIRCUIT_BREAKER_REJECTED, HTTP_REQUEST, RETRY, TelemetryBus
+from tinkex_trio._telemetry import HTTP_REQUEST, TelemetryBus
 from tinkex_trio._version import __version__
 from tinkex_trio.errors import (
     APIConnectionError,
     APIError,
-    APIStatusError,
     APITimeoutError,
-    CircuitOpenError,
     ResponseTooLargeError,
     ResponseValidationError,
-    TLSError,
-    status_error_class,
 )
 
-__all__ = [
-    "USER_AGENT",
-    "BreakerGuard",
-    "PoolKind",
-    "RetryStep",
-    "Transport",
-    "TransportFactory",
-    "delivery_known",
-    "run_with_retries",
-]
+__all__ = ["USER_AGENT", "PoolKind", "Transport", "TransportFactory"]
 
 logger = logging.getLogger("tinkex_trio.transport")
 
@@ -127,40 +112,6 @@ _UNGUARDED_POOLS = frozenset({PoolKind.FUTURES, PoolKind.TELEMETRY})
 """Pools whose requests the circuit breaker neither checks nor counts (see the module docstring)."""
 
 
-def _request_id_of(response: httpx.Response, body: object) -> str | None:
-    rid = response.headers.get("x-request-id")
-    if rid:
-        return rid
-    if isinstance(body, dict):
-        value = body.get("request_id")  # pyright: ignore[reportUnknownMemberType,reportUnknownVariableType]
-        if isinstance(value, str):
-            return value
-    return None
-
-
-def _parse_error_body(response: httpx.Response) -> object:
-    content = response.content
-    if not content:
-        return None
-    try:
-        return msgspec.json.decode(content)
-    except msgspec.DecodeError:
-        return content.decode("utf-8", errors="replace")[:2048]
-
-
-def error_from_response(response: httpx.Response) -> APIStatusError:
-    """The :class:`~tinkex_trio.errors.APIStatusError` subclass for a non-success response."""
-    body = _parse_error_body(response)
-    cls = status_error_class(response.status_code)
-    return cls(
-        status_code=response.status_code,
-        body=body,
-        request_id=_request_id_of(response, body),
-        retry_after=parse_retry_after(response.headers),
-        headers=dict(response.headers.items()),
-    )
-
-
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _CLOSE_TIMEOUT_S = 5.0
 """How long :meth:`Transport.aclose` waits for each pool to close (it runs shielded from cancellation)."""
@@ -179,72 +130,6 @@ def _may_carry_key(base: httpx.URL, url: httpx.URL) -> bool:
         return port == base_port
     # httpx's "https upgrade": http on port 80 redirected to https on port 443 of the same host.
     return base.scheme == "http" and url.scheme == "https" and base_port == 80 and port == 443
-
-
-def _connection_error(exc: httpx.HTTPError, what: str) -> APIConnectionError:
-    """The error for an httpx failure; the caller raises it ``from exc`` (httpx exceptions carry no headers, so the
-    cause chain cannot show the key)."""
-    if isinstance(exc, httpx.TimeoutException):
-        return APITimeoutError(f"{what}: request timed out ({type(exc).__name__})")
-    if isinstance(exc, httpx.ConnectError) and (ssl_exc := _fatal_ssl_error(exc)) is not None:
-        return _tls_error(exc, ssl_exc, what)
-    detail = str(exc) or _root_detail(exc) or type(exc).__name__
-    return APIConnectionError(f"{what}: connection error: {detail}")
-
-
-# A TLS connection cut short (EOF, reset, a syscall error) during the handshake is transport trouble like any other
-# and is retried; every other ssl.SSLError is a verdict of the handshake itself, which a retry would repeat.
-_TRANSIENT_SSL_ERRORS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
-
-
-def _exception_chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and its causes/contexts, outermost first (each once: a chain may loop)."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and not any(current is seen for seen in chain):
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
-
-
-def _fatal_ssl_error(exc: httpx.ConnectError) -> ssl.SSLError | None:
-    """The ``ssl.SSLError`` behind a failed connection when retrying cannot fix it (see _TRANSIENT_SSL_ERRORS)."""
-    for link in _exception_chain(exc):
-        if isinstance(link, ssl.SSLError):
-            return None if isinstance(link, _TRANSIENT_SSL_ERRORS) else link
-    return None
-
-
-def _root_detail(exc: BaseException) -> str:
-    """The message of the innermost exception in the chain that has one (httpx's ConnectError is often empty)."""
-    for link in reversed(_exception_chain(exc)):
-        if text := str(link):
-            return text
-    return ""
-
-
-def _tls_error(exc: httpx.ConnectError, ssl_exc: ssl.SSLError, what: str) -> TLSError:
-    try:
-        url = exc.request.url
-        host = f"{url.host}:{url.port}" if url.port is not None else url.host
-    except RuntimeError:  # an httpx exception raised without a request (never by client.send)
-        host = "the server"
-    # getattr: the ssl module sets these attributes only on the errors it raises itself.
-    if isinstance(ssl_exc, ssl.SSLCertVerificationError):
-        verify_message: str | None = getattr(ssl_exc, "verify_message", None)
-        reason = verify_message or str(ssl_exc) or "unknown reason"
-        return TLSError(
-            f"{what}: TLS certificate verify failed: {reason} (hostname {host}); "
-            "trust the server's CA with ca_file= or ssl_context=, or check base_url"
-        )
-    ssl_reason: str | None = getattr(ssl_exc, "reason", None)
-    reason = (ssl_reason or str(ssl_exc)).lower().replace("_", " ")
-    hint = (
-        " (does the server speak plain HTTP on this port? then base_url should be http://)"
-        if "wrong version number" in reason or "record layer failure" in reason
-        else ""
-    )
-    return TLSError(f"{what}: TLS handshake with {host} failed: {reason}{hint}")
 
 
 def _declared_length(response: httpx.Response) -> int | None:
@@ -288,82 +173,6 @@ class _Once:
         if data is None:
             raise StopAsyncIteration
         return data
-
-
-class BreakerGuard:
-    """The circuit breaker's view of one logical request that may take several attempts (see the module docstring).
-
-    ``admit`` before each attempt (a live CLOSED permit is kept; otherwise the breaker is asked again and may raise
-    :class:`~tinkex_trio.errors.CircuitOpenError`), ``attempt_failed`` after a failed attempt (settles a HALF_OPEN
-    trial), ``stop_if_opened`` before waiting for a retry, ``settle`` with the request's final verdict, and ``release``
-    in a ``finally`` (no verdict: cancellation, Ctrl-C). With no breaker every method is a no-op.
-    """
-
-    __slots__ = ("_base_url", "_breaker", "_meta", "_permit", "_telemetry")
-
-    def __init__(
-        self,
-        breaker: CircuitBreaker | None,
-        telemetry: TelemetryBus,
-        meta: Mapping[str, str | int | float | bool | None],
-        base_url: str,
-    ) -> None:
-        self._breaker = breaker
-        self._telemetry = telemetry
-        self._meta = meta
-        self._base_url = base_url
-        self._permit: Permit | None = None
-
-    def describe(self, meta: Mapping[str, str | int | float | bool | None]) -> None:
-        """Give the guard the request's telemetry metadata, unless its maker already did."""
-        if not self._meta:
-            self._meta = meta
-
-    def admit(self, attempt: int, cause: APIError | None = None) -> None:
-        """Admission before an attempt; raises CircuitOpenError (``from cause``) when the breaker refuses."""
-        breaker, permit = self._breaker, self._permit
-        if breaker is None:
-            return
-        if permit is not None and not permit.settled and permit.generation == breaker.generation:
-            return
-        if permit is not None:
-            breaker.release(permit)  # stale or settled: a no-op, for clarity
-        now = trio.current_time()
-        try:
-            self._permit = breaker.before_call(now)
-        except CircuitOpenError as exc:
-            self._telemetry.emit(
-                CIRCUIT_BREAKER_REJECTED,
-                {"retry_after_s": exc.retry_after, "attempt": attempt},
-                {**self._meta, "state": breaker.state.value, "base_url": self._base_url},
-                time=now,
-            )
-            if cause is not None:
-                raise exc from cause
-            raise
-
-    def attempt_failed(self, verdict: Verdict) -> None:
-        """A failed attempt: a HALF_OPEN trial is settled by its attempt, not by the request's final outcome."""
-        if self._breaker is not None and self._permit is not None and self._permit.trial:
-            self._breaker.record(verdict, trio.current_time(), self._permit)
-
-    def stop_if_opened(self, attempt: int, cause: APIError) -> None:
-        """Before waiting for a retry: if the breaker has opened meanwhile, raise CircuitOpenError now."""
-        breaker = self._breaker
-        if breaker is not None:
-            breaker.poll(trio.current_time())
-            if breaker.open_until is not None:
-                self.admit(attempt, cause)
-
-    def settle(self, verdict: Verdict) -> None:
-        """The logical request's final verdict."""
-        if self._breaker is not None and self._permit is not None:
-            self._breaker.record(verdict, trio.current_time(), self._permit)
-
-    def release(self) -> None:
-        """End without a verdict (frees a trial slot); a no-op once settled."""
-        if self._breaker is not None and self._permit is not None and not self._permit.settled:
-            self._breaker.release(self._permit)
 
 
 class Transport:
@@ -658,7 +467,7 @@ class Transport:
                 with trio.move_on_after(deadline_s):
                     response = await self._send_and_read(client, request, what)
             except httpx.HTTPError as exc:
-                raise _connection_error(exc, what) from exc
+                raise connection_error(exc, what) from exc
             if response is None:
                 raise APITimeoutError(
                     f"{what}: no complete answer within {deadline_s:g} s (the attempt's overall deadline; see "
@@ -763,77 +572,6 @@ def _decoder(type_: type[T]) -> Callable[[httpx.Response], T]:
     return decode
 
 
-def delivery_known(exc: BaseException) -> bool:
-    """Whether a request that ended with ``exc`` was *judged by the server*: a status it will answer the same way
-    again (400, 401, 403, 404, 422, ...: retrying cannot change it). Everything else (a connection error, a
-    timeout, 408/409/429/5xx, an answer that could not be read, cancellation) leaves its fate unknown: the server
-    may or may not have applied it."""
-    return isinstance(exc, APIStatusError) and not is_retryable_status(exc.status_code)
-
-
 def _unreadable(exc: APIError) -> bool:
     """An answer that came but cannot be read (not one over the size cap: the server would send that again)."""
     return isinstance(exc, ResponseValidationError) and not isinstance(exc, ResponseTooLargeError)
-
-
-@dataclass(frozen=True, slots=True)
-class RetryStep:
-    """Retry after ``delay`` seconds, for ``reason`` (published in the ``tinkex.retry`` event)."""
-
-    delay: float
-    reason: str
-
-
-async def run_with_retries(
-    attempt: Callable[[int], Awaitable[T]],
-    next_delay: Callable[[int, Exception], RetryStep | None],
-    guard: BreakerGuard,
-    telemetry: TelemetryBus,
-    meta: Mapping[str, str | int | float | bool | None],
-    *,
-    committed: bool = False,
-    what: str = "request",
-) -> T:
-    """The one retry loop of the client, with the circuit breaker's bookkeeping of a logical request.
-
-    Runs ``attempt(0)``, ``attempt(1)``, ... until one returns; after a failure, ``next_delay(n, exc)`` says how long
-    to wait before the next attempt, or ``None`` to raise ``exc``. ``guard`` sees every attempt (a HALF_OPEN trial is
-    settled by its attempt) and the request's final verdict. Unless ``committed`` (the caller admitted the request
-    and releases the guard), the breaker is asked before the first attempt and before every retry it may refuse
-    (CircuitOpenError, chained to the last error), and the guard is released at the end. Each retry emits
-    ``tinkex.retry``. Cancellation passes through untouched, with no verdict.
-    """
-    n = 0
-    if not committed:
-        guard.admit(n)
-    try:
-        while True:
-            try:
-                result = await attempt(n)
-            except Exception as exc:
-                verdict = classify_exception(exc)
-                guard.attempt_failed(verdict)
-                step = next_delay(n, exc)
-                if step is None:
-                    guard.settle(verdict)
-                    raise
-                cause = cast("APIError", exc)  # only API errors are retried
-                if not committed:
-                    guard.stop_if_opened(n + 1, cause)  # do not wait for a retry it will refuse
-                telemetry.emit(
-                    RETRY,
-                    {"delay_s": step.delay, "attempt": n + 1},
-                    {**meta, "reason": step.reason, "error": type(exc).__name__},
-                )
-                logger.debug("retrying %s in %.3fs (%s)", what, step.delay, step.reason)
-                await trio.sleep(step.delay)
-                n += 1
-                if not committed:
-                    guard.admit(n, cause)
-            else:
-                guard.settle(Verdict.SUCCESS)
-                return result
-    finally:
-        # Cancellation, Ctrl-C: no verdict; frees a trial slot (a no-op once settled).
-        if not committed:
-            guard.release()

@@ -33,10 +33,11 @@ import trio
 
 from tinkex_trio import types
 from tinkex_trio._context import SessionContext
+from tinkex_trio._guard import RetryStep, run_with_retries
 from tinkex_trio._proto._codec import PROTOBUF_CONTENT_TYPE, decode_sample_response
 from tinkex_trio._retry import RetryPolicy, outcome_from_exception, sample_retry_delay
 from tinkex_trio._telemetry import RETRY
-from tinkex_trio._transport import PoolKind, RetryStep, run_with_retries
+from tinkex_trio._transport import PoolKind
 from tinkex_trio._validation import check_model_input, check_sample
 from tinkex_trio.errors import APIStatusError, RateLimitError, ResponseValidationError
 
