@@ -27,14 +27,13 @@ import random
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 
-import httpx
 import msgspec
 import trio
 
 from tinkex_trio import types
 from tinkex_trio._context import SessionContext
 from tinkex_trio._guard import RetryStep, run_with_retries
-from tinkex_trio._proto._codec import PROTOBUF_CONTENT_TYPE, decode_sample_response
+from tinkex_trio._results import SampleDecoder
 from tinkex_trio._retry import RetryPolicy, outcome_from_exception, sample_retry_delay
 from tinkex_trio._telemetry import RETRY
 from tinkex_trio._transport import PoolKind
@@ -131,38 +130,6 @@ class _SubmissionGate:
                 yield
             finally:
                 self._restore()
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Decoding
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class _SampleDecoder:
-    """Decodes an asample result (protobuf, or JSON from a server that answers JSON) with the future's sequence ids."""
-
-    __slots__ = ("sequence_ids",)
-
-    def __init__(self, sequence_ids: list[str]) -> None:
-        self.sequence_ids = sequence_ids
-
-    def __call__(self, response: httpx.Response) -> types.SampleResponse:
-        request_id = response.headers.get("x-request-id")
-        if PROTOBUF_CONTENT_TYPE in response.headers.get("content-type", "").lower():
-            return decode_sample_response(response.content, self.sequence_ids)
-        result = types.decode(types.SampleResponse, response.content, request_id=request_id)
-        if len(result.sequences) != len(self.sequence_ids):
-            raise ResponseValidationError(
-                f"asample returned {len(result.sequences)} sequences for {len(self.sequence_ids)} sequence ids",
-                field="$.sequences",
-                body=response.content,
-                request_id=request_id,
-            )
-        sequences = [
-            seq if seq.sequence_id is not None else msgspec.structs.replace(seq, sequence_id=sid)
-            for seq, sid in zip(result.sequences, self.sequence_ids, strict=True)
-        ]
-        return msgspec.structs.replace(result, sequences=sequences)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -307,7 +274,7 @@ class SamplingClient:
                 "the asample future has no sample_sequence_ids", field="$.sample_sequence_ids"
             )
         future = ctx.futures.track(
-            reply, "Sample", _SampleDecoder(list(sequence_ids)), accept_proto=ctx.config.wire_format == "proto"
+            reply, "Sample", SampleDecoder(list(sequence_ids)), accept_proto=ctx.config.wire_format == "proto"
         )
         return await future.result()
 

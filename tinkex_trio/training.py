@@ -51,7 +51,6 @@ from contextlib import AbstractContextManager, asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import httpx
 import msgspec
 import trio
 
@@ -70,12 +69,11 @@ from tinkex_trio._chunking import combine_fwdbwd_outputs, datum_bytes, plan_chun
 from tinkex_trio._context import SessionContext
 from tinkex_trio._proto._codec import (
     PROTOBUF_CONTENT_TYPE,
-    decode_forward_backward_output,
     encode_forward_backward_request,
 )
+from tinkex_trio._results import decode_fwdbwd, fetch_info, json_decoder
 from tinkex_trio._sequencing import Delivery, ModelSequence, partial_results
 from tinkex_trio._telemetry import BATCH_FORWARD_BACKWARD, BATCH_OPTIM_STEP
-from tinkex_trio._transport import PoolKind
 from tinkex_trio._validation import (
     check_bool,
     check_fwdbwd,
@@ -92,7 +90,7 @@ from tinkex_trio.sampling import SamplingClient, create_sampling_client
 if TYPE_CHECKING:
     from tinkex_trio._futures import APIFuture
 
-__all__ = ["TrainingClient", "create_client_from_state", "create_lora_client"]
+__all__ = ["TrainingClient"]
 
 T = TypeVar("T")
 
@@ -104,35 +102,6 @@ LossFn = types.LossFnType | str
 LossFnConfig = Mapping[str, float | str]
 #: One forward_backward_batch item: ``(data, loss_fn, loss_fn_config)``.
 FwdBwdItem = tuple[Sequence[types.Datum], LossFn, LossFnConfig | None]
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Decoding results
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _is_protobuf(response: httpx.Response) -> bool:
-    return PROTOBUF_CONTENT_TYPE in response.headers.get("content-type", "").lower()
-
-
-def _request_id(response: httpx.Response) -> str | None:
-    return response.headers.get("x-request-id")
-
-
-def _json_decoder(type_: type[T]) -> Callable[[httpx.Response], T]:
-    """A future decoder for a result that is always JSON."""
-
-    def decode(response: httpx.Response) -> T:
-        return types.decode(type_, response.content, request_id=_request_id(response))
-
-    return decode
-
-
-def _decode_fwdbwd(response: httpx.Response) -> types.ForwardBackwardOutput:
-    """A forward / forward_backward result: protobuf when the server sent protobuf, else JSON."""
-    if _is_protobuf(response):
-        return decode_forward_backward_output(response.content)
-    return types.decode(types.ForwardBackwardOutput, response.content, request_id=_request_id(response))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -184,7 +153,7 @@ class TrainingClient:
         """The model's info (base model, LoRA rank, optimizer, tokenizer id), fetched once at creation and cached."""
         self._ctx.check_alive()
         if self._info is None:
-            self._info = await _fetch_info(self._ctx, self.model_id)
+            self._info = await fetch_info(self._ctx.transport, self.model_id)
         return self._info
 
     # -- forward / backward ---------------------------------------------------------------------------------------
@@ -312,7 +281,7 @@ class TrainingClient:
 
         def finish(replies: list[tuple[types.UntypedAPIFuture, float]]) -> APIFuture[types.ForwardBackwardOutput]:
             futures = [
-                futures_of.track(reply, request_type, _decode_fwdbwd, accept_proto=proto, create_roundtrip_s=roundtrip)
+                futures_of.track(reply, request_type, decode_fwdbwd, accept_proto=proto, create_roundtrip_s=roundtrip)
                 for reply, roundtrip in replies
             ]
             ranges = [(r.start, r.stop) for r in chunks]
@@ -513,7 +482,7 @@ class TrainingClient:
         """Take the turn and the next seq_id, POST the request built for it, release the turn once it is accepted."""
         async with self._ordered_turn():
             body = types.encode(build(self._sequence.next_seq_id))
-            decode = _json_decoder(result_type)
+            decode = json_decoder(result_type)
 
             def finish(replies: list[tuple[types.UntypedAPIFuture, float]]) -> APIFuture[T]:
                 (reply, roundtrip) = replies[0]
@@ -623,122 +592,3 @@ class TrainingClient:
         assert slot.future is not None and slot.request is not None
         output = await slot.future.result()
         return item_output(slot.request, slot.batch, output, slot.position)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Creation (called by the session)
-# --------------------------------------------------------------------------------------------------------------------
-
-
-async def create_lora_client(
-    ctx: SessionContext,
-    base_model: str,
-    rank: int,
-    *,
-    seed: int | None,
-    train_mlp: bool,
-    train_attn: bool,
-    train_unembed: bool,
-    user_metadata: Mapping[str, Any] | None,
-) -> TrainingClient:
-    """Create a LoRA model (create_model with the session's next ``model_seq_id``), wait for it, fetch its info."""
-    ctx.check_alive()
-    model_seq_id = ctx.next_model_seq_id()
-    request = types.CreateModelRequest(
-        session_id=ctx.session_id,
-        model_seq_id=model_seq_id,
-        base_model=base_model,
-        user_metadata=dict(user_metadata) if user_metadata is not None else None,
-        lora_config=types.LoraConfig(
-            rank=rank, seed=seed, train_unembed=train_unembed, train_mlp=train_mlp, train_attn=train_attn
-        ),
-        optimizer_config=types.AdamOptimizerConfig(),
-    )
-    reply, roundtrip = await _post_future(
-        ctx, "create_model", types.encode(request), _JSON, "Session.create_lora_training_client"
-    )
-    future = ctx.futures.track(
-        reply, "CreateModel", _json_decoder(types.CreateModelResponse), create_roundtrip_s=roundtrip
-    )
-    created = await future.result()
-    info = await _fetch_info(ctx, created.model_id)
-    return TrainingClient(ctx, created.model_id, model_seq_id=model_seq_id, info=info)
-
-
-async def create_client_from_state(
-    ctx: SessionContext,
-    path: str,
-    *,
-    with_optimizer: bool,
-    user_metadata: Mapping[str, Any] | None,
-) -> TrainingClient:
-    """Create a model from a checkpoint (create-via-load: load_weights with session_id + model_seq_id).
-
-    The model id is ``"{session_id}:train:{model_seq_id}"``, as the official SDK builds it; the checkpoint gives
-    the base model and LoRA settings.
-    """
-    ctx.check_alive()
-    model_seq_id = ctx.next_model_seq_id()
-    model_id = f"{ctx.session_id}:train:{model_seq_id}"
-    request = types.LoadWeightsRequest(
-        path=path,
-        optimizer=with_optimizer,
-        session_id=ctx.session_id,
-        model_seq_id=model_seq_id,
-        user_metadata=dict(user_metadata) if user_metadata is not None else None,
-    )
-    reply, roundtrip = await _post_future(
-        ctx, "load_weights", types.encode(request), _JSON, "Session.create_training_client_from_state"
-    )
-    future = ctx.futures.track(
-        reply, "LoadWeights", _json_decoder(types.LoadWeightsResponse), create_roundtrip_s=roundtrip
-    )
-    loaded = await future.result()
-    if loaded.model_id is not None and loaded.model_id != model_id:
-        raise ResponseValidationError(
-            f"load_weights created model {loaded.model_id!r}, expected {model_id!r}", field="$.model_id"
-        )
-    info = await _fetch_info(ctx, model_id)
-    return TrainingClient(ctx, model_id, model_seq_id=model_seq_id, info=info)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------------------------------------------------
-
-
-async def _post_future(
-    ctx: SessionContext, endpoint: str, body: bytes, content_type: str, sdk_method: str
-) -> tuple[types.UntypedAPIFuture, float]:
-    """POST a future-returning request on the training pool; return the future reply and the round trip (s).
-
-    The transport retries it per the policy, with one idempotency key for every attempt (and the same seq_id).
-    """
-    started = trio.current_time()
-    reply = await ctx.transport.request_json(
-        types.UntypedAPIFuture,
-        PoolKind.TRAINING,
-        "POST",
-        f"{_API}/{endpoint}",
-        content=body,
-        content_type=content_type,
-        sdk_method=sdk_method,
-    )
-    return reply, trio.current_time() - started
-
-
-async def _fetch_info(ctx: SessionContext, model_id: str) -> types.GetInfoResponse:
-    """get_info (direct answer), with ``model_data.tokenizer_id`` cut at its first ``:`` as the official SDK does."""
-    info = await ctx.transport.request_json(
-        types.GetInfoResponse,
-        PoolKind.TRAINING,
-        "POST",
-        f"{_API}/get_info",
-        json=types.GetInfoRequest(model_id=model_id),
-        sdk_method="TrainingClient.get_info",
-    )
-    tokenizer_id = info.model_data.tokenizer_id
-    if tokenizer_id and ":" in tokenizer_id:
-        model_data = msgspec.structs.replace(info.model_data, tokenizer_id=tokenizer_id.split(":", 1)[0])
-        info = msgspec.structs.replace(info, model_data=model_data)
-    return info

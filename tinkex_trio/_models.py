@@ -1,0 +1,117 @@
+"""Creating a training model: a new LoRA model (create_model) or one loaded from a checkpoint (create-via-load).
+
+The session calls these; each takes the session's next ``model_seq_id``, waits for the model, fetches its info
+(once, as the official SDK does) and returns its :class:`~tinkex_trio.TrainingClient`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+
+from tinkex_trio import types
+from tinkex_trio._context import SessionContext
+from tinkex_trio._results import fetch_info, json_decoder
+from tinkex_trio._transport import PoolKind
+from tinkex_trio.errors import ResponseValidationError
+from tinkex_trio.training import TrainingClient
+
+_API = "/api/v1"
+
+__all__ = ["create_client_from_state", "create_lora_client"]
+
+_JSON = "application/json"
+
+
+async def create_lora_client(
+    ctx: SessionContext,
+    base_model: str,
+    rank: int,
+    *,
+    seed: int | None,
+    train_mlp: bool,
+    train_attn: bool,
+    train_unembed: bool,
+    user_metadata: Mapping[str, Any] | None,
+) -> TrainingClient:
+    """Create a LoRA model (create_model with the session's next ``model_seq_id``), wait for it, fetch its info."""
+    ctx.check_alive()
+    model_seq_id = ctx.next_model_seq_id()
+    request = types.CreateModelRequest(
+        session_id=ctx.session_id,
+        model_seq_id=model_seq_id,
+        base_model=base_model,
+        user_metadata=dict(user_metadata) if user_metadata is not None else None,
+        lora_config=types.LoraConfig(
+            rank=rank, seed=seed, train_unembed=train_unembed, train_mlp=train_mlp, train_attn=train_attn
+        ),
+        optimizer_config=types.AdamOptimizerConfig(),
+    )
+    reply, roundtrip = await _post_future(
+        ctx, "create_model", types.encode(request), _JSON, "Session.create_lora_training_client"
+    )
+    future = ctx.futures.track(
+        reply, "CreateModel", json_decoder(types.CreateModelResponse), create_roundtrip_s=roundtrip
+    )
+    created = await future.result()
+    info = await fetch_info(ctx.transport, created.model_id)
+    return TrainingClient(ctx, created.model_id, model_seq_id=model_seq_id, info=info)
+
+
+async def create_client_from_state(
+    ctx: SessionContext,
+    path: str,
+    *,
+    with_optimizer: bool,
+    user_metadata: Mapping[str, Any] | None,
+) -> TrainingClient:
+    """Create a model from a checkpoint (create-via-load: load_weights with session_id + model_seq_id).
+
+    The model id is ``"{session_id}:train:{model_seq_id}"``, as the official SDK builds it; the checkpoint gives
+    the base model and LoRA settings.
+    """
+    ctx.check_alive()
+    model_seq_id = ctx.next_model_seq_id()
+    model_id = f"{ctx.session_id}:train:{model_seq_id}"
+    request = types.LoadWeightsRequest(
+        path=path,
+        optimizer=with_optimizer,
+        session_id=ctx.session_id,
+        model_seq_id=model_seq_id,
+        user_metadata=dict(user_metadata) if user_metadata is not None else None,
+    )
+    reply, roundtrip = await _post_future(
+        ctx, "load_weights", types.encode(request), _JSON, "Session.create_training_client_from_state"
+    )
+    future = ctx.futures.track(
+        reply, "LoadWeights", json_decoder(types.LoadWeightsResponse), create_roundtrip_s=roundtrip
+    )
+    loaded = await future.result()
+    if loaded.model_id is not None and loaded.model_id != model_id:
+        raise ResponseValidationError(
+            f"load_weights created model {loaded.model_id!r}, expected {model_id!r}", field="$.model_id"
+        )
+    info = await fetch_info(ctx.transport, model_id)
+    return TrainingClient(ctx, model_id, model_seq_id=model_seq_id, info=info)
+
+
+async def _post_future(
+    ctx: SessionContext, endpoint: str, body: bytes, content_type: str, sdk_method: str
+) -> tuple[types.UntypedAPIFuture, float]:
+    """POST a future-returning request on the training pool; return the future reply and the round trip (s).
+
+    The transport retries it per the policy, with one idempotency key for every attempt (and the same seq_id).
+    """
+    started = trio.current_time()
+    reply = await ctx.transport.request_json(
+        types.UntypedAPIFuture,
+        PoolKind.TRAINING,
+        "POST",
+        f"{_API}/{endpoint}",
+        content=body,
+        content_type=content_type,
+        sdk_method=sdk_method,
+    )
+    return reply, trio.current_time() - started
