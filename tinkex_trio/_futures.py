@@ -51,8 +51,8 @@ import msgspec
 import trio
 
 from tinkex_trio import types as _types
+from tinkex_trio._polling import BILLING_RETRY_DELAY_S, MAX_BAD_REPLY_RETRIES, MAX_BAD_REQUEST_RETRIES, PollState
 from tinkex_trio._proto._codec import PROTOBUF_CONTENT_TYPE
-from tinkex_trio._retry import poll_backoff, poll_error_backoff
 from tinkex_trio._telemetry import FUTURE_QUEUE_STATE, TelemetryBus
 from tinkex_trio._transport import PoolKind, Transport
 from tinkex_trio.errors import (
@@ -86,13 +86,6 @@ FutureDecoder: TypeAlias = Callable[[httpx.Response], T]
 """Turns the final 200 response of a poll (protobuf or JSON) into the result; raises on a bad body."""
 
 RETRIEVE_FUTURE_PATH: Final = "/api/v1/retrieve_future"
-MAX_BAD_REQUEST_RETRIES: Final = 3
-"""400 answers re-polled in a row before the future fails (as the official SDK)."""
-MAX_BAD_REPLY_RETRIES: Final = 10
-"""Unreadable 200 answers (not JSON, wrong schema, undecodable protobuf) re-polled in a row before failing. The
-server holds the result, so re-polling is safe; the bound is for a server that only ever answers garbage."""
-BILLING_RETRY_DELAY_S: Final = 5.0
-"""Wait between polls answered 402, while the billing pause lasts."""
 TRY_AGAIN_MIN_INTERVAL_S: Final = 0.05
 """A ``try_again`` is re-polled at once, but no sooner than this after the previous poll was sent: a server that
 answers without long-polling gets at most 20 polls a second per future, not a tight loop."""
@@ -218,31 +211,6 @@ class APIFuture(Generic[T]):
         self._error = error
         self._event.set()
         return True
-
-
-class _PollState:
-    """Counters of one future's poll loop."""
-
-    __slots__ = (
-        "allow_metadata_only",
-        "bad_replies",
-        "bad_requests",
-        "billing_since",
-        "connection_errors",
-        "iteration",
-        "queue_state",
-        "server_errors",
-    )
-
-    def __init__(self) -> None:
-        self.iteration = 0  # X-Tinker-Request-Iteration
-        self.allow_metadata_only = True
-        self.connection_errors = 0  # 429 / connection errors / timeouts in a row: poll_backoff's n
-        self.server_errors = 0  # 408 / 5xx in a row: poll_error_backoff's n
-        self.bad_requests = 0  # 400s in a row
-        self.bad_replies = 0  # unreadable 200s in a row
-        self.billing_since: float | None = None  # start of a run of 402s
-        self.queue_state: str | None = None  # last queue_state seen
 
 
 class FutureManager:
@@ -442,7 +410,7 @@ class FutureManager:
             raise ResponseValidationError(f"the results could not be combined: {exc!r}") from exc
 
     @staticmethod
-    def _headers(fut: APIFuture[Any], state: _PollState, roundtrip: float | None) -> dict[str, str]:
+    def _headers(fut: APIFuture[Any], state: PollState, roundtrip: float | None) -> dict[str, str]:
         headers = {
             "X-Tinker-Request-Iteration": str(state.iteration),
             "X-Tinker-Request-Type": fut.request_type,
@@ -459,7 +427,12 @@ class FutureManager:
         roundtrip: float | None,
     ) -> T:
         """Poll until the future has an outcome: return the result or raise a TinkexError."""
-        state = _PollState()
+        state = PollState(
+            max_delay_s=self._max_delay_s,
+            retry_after_max_s=self._retry_after_max_s,
+            billing_pause_s=self._billing_pause_s,
+            rng=self._rng,
+        )
         rid = fut.request_id
         accept = PROTOBUF_CONTENT_TYPE if accept_proto else "application/json"
         # Bounded: every pass returns, raises, or waits (the server's long poll, a backoff, or the try_again minimum
@@ -487,8 +460,7 @@ class FutureManager:
                 # A certificate or TLS mismatch repeats on every poll: fail the future now rather than poll forever.
                 raise
             except APIConnectionError as exc:
-                delay = min(poll_backoff(state.connection_errors), self._max_delay_s)
-                state.connection_errors += 1
+                delay = state.after_connection_error()
                 logger.debug("poll of %s: %s; re-polling in %.1f s", rid, type(exc).__name__, delay)
                 await trio.sleep(delay)
                 continue
@@ -498,16 +470,13 @@ class FutureManager:
                 await self._on_bad_reply(rid, state, exc)
                 continue
 
-            # Any 2xx resets the error counters.
-            state.connection_errors = state.server_errors = state.bad_requests = 0
-            state.billing_since = None
+            state.after_answer()
             if PROTOBUF_CONTENT_TYPE in response.headers.get("content-type", ""):
                 outcome = self._decode(fut, decode, response)
             else:
                 outcome = self._classify(fut, state, decode, response)
             if isinstance(outcome, _RetryNow):
-                # try_again or complete_metadata: a readable answer ends a run of unreadable ones.
-                state.bad_replies = 0
+                state.after_readable()
                 # Re-poll at once (but never in a tight loop).
                 await trio.sleep_until(sent_at + TRY_AGAIN_MIN_INTERVAL_S)
                 continue
@@ -516,17 +485,14 @@ class FutureManager:
                 continue
             return outcome
 
-    async def _on_bad_reply(self, rid: str, state: _PollState, error: ResponseValidationError) -> None:
+    async def _on_bad_reply(self, rid: str, state: PollState, error: ResponseValidationError) -> None:
         """An unreadable answer: wait a short backoff before re-polling, or raise ``error`` past the cap."""
-        state.bad_replies += 1
-        if state.bad_replies > MAX_BAD_REPLY_RETRIES:
-            raise error
-        delay = min(poll_error_backoff(state.bad_replies - 1, self._rng), self._max_delay_s)
+        delay = state.after_bad_reply(error)
         logger.debug("poll of %s: unreadable answer (%s); re-polling in %.2f s", rid, error, delay)
         await trio.sleep(delay)
 
     def _classify(
-        self, fut: APIFuture[T], state: _PollState, decode: FutureDecoder[T], response: httpx.Response
+        self, fut: APIFuture[T], state: PollState, decode: FutureDecoder[T], response: httpx.Response
     ) -> T | _RetryNow | ResponseValidationError:
         rid = fut.request_id
         try:
@@ -570,7 +536,7 @@ class FutureManager:
             error.__cause__ = exc
             return error
 
-    def _queue_state(self, fut: APIFuture[Any], state: _PollState, queue_state: str, reason: str | None) -> None:
+    def _queue_state(self, fut: APIFuture[Any], state: PollState, queue_state: str, reason: str | None) -> None:
         if queue_state == state.queue_state:
             return
         previous, state.queue_state = state.queue_state, queue_state
@@ -588,48 +554,20 @@ class FutureManager:
             },
         )
 
-    async def _on_status_error(self, fut: APIFuture[Any], state: _PollState, exc: APIStatusError) -> None:
+    async def _on_status_error(self, fut: APIFuture[Any], state: PollState, exc: APIStatusError) -> None:
         """Wait as the status says, or raise the error that fails the future."""
-        status = exc.status_code
-        rid = fut.request_id
-        if status == 429:
-            delay = min(poll_backoff(state.connection_errors), self._max_delay_s)
-            state.connection_errors += 1
-            if exc.retry_after is not None and 0.0 <= exc.retry_after <= self._retry_after_max_s:
-                delay = max(delay, exc.retry_after)
-            logger.debug("poll of %s: 429; re-polling in %.1f s", rid, delay)
+        body = exc.body
+        if exc.status_code == 408 and isinstance(body, dict):
+            fields: dict[str, Any] = body  # pyright: ignore[reportUnknownVariableType]
+            queue_state, reason = fields.get("queue_state"), fields.get("queue_state_reason")
+            if isinstance(queue_state, str):
+                self._queue_state(fut, state, queue_state, reason if isinstance(reason, str) else None)
+        delay = state.after_status(exc, trio.current_time())
+        if exc.status_code == 402:
+            logger.warning("poll of %s: 402 (billing); re-polling in %.0f s", fut.request_id, delay)
+        else:
+            logger.debug("poll of %s: %d; re-polling in %.2f s", fut.request_id, exc.status_code, delay)
+        if delay > 0.0:
             await trio.sleep(delay)
-            return
-        state.connection_errors = 0  # any other HTTP answer resets the connection backoff
-        if status == 408 or status >= 500:
-            body = exc.body
-            if status == 408 and isinstance(body, dict):
-                fields: dict[str, Any] = body  # pyright: ignore[reportUnknownVariableType]
-                queue_state, reason = fields.get("queue_state"), fields.get("queue_state_reason")
-                if isinstance(queue_state, str):
-                    self._queue_state(fut, state, queue_state, reason if isinstance(reason, str) else None)
-            state.bad_requests = 0
-            delay = min(poll_error_backoff(state.server_errors, self._rng), self._max_delay_s)
-            state.server_errors += 1
-            logger.debug("poll of %s: %d; re-polling in %.2f s", rid, status, delay)
-            await trio.sleep(delay)
-            return
-        state.server_errors = 0
-        if status == 400:
-            state.bad_requests += 1
-            if state.bad_requests <= MAX_BAD_REQUEST_RETRIES:
-                logger.debug("poll of %s: 400 (%d in a row); re-polling", rid, state.bad_requests)
-                await trio.lowlevel.checkpoint()
-                return
-            raise exc
-        state.bad_requests = 0
-        if status == 402:
-            now = trio.current_time()
-            if state.billing_since is None:
-                state.billing_since = now
-            if now + BILLING_RETRY_DELAY_S - state.billing_since <= self._billing_pause_s:
-                logger.warning("poll of %s: 402 (billing); re-polling in %.0f s", rid, BILLING_RETRY_DELAY_S)
-                await trio.sleep(BILLING_RETRY_DELAY_S)
-                return
-        # 410 (GoneError: the future expired; the sampler re-submits), 402 past the pause, other 4xx: fatal.
-        raise exc
+        else:
+            await trio.lowlevel.checkpoint()
