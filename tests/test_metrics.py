@@ -21,9 +21,9 @@ from tinkex_trio._metrics import (
     REQUESTS_TOTAL,
     Metrics,
     MetricsFeed,
-    _layout,  # pyright: ignore[reportPrivateUsage]
     path_template,
 )
+from tinkex_trio._metrics._series import _layout  # pyright: ignore[reportPrivateUsage]
 from tinkex_trio._telemetry import (
     BATCH_FORWARD_BACKWARD_STOP,
     CIRCUIT_BREAKER_REJECTED,
