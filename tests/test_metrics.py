@@ -376,7 +376,7 @@ def test_feed_other_events() -> None:
     bus.emit(CIRCUIT_BREAKER_STATE_CHANGE, {"state": 2}, {"from": "closed", "to": "open", "base_url": "http://h"})
     bus.emit(CIRCUIT_BREAKER_STATE_CHANGE, {"state": 1}, {"from": "open", "to": "weird"})
     bus.emit(CIRCUIT_BREAKER_REJECTED, {"retry_after_s": 3.0}, _request("s2", None, state="open"))
-    bus.emit(BATCH_FORWARD_BACKWARD_STOP, {"duration_ms": 12.0, "size": 4}, {})
+    bus.emit(BATCH_FORWARD_BACKWARD_STOP, {"duration_ms": 12.0, "items": 4, "requests": 2}, {})
     bus.emit(METRICS_SNAPSHOT, {"requests_total": 1.0}, {})  # not fed back
     counters = m.get_all_metrics()["counters"]
     assert counters == {

@@ -149,7 +149,8 @@ class MetricsFeed:
                                            ``pool``); the breaker supervisor sets the gauge
                                            ``tinkex_circuit_breaker_state`` (0 closed, 1 half_open, 2 open)
     ``tinkex.batch.*.stop``                counter ``tinkex_batches_total`` (``op``); histograms
-                                           ``tinkex_batch_duration_ms`` and ``tinkex_batch_size`` when measured
+                                           ``tinkex_batch_duration_ms`` and ``tinkex_batch_size`` (the
+                                           ``items`` of the call)
     =====================================  =====================================================================
 
     Labels never carry ids, keys, paths with ids or free text: the path is reduced by :func:`path_template`, the
@@ -309,14 +310,8 @@ class MetricsFeed:
             self.metrics.gauge(_SESSION_EXPIRED).value = 1.0
 
     def _on_breaker_change(self, event: TelemetryEvent) -> None:
-        metadata = event.metadata
-        to: MetadataValue = None
-        for field in ("to", "to_state", "new_state"):
-            if field in metadata:
-                to = metadata[field]
-                break
-        state = to.lower() if isinstance(to, str) else ""
-        state = state if state in _BREAKER_STATES else "unknown"
+        to = event.metadata.get("to")
+        state = to if isinstance(to, str) and to in _BREAKER_STATES else "unknown"
         # The state gauge (tinkex_circuit_breaker_state) is the breaker supervisor's: it sets it on every transition.
         self.metrics.counter(_BREAKER_TRANSITIONS_TOTAL, {"to": state}).value += 1
 
@@ -331,8 +326,6 @@ class MetricsFeed:
         duration = measurements.get("duration_ms")
         if duration is not None:
             self.metrics.histogram(_BATCH_DURATION_MS, labels).record(duration)
-        for field in ("size", "batch_size", "items", "requests"):
-            size = measurements.get(field)
-            if size is not None:
-                self.metrics.histogram(_BATCH_SIZE, labels).record(size)
-                break
+        items = measurements.get("items")
+        if items is not None:
+            self.metrics.histogram(_BATCH_SIZE, labels).record(items)

@@ -202,7 +202,7 @@ class Metrics:
 
     def set_gauge(self, name: str, value: float, *, labels: Labels | None = None) -> None:
         """Set a gauge."""
-        self.gauge(name, labels).value = float(value)
+        self.gauge(name, labels).set(value)
 
     def record_histogram(self, name: str, value: float, *, labels: Labels | None = None) -> None:
         """Record a value (milliseconds by convention) in a histogram. Out-of-range values are clamped and
