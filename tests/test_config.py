@@ -69,7 +69,7 @@ def test_defaults() -> None:
     assert c.metrics.snapshot_interval_s == 60.0 and c.metrics.significant_figures == 3
     t = c.timeouts
     assert (t.connect_s, t.request_s, t.retrieve_future_s, t.heartbeat_s) == (5, 60, 45, 10)
-    assert (t.telemetry_s, t.cancel_future_s, t.finish_s) == (5, 30, 10)
+    assert t.finish_s == 10
     assert c.pools.training.max_connections > 0 and c.pools.futures.max_connections > 0
 
 
@@ -359,43 +359,41 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
 
 # (section, field, bad value, expected text after "section.field: ")
 BAD_VALUES: list[tuple[str, str, object, str]] = [
-    ("retry", "max_retries", -1, "expected int >= 0, got -1"),
-    ("retry", "max_retries", 1.5, "expected int >= 0, got 1.5"),
-    ("retry", "max_retries", True, "expected int >= 0, got True"),
-    ("retry", "max_retries", "3", "expected int >= 0, got '3'"),
-    ("retry", "base_delay_s", 0, "expected float > 0, got 0"),
-    ("retry", "max_delay_s", -2.0, "expected float > 0, got -2.0"),
-    ("retry", "jitter", 1.5, "expected float >= 0 and <= 1, got 1.5"),
-    ("retry", "jitter", -0.1, "expected float >= 0 and <= 1, got -0.1"),
-    ("retry", "retry_budget_s", float("nan"), "expected float > 0, got nan"),
-    ("retry", "retry_budget_s", float("inf"), "expected float > 0, got inf"),
-    ("retry", "retry_after_max_s", -1, "expected float >= 0, got -1"),
-    ("circuit_breaker", "enabled", 1, "expected bool, got 1"),
-    ("circuit_breaker", "enabled", "yes", "expected bool, got 'yes'"),
-    ("circuit_breaker", "failure_threshold", -1, "expected int > 0, got -1"),
-    ("circuit_breaker", "failure_threshold", 0, "expected int > 0, got 0"),
-    ("circuit_breaker", "timeout_s", 0.0, "expected float > 0, got 0.0"),
-    ("circuit_breaker", "half_open_max_calls", 0, "expected int > 0, got 0"),
-    ("batching", "enabled", None, "expected bool, got None"),
-    ("batching", "coalesce", "yes", "expected bool, got 'yes'"),
-    ("batching", "window_ms", -0.5, "expected float >= 0, got -0.5"),
-    ("batching", "max_batch_datums", 0, "expected int > 0, got 0"),
-    ("batching", "max_batch_bytes", -5, "expected int > 0, got -5"),
-    ("batching", "max_items", 0, "expected int > 0, got 0"),
-    ("metrics", "enabled", "true", "expected bool, got 'true'"),
-    ("metrics", "snapshot_interval_s", 0, "expected float > 0, got 0"),
-    ("metrics", "significant_figures", 0, "expected int >= 1 and <= 5, got 0"),
-    ("metrics", "significant_figures", 6, "expected int >= 1 and <= 5, got 6"),
-    ("metrics", "histogram_max_ms", 1, "expected int >= 2, got 1"),
-    ("timeouts", "connect_s", 0, "expected float > 0, got 0"),
-    ("timeouts", "request_s", -60, "expected float > 0, got -60"),
-    ("timeouts", "retrieve_future_s", "45", "expected float > 0, got '45'"),
-    ("timeouts", "heartbeat_s", 0, "expected float > 0, got 0"),
-    ("timeouts", "telemetry_s", 0, "expected float > 0, got 0"),
-    ("timeouts", "cancel_future_s", 0, "expected float > 0, got 0"),
-    ("timeouts", "finish_s", 0, "expected float > 0, got 0"),
-    ("timeouts", "total_s", 0, "expected float > 0, got 0"),
-    ("timeouts", "total_s", "120", "expected float > 0, got '120'"),
+    ("retry", "max_retries", -1, "expected `int` >= 0, got -1"),
+    ("retry", "max_retries", 1.5, "expected `int` >= 0, got 1.5"),
+    ("retry", "max_retries", True, "expected `int` >= 0, got True"),
+    ("retry", "max_retries", "3", "expected `int` >= 0, got '3'"),
+    ("retry", "base_delay_s", 0, "expected `float` > 0.0, got 0"),
+    ("retry", "max_delay_s", -2.0, "expected `float` > 0.0, got -2.0"),
+    ("retry", "jitter", 1.5, "expected `float` <= 1.0, got 1.5"),
+    ("retry", "jitter", -0.1, "expected `float` >= 0.0, got -0.1"),
+    ("retry", "retry_budget_s", float("nan"), "expected `float` > 0.0, got nan"),
+    ("retry", "retry_budget_s", float("inf"), "expected a finite `float` > 0, got inf"),
+    ("retry", "retry_after_max_s", -1, "expected `float` >= 0.0, got -1"),
+    ("circuit_breaker", "enabled", 1, "expected `bool`, got 1"),
+    ("circuit_breaker", "enabled", "yes", "expected `bool`, got 'yes'"),
+    ("circuit_breaker", "failure_threshold", -1, "expected `int` >= 1, got -1"),
+    ("circuit_breaker", "failure_threshold", 0, "expected `int` >= 1, got 0"),
+    ("circuit_breaker", "timeout_s", 0.0, "expected `float` > 0.0, got 0.0"),
+    ("circuit_breaker", "half_open_max_calls", 0, "expected `int` >= 1, got 0"),
+    ("batching", "enabled", None, "expected `bool`, got None"),
+    ("batching", "coalesce", "yes", "expected `bool`, got 'yes'"),
+    ("batching", "window_ms", -0.5, "expected `float` >= 0.0, got -0.5"),
+    ("batching", "max_batch_datums", 0, "expected `int` >= 1, got 0"),
+    ("batching", "max_batch_bytes", -5, "expected `int` >= 1, got -5"),
+    ("batching", "max_items", 0, "expected `int` >= 1, got 0"),
+    ("metrics", "enabled", "true", "expected `bool`, got 'true'"),
+    ("metrics", "snapshot_interval_s", 0, "expected `float` > 0.0, got 0"),
+    ("metrics", "significant_figures", 0, "expected `int` >= 1, got 0"),
+    ("metrics", "significant_figures", 6, "expected `int` <= 5, got 6"),
+    ("metrics", "histogram_max_ms", 1, "expected `int` >= 2, got 1"),
+    ("timeouts", "connect_s", 0, "expected `float` > 0.0, got 0"),
+    ("timeouts", "request_s", -60, "expected `float` > 0.0, got -60"),
+    ("timeouts", "retrieve_future_s", "45", "expected `float` > 0, got '45'"),
+    ("timeouts", "heartbeat_s", 0, "expected `float` > 0.0, got 0"),
+    ("timeouts", "finish_s", 0, "expected `float` > 0.0, got 0"),
+    ("timeouts", "total_s", 0, "expected `float` > 0.0, got 0"),
+    ("timeouts", "total_s", "120", "expected `float | null` > 0, got '120'"),
 ]
 
 
@@ -429,20 +427,21 @@ def test_cross_field_checks() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("heartbeat_interval_s", 0, "heartbeat_interval_s: expected float > 0, got 0"),
+        ("heartbeat_interval_s", 0, "heartbeat_interval_s: expected `float` > 0.0, got 0"),
         ("wire_format", "xml", "wire_format: expected 'proto' or 'json', got 'xml'"),
-        ("telemetry", "off", "telemetry: expected bool, got 'off'"),
-        ("verify", "yes", "verify: expected bool, got 'yes'"),
-        ("http2", 0, "http2: expected bool, got 0"),
-        ("tags", "a,b", "tags: expected a tuple of str, got 'a,b'"),
-        ("tags", ("a", 1), "tags: expected a tuple of str, got ['a', 1]"),
-        ("project_id", 7, "project_id: expected a non-empty str or None, got 7"),
-        ("project_id", "", "project_id: expected a non-empty str or None, got ''"),
-        ("ca_file", 3.5, "ca_file: expected a non-empty str or None, got 3.5"),
-        ("user_agent_suffix", b"x", "user_agent_suffix: expected a non-empty str or None, got b'x'"),
-        ("retry", 5, "retry: expected a table, got 5"),
+        ("telemetry", "off", "telemetry: expected `bool`, got 'off'"),
+        ("verify", "yes", "verify: expected `bool`, got 'yes'"),
+        ("http2", 0, "http2: expected `bool`, got 0"),
+        ("tags", "a,b", "tags: expected `array`, got 'a,b'"),
+        ("tags", ("a", 1), "tags[1]: expected `str`, got 1"),
+        ("project_id", 7, "project_id: expected `str | null`, got 7"),
+        ("project_id", "", "project_id: expected `str` of length >= 1, got ''"),
+        ("ca_file", 3.5, "ca_file: expected `str | null`, got 3.5"),
+        ("user_agent_suffix", b"x", "user_agent_suffix: expected `str | null`, got b'x'"),
+        ("user_agent_suffix", "a\nb", r"user_agent_suffix: expected `str` matching regex '^[ -~]+\\Z', got 'a\nb'"),
+        ("retry", 5, "retry: expected `object`, got 5"),
         ("pools", {"gpu": {}}, "unknown config key 'pools.gpu'"),
-        ("pools", {"training": {"max_connections": 0}}, "pools.training.max_connections: expected int > 0, got 0"),
+        ("pools", {"training": {"max_connections": 0}}, "pools.training.max_connections: expected `int` >= 1, got 0"),
     ],
 )
 def test_top_level_validation(field: str, value: object, message: str) -> None:
@@ -567,19 +566,24 @@ def test_from_toml_key_from_environment(tmp_path: Path) -> None:
         ("[breaker]\nenabled = true", "unknown config key 'breaker'"),
         ("[pools.gpu]\nmax_connections = 1", "unknown config key 'pools.gpu'"),
         ("[pools.training]\nmax_conns = 1", "unknown config key 'pools.training.max_conns'"),
-        ("retry = 3", "retry: expected a table, got 3"),
-        ("[circuit_breaker]\nfailure_threshold = -1", "circuit_breaker.failure_threshold: expected int > 0, got -1"),
-        ('[circuit_breaker]\nenabled = "no"', "circuit_breaker.enabled: expected bool, got 'no'"),
-        ("[retry]\nmax_retries = 2.5", "retry.max_retries: expected int >= 0, got 2.5"),
-        ("[batching]\nwindow_ms = -1", "batching.window_ms: expected float >= 0, got -1"),
-        ("[metrics]\nsignificant_figures = 9", "metrics.significant_figures: expected int >= 1 and <= 5, got 9"),
-        ('[timeouts]\nconnect_s = "5"', "timeouts.connect_s: expected float > 0, got '5'"),
-        ("[timeouts]\nfinish_s = nan", "timeouts.finish_s: expected float > 0, got nan"),
-        ("[pools.training]\nmax_connections = 0", "pools.training.max_connections: expected int > 0, got 0"),
-        ("tags = [1, 2]", "tags: expected a tuple of str, got [1, 2]"),
+        ("retry = 3", "retry: expected `object`, got 3"),
+        ("[circuit_breaker]\nfailure_threshold = -1", "circuit_breaker.failure_threshold: expected `int` >= 1, got -1"),
+        ('[circuit_breaker]\nenabled = "no"', "circuit_breaker.enabled: expected `bool`, got 'no'"),
+        ("[retry]\nmax_retries = 2.5", "retry.max_retries: expected `int` >= 0, got 2.5"),
+        ("[batching]\nwindow_ms = -1", "batching.window_ms: expected `float` >= 0.0, got -1"),
+        ("[metrics]\nsignificant_figures = 9", "metrics.significant_figures: expected `int` <= 5, got 9"),
+        ('[timeouts]\nconnect_s = "5"', "timeouts.connect_s: expected `float` > 0, got '5'"),
+        ("[timeouts]\nfinish_s = nan", "timeouts.finish_s: expected `float` > 0.0, got nan"),
+        ("[timeouts]\nfinish_s = inf", "timeouts.finish_s: expected a finite `float` > 0, got inf"),
+        ("[pools.training]\nmax_connections = 0", "pools.training.max_connections: expected `int` >= 1, got 0"),
+        (
+            "[pools.training]\nmax_keepalive = 200",
+            "pools.training.max_keepalive: expected int <= max_connections (100), got 200",
+        ),
+        ("tags = [1, 2]", "tags[0]: expected `str`, got 1"),
         ('wire_format = "xml"', "wire_format: expected 'proto' or 'json', got 'xml'"),
         ('base_url = "localhost"', "base_url: expected an http:// or https:// URL, got 'localhost'"),
-        ("telemetry = 0", "telemetry: expected bool, got 0"),
+        ("telemetry = 0", "telemetry: expected `bool`, got 0"),
     ],
 )
 def test_from_toml_bad(tmp_path: Path, text: str, message: str) -> None:
@@ -588,8 +592,8 @@ def test_from_toml_bad(tmp_path: Path, text: str, message: str) -> None:
         Config.from_toml(path, env={})
     assert str(info.value) == message
     assert type(info.value) is ConfigError
-    # ``key`` names the offending setting: the quoted name, or the text before the first ": ".
-    expected_key = message.split("'")[1] if message.startswith("unknown") else message.split(": ")[0]
+    # ``key`` names the offending setting: the quoted name, or the text before the first ": " (without an index).
+    expected_key = message.split("'")[1] if message.startswith("unknown") else message.split(": ")[0].split("[")[0]
     assert info.value.key == expected_key
 
 
@@ -634,7 +638,11 @@ def test_total_deadline_may_not_cut_long_polls_short() -> None:
 
 @pytest.mark.parametrize(
     ("value", "detail"),
-    [(1023, "expected int >= 1024, got 1023"), (2.0**20, "expected int >= 1024, got 1048576.0"), (True, "got True")],
+    [
+        (1023, "expected `int` >= 1024, got 1023"),
+        (2.0**20, "expected `int` >= 1024, got 1048576.0"),
+        (True, "got True"),
+    ],
 )
 def test_max_response_bytes_validation(value: object, detail: str) -> None:
     with pytest.raises(ConfigError, match=detail) as info:
@@ -656,7 +664,7 @@ def test_total_deadline_and_response_cap_from_toml_and_env(tmp_path: Path) -> No
         with pytest.raises(ConfigError) as info:
             Config.create(KEY, env={name: raw})
         assert info.value.key == name and repr(raw) in str(info.value)
-    with pytest.raises(ConfigError, match=r"^max_response_bytes: expected int >= 1024, got 10$"):
+    with pytest.raises(ConfigError, match=r"^max_response_bytes: expected `int` >= 1024, got 10$"):
         Config.create(KEY, env={"TINKEX_MAX_RESPONSE_BYTES": "10"})
 
 

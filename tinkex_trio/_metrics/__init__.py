@@ -1,0 +1,37 @@
+"""Client-side metrics: counters, gauges and HdrHistogram latency histograms, fed by the session's telemetry.
+
+* :mod:`._series`: one series (:class:`Counter`, :class:`Gauge`, :class:`Histogram`) and its statistics.
+* :mod:`._store`: :class:`Metrics`, the series by name and label set, read as plain data or Prometheus text.
+* :mod:`._prometheus`: the text exposition format.
+* :mod:`._feed`: :class:`MetricsFeed`, telemetry events into a store, and the snapshot task.
+
+Each module imports only those listed before it.
+"""
+
+from tinkex_trio._metrics._feed import MetricsFeed, path_template
+from tinkex_trio._metrics._series import QUANTILES, Counter, Gauge, Histogram, Labels, LabelValue
+from tinkex_trio._metrics._store import (
+    DEFAULT_MAX_SERIES,
+    REQUEST_DURATION_MS,
+    REQUEST_ERRORS_TOTAL,
+    REQUESTS_TOTAL,
+    RETRIES_TOTAL,
+    Metrics,
+)
+
+__all__ = [
+    "DEFAULT_MAX_SERIES",
+    "QUANTILES",
+    "REQUESTS_TOTAL",
+    "REQUEST_DURATION_MS",
+    "REQUEST_ERRORS_TOTAL",
+    "RETRIES_TOTAL",
+    "Counter",
+    "Gauge",
+    "Histogram",
+    "LabelValue",
+    "Labels",
+    "Metrics",
+    "MetricsFeed",
+    "path_template",
+]
