@@ -15,6 +15,7 @@ import trio.lowlevel
 import trio.testing
 from _simkit import API_KEY, BASE_URL, Reply, SimStack, decode_create_model, drain, sim_stack, submit_create_model
 
+from tinkex_trio._api_key import key_fingerprint
 from tinkex_trio._breaker import (
     GAUGE_NAME,
     BreakerRegistry,
@@ -26,7 +27,6 @@ from tinkex_trio._breaker import (
     breakers,
     classify_exception,
     classify_status,
-    key_fingerprint,
     supervise,
 )
 from tinkex_trio._config import CircuitBreakerConfig, Config

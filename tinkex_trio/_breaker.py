@@ -53,7 +53,6 @@ Not thread-safe: use a breaker from one trio run (one thread). The registry's lo
 from __future__ import annotations
 
 import enum
-import hashlib
 import logging
 import math
 import threading
@@ -64,6 +63,7 @@ from typing import Final, TypeVar, TypeVarTuple
 
 import trio
 
+from tinkex_trio._api_key import key_fingerprint
 from tinkex_trio._config import CircuitBreakerConfig, Config
 from tinkex_trio._telemetry import CIRCUIT_BREAKER_STATE_CHANGE, TelemetryBus
 from tinkex_trio.errors import APIConnectionError, APIStatusError, CircuitOpenError, TLSError
@@ -80,7 +80,6 @@ __all__ = [
     "breakers",
     "classify_exception",
     "classify_status",
-    "key_fingerprint",
     "supervise",
 ]
 
@@ -458,11 +457,6 @@ class CircuitBreaker:
             raise
         self.record_success(trio.current_time(), permit)
         return result
-
-
-def key_fingerprint(api_key: str) -> str:
-    """``sha256(api_key)`` in hex: how the registry tells keys apart without keeping them."""
-    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
 
 
 def _normalize_base_url(base_url: str) -> str:
