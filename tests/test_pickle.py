@@ -86,3 +86,24 @@ def test_unpickling_does_not_run_init_again() -> None:
     assert copy.__notes__ == ["while doing something"]
     with pytest.raises(e.APIStatusError, match="Error code: 500"):
         raise copy
+
+
+def test_public_values_pickle_by_their_public_path() -> None:
+    import tinkex_trio as tx
+
+    values: list[Any] = [
+        tx.AdamParams(learning_rate=1e-3),
+        tx.ModelInput.from_ints([1, 2, 3]),
+        tx.SamplingParams(max_tokens=3),
+        tx.BreakerState.OPEN,
+        tx.RetryConfig(),
+        tx.CircuitBreakerConfig(),
+        tx.types.RequestErrorCategory.USER,
+        tx.Session,
+        tx.datum,
+    ]
+    data = pickle.dumps(values)
+    # The pickle names tinkex_trio.Session and tinkex_trio.types.AdamParams, never a private module.
+    assert b"tinkex_trio._" not in data
+    assert b"tinkex_trio.types._" not in data
+    assert _through_another_process(values) == values

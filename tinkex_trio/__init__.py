@@ -16,7 +16,7 @@
 The public surface is exactly ``__all__``; everything in a module whose name starts with ``_`` is private.
 """
 
-from tinkex_trio import errors, types
+from tinkex_trio import _public, errors, types
 from tinkex_trio._breaker import BreakerRegistry, BreakerState, CircuitBreaker, breakers
 from tinkex_trio._config import (
     BatchingConfig,
@@ -95,3 +95,7 @@ __all__ = [
     "open_session",
     "types",
 ]
+
+# Last, so that every name above is bound: tinkex_trio.Session, not tinkex_trio._session.Session, in reprs,
+# tracebacks and pickles. Names of tinkex_trio.types and tinkex_trio.errors keep those modules.
+_public.fixup_module_metadata(__name__, __all__, globals())
