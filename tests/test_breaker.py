@@ -659,9 +659,63 @@ async def test_disabled_breaker_lets_everything_through(autojump_clock: trio.tes
             circuit_breaker={"failure_threshold": 1},
         )
     async with sim_stack() as sim, sim.session(config=cfg) as session:
-        assert session.breaker is None
+        breaker = session.breaker
+        assert isinstance(breaker, CircuitBreaker)
+        assert breaker.enabled is False
+        assert session.breaker is breaker
+        assert session._transport.breaker is None  # the requests do not go through it
+        assert breaker is not breakers().get(BASE_URL, API_KEY)
         sim.app.config.faults.start_outage(1000.0)
         for _ in range(6):
             with pytest.raises(InternalServerError):
                 await session.get_server_capabilities()
         assert capabilities_seen(sim) == 6 * (cfg.retry.max_retries + 1)
+        assert breaker.state is CLOSED
+        assert breaker.consecutive_failures == 0
+
+
+def test_enabled_breakers_say_so() -> None:
+    assert CircuitBreaker().enabled is True
+    assert breakers().for_key("https://enabled.test", API_KEY).enabled is True
+
+
+async def test_a_disabled_breaker_admits_everything_and_counts_nothing() -> None:
+    breaker = CircuitBreaker.disabled(CircuitBreakerConfig(failure_threshold=2, timeout_s=5.0), name="off.test")
+    assert isinstance(breaker, CircuitBreaker)
+    assert breaker.enabled is False
+    assert (breaker.failure_threshold, breaker.timeout_s) == (2, 5.0)
+    assert repr(breaker) == "<CircuitBreaker off.test disabled>"
+    seen: list[Transition] = []
+    breaker.add_listener(seen.append)
+    for now in range(10):
+        permit = breaker.before_call(float(now))
+        assert not permit.trial
+        assert breaker.record_failure(float(now), permit) is None
+        assert permit.settled
+        assert breaker.allow(float(now))
+        assert breaker.record(Verdict.FAILURE, float(now)) is None
+    breaker.release()
+    assert breaker.poll(1e9) is None
+    assert breaker.reset(1e9) is None
+    assert breaker.state is CLOSED
+    assert breaker.consecutive_failures == 0
+    assert breaker.generation == 0
+    assert breaker.open_until is None
+    assert breaker.retry_after(0.0) == 0.0
+    assert breaker.trials_in_flight == 0
+    assert seen == []
+    assert breaker.remove_listener(seen.append) is False  # it kept no reference
+
+    async def fail() -> None:
+        raise InternalServerError(status_code=503)
+
+    for _ in range(5):
+        with pytest.raises(InternalServerError):
+            await breaker.call(fail)
+    assert breaker.state is CLOSED
+
+    async def answer() -> int:
+        return 42
+
+    assert await breaker.call(answer) == 42
+    assert CircuitBreaker.disabled().enabled is False

@@ -877,8 +877,15 @@ def _field_signature(message: Any) -> dict[int, tuple[Any, ...]]:
         nested = f.message_type or f.enum_type
         inner = _field_signature(f.message_type) if f.message_type is not None else None
         oneof = f.containing_oneof.name if f.containing_oneof is not None else None
-        out[f.number] = (f.name, f.type, f.is_repeated, f.has_presence, oneof, nested and nested.name, inner)
+        out[f.number] = (f.name, f.type, _is_repeated(f), f.has_presence, oneof, nested and nested.name, inner)
     return out
+
+
+def _is_repeated(field: Any) -> bool:
+    # ``is_repeated`` is new in protobuf 6.31 and ``label`` is gone in 7; the floor (5.26) only has ``label``.
+    if hasattr(field, "is_repeated"):
+        return bool(field.is_repeated)
+    return bool(field.label == field.LABEL_REPEATED)
 
 
 def test_output_record_without_fields_has_a_datum_cap() -> None:

@@ -14,10 +14,14 @@
     trio.run(main)
 
 The public surface is exactly ``__all__``; everything in a module whose name starts with ``_`` is private.
+
+Beyond sessions and clients: :class:`CircuitBreaker` with its vocabulary (:class:`Permit`, :class:`Verdict`,
+:class:`Transition`), and ``open_session(transport_factory=...)``, a :data:`TransportFactory` called with a
+:class:`PoolKind` to build that connection pool's httpx transport (tests: an in-process ``httpx.ASGITransport``).
 """
 
-from tinkex_trio import errors, types
-from tinkex_trio._breaker import BreakerRegistry, BreakerState, CircuitBreaker, breakers
+from tinkex_trio import _public, errors, types
+from tinkex_trio._breaker import BreakerRegistry, BreakerState, CircuitBreaker, Permit, Transition, Verdict, breakers
 from tinkex_trio._config import (
     BatchingConfig,
     CircuitBreakerConfig,
@@ -32,6 +36,7 @@ from tinkex_trio._futures import APIFuture
 from tinkex_trio._metrics import Metrics
 from tinkex_trio._session import Session, open_session
 from tinkex_trio._telemetry import TelemetryBus, TelemetryEvent
+from tinkex_trio._transport import PoolKind, TransportFactory
 from tinkex_trio._version import __version__
 from tinkex_trio.rest import RestClient
 from tinkex_trio.sampling import SamplingClient
@@ -73,6 +78,8 @@ __all__ = [
     "MetricsConfig",
     "ModelInput",
     "OptimStepResponse",
+    "Permit",
+    "PoolKind",
     "PoolLimits",
     "PoolsConfig",
     "RestClient",
@@ -88,6 +95,9 @@ __all__ = [
     "TensorData",
     "TimeoutsConfig",
     "TrainingClient",
+    "Transition",
+    "TransportFactory",
+    "Verdict",
     "__version__",
     "breakers",
     "datum",
@@ -95,3 +105,7 @@ __all__ = [
     "open_session",
     "types",
 ]
+
+# Last, so that every name above is bound: tinkex_trio.Session, not tinkex_trio._session.Session, in reprs,
+# tracebacks and pickles. Names of tinkex_trio.types and tinkex_trio.errors keep those modules.
+_public.fixup_module_metadata(__name__, __all__, globals())

@@ -256,6 +256,19 @@ class CircuitBreaker:
                 raise ValueError(f"half_open_max_calls must be an int >= 1, got {half_open_max_calls!r}")
             self.half_open_max_calls = half_open_max_calls
 
+    @classmethod
+    def disabled(cls, config: CircuitBreakerConfig | None = None, *, name: str = "circuit breaker") -> CircuitBreaker:
+        """A breaker that is switched off: :attr:`enabled` is False, it admits every call and counts nothing.
+
+        It stays CLOSED with no failures counted and never moves, so its listeners are never called; outcomes given
+        to it only settle their permits. It keeps the thresholds of ``config``, if given, for show. This is
+        ``session.breaker`` when ``config.circuit_breaker.enabled`` is false (``TINKEX_CIRCUIT_BREAKER=off``); the
+        registry (:func:`breakers`) holds no disabled breakers.
+        """
+        if config is None:
+            return _DisabledCircuitBreaker(name=name)
+        return _DisabledCircuitBreaker.from_config(config, name=name)
+
     def __repr__(self) -> str:
         return (
             f"<CircuitBreaker {self.name} state={self._state.value} "
@@ -263,6 +276,11 @@ class CircuitBreaker:
         )
 
     # -- reading the state ------------------------------------------------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this breaker checks and counts calls: False for a :meth:`disabled` one."""
+        return True
 
     @property
     def state(self) -> BreakerState:
@@ -459,6 +477,45 @@ class CircuitBreaker:
         return result
 
 
+class _DisabledCircuitBreaker(CircuitBreaker):
+    """:meth:`CircuitBreaker.disabled`. A subclass, so that an enabled breaker's methods do not test a flag."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self.name} disabled>"
+
+    @property
+    def enabled(self) -> bool:
+        return False
+
+    def add_listener(self, listener: Listener) -> None:
+        """Nothing to listen to: a disabled breaker never moves (and keeps no reference to ``listener``)."""
+
+    def poll(self, now: float) -> Transition | None:
+        return None
+
+    def _admit(self, now: float) -> Permit | None:
+        return Permit(self._generation, trial=False)
+
+    def record_success(self, now: float, permit: Permit | None = None) -> Transition | None:
+        self._take(permit)
+        return None
+
+    def record_failure(self, now: float, permit: Permit | None = None) -> Transition | None:
+        self._take(permit)
+        return None
+
+    def release(self, permit: Permit | None = None) -> None:
+        self._take(permit)
+
+    def reset(self, now: float = 0.0) -> Transition | None:
+        return None
+
+    def _sync_run(self) -> None:
+        return  # no state to forget
+
+
 def _normalize_base_url(base_url: str) -> str:
     return base_url.strip().rstrip("/")
 
@@ -525,8 +582,10 @@ def breakers() -> BreakerRegistry:
 
 
 def breaker_for_config(config: Config) -> CircuitBreaker | None:
-    """The registry's breaker for a session's ``(base_url, api_key)`` with its thresholds; None when
-    ``config.circuit_breaker.enabled`` is false (``TINKEX_CIRCUIT_BREAKER=off``)."""
+    """The registry's breaker for a session's ``(base_url, api_key)`` with its thresholds, for its transport; None
+    when ``config.circuit_breaker.enabled`` is false (``TINKEX_CIRCUIT_BREAKER=off``): then the transport neither
+    checks nor counts anything, and no supervisor runs (``session.breaker`` is a :meth:`CircuitBreaker.disabled`
+    one, for show)."""
     if not config.circuit_breaker.enabled:
         return None
     return breakers().for_key(config.base_url, config.api_key, config.circuit_breaker)

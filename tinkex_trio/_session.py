@@ -24,7 +24,7 @@ import logging
 import ssl
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from functools import partial
+from functools import cached_property, partial
 from typing import Any, Final
 
 import msgspec
@@ -131,11 +131,16 @@ class Session:
 
     # -- public API ------------------------------------------------------------------------------------------------
 
-    @property
-    def breaker(self) -> CircuitBreaker | None:
+    @cached_property
+    def breaker(self) -> CircuitBreaker:
         """The circuit breaker of this session's (base_url, api_key), shared with every session of the process that
-        uses them (``tx.breakers()``); None when ``config.circuit_breaker.enabled`` is false."""
-        return self._transport.breaker
+        uses them (``tx.breakers()``). Never None: when ``config.circuit_breaker.enabled`` is false, a disabled one
+        of this session's own (``breaker.enabled`` is False; see :meth:`CircuitBreaker.disabled`), which the
+        session's requests do not go through."""
+        breaker = self._transport.breaker
+        if breaker is not None:
+            return breaker
+        return CircuitBreaker.disabled(self.config.circuit_breaker, name=self.config.base_url)
 
     @property
     def rest(self) -> RestClient:

@@ -106,7 +106,9 @@ class PoolKind(enum.StrEnum):
 
 
 TransportFactory = Callable[[PoolKind], httpx.AsyncBaseTransport]
-"""Builds the httpx transport of a pool (tests pass ``lambda pool: httpx.ASGITransport(app=app)``)."""
+"""Builds the httpx transport of a pool: called once per :class:`PoolKind`, when the session first uses that pool, and
+the transport is closed with the pool's client when the session ends. Public as ``tinkex_trio.TransportFactory``
+(``open_session(transport_factory=...)``; tests pass ``lambda pool: httpx.ASGITransport(app=app)``)."""
 
 _UNGUARDED_POOLS = frozenset({PoolKind.FUTURES, PoolKind.TELEMETRY})
 """Pools whose requests the circuit breaker neither checks nor counts (see the module docstring)."""

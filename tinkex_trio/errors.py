@@ -109,7 +109,11 @@ class RequestErrorCategory(enum.StrEnum):
 
 
 class TinkexError(Exception):
-    """Base class of every error raised by tinkex_trio."""
+    """Base class of every error raised by tinkex_trio.
+
+    Every error pickles (to send it to another process) and unpickles to an equal one: same class, ``args`` and
+    attributes. ``__cause__``, ``__context__`` and the traceback are not kept, as for any exception.
+    """
 
     message: str
 
@@ -119,6 +123,19 @@ class TinkexError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own __reduce__ rebuilds with cls(*self.args): that fails for every error whose __init__ takes a
+        # required keyword (status_code, argument, limit, ...). Rebuild without __init__, then restore __dict__
+        # (already redacted: nothing is scrubbed twice).
+        return (_unpickle, (type(self), self.args), self.__dict__)
+
+
+def _unpickle(cls: type[TinkexError], args: tuple[Any, ...]) -> TinkexError:
+    """A ``cls`` with these ``args`` and no attributes yet: pickle sets them from the state of ``__reduce__``."""
+    error = cls.__new__(cls)
+    error.args = args
+    return error
 
 
 class ConfigError(TinkexError, ValueError):

@@ -113,8 +113,8 @@ class _Pages(AsyncIterator[T], Generic[T]):
 class RestClient:
     """The REST side of the Tinker API: look up and manage training runs, checkpoints, sessions and samplers.
 
-    Args:
-        transport: the transport to send on (a session's own, normally: use ``session.rest``).
+    Get one from a session: ``session.rest``. The constructor is not public API: it takes the session's private
+    transport, whose type may change in any release.
     """
 
     def __init__(self, transport: Transport) -> None:

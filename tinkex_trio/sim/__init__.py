@@ -4,6 +4,7 @@
 ``sim`` extra (hypercorn, trustme), imported only when a server is opened.
 """
 
+from tinkex_trio import _public
 from tinkex_trio.sim._app import SimApp, create_app
 from tinkex_trio.sim._config import ServiceTime, SimConfig, SupportedModel
 from tinkex_trio.sim._faults import (
@@ -36,3 +37,6 @@ __all__ = [
     "endpoint_name",
     "open_sim_server",
 ]
+
+# tinkex_trio.sim.SimApp, not tinkex_trio.sim._app.SimApp, in reprs, tracebacks and pickles.
+_public.fixup_module_metadata(__name__, __all__, globals())

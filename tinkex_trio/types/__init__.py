@@ -8,6 +8,7 @@ msgspec tags: always sent; on responses they may be absent but must match when p
 
 from __future__ import annotations
 
+from .. import _public
 from ..errors import RequestErrorCategory
 from ._codec import (
     JSONBytes,
@@ -293,3 +294,6 @@ __all__ = [
     "to_builtins",
     "to_tensor_data",
 ]
+
+# tinkex_trio.types.AdamParams, not tinkex_trio.types._training.AdamParams, in reprs, tracebacks and pickles.
+_public.fixup_module_metadata(__name__, __all__, globals())
