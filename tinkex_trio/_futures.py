@@ -51,6 +51,7 @@ import msgspec
 import trio
 
 from tinkex_trio import types as _types
+from tinkex_trio._endpoints import API_PREFIX
 from tinkex_trio._proto._codec import PROTOBUF_CONTENT_TYPE
 from tinkex_trio._retry import poll_backoff, poll_error_backoff
 from tinkex_trio._telemetry import FUTURE_QUEUE_STATE, TelemetryBus
@@ -85,7 +86,7 @@ U = TypeVar("U")
 FutureDecoder: TypeAlias = Callable[[httpx.Response], T]
 """Turns the final 200 response of a poll (protobuf or JSON) into the result; raises on a bad body."""
 
-RETRIEVE_FUTURE_PATH: Final = "/api/v1/retrieve_future"
+RETRIEVE_FUTURE_PATH: Final = f"{API_PREFIX}/retrieve_future"
 MAX_BAD_REQUEST_RETRIES: Final = 3
 """400 answers re-polled in a row before the future fails (as the official SDK)."""
 MAX_BAD_REPLY_RETRIES: Final = 10

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 import trio
 
 from tinkex_trio import types
+from tinkex_trio._endpoints import API_PREFIX as _API
 from tinkex_trio._transport import BreakerGuard, PoolKind, Transport, delivery_known
 from tinkex_trio.errors import PartiallyAppliedError, SequenceInDoubtError, TinkexError
 
@@ -43,7 +44,6 @@ __all__ = ["Delivery", "ModelSequence", "partial_results", "run_all"]
 
 T = TypeVar("T")
 
-_API = "/api/v1"
 
 Replies = list[tuple[types.UntypedAPIFuture, float]]
 """Every request's ``(future reply, round trip in s)``, in request order."""

@@ -38,6 +38,7 @@ import trio
 
 from tinkex_trio import types
 from tinkex_trio._breaker import Verdict, classify_exception
+from tinkex_trio._endpoints import API_PREFIX as _API
 from tinkex_trio._proto._codec import PROTOBUF_CONTENT_TYPE, decode_sample_response
 from tinkex_trio._retry import RetryPolicy, outcome_from_exception
 from tinkex_trio._telemetry import RETRY
@@ -52,7 +53,6 @@ __all__ = ["SamplingClient"]
 
 logger = logging.getLogger("tinkex_trio.sampling")
 
-_API = "/api/v1"
 _JSON = "application/json"
 _ASAMPLE_META: dict[str, str | int | float | bool | None] = {
     "method": "POST",

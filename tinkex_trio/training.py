@@ -64,6 +64,7 @@ from tinkex_trio import types
 from tinkex_trio._batching import PlannedRequest, WorkItem, item_output, plan_requests, split_output
 from tinkex_trio._chunking import combine_metrics, estimate_datum_bytes, plan_chunks
 from tinkex_trio._config import BatchingConfig
+from tinkex_trio._endpoints import API_PREFIX as _API
 from tinkex_trio._proto._codec import (
     PROTOBUF_CONTENT_TYPE,
     decode_forward_backward_output,
@@ -98,7 +99,6 @@ __all__ = ["TrainingClient"]
 
 T = TypeVar("T")
 
-_API = "/api/v1"
 _JSON = "application/json"
 
 # Loss functions the server knows (spec §4); any other string is passed through for the server to judge.

@@ -35,6 +35,8 @@ import msgspec
 import trio
 from msgspec import UNSET, UnsetType
 
+from tinkex_trio._endpoints import API_PREFIX, match
+
 __all__ = [
     "ASGIApp",
     "ConnectionControl",
@@ -53,7 +55,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-API_PREFIX = "/api/v1/"
 HEARTBEAT_ENDPOINT = "session_heartbeat"
 NO_RESPONSE_KEY = "tinkex_sim.no_response"
 """Scope key of an optional ``() -> None`` callback, called just before a connection is reset (for statistics)."""
@@ -327,7 +328,7 @@ class FaultConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict
         for key, override in self.endpoints.items():
             try:
                 override.validate()
-                self.resolve(key if key.startswith("/") else API_PREFIX + key, key).validate()
+                self.resolve(key if key.startswith("/") else f"{API_PREFIX}/{key}", key).validate()
             except ValueError as exc:
                 raise ValueError(f"endpoints[{key!r}]: {exc}") from None
 
@@ -439,6 +440,7 @@ _NOT_IDS = frozenset({"search"})
 _NAME_CACHE_MAX = 4096
 _name_cache: dict[str, str] = {}
 _SLASHES = re.compile(r"/+")
+_PREFIX = API_PREFIX + "/"
 
 
 def endpoint_name(path: str) -> str:
@@ -446,14 +448,24 @@ def endpoint_name(path: str) -> str:
 
     ``/api/v1/retrieve_future`` → ``retrieve_future``; ``/api/v1/sessions/abc/finish`` → ``sessions/{id}/finish``;
     ``/api/v1/training_runs/r1/checkpoints/weights/x/publish`` → ``training_runs/{id}/checkpoints/{id}/publish``.
-    Paths outside ``/api/v1/`` are returned unchanged.
+    A path of the protocol's table (`tinkex_trio._endpoints`) gets its endpoint's name; any other path under
+    ``/api/v1/`` has the segment after a collection replaced, so that names stay few; paths outside ``/api/v1/``
+    are returned unchanged.
     """
     cached = _name_cache.get(path)
     if cached is not None:
         return cached
-    if not path.startswith(API_PREFIX):
+    if not path.startswith(_PREFIX):
         return path
-    parts = [p for p in _SLASHES.split(path[len(API_PREFIX) :]) if p]
+    parts = [p for p in _SLASHES.split(path[len(_PREFIX) :]) if p]
+    found = match(_PREFIX + "/".join(parts))
+    name = found.endpoint.name if found is not None else _generic_name(parts)
+    if len(_name_cache) < _NAME_CACHE_MAX:
+        _name_cache[path] = name
+    return name
+
+
+def _generic_name(parts: list[str]) -> str:
     out: list[str] = []
     i = 0
     while i < len(parts):
@@ -464,10 +476,7 @@ def endpoint_name(path: str) -> str:
             # A checkpoint id is "<kind>/<name>" and travels unescaped.
             i += 2 if part == "checkpoints" and parts[i] in _CHECKPOINT_KINDS and i + 1 < len(parts) else 1
             out.append("{id}")
-    name = "/".join(out)
-    if len(_name_cache) < _NAME_CACHE_MAX:
-        _name_cache[path] = name
-    return name
+    return "/".join(out)
 
 
 # -- the middleware ---------------------------------------------------------------------------------------------
