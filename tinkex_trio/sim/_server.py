@@ -88,7 +88,9 @@ class SimStats:
     ``requests[(endpoint, status)]`` counts answered requests; status 0 means no response was sent (a reset).
     ``faults[(kind, endpoint)]`` counts injected faults (``reset``, ``error_503``, ``malformed``, ``outage``...).
     ``bytes_in``/``bytes_out`` are HTTP body bytes; ``wire_bytes_in``/``wire_bytes_out`` are TCP payload bytes
-    (including TLS). ``connections_opened`` counts accepted connections, ``connections_open`` the live ones.
+    (including TLS). ``connections_opened`` counts accepted connections, ``connections_open`` the live ones,
+    ``connections_nodelay`` the accepted ones whose socket had ``TCP_NODELAY`` set (all of them, or small responses
+    wait out a Nagle / delayed-ACK stall of ~40 ms).
     """
 
     def __init__(self) -> None:
@@ -101,6 +103,7 @@ class SimStats:
         self.wire_bytes_out = 0
         self.connections_opened = 0
         self.connections_open = 0
+        self.connections_nodelay = 0
         self.connection_errors = 0
 
     def count_fault(self, kind: str, endpoint: str) -> None:
@@ -149,6 +152,7 @@ class SimStats:
             "wire_bytes_out": self.wire_bytes_out,
             "connections_opened": self.connections_opened,
             "connections_open": self.connections_open,
+            "connections_nodelay": self.connections_nodelay,
             "connection_errors": self.connection_errors,
         }
 
@@ -230,6 +234,8 @@ class _Connection(trio.abc.HalfCloseableStream):
         self.sent_total = 0
         self._sent_event = trio.Event()
         registry.add(self)
+        if self.socket.getsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY):
+            registry.stats.connections_nodelay += 1
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)
