@@ -33,17 +33,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
-from tinkex_trio.sim._faults import (
-    NO_RESPONSE_KEY,
-    ASGIApp,
-    FaultConfig,
-    FaultMiddleware,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    endpoint_name,
-)
+from tinkex_trio.sim._asgi import ASGIApp, Message, Receive, Scope, Send
+from tinkex_trio.sim._fault_middleware import NO_RESPONSE_KEY, FaultMiddleware
+from tinkex_trio.sim._faults import FaultConfig, endpoint_name
 
 if TYPE_CHECKING:
     from tinkex_trio.sim._config import SimConfig
