@@ -40,7 +40,7 @@ from tinkex_trio.sim._asgi import (
 from tinkex_trio.sim._config import SimConfig
 from tinkex_trio.sim._core import SimCore
 from tinkex_trio.sim._future_handlers import on_future_finished
-from tinkex_trio.sim._model import SimUserError
+from tinkex_trio.sim._model_types import SimUserError
 from tinkex_trio.sim._routes import Router
 from tinkex_trio.sim._state import StateError
 

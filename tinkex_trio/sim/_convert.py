@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tinkex_trio import types as t
-from tinkex_trio.sim._model import MASK_LOGPROB, DatumArrays, FwdBwdResult, SampleResult, SimUserError, TopK
+from tinkex_trio.sim._model_types import MASK_LOGPROB, DatumArrays, FwdBwdResult, SampleResult, SimUserError, TopK
 
 __all__ = [
     "FwdBwdPayload",

@@ -13,7 +13,8 @@ from typing import Any
 from tinkex_trio import types as t
 from tinkex_trio.sim._asgi import HTTPError, Request, Response, json_response
 from tinkex_trio.sim._config import SimConfig, SupportedModel
-from tinkex_trio.sim._model import LoraModel, SimUserError
+from tinkex_trio.sim._model import LoraModel
+from tinkex_trio.sim._model_types import SimUserError
 from tinkex_trio.sim._queue import FutureError, FutureRecord, FuturesQueue, Job, QueueSettings
 from tinkex_trio.sim._state import CheckpointRecord, ModelRecord, SimState
 

@@ -13,7 +13,7 @@ from tinkex_trio.sim._core import (
     SimCore,
     check_ttl,
 )
-from tinkex_trio.sim._model import SimUserError
+from tinkex_trio.sim._model_types import SimUserError
 from tinkex_trio.sim._state import (
     CheckpointRecord,
     ModelRecord,

@@ -18,7 +18,8 @@ from tinkex_trio.sim._core import (
     future_response,
     require_base_model,
 )
-from tinkex_trio.sim._model import LoraModel, SampleResult, SimUserError
+from tinkex_trio.sim._model import LoraModel
+from tinkex_trio.sim._model_types import SampleResult, SimUserError
 from tinkex_trio.sim._queue import FutureError, FutureRecord, Job
 from tinkex_trio.sim._state import (
     SamplerRecord,

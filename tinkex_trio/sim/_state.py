@@ -28,7 +28,8 @@ from typing import Any
 import trio
 
 from tinkex_trio import types as t
-from tinkex_trio.sim._model import LoraModel, ModelConfig, OptimizerFamily, SimUserError
+from tinkex_trio.sim._model import LoraModel
+from tinkex_trio.sim._model_types import ModelConfig, OptimizerFamily, SimUserError
 
 __all__ = [
     "CheckpointKind",

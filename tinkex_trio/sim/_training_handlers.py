@@ -23,7 +23,8 @@ from tinkex_trio.sim._core import (
     submit_model_op,
     supported,
 )
-from tinkex_trio.sim._model import AdamParams, DimuonParams, FwdBwdResult, LoraModel, SimUserError
+from tinkex_trio.sim._model import LoraModel
+from tinkex_trio.sim._model_types import AdamParams, DimuonParams, FwdBwdResult, SimUserError
 from tinkex_trio.sim._queue import FutureError, Job
 
 

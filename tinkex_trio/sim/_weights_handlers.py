@@ -16,7 +16,8 @@ from tinkex_trio.sim._core import (
     require_base_model,
     submit_model_op,
 )
-from tinkex_trio.sim._model import LoraModel, SimUserError
+from tinkex_trio.sim._model import LoraModel
+from tinkex_trio.sim._model_types import SimUserError
 from tinkex_trio.sim._queue import FutureError, Job
 from tinkex_trio.sim._state import (
     CheckpointKind,
