@@ -25,18 +25,17 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import trio
 
+from tinkex_trio.sim._app import create_app
 from tinkex_trio.sim._asgi import ASGIApp, Message, Receive, Scope, Send
+from tinkex_trio.sim._config import SimConfig
 from tinkex_trio.sim._connections import Connection, Listener, Registry
 from tinkex_trio.sim._fault_middleware import FaultMiddleware
 from tinkex_trio.sim._faults import FaultConfig
 from tinkex_trio.sim._stats import SimStats, StatsMiddleware
-
-if TYPE_CHECKING:
-    from tinkex_trio.sim._config import SimConfig
 
 __all__ = [
     "SIM_EXTRA_HINT",
@@ -216,6 +215,43 @@ def _make_tls(host: str, http2: bool) -> tuple[ssl.SSLContext, bytes]:
     return ctx, ca.cert_pem.bytes()
 
 
+async def _bound_socket(host: str, port: int, backlog: int) -> trio.socket.SocketType:
+    """A listening TCP socket on ``(host, port)``."""
+    family = stdlib_socket.AF_INET6 if ":" in host else stdlib_socket.AF_INET
+    sock = trio.socket.socket(family, stdlib_socket.SOCK_STREAM)
+    try:
+        if os.name != "nt":
+            sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
+        await sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _connection_handler(
+    app: _HypercornApp, hc: Any, context: Any, registry: Registry
+) -> Callable[[trio.abc.Stream], Awaitable[None]]:
+    """Serve one accepted connection with hypercorn's `TCPServer`; a failure is counted, never raised."""
+    from hypercorn.trio.tcp_server import TCPServer
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        try:
+            await TCPServer(app, hc, context, {}, cast(Any, stream))  # pyright: ignore[reportArgumentType]
+        except Exception:
+            registry.stats.connection_errors += 1
+            _LOG.debug("connection handler failed", exc_info=True)
+        finally:
+            inner_conn: object = stream
+            if isinstance(stream, trio.SSLStream):
+                inner_conn = cast(trio.SSLStream[trio.abc.Stream], stream).transport_stream
+            if isinstance(inner_conn, Connection):
+                registry.remove(inner_conn)
+
+    return handle
+
+
 class _ServerManager:
     """The async context manager returned by `open_sim_server`."""
 
@@ -252,40 +288,17 @@ class _ServerManager:
 
     async def __aenter__(self) -> SimServer:
         require_sim_extra(tls=self._tls)
-        from hypercorn.config import Config as HypercornConfig
-        from hypercorn.trio.tcp_server import TCPServer
         from hypercorn.trio.worker_context import WorkerContext
 
-        if self._config is None:
-            from tinkex_trio.sim._config import SimConfig
-
-            config = SimConfig()
-        else:
-            config = self._config
+        config = self._config if self._config is not None else SimConfig()
         if config.faults.seed is None:
             config.faults.seed = config.seed
-        if self._app is None:
-            from tinkex_trio.sim._app import create_app
-
-            inner: ASGIApp = cast(ASGIApp, create_app(config))
-        else:
-            inner = self._app
-
+        inner: ASGIApp = self._app if self._app is not None else cast(ASGIApp, create_app(config))
         stats = SimStats()
         registry = Registry(stats)
         asgi_app = StatsMiddleware(
             FaultMiddleware(inner, lambda: config.faults, connections=registry, counters=stats), stats
         )
-
-        hc = HypercornConfig()
-        hc.accesslog = None
-        if _LOG.level == logging.NOTSET:
-            _LOG.setLevel(logging.ERROR)
-        hc.errorlog = _LOG
-        hc.keep_alive_timeout = self._keep_alive_timeout
-        hc.graceful_timeout = self._graceful_timeout
-        hc.include_server_header = False
-
         ssl_context: ssl.SSLContext | None = None
         ca_pem: bytes | None = None
         ca_path: Path | None = None
@@ -293,62 +306,21 @@ class _ServerManager:
             ssl_context, ca_pem = _make_tls(self._host, self._http2)
             self._tmpdir = tempfile.mkdtemp(prefix="tinkex-sim-")
             ca_path = _write_ca_file(self._tmpdir, ca_pem)
-
-        family = stdlib_socket.AF_INET6 if ":" in self._host else stdlib_socket.AF_INET
-        sock = trio.socket.socket(family, stdlib_socket.SOCK_STREAM)
         try:
-            if os.name != "nt":
-                sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
-            await sock.bind((self._host, self._port))
-            sock.listen(self._backlog)
+            sock = await _bound_socket(self._host, self._port, self._backlog)
         except BaseException:
-            sock.close()
             self._cleanup_tmp()
             raise
         bound_port = int(sock.getsockname()[1])
         listener = Listener(trio.SocketListener(sock), registry, ssl_context)
-
         context = WorkerContext(None)
-        wrapped = _HypercornApp(asgi_app)
+        handle = _connection_handler(_HypercornApp(asgi_app), self._hypercorn_config(), context, registry)
+        await self._start(asgi_app, handle, listener)
 
-        async def handle(stream: trio.abc.Stream) -> None:
-            try:
-                await TCPServer(wrapped, hc, context, {}, cast(Any, stream))  # pyright: ignore[reportArgumentType]
-            except Exception:
-                stats.connection_errors += 1
-                _LOG.debug("connection handler failed", exc_info=True)
-            finally:
-                inner_conn: object = stream
-                if isinstance(stream, trio.SSLStream):
-                    inner_conn = cast(trio.SSLStream[trio.abc.Stream], stream).transport_stream
-                if isinstance(inner_conn, Connection):
-                    registry.remove(inner_conn)
+        async def terminate() -> None:
+            await context.terminated.set()
 
-        self._nursery_manager = trio.open_nursery()
-        nursery = await self._nursery_manager.__aenter__()
-        self._nursery = nursery
-        try:
-            lifespan = _Lifespan(asgi_app)
-            self._lifespan = lifespan
-            nursery.start_soon(lifespan.run)
-            await lifespan.startup(limit_s=60.0)
-
-            async def serve_connections(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
-                with trio.CancelScope() as scope:
-                    task_status.started(scope)
-                    await trio.serve_listeners(handle, [listener], handler_nursery=nursery)
-
-            self._listener_scope = await nursery.start(serve_connections)
-
-            async def terminate() -> None:
-                await context.terminated.set()
-
-            self._terminate = terminate
-        except BaseException as exc:
-            nursery.cancel_scope.cancel()
-            await self._close_nursery(exc)
-            raise
-
+        self._terminate = terminate
         scheme = "https" if self._tls else "http"
         url_host = _url_host(self._host)
         self._server = SimServer(
@@ -367,6 +339,43 @@ class _ServerManager:
         )
         self._registry = registry
         return self._server
+
+    def _hypercorn_config(self) -> Any:
+        from hypercorn.config import Config as HypercornConfig
+
+        hc = HypercornConfig()
+        hc.accesslog = None
+        if _LOG.level == logging.NOTSET:
+            _LOG.setLevel(logging.ERROR)
+        hc.errorlog = _LOG
+        hc.keep_alive_timeout = self._keep_alive_timeout
+        hc.graceful_timeout = self._graceful_timeout
+        hc.include_server_header = False
+        return hc
+
+    async def _start(
+        self, asgi_app: ASGIApp, handle: Callable[[trio.abc.Stream], Awaitable[None]], listener: Listener
+    ) -> None:
+        """Open the nursery, run the app's lifespan startup, then accept connections."""
+        self._nursery_manager = trio.open_nursery()
+        nursery = await self._nursery_manager.__aenter__()
+        self._nursery = nursery
+        try:
+            lifespan = _Lifespan(asgi_app)
+            self._lifespan = lifespan
+            nursery.start_soon(lifespan.run)
+            await lifespan.startup(limit_s=60.0)
+
+            async def serve_connections(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+                with trio.CancelScope() as scope:
+                    task_status.started(scope)
+                    await trio.serve_listeners(handle, [listener], handler_nursery=nursery)
+
+            self._listener_scope = await nursery.start(serve_connections)
+        except BaseException as exc:
+            nursery.cancel_scope.cancel()
+            await self._close_nursery(exc)
+            raise
 
     async def _close_nursery(self, exc: BaseException | None) -> None:
         manager = self._nursery_manager
