@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 
 from tinkex_trio import types as t
 from tinkex_trio.sim._asgi import HTTPError, Request, Response, decode_body, json_response
@@ -119,22 +120,49 @@ async def asample(sim: SimCore, request: Request) -> Response:
             return future_response(existing)
     if request.header("x-tinker-sampling-backpressure") and sim.queue.queued_count >= sim.config.queue_capacity > 0:
         raise HTTPError(429, "sampling queue is full; retry shortly", {"Retry-After": "1"})
-    params = body.sampling_params
-    stop_tokens, stop_sequences = stop_spec(params.stop, sim.config.model.vocab_size)
-    max_tokens = params.max_tokens if params.max_tokens is not None else sim.config.model.default_max_tokens
+    max_tokens = body.sampling_params.max_tokens
+    if max_tokens is None:
+        max_tokens = sim.config.model.default_max_tokens
     if body.num_samples > MAX_NUM_SAMPLES or body.num_samples * max(max_tokens, 1) > MAX_SAMPLED_TOKENS:
         raise HTTPError(
             422,
             f"num_samples must be at most {MAX_NUM_SAMPLES} and num_samples * max_tokens at most "
             f"{MAX_SAMPLED_TOKENS}, got {body.num_samples} and {max_tokens}",
         )
+    record_box: list[FutureRecord] = []
+
+    def commit(result: SampleResult) -> SamplePayload:
+        sampler.samples_applied += 1
+        ids: list[str] = record_box[0].extra["sample_sequence_ids"] if record_box else []
+        return SamplePayload(result, ids)
+
+    tokens_cost = model_input_length(body.prompt) + max(body.num_samples, 1) * max(max_tokens, 0)
+    record, is_new = sim.queue.submit(
+        lane,
+        "Sample",
+        Job(compute=_sample_compute(sim, sampler, body, max_tokens), commit=commit, tokens=tokens_cost),
+        seq_id=body.seq_id,
+        ordered=False,
+        extra={"sampler_id": lane, "clone": (body.seq_id or 0) // CLONE_STRIDE},
+    )
+    if is_new:
+        record.extra["sample_sequence_ids"] = [f"{record.request_id}:{i}" for i in range(max(body.num_samples, 0))]
+        record_box.append(record)
+    return future_response(record)
+
+
+def _sample_compute(
+    sim: SimCore, sampler: SamplerRecord, body: t.SampleRequest, max_tokens: int
+) -> Callable[[], SampleResult]:
+    """The work of one asample future: the model's sample, an invalid request failing it with category "user"."""
+    params = body.sampling_params
+    stop_tokens, stop_sequences = stop_spec(params.stop, sim.config.model.vocab_size)
     seed = params.seed
     if seed is None:
         # A sequenced request's draw depends only on (server seed, sampler, seq_id), not on the order in which
         # concurrent requests arrive, so a seeded server samples the same tokens run after run.
         salt = str(body.seq_id) if body.seq_id is not None else sim.state.random_hex(4)
-        seed = zlib.crc32(f"{sim.config.seed}/{lane}/{salt}".encode())
-    tokens_cost = model_input_length(body.prompt) + max(body.num_samples, 1) * max(max_tokens, 0)
+        seed = zlib.crc32(f"{sim.config.seed}/{sampler.sampling_session_id}/{salt}".encode())
     state = sim.state
 
     def compute() -> SampleResult:
@@ -165,22 +193,4 @@ async def asample(sim: SimCore, request: Request) -> Response:
         except (SimUserError, ValueError) as exc:
             raise FutureError(str(exc), "user") from None
 
-    record_box: list[FutureRecord] = []
-
-    def commit(result: SampleResult) -> SamplePayload:
-        sampler.samples_applied += 1
-        ids: list[str] = record_box[0].extra["sample_sequence_ids"] if record_box else []
-        return SamplePayload(result, ids)
-
-    record, is_new = sim.queue.submit(
-        lane,
-        "Sample",
-        Job(compute=compute, commit=commit, tokens=tokens_cost),
-        seq_id=body.seq_id,
-        ordered=False,
-        extra={"sampler_id": lane, "clone": (body.seq_id or 0) // CLONE_STRIDE},
-    )
-    if is_new:
-        record.extra["sample_sequence_ids"] = [f"{record.request_id}:{i}" for i in range(max(body.num_samples, 0))]
-        record_box.append(record)
-    return future_response(record)
+    return compute
