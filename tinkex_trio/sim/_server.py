@@ -480,8 +480,6 @@ def _write_text(path: str, text: str) -> Path:
 async def _serve_forever(
     *, host: str, port: int, tls: bool, ca_file: str, faults_path: str | None, seed: int | None, http2: bool
 ) -> None:
-    from tinkex_trio.sim._config import SimConfig
-
     config = SimConfig() if seed is None else SimConfig(seed=seed)
     if faults_path is not None:
         config.faults = FaultConfig.from_toml(faults_path)
