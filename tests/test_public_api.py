@@ -371,11 +371,11 @@ KNOWN_PRIVATE_IN_SIGNATURES = {
     "tinkex_trio._metrics._series.Counter": {"tinkex_trio.Metrics.counter"},
     "tinkex_trio._metrics._series.Gauge": {"tinkex_trio.Metrics.gauge"},
     "tinkex_trio._metrics._series.Histogram": {"tinkex_trio.Metrics.histogram"},
-    "tinkex_trio.sim._app.Request": {"tinkex_trio.sim.SimApp.handle"},
-    "tinkex_trio.sim._app.Response": {"tinkex_trio.sim.SimApp.handle"},
-    "tinkex_trio.sim._faults.ConnectionControl": {"tinkex_trio.sim.FaultMiddleware.__init__"},
-    "tinkex_trio.sim._faults.FaultCounters": {"tinkex_trio.sim.FaultMiddleware.__init__"},
-    "tinkex_trio.sim._model.ModelConfig": {"tinkex_trio.sim.SimConfig.__init__"},
+    "tinkex_trio.sim._asgi.Request": {"tinkex_trio.sim.SimApp.handle"},
+    "tinkex_trio.sim._asgi.Response": {"tinkex_trio.sim.SimApp.handle"},
+    "tinkex_trio.sim._fault_middleware.ConnectionControl": {"tinkex_trio.sim.FaultMiddleware.__init__"},
+    "tinkex_trio.sim._fault_middleware.FaultCounters": {"tinkex_trio.sim.FaultMiddleware.__init__"},
+    "tinkex_trio.sim._model_types.ModelConfig": {"tinkex_trio.sim.SimConfig.__init__"},
 }
 
 

@@ -29,7 +29,7 @@ from tinkex_trio.sim import (
     endpoint_name,
     open_sim_server,
 )
-from tinkex_trio.sim._faults import MALFORMED_BODY
+from tinkex_trio.sim._fault_middleware import MALFORMED_BODY
 
 Message = MutableMapping[str, Any]
 

@@ -20,33 +20,13 @@ from hypothesis import strategies as st
 
 from tinkex_trio.sim._app import SimApp, create_app
 from tinkex_trio.sim._config import ServiceTime, SimConfig
+from tinkex_trio.sim._routes import ROUTES
 
 KEY = {"X-API-Key": "tml-fuzz"}
 PROTO = "application/x-protobuf"
 
-POST_ENDPOINTS = [
-    "client/config",
-    "client/dynamic_config",
-    "create_session",
-    "session_heartbeat",
-    "create_model",
-    "get_info",
-    "forward_backward",
-    "forward",
-    "optim_step",
-    "save_weights",
-    "save_weights_for_sampler",
-    "save_weights_external",
-    "load_weights",
-    "create_sampling_session",
-    "join_sampling_session",
-    "asample",
-    "retrieve_future",
-    "retrieve_futures",
-    "cancel_future",
-    "weights_info",
-    "telemetry",
-]
+# Every JSON endpoint the simulator serves without path parameters.
+POST_ENDPOINTS = [r.endpoint.name for r in ROUTES if r.endpoint.method == "POST" and "{" not in r.endpoint.path]
 FIELDS = [
     "session_id",
     "model_id",

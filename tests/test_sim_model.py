@@ -10,15 +10,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from tinkex_trio.sim._model import (
-    MASK_LOGPROB,
-    AdamParams,
-    DatumArrays,
-    DimuonParams,
-    LoraModel,
-    ModelConfig,
-    SimUserError,
-)
+from tinkex_trio.sim._model import LoraModel
+from tinkex_trio.sim._model_types import MASK_LOGPROB, AdamParams, DatumArrays, DimuonParams, ModelConfig, SimUserError
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]

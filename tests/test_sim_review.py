@@ -17,7 +17,7 @@ import trio
 import trio.testing
 from test_sim_app import KEY, Sim, _config, _sample_body  # pyright: ignore[reportPrivateUsage]
 
-from tinkex_trio.sim import _app as sim_app
+from tinkex_trio.sim import _asgi as sim_asgi
 from tinkex_trio.sim._app import create_app
 from tinkex_trio.sim._queue import FuturesQueue, Job, QueueSettings
 
@@ -193,7 +193,7 @@ async def test_compressed_bodies_are_bounded(
     sim: Sim, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A gzip/deflate body was inflated without a limit: a few KB could expand to gigabytes (a decompression bomb)."""
-    monkeypatch.setattr(sim_app, "MAX_BODY_BYTES", 1 << 20)
+    monkeypatch.setattr(sim_asgi, "MAX_BODY_BYTES", 1 << 20)
     payload = b'{"tags": [], "sdk_version": "' + b"0" * (4 << 20) + b'"}'
     for encoding, compressed in (
         ("gzip", gzip.compress(payload)),

@@ -51,6 +51,7 @@ import msgspec
 import trio
 
 from tinkex_trio import types as _types
+from tinkex_trio._endpoints import API_PREFIX
 from tinkex_trio._polling import BILLING_RETRY_DELAY_S, MAX_BAD_REPLY_RETRIES, MAX_BAD_REQUEST_RETRIES, PollState
 from tinkex_trio._proto._codec import PROTOBUF_CONTENT_TYPE
 from tinkex_trio._telemetry import FUTURE_QUEUE_STATE, TelemetryBus
@@ -85,7 +86,7 @@ U = TypeVar("U")
 FutureDecoder: TypeAlias = Callable[[httpx.Response], T]
 """Turns the final 200 response of a poll (protobuf or JSON) into the result; raises on a bad body."""
 
-RETRIEVE_FUTURE_PATH: Final = "/api/v1/retrieve_future"
+RETRIEVE_FUTURE_PATH: Final = f"{API_PREFIX}/retrieve_future"
 TRY_AGAIN_MIN_INTERVAL_S: Final = 0.05
 """A ``try_again`` is re-polled at once, but no sooner than this after the previous poll was sent: a server that
 answers without long-polling gets at most 20 polls a second per future, not a tight loop."""

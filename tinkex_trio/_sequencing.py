@@ -34,6 +34,7 @@ import trio
 
 from tinkex_trio import types
 from tinkex_trio._chunking import dispatch_order
+from tinkex_trio._endpoints import API_PREFIX as _API
 from tinkex_trio._groups import lone_exception, reraise
 from tinkex_trio._guard import BreakerGuard
 from tinkex_trio._http_errors import delivery_known
@@ -47,7 +48,6 @@ __all__ = ["Delivery", "ModelSequence", "partial_results", "run_all"]
 
 T = TypeVar("T")
 
-_API = "/api/v1"
 
 Replies = list[tuple[types.UntypedAPIFuture, float]]
 """Every request's ``(future reply, round trip in s)``, in request order."""

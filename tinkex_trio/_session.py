@@ -34,6 +34,7 @@ from tinkex_trio import types as _types
 from tinkex_trio._breaker import CircuitBreaker, breaker_for_config, supervise
 from tinkex_trio._config import Config
 from tinkex_trio._context import SessionContext
+from tinkex_trio._endpoints import API_PREFIX as _API
 from tinkex_trio._futures import FutureManager
 from tinkex_trio._groups import is_interruption, lone_exception, original, reraise
 from tinkex_trio._metrics import Metrics, MetricsFeed
@@ -66,7 +67,6 @@ logger = logging.getLogger("tinkex_trio.session")
 SDK_VERSION: Final = __version__
 """The ``sdk_version`` sent in ``client/config``, ``dynamic_config`` and ``create_session``."""
 
-_API: Final = "/api/v1"
 _HEARTBEAT_WARN_AFTER_S: Final = 120.0
 """Heartbeat failures are logged at INFO until this long has passed without a success, then at WARNING."""
 _DETAIL_MAX_CHARS: Final = 1000

@@ -25,13 +25,12 @@ from typing import Generic, TypeVar
 from urllib.parse import quote
 
 from tinkex_trio import types as t
+from tinkex_trio._endpoints import API_PREFIX as _API
 from tinkex_trio._transport import PoolKind, Transport
 
 __all__ = ["RestClient"]
 
 T = TypeVar("T")
-
-_API = "/api/v1"
 
 
 def _segment(value: str, what: str) -> str:

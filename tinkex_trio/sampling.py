@@ -32,6 +32,7 @@ import trio
 
 from tinkex_trio import types
 from tinkex_trio._context import SessionContext
+from tinkex_trio._endpoints import API_PREFIX as _API
 from tinkex_trio._guard import RetryStep, run_with_retries
 from tinkex_trio._results import SampleDecoder
 from tinkex_trio._retry import RetryPolicy, outcome_from_exception, sample_retry_delay
@@ -44,7 +45,6 @@ __all__ = ["SamplingClient", "create_sampling_client"]
 
 logger = logging.getLogger("tinkex_trio.sampling")
 
-_API = "/api/v1"
 _JSON = "application/json"
 _ASAMPLE_META: dict[str, str | int | float | bool | None] = {
     "method": "POST",

@@ -94,7 +94,6 @@ __all__ = ["TrainingClient"]
 
 T = TypeVar("T")
 
-_API = "/api/v1"
 _JSON = "application/json"
 
 # Loss functions the server knows (spec §4); any other string is passed through for the server to judge.

@@ -13,6 +13,7 @@ from typing import Final
 
 import trio
 
+from tinkex_trio._endpoints import API_PREFIX, EndpointMatch, match
 from tinkex_trio._metrics._series import Counter, Histogram, LabelValue
 from tinkex_trio._metrics._store import (
     REQUEST_DURATION_MS,
@@ -65,9 +66,11 @@ _template_cache: dict[str, str] = {}
 def path_template(path: str) -> str:
     """``/api/v1/sessions/3f2c.../finish`` → ``/api/v1/sessions/{id}/finish``: ids and names out of a request path.
 
-    The segment after ``sessions``, ``samplers`` or ``training_runs`` is ``{id}``; after
-    ``checkpoints/<kind>/`` it is ``{name}``; any other segment that is not a lowercase word (``[a-z][a-z_]*``,
-    or ``v1``) is ``{id}`` too. The query string and any scheme / host are dropped.
+    A path of the protocol's table (`tinkex_trio._endpoints`) gets its endpoint's template with every parameter
+    written ``{id}``, except a checkpoint id, written ``<kind>/{name}``. In any other path, the segment after
+    ``sessions``, ``samplers`` or ``training_runs`` is ``{id}``; after ``checkpoints/<kind>/`` it is ``{name}``; any
+    other segment that is not a lowercase word (``[a-z][a-z_]*``, or ``v1``) is ``{id}`` too. The query string and
+    any scheme / host are dropped.
     """
     cached = _template_cache.get(path)
     if cached is not None:
@@ -76,13 +79,33 @@ def path_template(path: str) -> str:
     if "://" in raw:
         raw = raw.split("://", 1)[1]
         raw = raw[raw.find("/") :] if "/" in raw else "/"
-    raw = raw.split("?", 1)[0].split("#", 1)[0]
+    segments = [s for s in raw.split("?", 1)[0].split("#", 1)[0].split("/") if s]
+    found = match("/" + "/".join(segments))
+    result = "/" + "/".join(_endpoint_labels(found) if found is not None else _generic_labels(segments))
+    if len(_template_cache) >= _TEMPLATE_CACHE_MAX:
+        _template_cache.clear()
+    _template_cache[path] = result
+    return result
+
+
+def _endpoint_labels(found: EndpointMatch) -> list[str]:
+    out = [API_PREFIX.strip("/")]
+    for segment in found.endpoint.segments:
+        if not (segment.startswith("{") and segment.endswith("}")):
+            out.append(segment)
+        elif segment == "{checkpoint_id}":
+            kind = found.params["checkpoint_id"].split("/", 1)[0]
+            out.append(f"{kind if kind in _CHECKPOINT_KINDS else '{id}'}/{{name}}")
+        else:
+            out.append("{id}")
+    return out
+
+
+def _generic_labels(segments: list[str]) -> list[str]:
     out: list[str] = []
     previous = ""
     before = ""
-    for segment in raw.split("/"):
-        if not segment:
-            continue
+    for segment in segments:
         if previous in _ID_COLLECTIONS and segment not in _NOT_IDS:
             template = "{id}"
         elif before == "checkpoints" and previous in _CHECKPOINT_KINDS:
@@ -93,11 +116,7 @@ def path_template(path: str) -> str:
             template = "{id}"
         out.append(template)
         before, previous = previous, segment
-    result = "/" + "/".join(out)
-    if len(_template_cache) >= _TEMPLATE_CACHE_MAX:
-        _template_cache.clear()
-    _template_cache[path] = result
-    return result
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------

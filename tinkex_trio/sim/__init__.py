@@ -7,16 +7,10 @@
 from tinkex_trio import _public
 from tinkex_trio.sim._app import SimApp, create_app
 from tinkex_trio.sim._config import ServiceTime, SimConfig, SupportedModel
-from tinkex_trio.sim._faults import (
-    EndpointFaults,
-    FaultConfig,
-    FaultMiddleware,
-    Latency,
-    ResolvedFaults,
-    SimulatedConnectionReset,
-    endpoint_name,
-)
-from tinkex_trio.sim._server import SimExtraMissingError, SimServer, SimStats, StatsMiddleware, open_sim_server
+from tinkex_trio.sim._fault_middleware import FaultMiddleware, SimulatedConnectionReset
+from tinkex_trio.sim._faults import EndpointFaults, FaultConfig, Latency, ResolvedFaults, endpoint_name
+from tinkex_trio.sim._server import SimExtraMissingError, SimServer, open_sim_server
+from tinkex_trio.sim._stats import SimStats, StatsMiddleware
 
 __all__ = [
     "EndpointFaults",

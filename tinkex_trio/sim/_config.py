@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tinkex_trio.sim._faults import FaultConfig
-from tinkex_trio.sim._model import ModelConfig
+from tinkex_trio.sim._model_types import ModelConfig
 
 __all__ = ["MAX_LONG_POLL_S", "ServiceTime", "SimConfig", "SupportedModel", "default_supported_models"]
 

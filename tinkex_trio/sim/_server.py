@@ -1,11 +1,9 @@
 """Serving the simulated Tinker server over real loopback sockets: `open_sim_server`.
 
 hypercorn does the HTTP (HTTP/1.1 and HTTP/2) but the accept loop is ours: every accepted TCP connection is wrapped
-in a `_Connection` (byte counting, a registry keyed by the peer address) before TLS and before hypercorn's
-per-connection `TCPServer` sees it. That registry is how the fault middleware resets a connection: ASGI has no
-"reset" message, so `_Connection.abort` sets ``SO_LINGER {on, 0}`` on the socket and closes it, which makes the
-kernel send a TCP RST at once (the client sees ECONNRESET), and hypercorn, whose reads and writes then fail with
-``ClosedResourceError``, tears the connection down quietly.
+in a `tinkex_trio.sim._connections.Connection` (byte counting, a registry keyed by the peer address) before TLS and
+before hypercorn's per-connection `TCPServer` sees it. That registry is how the fault middleware resets a
+connection.
 
 hypercorn and trustme are imported only when a server is opened (the ``sim`` extra).
 """
@@ -20,40 +18,29 @@ import shutil
 import signal
 import socket as stdlib_socket
 import ssl
-import struct
 import sys
 import tempfile
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import trio
 
-from tinkex_trio.sim._faults import (
-    NO_RESPONSE_KEY,
-    ASGIApp,
-    FaultConfig,
-    FaultMiddleware,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    endpoint_name,
-)
-
-if TYPE_CHECKING:
-    from tinkex_trio.sim._config import SimConfig
+from tinkex_trio.sim._app import create_app
+from tinkex_trio.sim._asgi import ASGIApp, Message, Receive, Scope, Send
+from tinkex_trio.sim._config import SimConfig
+from tinkex_trio.sim._connections import Connection, Listener, Registry
+from tinkex_trio.sim._fault_middleware import FaultMiddleware
+from tinkex_trio.sim._faults import FaultConfig
+from tinkex_trio.sim._stats import SimStats, StatsMiddleware
 
 __all__ = [
     "SIM_EXTRA_HINT",
     "SimExtraMissingError",
     "SimServer",
-    "SimStats",
-    "StatsMiddleware",
     "open_sim_server",
     "require_sim_extra",
     "run_serve",
@@ -77,282 +64,6 @@ def require_sim_extra(*, tls: bool = True) -> None:
             import trustme  # noqa: F401  # pyright: ignore[reportUnusedImport]
     except ImportError as exc:
         raise SimExtraMissingError(f"{SIM_EXTRA_HINT} ({exc.name} is missing)") from None
-
-
-# -- statistics ---------------------------------------------------------------------------------------------------
-
-
-class SimStats:
-    """What the server saw, as the client saw it (counted outside the fault middleware).
-
-    ``requests[(endpoint, status)]`` counts answered requests; status 0 means no response was sent (a reset).
-    ``faults[(kind, endpoint)]`` counts injected faults (``reset``, ``error_503``, ``malformed``, ``outage``...).
-    ``bytes_in``/``bytes_out`` are HTTP body bytes; ``wire_bytes_in``/``wire_bytes_out`` are TCP payload bytes
-    (including TLS). ``connections_opened`` counts accepted connections, ``connections_open`` the live ones.
-    """
-
-    def __init__(self) -> None:
-        self.requests: Counter[tuple[str, int]] = Counter()
-        self.faults: Counter[tuple[str, str]] = Counter()
-        self.http_versions: Counter[str] = Counter()
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.wire_bytes_in = 0
-        self.wire_bytes_out = 0
-        self.connections_opened = 0
-        self.connections_open = 0
-        self.connection_errors = 0
-
-    def count_fault(self, kind: str, endpoint: str) -> None:
-        self.faults[(kind, endpoint)] += 1
-
-    @property
-    def total_requests(self) -> int:
-        return sum(self.requests.values())
-
-    @property
-    def resets(self) -> int:
-        """Connections reset by fault injection (``reset`` and ``reset_after``)."""
-        return sum(n for (kind, _), n in self.faults.items() if kind in ("reset", "reset_after"))
-
-    def by_endpoint(self) -> dict[str, int]:
-        out: Counter[str] = Counter()
-        for (endpoint, _), n in self.requests.items():
-            out[endpoint] += n
-        return dict(out)
-
-    def by_status(self) -> dict[int, int]:
-        out: Counter[int] = Counter()
-        for (_, status), n in self.requests.items():
-            out[status] += n
-        return dict(out)
-
-    def count(self, endpoint: str, status: int | None = None) -> int:
-        """Requests answered on ``endpoint`` (with ``status`` when given)."""
-        if status is not None:
-            return self.requests[(endpoint, status)]
-        return sum(n for (e, _), n in self.requests.items() if e == endpoint)
-
-    def fault_count(self, kind: str, endpoint: str | None = None) -> int:
-        return sum(n for (k, e), n in self.faults.items() if k == kind and (endpoint is None or e == endpoint))
-
-    def snapshot(self) -> dict[str, Any]:
-        """Plain data (JSON-able)."""
-        return {
-            "requests": [{"endpoint": e, "status": s, "count": n} for (e, s), n in sorted(self.requests.items())],
-            "faults": [{"kind": k, "endpoint": e, "count": n} for (k, e), n in sorted(self.faults.items())],
-            "http_versions": dict(self.http_versions),
-            "resets": self.resets,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "wire_bytes_in": self.wire_bytes_in,
-            "wire_bytes_out": self.wire_bytes_out,
-            "connections_opened": self.connections_opened,
-            "connections_open": self.connections_open,
-            "connection_errors": self.connection_errors,
-        }
-
-    def clear(self) -> None:
-        """Zero every counter except ``connections_open``."""
-        open_now = self.connections_open
-        self.__init__()
-        self.connections_open = open_now
-
-
-class StatsMiddleware:
-    """ASGI middleware that counts requests by endpoint and status, and body bytes, into a `SimStats`."""
-
-    def __init__(self, app: ASGIApp, stats: SimStats) -> None:
-        self.app = app
-        self.stats = stats
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        stats = self.stats
-        status = 0
-
-        async def counting_receive() -> Message:
-            message = await receive()
-            if message["type"] == "http.request":
-                stats.bytes_in += len(message.get("body", b""))
-            return message
-
-        endpoint = endpoint_name(scope["path"])
-
-        async def counting_send(message: Message) -> None:
-            # Counted before the message goes out, so a client that has its answer sees it counted.
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                stats.requests[(endpoint, status)] += 1
-            elif message["type"] == "http.response.body":
-                stats.bytes_out += len(message.get("body", b""))
-            await send(message)
-
-        def no_response() -> None:
-            # Called by the fault middleware just before it resets the connection, so the count is there
-            # by the time the client sees the reset.
-            nonlocal status
-            if status == 0:
-                status = -1
-                stats.requests[(endpoint, 0)] += 1
-
-        scope[NO_RESPONSE_KEY] = no_response
-        stats.http_versions[str(scope.get("http_version", "?"))] += 1
-        try:
-            await self.app(scope, counting_receive, counting_send)
-        except Exception:
-            if status == 0:  # the server answers 500 for an app that fails before answering
-                status = 500
-                stats.requests[(endpoint, 500)] += 1
-            raise
-        finally:
-            no_response()
-
-
-# -- connections --------------------------------------------------------------------------------------------------
-
-_LINGER_RESET = struct.pack("ii", 1, 0)
-
-
-class _Connection(trio.abc.HalfCloseableStream):
-    """An accepted TCP connection: counts bytes, registers itself by peer address, can be reset."""
-
-    def __init__(self, stream: trio.SocketStream, registry: _Registry) -> None:
-        self._stream = stream
-        self._registry = registry
-        self.socket = stream.socket  # hypercorn's TCPServer reads .socket (or .transport_stream.socket under TLS)
-        peer = stream.socket.getpeername()
-        self.peer: tuple[str, int] = (str(peer[0]), int(peer[1]))
-        self.aborted = False
-        self.sent_total = 0
-        self._sent_event = trio.Event()
-        registry.add(self)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-        self._registry.stats.wire_bytes_out += len(data)
-        self.sent_total += len(data)
-        self._sent_event.set()
-        self._sent_event = trio.Event()
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        data = await self._stream.receive_some(max_bytes)
-        self._registry.stats.wire_bytes_in += len(data)
-        return data
-
-    async def send_eof(self) -> None:
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        self._registry.remove(self)
-        await self._stream.aclose()
-
-    async def close_when_sent(self, target: int, limit_s: float) -> None:
-        """Wait (at most ``limit_s``) until ``sent_total >= target``, then shut the connection down (FIN)."""
-        with trio.move_on_after(limit_s):
-            while self.sent_total < target and not self.aborted:
-                await self._sent_event.wait()
-        with contextlib.suppress(OSError):
-            self.socket.shutdown(stdlib_socket.SHUT_RDWR)
-
-    def abort(self) -> None:
-        """Reset the connection: SO_LINGER {1, 0} then close, so the kernel sends RST instead of FIN."""
-        if self.aborted:
-            return
-        self.aborted = True
-        with contextlib.suppress(OSError):
-            self.socket.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_LINGER, _LINGER_RESET)
-        self._registry.remove(self)
-        # trio's close() wakes any task blocked on this socket with ClosedResourceError.
-        self.socket.close()
-
-
-class _Registry:
-    """Live connections by peer address; what `FaultMiddleware` uses to reset the connection of a request."""
-
-    def __init__(self, stats: SimStats) -> None:
-        self.stats = stats
-        self._by_peer: dict[tuple[str, int], _Connection] = {}
-        self._empty = trio.Event()
-        self._empty.set()
-
-    def add(self, conn: _Connection) -> None:
-        self._by_peer[conn.peer] = conn
-        self.stats.connections_opened += 1
-        self.stats.connections_open = len(self._by_peer)
-        if self._empty.is_set():
-            self._empty = trio.Event()
-
-    def remove(self, conn: _Connection) -> None:
-        if self._by_peer.get(conn.peer) is conn:
-            del self._by_peer[conn.peer]
-            self.stats.connections_open = len(self._by_peer)
-            if not self._by_peer:
-                self._empty.set()
-
-    def get(self, client: tuple[str, int]) -> _Connection | None:
-        return self._by_peer.get(client)
-
-    def abort(self, client: tuple[str, int] | None) -> bool:
-        if client is None:
-            return False
-        conn = self._by_peer.get(client)
-        if conn is None:
-            return False
-        conn.abort()
-        return True
-
-    def bytes_sent(self, client: tuple[str, int] | None) -> int | None:
-        conn = None if client is None else self._by_peer.get(client)
-        return None if conn is None else conn.sent_total
-
-    async def close_when_sent(self, client: tuple[str, int] | None, target: int, limit_s: float) -> bool:
-        conn = None if client is None else self._by_peer.get(client)
-        if conn is None:
-            return False
-        await conn.close_when_sent(target, limit_s)
-        return True
-
-    def abort_all(self) -> None:
-        for conn in list(self._by_peer.values()):
-            conn.abort()
-
-    def __len__(self) -> int:
-        return len(self._by_peer)
-
-    async def wait_empty(self) -> None:
-        await self._empty.wait()
-
-
-class _Listener(trio.abc.Listener[trio.abc.Stream]):
-    """Accepts TCP connections, wraps them in `_Connection`, and in TLS when configured."""
-
-    def __init__(self, inner: trio.SocketListener, registry: _Registry, ssl_context: ssl.SSLContext | None) -> None:
-        self._inner = inner
-        self._registry = registry
-        self._ssl_context = ssl_context
-
-    async def accept(self) -> trio.abc.Stream:
-        for _ in range(1_000_000):
-            stream = await self._inner.accept()
-            try:
-                conn = _Connection(stream, self._registry)
-            except OSError:  # the peer went away between accept() and getpeername()
-                await stream.aclose()
-                continue
-            if self._ssl_context is None:
-                return conn
-            return trio.SSLStream(conn, self._ssl_context, server_side=True, https_compatible=True)
-        raise RuntimeError("unreachable")  # pragma: no cover
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
 
 
 # -- ASGI lifespan (run ourselves: our accept loop replaces hypercorn's worker_serve) ------------------------------
@@ -432,7 +143,7 @@ class SimServer:
     """The CA certificate (PEM) that signed the server's certificate; None without TLS."""
     ca_pem_path: Path | None = None
     """A temporary file holding `ca_pem` (e.g. for ``SSL_CERT_FILE`` of a subprocess); removed when the server stops."""
-    _registry: _Registry | None = field(default=None, repr=False)
+    _registry: Registry | None = field(default=None, repr=False)
 
     @property
     def faults(self) -> FaultConfig:
@@ -504,6 +215,43 @@ def _make_tls(host: str, http2: bool) -> tuple[ssl.SSLContext, bytes]:
     return ctx, ca.cert_pem.bytes()
 
 
+async def _bound_socket(host: str, port: int, backlog: int) -> trio.socket.SocketType:
+    """A listening TCP socket on ``(host, port)``."""
+    family = stdlib_socket.AF_INET6 if ":" in host else stdlib_socket.AF_INET
+    sock = trio.socket.socket(family, stdlib_socket.SOCK_STREAM)
+    try:
+        if os.name != "nt":
+            sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
+        await sock.bind((host, port))
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _connection_handler(
+    app: _HypercornApp, hc: Any, context: Any, registry: Registry
+) -> Callable[[trio.abc.Stream], Awaitable[None]]:
+    """Serve one accepted connection with hypercorn's `TCPServer`; a failure is counted, never raised."""
+    from hypercorn.trio.tcp_server import TCPServer
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        try:
+            await TCPServer(app, hc, context, {}, cast(Any, stream))  # pyright: ignore[reportArgumentType]
+        except Exception:
+            registry.stats.connection_errors += 1
+            _LOG.debug("connection handler failed", exc_info=True)
+        finally:
+            inner_conn: object = stream
+            if isinstance(stream, trio.SSLStream):
+                inner_conn = cast(trio.SSLStream[trio.abc.Stream], stream).transport_stream
+            if isinstance(inner_conn, Connection):
+                registry.remove(inner_conn)
+
+    return handle
+
+
 class _ServerManager:
     """The async context manager returned by `open_sim_server`."""
 
@@ -536,44 +284,21 @@ class _ServerManager:
         self._lifespan: _Lifespan | None = None
         self._terminate: Callable[[], Awaitable[None]] | None = None
         self._listener_scope: trio.CancelScope | None = None
-        self._registry: _Registry | None = None
+        self._registry: Registry | None = None
 
     async def __aenter__(self) -> SimServer:
         require_sim_extra(tls=self._tls)
-        from hypercorn.config import Config as HypercornConfig
-        from hypercorn.trio.tcp_server import TCPServer
         from hypercorn.trio.worker_context import WorkerContext
 
-        if self._config is None:
-            from tinkex_trio.sim._config import SimConfig
-
-            config = SimConfig()
-        else:
-            config = self._config
+        config = self._config if self._config is not None else SimConfig()
         if config.faults.seed is None:
             config.faults.seed = config.seed
-        if self._app is None:
-            from tinkex_trio.sim._app import create_app
-
-            inner: ASGIApp = cast(ASGIApp, create_app(config))
-        else:
-            inner = self._app
-
+        inner: ASGIApp = self._app if self._app is not None else cast(ASGIApp, create_app(config))
         stats = SimStats()
-        registry = _Registry(stats)
+        registry = Registry(stats)
         asgi_app = StatsMiddleware(
             FaultMiddleware(inner, lambda: config.faults, connections=registry, counters=stats), stats
         )
-
-        hc = HypercornConfig()
-        hc.accesslog = None
-        if _LOG.level == logging.NOTSET:
-            _LOG.setLevel(logging.ERROR)
-        hc.errorlog = _LOG
-        hc.keep_alive_timeout = self._keep_alive_timeout
-        hc.graceful_timeout = self._graceful_timeout
-        hc.include_server_header = False
-
         ssl_context: ssl.SSLContext | None = None
         ca_pem: bytes | None = None
         ca_path: Path | None = None
@@ -581,62 +306,21 @@ class _ServerManager:
             ssl_context, ca_pem = _make_tls(self._host, self._http2)
             self._tmpdir = tempfile.mkdtemp(prefix="tinkex-sim-")
             ca_path = _write_ca_file(self._tmpdir, ca_pem)
-
-        family = stdlib_socket.AF_INET6 if ":" in self._host else stdlib_socket.AF_INET
-        sock = trio.socket.socket(family, stdlib_socket.SOCK_STREAM)
         try:
-            if os.name != "nt":
-                sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
-            await sock.bind((self._host, self._port))
-            sock.listen(self._backlog)
+            sock = await _bound_socket(self._host, self._port, self._backlog)
         except BaseException:
-            sock.close()
             self._cleanup_tmp()
             raise
         bound_port = int(sock.getsockname()[1])
-        listener = _Listener(trio.SocketListener(sock), registry, ssl_context)
-
+        listener = Listener(trio.SocketListener(sock), registry, ssl_context)
         context = WorkerContext(None)
-        wrapped = _HypercornApp(asgi_app)
+        handle = _connection_handler(_HypercornApp(asgi_app), self._hypercorn_config(), context, registry)
+        await self._start(asgi_app, handle, listener)
 
-        async def handle(stream: trio.abc.Stream) -> None:
-            try:
-                await TCPServer(wrapped, hc, context, {}, cast(Any, stream))  # pyright: ignore[reportArgumentType]
-            except Exception:
-                stats.connection_errors += 1
-                _LOG.debug("connection handler failed", exc_info=True)
-            finally:
-                inner_conn: object = stream
-                if isinstance(stream, trio.SSLStream):
-                    inner_conn = cast(trio.SSLStream[trio.abc.Stream], stream).transport_stream
-                if isinstance(inner_conn, _Connection):
-                    registry.remove(inner_conn)
+        async def terminate() -> None:
+            await context.terminated.set()
 
-        self._nursery_manager = trio.open_nursery()
-        nursery = await self._nursery_manager.__aenter__()
-        self._nursery = nursery
-        try:
-            lifespan = _Lifespan(asgi_app)
-            self._lifespan = lifespan
-            nursery.start_soon(lifespan.run)
-            await lifespan.startup(limit_s=60.0)
-
-            async def serve_connections(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
-                with trio.CancelScope() as scope:
-                    task_status.started(scope)
-                    await trio.serve_listeners(handle, [listener], handler_nursery=nursery)
-
-            self._listener_scope = await nursery.start(serve_connections)
-
-            async def terminate() -> None:
-                await context.terminated.set()
-
-            self._terminate = terminate
-        except BaseException as exc:
-            nursery.cancel_scope.cancel()
-            await self._close_nursery(exc)
-            raise
-
+        self._terminate = terminate
         scheme = "https" if self._tls else "http"
         url_host = _url_host(self._host)
         self._server = SimServer(
@@ -655,6 +339,43 @@ class _ServerManager:
         )
         self._registry = registry
         return self._server
+
+    def _hypercorn_config(self) -> Any:
+        from hypercorn.config import Config as HypercornConfig
+
+        hc = HypercornConfig()
+        hc.accesslog = None
+        if _LOG.level == logging.NOTSET:
+            _LOG.setLevel(logging.ERROR)
+        hc.errorlog = _LOG
+        hc.keep_alive_timeout = self._keep_alive_timeout
+        hc.graceful_timeout = self._graceful_timeout
+        hc.include_server_header = False
+        return hc
+
+    async def _start(
+        self, asgi_app: ASGIApp, handle: Callable[[trio.abc.Stream], Awaitable[None]], listener: Listener
+    ) -> None:
+        """Open the nursery, run the app's lifespan startup, then accept connections."""
+        self._nursery_manager = trio.open_nursery()
+        nursery = await self._nursery_manager.__aenter__()
+        self._nursery = nursery
+        try:
+            lifespan = _Lifespan(asgi_app)
+            self._lifespan = lifespan
+            nursery.start_soon(lifespan.run)
+            await lifespan.startup(limit_s=60.0)
+
+            async def serve_connections(task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+                with trio.CancelScope() as scope:
+                    task_status.started(scope)
+                    await trio.serve_listeners(handle, [listener], handler_nursery=nursery)
+
+            self._listener_scope = await nursery.start(serve_connections)
+        except BaseException as exc:
+            nursery.cancel_scope.cancel()
+            await self._close_nursery(exc)
+            raise
 
     async def _close_nursery(self, exc: BaseException | None) -> None:
         manager = self._nursery_manager
@@ -759,8 +480,6 @@ def _write_text(path: str, text: str) -> Path:
 async def _serve_forever(
     *, host: str, port: int, tls: bool, ca_file: str, faults_path: str | None, seed: int | None, http2: bool
 ) -> None:
-    from tinkex_trio.sim._config import SimConfig
-
     config = SimConfig() if seed is None else SimConfig(seed=seed)
     if faults_path is not None:
         config.faults = FaultConfig.from_toml(faults_path)

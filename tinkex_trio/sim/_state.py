@@ -23,22 +23,22 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import trio
 
-from tinkex_trio.sim._model import LoraModel, ModelConfig, OptimizerFamily, SimUserError
+from tinkex_trio import types as t
+from tinkex_trio.sim._model import LoraModel
+from tinkex_trio.sim._model_types import ModelConfig, OptimizerFamily, SimUserError
 
 __all__ = [
     "CheckpointKind",
     "CheckpointRecord",
     "ModelRecord",
-    "ParsedPath",
     "SamplerRecord",
     "SessionRecord",
     "SimState",
     "StateError",
-    "checkpoint_id_of",
     "parse_tinker_path",
 ]
 
@@ -47,13 +47,7 @@ MAX_CACHED_SAMPLERS = 64
 MAX_COMPLETIONS = 50_000
 """Completion events a sampling session keeps for ``retrieve_futures`` (older ones are dropped)."""
 
-CheckpointKind = Literal["training", "sampler", "external"]
-_SEGMENT_OF: dict[CheckpointKind, str] = {
-    "training": "weights",
-    "sampler": "sampler_weights",
-    "external": "external_weights",
-}
-_KIND_OF: dict[str, CheckpointKind] = {segment: kind for kind, segment in _SEGMENT_OF.items()}
+CheckpointKind = t.CheckpointType
 
 
 class StateError(Exception):
@@ -69,38 +63,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True)
-class ParsedPath:
-    """A parsed ``tinker://{training_run_id}/{weights|sampler_weights}/{name}`` path."""
-
-    training_run_id: str
-    kind: CheckpointKind
-    name: str
-
-    @property
-    def checkpoint_id(self) -> str:
-        return f"{_SEGMENT_OF[self.kind]}/{self.name}"
-
-    @property
-    def tinker_path(self) -> str:
-        return f"tinker://{self.training_run_id}/{self.checkpoint_id}"
-
-
-def checkpoint_id_of(kind: CheckpointKind, name: str) -> str:
-    return f"{_SEGMENT_OF[kind]}/{name}"
-
-
-def parse_tinker_path(path: str) -> ParsedPath:
+def parse_tinker_path(path: str) -> t.TinkerPath:
     """Parse a tinker path; a malformed one raises :class:`SimUserError`."""
-    if not path.startswith("tinker://"):
-        raise SimUserError(f"invalid tinker path {path!r}: must start with 'tinker://'")
-    parts = path.removeprefix("tinker://").split("/")
-    if len(parts) != 3 or not all(parts) or parts[1] not in _KIND_OF:
+    try:
+        return t.TinkerPath.parse(path)
+    except ValueError:
         raise SimUserError(
             f"invalid tinker path {path!r}: expected "
             "tinker://<training_run_id>/<weights|sampler_weights|external_weights>/<name>"
-        )
-    return ParsedPath(training_run_id=parts[0], kind=_KIND_OF[parts[1]], name=parts[2])
+        ) from None
 
 
 def check_checkpoint_name(name: str) -> str:
@@ -147,11 +118,15 @@ class CheckpointRecord:
 
     @property
     def checkpoint_id(self) -> str:
-        return checkpoint_id_of(self.kind, self.name)
+        return self.path.checkpoint_id
 
     @property
     def tinker_path(self) -> str:
-        return f"tinker://{self.training_run_id}/{self.checkpoint_id}"
+        return str(self.path)
+
+    @property
+    def path(self) -> t.TinkerPath:
+        return t.TinkerPath(model_id=self.training_run_id, checkpoint_type=self.kind, name=self.name)
 
     @property
     def size_bytes(self) -> int:
@@ -396,7 +371,7 @@ class SimState:
     def find_checkpoint(self, path: str) -> CheckpointRecord:
         """The checkpoint at ``path``; a malformed path raises SimUserError, a missing one StateError(404)."""
         parsed = parse_tinker_path(path)
-        model = self.models.get(parsed.training_run_id)
+        model = self.models.get(parsed.model_id)
         checkpoint = model.checkpoints.get(parsed.checkpoint_id) if model is not None else None
         if checkpoint is None:
             raise StateError(404, f"checkpoint {path!r} not found")

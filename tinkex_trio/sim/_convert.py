@@ -1,0 +1,144 @@
+"""Conversions between the wire types and the numpy model: requests into arrays, results into responses.
+
+`FwdBwdPayload` and `SamplePayload` are what a forward_backward or sample future holds once it has run; the futures
+handlers render them as JSON or protobuf with `fwdbwd_output` and `sample_response`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tinkex_trio import types as t
+from tinkex_trio.sim._model_types import MASK_LOGPROB, DatumArrays, FwdBwdResult, SampleResult, SimUserError, TopK
+
+__all__ = [
+    "FwdBwdPayload",
+    "SamplePayload",
+    "datum_arrays",
+    "fwdbwd_output",
+    "model_input_length",
+    "prompt_tokens",
+    "sample_response",
+    "stop_spec",
+]
+
+
+@dataclass
+class FwdBwdPayload:
+    result: FwdBwdResult
+
+
+@dataclass
+class SamplePayload:
+    result: SampleResult
+    sequence_ids: list[str]
+
+
+def model_input_length(model_input: t.ModelInput) -> int:
+    total = 0
+    for chunk in model_input.chunks:
+        if isinstance(chunk, t.EncodedTextChunk):
+            total += len(chunk.tokens)
+        else:
+            with contextlib.suppress(Exception):
+                total += int(chunk.length)
+    return total
+
+
+def prompt_tokens(model_input: t.ModelInput) -> npt.NDArray[np.int64]:
+    parts: list[list[int]] = []
+    for chunk in model_input.chunks:
+        if not isinstance(chunk, t.EncodedTextChunk):
+            kind = getattr(chunk, "type", type(chunk).__name__)
+            raise SimUserError(f"the simulator only supports encoded_text chunks, got a {kind!r} chunk")
+        parts.append(chunk.tokens)
+    flat = [tok for part in parts for tok in part]
+    return np.asarray(flat, dtype=np.int64)
+
+
+def datum_arrays(index: int, datum: t.Datum) -> DatumArrays:
+    try:
+        tokens = prompt_tokens(datum.model_input)
+    except SimUserError as exc:
+        raise SimUserError(f"datum {index}: {exc}") from None
+    inputs: dict[str, npt.NDArray[Any]] = {}
+    for name, tensor in datum.loss_fn_inputs.items():
+        try:
+            inputs[name] = tensor.to_numpy()
+        except ValueError as exc:
+            raise SimUserError(f"datum {index}: loss_fn_inputs[{name!r}]: {exc}") from None
+    return DatumArrays(tokens=tokens, loss_fn_inputs=inputs)
+
+
+def stop_spec(stop: str | list[str | int] | None, vocab: int) -> tuple[list[int] | None, list[list[int]]]:
+    """``(stop_tokens, stop_sequences)`` for the model. Strings are byte-tokenised (token = byte % vocab)."""
+    if stop is None:
+        return None, []
+    if isinstance(stop, str):
+        return None, [[b % vocab for b in stop.encode("utf-8")]] if stop else []
+    if not stop:
+        return [], []
+    tokens = [s for s in stop if isinstance(s, int)]
+    strings = [s for s in stop if isinstance(s, str)]
+    sequences = [[b % vocab for b in s.encode("utf-8")] for s in strings if s]
+    return (tokens if tokens else None), sequences
+
+
+def fwdbwd_output(result: FwdBwdResult) -> t.ForwardBackwardOutput:
+    outputs: list[dict[str, t.TensorData]] = [
+        {name: t.TensorData.from_numpy(arr, "float32") for name, arr in out.items()} for out in result.loss_fn_outputs
+    ]
+    return t.ForwardBackwardOutput(
+        loss_fn_output_type="TensorData", loss_fn_outputs=outputs, metrics=dict(result.metrics)
+    )
+
+
+def _topk_entries(topk: TopK) -> list[list[tuple[int, float]] | None]:
+    entries: list[list[tuple[int, float]] | None] = []
+    for ids_row, lp_row in zip(topk.token_ids.tolist(), topk.logprobs.tolist(), strict=True):
+        pairs = [(int(i), float(lp)) for i, lp in zip(ids_row, lp_row, strict=True) if lp > MASK_LOGPROB]
+        entries.append(pairs if pairs else None)
+    return entries
+
+
+def sample_response(payload: SamplePayload) -> t.SampleResponse:
+    result = payload.result
+    sequences: list[t.SampledSequence] = []
+    for i, seq in enumerate(result.sequences):
+        sequence_id = payload.sequence_ids[i] if i < len(payload.sequence_ids) else None
+        sequences.append(
+            t.SampledSequence(
+                stop_reason=seq.stop_reason,
+                tokens=[int(x) for x in seq.tokens.tolist()],
+                sequence_id=sequence_id,
+                logprobs=[float(x) for x in seq.logprobs.tolist()],
+                topk_logprobs=_topk_entries(seq.topk) if seq.topk is not None else None,
+            )
+        )
+    prompt_logprobs: list[float | None] | None = None
+    if result.prompt_logprobs is not None:
+        prompt_logprobs = [None if math.isnan(x) else float(x) for x in result.prompt_logprobs.tolist()]
+    alt: t.PromptAltTokens | None = None
+    if result.prompt_alt_tokens is not None and result.prompt_alt_logprobs is not None:
+        alt = t.PromptAltTokens(
+            tokens=t.TensorData.from_numpy(result.prompt_alt_tokens, "int64"),
+            logprobs=t.TensorData.from_numpy(result.prompt_alt_logprobs, "float32"),
+        )
+    return t.SampleResponse(
+        sequences=sequences,
+        prompt_logprobs=prompt_logprobs,
+        topk_prompt_logprobs=_topk_entries(result.topk_prompt) if result.topk_prompt is not None else None,
+        target_prompt_logprobs=(
+            t.TensorData.from_numpy(result.target_prompt_logprobs, "float32")
+            if result.target_prompt_logprobs is not None
+            else None
+        ),
+        prompt_alt_tokens=alt,
+        prompt_cache_hit_tokens=0,
+    )

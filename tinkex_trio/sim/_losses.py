@@ -1,0 +1,153 @@
+"""The loss functions of the simulator's model (protocol §13), with exact gradients.
+
+All summed over every position of every datum, never averaged: ``cross_entropy``, ``importance_sampling``, ``ppo``,
+``cispo``, ``dro``. ``target_tokens`` may be 1-D ``(N,)`` or 2-D ``(N, K)`` (K targets per position, e.g.
+distillation; the other loss inputs then have the same ``(N, K)`` shape and the returned ``logprobs`` too). ``gspo``,
+``stable_reinforce`` and ``custom`` raise `SimUserError` ("unsupported"). Required inputs: ``target_tokens`` and
+``weights`` for cross_entropy (weights are not optional), ``target_tokens``, ``logprobs`` and ``advantages`` for the
+others; other keys are ignored. ``loss_fn_config`` keys: ``clip_low_threshold`` (0.8) and ``clip_high_threshold``
+(1.2) for ppo and cispo, ``beta`` (0.05) for dro, none for the rest; an unknown key, a non-number, a NaN/inf input or
+a shape mismatch raises `SimUserError` before anything is accumulated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from tinkex_trio.sim._model_types import (
+    F64,
+    I64,
+    DatumArrays,
+    SimUserError,
+    as_float,
+    as_tokens,
+    finite_number,
+)
+
+__all__ = [
+    "LOSS_FUNCTIONS",
+    "LOSS_INPUTS",
+    "UNSUPPORTED_LOSS_FUNCTIONS",
+    "Prepared",
+    "loss_and_grad",
+    "loss_config",
+    "prepare",
+]
+
+LOSS_FUNCTIONS: Final = ("cross_entropy", "importance_sampling", "ppo", "cispo", "dro")
+"""The loss functions this model implements."""
+
+UNSUPPORTED_LOSS_FUNCTIONS: Final = ("gspo", "stable_reinforce", "custom")
+"""Loss functions of the protocol that this model rejects with ``SimUserError("unsupported …")``."""
+
+_RL_INPUTS: Final = ("target_tokens", "logprobs", "advantages")
+LOSS_INPUTS: Final[Mapping[str, tuple[str, ...]]] = {
+    "cross_entropy": ("target_tokens", "weights"),
+    "importance_sampling": _RL_INPUTS,
+    "ppo": _RL_INPUTS,
+    "cispo": _RL_INPUTS,
+    "dro": _RL_INPUTS,
+}
+"""The loss inputs each loss needs: ``target_tokens`` first."""
+_CLIP_DEFAULTS: Final[Mapping[str, float]] = {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}
+_LOSS_CONFIG_DEFAULTS: Final[Mapping[str, Mapping[str, float]]] = {
+    "cross_entropy": {},
+    "importance_sampling": {},
+    "ppo": _CLIP_DEFAULTS,
+    "cispo": _CLIP_DEFAULTS,
+    "dro": {"beta": 0.05},
+}
+
+
+def loss_config(loss_fn: str, loss_fn_config: Mapping[str, float | str] | None) -> dict[str, float]:
+    """The loss's configuration: its defaults overridden by ``loss_fn_config`` (checked)."""
+    if loss_fn in UNSUPPORTED_LOSS_FUNCTIONS:
+        raise SimUserError(f"loss_fn {loss_fn!r} is unsupported by the simulator")
+    if loss_fn not in LOSS_INPUTS:
+        raise SimUserError(f"unknown loss_fn {loss_fn!r}; expected one of {', '.join(LOSS_FUNCTIONS)}")
+    defaults = _LOSS_CONFIG_DEFAULTS[loss_fn]
+    conf = dict(defaults)
+    for key, value in (loss_fn_config or {}).items():
+        if key not in defaults:
+            allowed = ", ".join(defaults) or "none"
+            raise SimUserError(f"unknown loss_fn_config key {key!r} for {loss_fn} (allowed: {allowed})")
+        conf[key] = finite_number(value, f"loss_fn_config[{key!r}]")
+    if "clip_low_threshold" in conf:
+        lo, hi = conf["clip_low_threshold"], conf["clip_high_threshold"]
+        if not 0.0 <= lo <= hi:
+            raise SimUserError(f"need 0 <= clip_low_threshold <= clip_high_threshold, got {lo} and {hi}")
+    if conf.get("beta", 0.0) < 0.0:
+        raise SimUserError("beta must be >= 0")
+    return conf
+
+
+@dataclass
+class Prepared:
+    """One datum as flat loss elements."""
+
+    rows: I64  # input token of every loss element (flattened)
+    targets: I64  # target token of every loss element
+    inputs: dict[str, F64]  # other loss inputs, flattened like targets
+    shape: tuple[int, ...]  # target_tokens' shape, for the output
+
+
+def prepare(index: int, datum: DatumArrays, required: tuple[str, ...], vocab: int) -> Prepared:
+    """Datum ``index`` as flat loss elements, its inputs checked against ``required`` (`LOSS_INPUTS`)."""
+    tokens = as_tokens(datum.tokens, f"datum {index}: model input", vocab)
+    if tokens.ndim != 1:
+        raise SimUserError(f"datum {index}: model input must be 1-D, got shape {tokens.shape}")
+    n = tokens.shape[0]
+    missing = [name for name in required if name not in datum.loss_fn_inputs]
+    if missing:
+        raise SimUserError(f"datum {index}: missing loss_fn_inputs {missing} (required: {list(required)})")
+    targets = as_tokens(datum.loss_fn_inputs["target_tokens"], f"datum {index}: target_tokens", vocab)
+    if targets.ndim not in (1, 2) or targets.shape[0] != n:
+        raise SimUserError(
+            f"datum {index}: target_tokens has shape {targets.shape}, expected ({n},) or ({n}, K) "
+            f"to match the model input length {n}"
+        )
+    shape: tuple[int, ...] = tuple(targets.shape)
+    inputs: dict[str, F64] = {}
+    for name in required[1:]:
+        arr = as_float(datum.loss_fn_inputs[name], f"datum {index}: loss_fn_inputs[{name!r}]")
+        if arr.shape != shape:
+            raise SimUserError(
+                f"datum {index}: loss_fn_inputs[{name!r}] has shape {arr.shape}, expected {shape} "
+                "(the shape of target_tokens)"
+            )
+        inputs[name] = arr.reshape(-1)
+    per_row = 1 if targets.ndim == 1 else targets.shape[1]
+    rows = np.repeat(tokens, per_row) if per_row != 1 else tokens
+    return Prepared(rows=rows, targets=targets.reshape(-1), inputs=inputs, shape=shape)
+
+
+def loss_and_grad(loss_fn: str, lp: F64, inputs: Mapping[str, F64], conf: Mapping[str, float]) -> tuple[F64, F64]:
+    """Per-element loss terms and their derivative ``d loss / d lp`` (both shaped like ``lp``)."""
+    if loss_fn == "cross_entropy":
+        w = inputs["weights"]
+        return -lp * w, -w
+    q = inputs["logprobs"]
+    adv = inputs["advantages"]
+    if loss_fn == "dro":
+        beta = conf["beta"]
+        diff = lp - q
+        return -(lp * adv - 0.5 * beta * diff * diff), -(adv - beta * diff)
+    ratio = np.exp(lp - q)
+    if loss_fn == "importance_sampling":
+        return -ratio * adv, -ratio * adv
+    lo, hi = conf["clip_low_threshold"], conf["clip_high_threshold"]
+    clipped = np.clip(ratio, lo, hi)
+    if loss_fn == "cispo":
+        return -clipped * lp * adv, -clipped * adv
+    # ppo: min(r·A, clip(r)·A). Where the unclipped term is the min it carries the gradient r·A; elsewhere the
+    # clipped term is strictly smaller, which happens only with r outside [lo, hi], where its gradient is 0.
+    unclipped_obj = ratio * adv
+    clipped_obj = clipped * adv
+    use_unclipped = unclipped_obj <= clipped_obj
+    objective = np.where(use_unclipped, unclipped_obj, clipped_obj)
+    grad = np.where(use_unclipped, -unclipped_obj, 0.0)
+    return -objective, grad
