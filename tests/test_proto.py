@@ -24,7 +24,7 @@ from tinker import types as sdk
 from tinker.proto import request_conv, response_conv
 from tinker.proto import tinker_public_pb2 as sdk_pb
 
-from tinkex_trio._proto import _codec
+from tinkex_trio._proto import _arrays
 from tinkex_trio._proto import tinkex_wire_pb2 as pb
 from tinkex_trio._proto._codec import (
     PROTOBUF_CONTENT_TYPE,
@@ -921,13 +921,13 @@ def test_sample_encoder_rejects_bad_topk_entries(entries: Any, message: str) -> 
 )
 def test_struct_fast_path_matches_numpy(floats: list[float], ints: list[int]) -> None:
     """The struct fast path packs exactly what numpy would, or declines (float32 overflow) and numpy decides."""
-    packed_f = _codec._packed("f", floats)  # pyright: ignore[reportPrivateUsage]
+    packed_f = _arrays.packed("f", floats)
     with np.errstate(over="ignore"):
         expected_f = np.asarray(floats, dtype=np.float64).astype("<f4").tobytes()
     if packed_f is not None:
         assert packed_f == expected_f
     else:
         assert any(abs(x) > float(np.finfo(np.float32).max) for x in floats)
-    assert _codec._packed("q", ints) == np.asarray(ints, dtype="<i8").tobytes()  # pyright: ignore[reportPrivateUsage]
-    assert _codec._packed("q", [1.5]) is None  # pyright: ignore[reportPrivateUsage]
-    assert _codec._packed("f", [None]) is None  # pyright: ignore[reportPrivateUsage]
+    assert _arrays.packed("q", ints) == np.asarray(ints, dtype="<i8").tobytes()
+    assert _arrays.packed("q", [1.5]) is None
+    assert _arrays.packed("f", [None]) is None

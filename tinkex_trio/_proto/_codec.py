@@ -30,13 +30,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import struct
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, TypeAlias
+from typing import Final
 
 import msgspec
 import numpy as np
-import numpy.typing as npt
 from google.protobuf.message import DecodeError, Message
 
 from ..errors import ResponseValidationError
@@ -55,10 +53,29 @@ from ..types import (
     SampleResponse,
     StopReason,
     TensorData,
-    TensorDtype,
     TopkEntry,
 )
 from . import tinkex_wire_pb2 as pb
+from ._arrays import (
+    F32,
+    I32,
+    I32_MAX,
+    I32_MIN,
+    I64,
+    MAX_FIELDLESS_DATUMS,
+    TO_WIRE_DTYPE,
+    AnyArray,
+    Body,
+    ProtoDecodeError,
+    float32_bytes,
+    frombuffer,
+    int32_bytes,
+    read_tensor,
+    tensor_values,
+    widen,
+    wire_dtype,
+    write_tensor,
+)
 
 __all__ = [
     "PROTOBUF_CONTENT_TYPE",
@@ -81,55 +98,12 @@ PROTOBUF_CONTENT_TYPE: Final = "application/x-protobuf"
 TOPK_PAD_TOKEN: Final = 0
 TOPK_PAD_LOGPROB: Final = -99999.0
 
-_F32: Final = np.dtype("<f4")
-_I32: Final = np.dtype("<i4")
-_I64: Final = np.dtype("<i8")
-_U16: Final = np.dtype("<u2")
-_I64_MAX: Final = 2**63 - 1
-_I32_MIN: Final = -(2**31)
-_I32_MAX: Final = 2**31 - 1
-#: A result record with no fields costs no bytes per datum, so its datum count is capped (real chunks hold <= 1024).
-_MAX_FIELDLESS_DATUMS: Final = 1 << 20
-
-_FloatArray: TypeAlias = npt.NDArray[np.float32]
-_IntArray: TypeAlias = npt.NDArray[np.int64]
-_AnyArray: TypeAlias = npt.NDArray[Any]
-
-_Body: TypeAlias = bytes | bytearray | memoryview
-
-# Proto dtype -> (numpy dtype of the bytes, the TensorData dtype it widens to).
-_WIRE_DTYPES: Final[dict[int, tuple[np.dtype[Any], TensorDtype]]] = {
-    pb.DTYPE_FLOAT32: (_F32, "float32"),
-    pb.DTYPE_INT64: (_I64, "int64"),
-    pb.DTYPE_INT32: (_I32, "int64"),
-    pb.DTYPE_BFLOAT16: (_U16, "float32"),
-}
-_TO_WIRE_DTYPE: Final[dict[str, pb.DType]] = {"float32": pb.DTYPE_FLOAT32, "int64": pb.DTYPE_INT64}
-_STRUCT_CODES: Final[dict[str, str]] = {"float32": "f", "int64": "q"}
-
 _STOP_TO_WIRE: Final[dict[str, pb.StopReason]] = {
     "stop": pb.STOP_REASON_STOP,
     "length": pb.STOP_REASON_LENGTH,
 }
 _STOP_FROM_WIRE: Final[dict[int, StopReason]] = {pb.STOP_REASON_STOP: "stop", pb.STOP_REASON_LENGTH: "length"}
 _IMAGE_FORMATS: Final = frozenset({"png", "jpeg"})
-
-
-class ProtoDecodeError(ValueError):
-    """A protobuf body that does not decode into valid messages.
-
-    Raised as-is by :func:`decode_forward_backward_request` (the simulator answers 400 with the message);
-    the result decoders turn it into :class:`~tinkex_trio.errors.ResponseValidationError`.
-
-    Attributes:
-        path: where in the message the problem is, e.g. ``$.data[3].loss_fn_inputs.weights``.
-    """
-
-    path: str
-
-    def __init__(self, message: str, path: str = "$") -> None:
-        super().__init__(f"{message} (at {path})")
-        self.path = path
 
 
 class ForwardBackwardRequestData(msgspec.Struct, kw_only=True, frozen=True):
@@ -147,162 +121,13 @@ class ForwardBackwardRequestData(msgspec.Struct, kw_only=True, frozen=True):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# numpy helpers
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _packed(code: str, values: Sequence[Any]) -> bytes | None:
-    """``values`` packed little-endian by :mod:`struct` (2-3x faster than numpy for Python lists), or ``None`` when
-    a value does not fit ``code`` exactly (a float in an integer tensor, a float32 overflow, ``None``): the numpy
-    path then converts or rejects it with a precise error."""
-    try:
-        return struct.pack(f"<{len(values)}{code}", *values)
-    except (struct.error, OverflowError, TypeError):
-        return None
-
-
-def _int32_bytes(values: Sequence[int], what: str) -> bytes:
-    packed = _packed("i", values)
-    if packed is not None:
-        return packed
-    try:
-        return np.asarray(values, dtype=_I32).tobytes()
-    except (OverflowError, TypeError, ValueError) as exc:
-        raise ValueError(f"{what}: every value must be an integer in the int32 range ({exc})") from None
-
-
-def _float32_bytes(values: Sequence[float | None], what: str) -> bytes:
-    packed = _packed("f", values)
-    if packed is not None:
-        return packed
-    # None becomes NaN (numpy's own conversion for float dtypes); beyond the float32 range, +-inf.
-    try:
-        with np.errstate(over="ignore"):
-            return np.asarray(values, dtype=np.float64).astype(_F32).tobytes()
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what}: every value must be a number ({exc})") from None
-
-
-def _int64_array(values: Sequence[int | float], what: str) -> _IntArray:
-    """``values`` as int64, rejecting non-integers and values out of range (never a silent truncation)."""
-    raw: _AnyArray = np.asarray(values)
-    kind = raw.dtype.kind
-    if raw.size == 0:
-        return np.zeros(0, dtype=_I64)
-    if kind in "ib" or (kind == "u" and int(raw.max()) <= _I64_MAX):
-        return raw.astype(_I64, copy=False)
-    if kind == "f":
-        if not bool(np.all(np.isfinite(raw))) or not bool(np.array_equal(raw, np.trunc(raw))):
-            raise ValueError(f"{what}: an int64 tensor holds a non-integral value")
-        if float(np.max(np.abs(raw))) >= 2.0**63:
-            raise ValueError(f"{what}: a value is out of the int64 range")
-        return raw.astype(_I64)
-    raise ValueError(f"{what}: an int64 tensor must hold integers in the int64 range, got {raw.dtype} values")
-
-
-def _tensor_values(td: TensorData, what: str) -> _AnyArray:
-    """The flat values of ``td`` (the listed values, for a sparse tensor) in its little-endian wire dtype."""
-    if td.dtype == "float32":
-        try:
-            with np.errstate(over="ignore"):
-                return np.asarray(td.data, dtype=_F32)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{what}: a float32 tensor must hold numbers ({exc})") from None
-    if td.dtype == "int64":
-        return _int64_array(td.data, what)
-    raise ValueError(f"{what}: unsupported tensor dtype {td.dtype!r} (float32 or int64)")
-
-
-def _frombuffer(data: bytes, dtype: np.dtype[Any], path: str) -> _AnyArray:
-    if len(data) % dtype.itemsize:
-        raise ProtoDecodeError(f"{len(data)} bytes is not a whole number of {dtype.itemsize}-byte values", path)
-    return np.frombuffer(data, dtype=dtype)
-
-
-def _widen(raw: _AnyArray, wire_dtype: int) -> _AnyArray:
-    """BF16 (uint16 bits) -> float32, INT32 -> int64; other dtypes unchanged."""
-    if wire_dtype == pb.DTYPE_BFLOAT16:
-        return (raw.astype(np.uint32) << 16).view(np.float32)  # native order after astype
-    if wire_dtype == pb.DTYPE_INT32:
-        return raw.astype(_I64)
-    return raw
-
-
-def _wire_dtype(dtype: int, path: str) -> tuple[np.dtype[Any], TensorDtype]:
-    found = _WIRE_DTYPES.get(dtype)
-    if found is None:
-        raise ProtoDecodeError(f"unsupported tensor dtype {dtype}", path)
-    return found
-
-
-def _make_tensor(path: str, **fields: Any) -> TensorData:
-    try:
-        return TensorData(**fields)
-    except ValueError as exc:
-        raise ProtoDecodeError(f"invalid tensor: {exc}", path) from None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Tensor
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _write_tensor(msg: pb.Tensor, td: TensorData, what: str, *, always_shape: bool) -> None:
-    sparse = td.sparse_crow_indices is not None or td.sparse_col_indices is not None
-    code = _STRUCT_CODES.get(td.dtype)
-    fast = None if sparse or code is None else _packed(code, td.data)
-    if fast is not None:
-        dense, size = fast, len(td.data)
-    else:
-        values = _tensor_values(td, what)
-        dense, size = values.tobytes(), values.size
-    msg.dtype = _TO_WIRE_DTYPE[td.dtype]
-    if sparse:
-        if td.sparse_crow_indices is None or td.sparse_col_indices is None:
-            raise ValueError(f"{what}: sparse_crow_indices and sparse_col_indices come together")
-        if td.shape is None:
-            raise ValueError(f"{what}: a sparse tensor needs a shape")
-        msg.shape.extend(td.shape)
-        csr = msg.sparse_csr
-        csr.values = dense
-        csr.crow_indices = _int64_array(td.sparse_crow_indices, f"{what}.sparse_crow_indices").tobytes()
-        csr.col_indices = _int64_array(td.sparse_col_indices, f"{what}.sparse_col_indices").tobytes()
-        return
-    if td.shape is not None:
-        if math.prod(td.shape) != size:
-            raise ValueError(f"{what}: {size} values do not fill shape {td.shape}")
-        msg.shape.extend(td.shape)
-    elif always_shape:
-        msg.shape.append(size)
-    msg.dense = dense
-
-
-def _read_tensor(msg: pb.Tensor, path: str) -> TensorData:
-    np_dtype, dtype = _wire_dtype(msg.dtype, f"{path}.dtype")
-    shape = list(msg.shape) or None
-    if msg.WhichOneof("encoding") == "sparse_csr":
-        csr = msg.sparse_csr
-        values: list[int | float] = _widen(
-            _frombuffer(csr.values, np_dtype, f"{path}.sparse_csr.values"), msg.dtype
-        ).tolist()
-        crow: list[int] = _frombuffer(csr.crow_indices, _I64, f"{path}.sparse_csr.crow_indices").tolist()
-        cols: list[int] = _frombuffer(csr.col_indices, _I64, f"{path}.sparse_csr.col_indices").tolist()
-        return _make_tensor(
-            path, data=values, dtype=dtype, shape=shape, sparse_crow_indices=crow, sparse_col_indices=cols
-        )
-    # No encoding set reads as an empty dense tensor.
-    dense: list[int | float] = _widen(_frombuffer(msg.dense, np_dtype, f"{path}.dense"), msg.dtype).tolist()
-    return _make_tensor(path, data=dense, dtype=dtype, shape=shape)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # forward_backward request
 # ---------------------------------------------------------------------------------------------------------------
 
 
 def _write_chunk(msg: pb.Chunk, chunk: ModelInputChunk, what: str) -> None:
     if isinstance(chunk, EncodedTextChunk):
-        msg.encoded_text.tokens = _int32_bytes(chunk.tokens, f"{what}.tokens")
+        msg.encoded_text.tokens = int32_bytes(chunk.tokens, f"{what}.tokens")
     elif isinstance(chunk, ImageChunk):
         image = msg.image
         image.data = chunk.data
@@ -341,7 +166,7 @@ def encode_forward_backward_request(
     Numeric ``loss_fn_config`` values go to both ``loss_fn_config`` and ``loss_fn_config_v2``; strings only to v2.
     ``ValueError`` for data the wire cannot carry: an ImageAssetPointerChunk, a token outside int32, a bad tensor.
     """
-    if not _I32_MIN <= seq_id <= _I32_MAX:
+    if not I32_MIN <= seq_id <= I32_MAX:
         raise ValueError(f"seq_id {seq_id} is out of the int32 range")
     msg = pb.ForwardBackwardRequest(model_id=model_id, seq_id=seq_id, loss_fn=loss_fn, forward_only=forward_only)
     if loss_fn_config is not None:
@@ -363,7 +188,7 @@ def encode_forward_backward_request(
         for j, chunk in enumerate(datum.model_input.chunks):
             _write_chunk(out.model_input.add(), chunk, f"{what}.model_input.chunks[{j}]")
         for name, td in datum.loss_fn_inputs.items():
-            _write_tensor(out.loss_fn_inputs[name], td, f"{what}.loss_fn_inputs[{name!r}]", always_shape=False)
+            write_tensor(out.loss_fn_inputs[name], td, f"{what}.loss_fn_inputs[{name!r}]", always_shape=False)
         for span in datum.model_input_spans or ():
             _write_span(out.model_input_spans.add(), span)
         for span in datum.loss_fn_input_spans or ():
@@ -374,7 +199,7 @@ def encode_forward_backward_request(
 def _read_chunk(msg: pb.Chunk, path: str) -> ModelInputChunk:
     kind = msg.WhichOneof("chunk")
     if kind == "encoded_text":
-        tokens: list[int] = _frombuffer(msg.encoded_text.tokens, _I32, f"{path}.encoded_text.tokens").tolist()
+        tokens: list[int] = frombuffer(msg.encoded_text.tokens, I32, f"{path}.encoded_text.tokens").tolist()
         return EncodedTextChunk(tokens=tokens)
     if kind == "image":
         image = msg.image
@@ -400,7 +225,7 @@ def _read_span(msg: pb.ProvenanceSpan, path: str) -> ProvenanceSpan:
 
 def _read_datum(msg: pb.Datum, path: str) -> Datum:
     chunks = [_read_chunk(c, f"{path}.model_input[{j}]") for j, c in enumerate(msg.model_input)]
-    inputs = {name: _read_tensor(t, f"{path}.loss_fn_inputs.{name}") for name, t in msg.loss_fn_inputs.items()}
+    inputs = {name: read_tensor(t, f"{path}.loss_fn_inputs.{name}") for name, t in msg.loss_fn_inputs.items()}
     model_spans = [_read_span(s, f"{path}.model_input_spans[{j}]") for j, s in enumerate(msg.model_input_spans)]
     input_spans = [_read_span(s, f"{path}.loss_fn_input_spans[{j}]") for j, s in enumerate(msg.loss_fn_input_spans)]
     has_spans = bool(model_spans or input_spans)
@@ -412,14 +237,14 @@ def _read_datum(msg: pb.Datum, path: str) -> Datum:
     )
 
 
-def _parse(message: Message, body: _Body, what: str) -> None:
+def _parse(message: Message, body: Body, what: str) -> None:
     try:
         message.ParseFromString(bytes(body) if not isinstance(body, bytes) else body)
     except DecodeError as exc:
         raise ProtoDecodeError(f"not a valid protobuf {what}: {exc}") from None
 
 
-def decode_forward_backward_request(body: _Body) -> ForwardBackwardRequestData:
+def decode_forward_backward_request(body: Body) -> ForwardBackwardRequestData:
     """Decode a forward_backward protobuf body (server side). ``ProtoDecodeError`` (a ``ValueError``) if invalid."""
     msg = pb.ForwardBackwardRequest()
     _parse(msg, body, "ForwardBackwardRequest")
@@ -449,13 +274,13 @@ def decode_forward_backward_request(body: _Body) -> ForwardBackwardRequestData:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _output_array(td: TensorData, what: str) -> tuple[_AnyArray, tuple[int, ...]]:
+def _output_array(td: TensorData, what: str) -> tuple[AnyArray, tuple[int, ...]]:
     """A loss_fn_outputs tensor as (flat little-endian values, trailing shape)."""
     if td.sparse_crow_indices is not None or td.sparse_col_indices is not None:
         dense = td.to_numpy()
-        values: _AnyArray = dense.astype(_F32 if td.dtype == "float32" else _I64).ravel()
+        values: AnyArray = dense.astype(F32 if td.dtype == "float32" else I64).ravel()
         return values, tuple(dense.shape[1:])
-    values = _tensor_values(td, what)
+    values = tensor_values(td, what)
     if td.shape is None:
         return values, ()
     if math.prod(td.shape) != values.size:
@@ -478,7 +303,7 @@ def encode_forward_backward_output(out: ForwardBackwardOutput) -> bytes:
     names = list(outputs[0])
     name_set = set(names)
     # Per datum: the flat arrays and a signature (dtype and trailing shape of each field).
-    arrays: list[list[_AnyArray]] = []
+    arrays: list[list[AnyArray]] = []
     signatures: list[tuple[tuple[str, tuple[int, ...]], ...]] = []
     for i, fields in enumerate(outputs):
         if set(fields) != name_set:
@@ -486,7 +311,7 @@ def encode_forward_backward_output(out: ForwardBackwardOutput) -> bytes:
                 f"loss_fn_outputs[{i}] has fields {sorted(fields)}, loss_fn_outputs[0] has {sorted(names)}: "
                 "every datum must have the same fields"
             )
-        row: list[_AnyArray] = []
+        row: list[AnyArray] = []
         sig: list[tuple[str, tuple[int, ...]]] = []
         for name in names:
             td = fields[name]
@@ -505,12 +330,12 @@ def encode_forward_backward_output(out: ForwardBackwardOutput) -> bytes:
             dtype, trailing = signatures[start][f]
             parts = [arrays[d][f] for d in range(start, stop)]
             itemsize = parts[0].dtype.itemsize
-            offsets = np.zeros(len(parts) + 1, dtype=_I64)
+            offsets = np.zeros(len(parts) + 1, dtype=I64)
             np.cumsum([p.size for p in parts], out=offsets[1:])
             bt = record.fields[name]
             bt.data = np.concatenate(parts).tobytes()
             bt.offsets = (offsets * itemsize).tobytes()
-            bt.dtype = _TO_WIRE_DTYPE[dtype]
+            bt.dtype = TO_WIRE_DTYPE[dtype]
             bt.trailing_shape.extend(trailing)
         start = stop
     return msg.SerializeToString()
@@ -518,9 +343,9 @@ def encode_forward_backward_output(out: ForwardBackwardOutput) -> bytes:
 
 def _read_batched(bt: pb.BatchedTensor, count: int, path: str) -> list[TensorData]:
     """Split one BatchedTensor into ``count`` per-datum tensors."""
-    np_dtype, dtype = _wire_dtype(bt.dtype, f"{path}.dtype")
-    raw = _frombuffer(bt.data, np_dtype, f"{path}.data")
-    offsets = _frombuffer(bt.offsets, _I64, f"{path}.offsets")
+    np_dtype, dtype = wire_dtype(bt.dtype, f"{path}.dtype")
+    raw = frombuffer(bt.data, np_dtype, f"{path}.data")
+    offsets = frombuffer(bt.offsets, I64, f"{path}.offsets")
     if count == 0 and offsets.size <= 1:
         return []
     if offsets.size != count + 1:
@@ -544,7 +369,7 @@ def _read_batched(bt: pb.BatchedTensor, count: int, path: str) -> list[TensorDat
     sizes = np.diff(offsets) // itemsize
     if bool(np.any(sizes % per_row)) if per_row else bool(np.any(sizes)):
         raise ProtoDecodeError(f"a datum's values do not fill whole rows of trailing shape {trailing}", path)
-    flat: list[int | float] = _widen(raw, bt.dtype).tolist()
+    flat: list[int | float] = widen(raw, bt.dtype).tolist()
     leading: list[int] = (sizes // per_row).tolist() if per_row else [0] * count
     return [
         TensorData(data=flat[bounds[d] : bounds[d + 1]], dtype=dtype, shape=[leading[d], *trailing])
@@ -561,7 +386,7 @@ def _decode_fbo(msg: pb.ForwardBackwardOutput) -> ForwardBackwardOutput:
             raise ProtoDecodeError(f"negative num_datums {count}", f"$.loss_fn_outputs[{r}].num_datums")
         if count == 0 and fields:
             count = max(len(fields[0][1].offsets) // 8 - 1, 0)
-        if not fields and count > _MAX_FIELDLESS_DATUMS:
+        if not fields and count > MAX_FIELDLESS_DATUMS:
             raise ProtoDecodeError(f"num_datums {count} is implausible", f"$.loss_fn_outputs[{r}].num_datums")
         rows: list[dict[str, TensorData]] = [{} for _ in range(count)]
         for name, bt in fields:
@@ -576,11 +401,11 @@ def _decode_fbo(msg: pb.ForwardBackwardOutput) -> ForwardBackwardOutput:
     )
 
 
-def _validation_error(exc: ProtoDecodeError, body: _Body) -> ResponseValidationError:
+def _validation_error(exc: ProtoDecodeError, body: Body) -> ResponseValidationError:
     return ResponseValidationError(str(exc), field=exc.path, body=bytes(body[:2048]))
 
 
-def decode_forward_backward_output(body: _Body) -> ForwardBackwardOutput:
+def decode_forward_backward_output(body: Body) -> ForwardBackwardOutput:
     """Decode a protobuf forward_backward result. ``ResponseValidationError`` if the bytes are not a valid one."""
     msg = pb.ForwardBackwardOutput()
     try:
@@ -600,20 +425,18 @@ def _write_topk(msg: pb.TopkLogprobs, entries: Sequence[TopkEntry], what: str) -
     n = len(entries)
     lengths = np.fromiter((len(e) if e is not None else 0 for e in entries), dtype=np.int64, count=n)
     k = max(1, int(lengths.max())) if n else 1
-    ids = np.full((n, k), TOPK_PAD_TOKEN, dtype=_I32)
-    lps = np.full((n, k), TOPK_PAD_LOGPROB, dtype=_F32)
+    ids = np.full((n, k), TOPK_PAD_TOKEN, dtype=I32)
+    lps = np.full((n, k), TOPK_PAD_LOGPROB, dtype=F32)
     total = int(lengths.sum())
     if total:
         try:
-            pairs: _AnyArray = np.asarray(
-                list(itertools.chain.from_iterable(e for e in entries if e)), dtype=np.float64
-            )
+            pairs: AnyArray = np.asarray(list(itertools.chain.from_iterable(e for e in entries if e)), dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{what}: top-k entries must be (token id, logprob) pairs ({exc})") from None
         if pairs.shape != (total, 2):
             raise ValueError(f"{what}: top-k entries must be (token id, logprob) pairs")
         tokens = pairs[:, 0]
-        if not bool(np.all((tokens >= _I32_MIN) & (tokens <= _I32_MAX) & (tokens == np.trunc(tokens)))):
+        if not bool(np.all((tokens >= I32_MIN) & (tokens <= I32_MAX) & (tokens == np.trunc(tokens)))):
             raise ValueError(f"{what}: top-k token ids must be integers in the int32 range")
         row_idx = np.repeat(np.arange(n), lengths)
         col_idx = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
@@ -630,8 +453,8 @@ def _read_topk(msg: pb.TopkLogprobs, path: str) -> list[TopkEntry] | None:
     n, k = msg.length, msg.k
     if n == 0 or k == 0:
         return None
-    ids = _frombuffer(msg.token_ids, _I32, f"{path}.token_ids")
-    lps = _frombuffer(msg.logprobs, _F32, f"{path}.logprobs")
+    ids = frombuffer(msg.token_ids, I32, f"{path}.token_ids")
+    lps = frombuffer(msg.logprobs, F32, f"{path}.logprobs")
     if ids.size != n * k or lps.size != n * k:
         raise ProtoDecodeError(f"top-k arrays need length * k = {n * k} values, got {ids.size} and {lps.size}", path)
     ids2 = ids.reshape(n, k)
@@ -652,27 +475,27 @@ def encode_sample_response(resp: SampleResponse) -> bytes:
         stop = _STOP_TO_WIRE.get(seq.stop_reason)
         if stop is None:
             raise ValueError(f"{what}.stop_reason must be 'stop' or 'length', got {seq.stop_reason!r}")
-        out = msg.sequences.add(stop_reason=stop, tokens=_int32_bytes(seq.tokens, f"{what}.tokens"))
+        out = msg.sequences.add(stop_reason=stop, tokens=int32_bytes(seq.tokens, f"{what}.tokens"))
         if seq.logprobs is not None:
-            out.logprobs = _float32_bytes(seq.logprobs, f"{what}.logprobs")
+            out.logprobs = float32_bytes(seq.logprobs, f"{what}.logprobs")
         if seq.topk_logprobs is not None:
             _write_topk(out.topk_sampled_logprobs, seq.topk_logprobs, f"{what}.topk_logprobs")
     if resp.prompt_logprobs is not None:
-        msg.prompt_logprobs = _float32_bytes(resp.prompt_logprobs, "prompt_logprobs")
+        msg.prompt_logprobs = float32_bytes(resp.prompt_logprobs, "prompt_logprobs")
     if resp.topk_prompt_logprobs is not None:
         _write_topk(msg.topk_prompt_logprobs, resp.topk_prompt_logprobs, "topk_prompt_logprobs")
     if resp.target_prompt_logprobs is not None:
-        _write_tensor(
+        write_tensor(
             msg.target_prompt_logprobs, resp.target_prompt_logprobs, "target_prompt_logprobs", always_shape=True
         )
     if resp.prompt_alt_tokens is not None:
         alt = msg.prompt_alt_tokens
-        _write_tensor(alt.tokens, resp.prompt_alt_tokens.tokens, "prompt_alt_tokens.tokens", always_shape=True)
-        _write_tensor(alt.logprobs, resp.prompt_alt_tokens.logprobs, "prompt_alt_tokens.logprobs", always_shape=True)
+        write_tensor(alt.tokens, resp.prompt_alt_tokens.tokens, "prompt_alt_tokens.tokens", always_shape=True)
+        write_tensor(alt.logprobs, resp.prompt_alt_tokens.logprobs, "prompt_alt_tokens.logprobs", always_shape=True)
     return msg.SerializeToString()
 
 
-def _nan_to_none(values: _AnyArray) -> list[float | None]:
+def _nan_to_none(values: AnyArray) -> list[float | None]:
     out: list[float | None] = values.tolist()
     for i in np.flatnonzero(np.isnan(values)).tolist():
         out[i] = None
@@ -691,9 +514,9 @@ def _decode_sample(msg: pb.SampleResponse, sequence_ids: Sequence[str] | None) -
         stop = _STOP_FROM_WIRE.get(seq.stop_reason)
         if stop is None:
             raise ProtoDecodeError(f"unknown stop_reason {seq.stop_reason}", f"{path}.stop_reason")
-        tokens: list[int] = _frombuffer(seq.tokens, _I32, f"{path}.tokens").tolist()
+        tokens: list[int] = frombuffer(seq.tokens, I32, f"{path}.tokens").tolist()
         logprobs: list[float] | None = (
-            _frombuffer(seq.logprobs, _F32, f"{path}.logprobs").tolist() if seq.logprobs else None
+            frombuffer(seq.logprobs, F32, f"{path}.logprobs").tolist() if seq.logprobs else None
         )
         topk = (
             _read_topk(seq.topk_sampled_logprobs, f"{path}.topk_sampled_logprobs")
@@ -710,20 +533,20 @@ def _decode_sample(msg: pb.SampleResponse, sequence_ids: Sequence[str] | None) -
             )
         )
     prompt_logprobs = (
-        _nan_to_none(_frombuffer(msg.prompt_logprobs, _F32, "$.prompt_logprobs")) if msg.prompt_logprobs else None
+        _nan_to_none(frombuffer(msg.prompt_logprobs, F32, "$.prompt_logprobs")) if msg.prompt_logprobs else None
     )
     topk_prompt = (
         _read_topk(msg.topk_prompt_logprobs, "$.topk_prompt_logprobs") if msg.HasField("topk_prompt_logprobs") else None
     )
     target = (
-        _read_tensor(msg.target_prompt_logprobs, "$.target_prompt_logprobs")
+        read_tensor(msg.target_prompt_logprobs, "$.target_prompt_logprobs")
         if msg.HasField("target_prompt_logprobs")
         else None
     )
     alt = (
         PromptAltTokens(
-            tokens=_read_tensor(msg.prompt_alt_tokens.tokens, "$.prompt_alt_tokens.tokens"),
-            logprobs=_read_tensor(msg.prompt_alt_tokens.logprobs, "$.prompt_alt_tokens.logprobs"),
+            tokens=read_tensor(msg.prompt_alt_tokens.tokens, "$.prompt_alt_tokens.tokens"),
+            logprobs=read_tensor(msg.prompt_alt_tokens.logprobs, "$.prompt_alt_tokens.logprobs"),
         )
         if msg.HasField("prompt_alt_tokens")
         else None
@@ -738,7 +561,7 @@ def _decode_sample(msg: pb.SampleResponse, sequence_ids: Sequence[str] | None) -
     )
 
 
-def decode_sample_response(body: _Body, sequence_ids: Sequence[str] | None = None) -> SampleResponse:
+def decode_sample_response(body: Body, sequence_ids: Sequence[str] | None = None) -> SampleResponse:
     """Decode a protobuf asample result. ``ResponseValidationError`` if the bytes are not a valid one.
 
     ``sequence_ids`` (the future's ``sample_sequence_ids``) become the sequences' ``sequence_id`` in order; their
