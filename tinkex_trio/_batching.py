@@ -62,6 +62,7 @@ import trio
 
 from tinkex_trio import types
 from tinkex_trio._chunking import plan_chunks
+from tinkex_trio._losses import loss_and_grad
 from tinkex_trio.errors import APIConnectionError, ResponseValidationError, SessionClosedError
 
 if TYPE_CHECKING:
@@ -297,23 +298,9 @@ def item_loss_sum(
         for name, column in columns.items():
             column.append(_flat(datum.loss_fn_inputs[name]))
     lp = np.concatenate(lps)
-    x = {name: np.concatenate(column) for name, column in columns.items()}
-    terms: _F64
-    if loss_fn == "cross_entropy":
-        terms = lp * x["weights"]
-    else:
-        q, adv = x["logprobs"], x["advantages"]
-        if loss_fn == "dro":
-            diff = lp - q
-            terms = lp * adv - 0.5 * loss_config["beta"] * diff * diff
-        else:
-            ratio = np.exp(lp - q)
-            if loss_fn == "importance_sampling":
-                terms = ratio * adv
-            else:
-                clipped = np.clip(ratio, loss_config["clip_low_threshold"], loss_config["clip_high_threshold"])
-                terms = clipped * lp * adv if loss_fn == "cispo" else np.minimum(ratio * adv, clipped * adv)
-    return -float(np.sum(terms))
+    inputs = {name: np.concatenate(column) for name, column in columns.items()}
+    loss, _ = loss_and_grad(loss_fn, lp, inputs, loss_config)
+    return float(np.sum(loss))
 
 
 def split_output(

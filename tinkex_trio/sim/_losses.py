@@ -1,4 +1,6 @@
-"""The loss functions of the simulator's model (protocol §13), with exact gradients.
+"""The loss functions of the simulator's model (protocol §13): their configuration and inputs, checked.
+
+The formulas (each loss and its exact gradient) are :mod:`tinkex_trio._losses`, shared with the client's batching.
 
 All summed over every position of every datum, never averaged: ``cross_entropy``, ``importance_sampling``, ``ppo``,
 ``cispo``, ``dro``. ``target_tokens`` may be 1-D ``(N,)`` or 2-D ``(N, K)`` (K targets per position, e.g.
@@ -18,6 +20,7 @@ from typing import Final
 
 import numpy as np
 
+from tinkex_trio._losses import LOSS_FUNCTIONS, LOSS_INPUTS, loss_and_grad
 from tinkex_trio.sim._model_types import (
     F64,
     I64,
@@ -38,21 +41,9 @@ __all__ = [
     "prepare",
 ]
 
-LOSS_FUNCTIONS: Final = ("cross_entropy", "importance_sampling", "ppo", "cispo", "dro")
-"""The loss functions this model implements."""
-
 UNSUPPORTED_LOSS_FUNCTIONS: Final = ("gspo", "stable_reinforce", "custom")
 """Loss functions of the protocol that this model rejects with ``SimUserError("unsupported …")``."""
 
-_RL_INPUTS: Final = ("target_tokens", "logprobs", "advantages")
-LOSS_INPUTS: Final[Mapping[str, tuple[str, ...]]] = {
-    "cross_entropy": ("target_tokens", "weights"),
-    "importance_sampling": _RL_INPUTS,
-    "ppo": _RL_INPUTS,
-    "cispo": _RL_INPUTS,
-    "dro": _RL_INPUTS,
-}
-"""The loss inputs each loss needs: ``target_tokens`` first."""
 _CLIP_DEFAULTS: Final[Mapping[str, float]] = {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}
 _LOSS_CONFIG_DEFAULTS: Final[Mapping[str, Mapping[str, float]]] = {
     "cross_entropy": {},
@@ -123,31 +114,3 @@ def prepare(index: int, datum: DatumArrays, required: tuple[str, ...], vocab: in
     per_row = 1 if targets.ndim == 1 else targets.shape[1]
     rows = np.repeat(tokens, per_row) if per_row != 1 else tokens
     return Prepared(rows=rows, targets=targets.reshape(-1), inputs=inputs, shape=shape)
-
-
-def loss_and_grad(loss_fn: str, lp: F64, inputs: Mapping[str, F64], conf: Mapping[str, float]) -> tuple[F64, F64]:
-    """Per-element loss terms and their derivative ``d loss / d lp`` (both shaped like ``lp``)."""
-    if loss_fn == "cross_entropy":
-        w = inputs["weights"]
-        return -lp * w, -w
-    q = inputs["logprobs"]
-    adv = inputs["advantages"]
-    if loss_fn == "dro":
-        beta = conf["beta"]
-        diff = lp - q
-        return -(lp * adv - 0.5 * beta * diff * diff), -(adv - beta * diff)
-    ratio = np.exp(lp - q)
-    if loss_fn == "importance_sampling":
-        return -ratio * adv, -ratio * adv
-    lo, hi = conf["clip_low_threshold"], conf["clip_high_threshold"]
-    clipped = np.clip(ratio, lo, hi)
-    if loss_fn == "cispo":
-        return -clipped * lp * adv, -clipped * adv
-    # ppo: min(r·A, clip(r)·A). Where the unclipped term is the min it carries the gradient r·A; elsewhere the
-    # clipped term is strictly smaller, which happens only with r outside [lo, hi], where its gradient is 0.
-    unclipped_obj = ratio * adv
-    clipped_obj = clipped * adv
-    use_unclipped = unclipped_obj <= clipped_obj
-    objective = np.where(use_unclipped, unclipped_obj, clipped_obj)
-    grad = np.where(use_unclipped, -unclipped_obj, 0.0)
-    return -objective, grad
