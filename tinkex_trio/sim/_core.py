@@ -23,6 +23,7 @@ __all__ = [
     "SimCore",
     "check_training_seq",
     "check_ttl",
+    "existing_model_future",
     "find_checkpoint",
     "future_response",
     "note_seq",
@@ -157,3 +158,14 @@ def find_checkpoint(sim: SimCore, path: str) -> CheckpointRecord:
         return sim.state.find_checkpoint(path)
     except SimUserError as exc:
         raise HTTPError(422, str(exc)) from None
+
+
+def existing_model_future(sim: SimCore, model_id: str) -> Response | None:
+    """A model creation (create_model, create-via-load) re-sent: the first one's future (its seq 0), so the model
+    is created once. HTTPError 400 if a model with that id exists without such a record."""
+    existing = sim.queue.lookup_seq(model_id, 0)
+    if existing is not None:
+        return future_response(existing)
+    if model_id in sim.state.models:
+        raise HTTPError(400, f"model {model_id} already exists")
+    return None

@@ -29,7 +29,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import msgspec
 import trio
@@ -128,39 +128,49 @@ class EndpointFaults(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, o
         self.validate()
 
     def validate(self) -> None:
-        _validate_request_faults(
-            error_rates=None if isinstance(self.error_rates, UnsetType) else self.error_rates,
-            rates={
-                "reset_rate": self.reset_rate,
-                "reset_after_rate": self.reset_after_rate,
-                "malformed_rate": self.malformed_rate,
-                "truncate_rate": self.truncate_rate,
-            },
-            retry_after_s=self.retry_after_s,
-            retry_after_ms=self.retry_after_ms,
-        )
+        _validate_request_faults(self)
 
 
-def _validate_request_faults(
-    *,
-    error_rates: Mapping[int, float] | None,
-    rates: Mapping[str, float | UnsetType],
-    retry_after_s: float | UnsetType | None,
-    retry_after_ms: int | UnsetType | None,
-) -> None:
+class _RequestFaults(Protocol):
+    """The request faults `EndpointFaults` and `FaultConfig` both hold (the endpoint's may be unset)."""
+
+    @property
+    def error_rates(self) -> Mapping[int, float] | UnsetType: ...
+    @property
+    def reset_rate(self) -> float | UnsetType: ...
+    @property
+    def reset_after_rate(self) -> float | UnsetType: ...
+    @property
+    def malformed_rate(self) -> float | UnsetType: ...
+    @property
+    def truncate_rate(self) -> float | UnsetType: ...
+    @property
+    def retry_after_s(self) -> float | UnsetType | None: ...
+    @property
+    def retry_after_ms(self) -> int | UnsetType | None: ...
+
+
+def _validate_request_faults(faults: _RequestFaults) -> None:
+    rates = {
+        "reset_rate": faults.reset_rate,
+        "reset_after_rate": faults.reset_after_rate,
+        "malformed_rate": faults.malformed_rate,
+        "truncate_rate": faults.truncate_rate,
+    }
     total = 0.0
     for name, value in rates.items():
         if not isinstance(value, UnsetType):
             _check_rate(name, value)
             total += value
-    if error_rates is not None:
-        for status, rate in error_rates.items():
+    if not isinstance(faults.error_rates, UnsetType):
+        for status, rate in faults.error_rates.items():
             if not 400 <= status <= 599:
                 raise ValueError(f"error_rates keys must be HTTP error statuses (400-599), got {status!r}")
             _check_rate(f"error_rates[{status}]", rate)
             total += rate
     if total > 1.0 + 1e-9:
         raise ValueError(f"the outcome rates (resets, errors, malformed, truncated) add up to {total:.3f} > 1")
+    retry_after_s, retry_after_ms = faults.retry_after_s, faults.retry_after_ms
     if isinstance(retry_after_s, float | int) and not isinstance(retry_after_s, bool):
         _check_delay("retry_after_s", float(retry_after_s))
     if isinstance(retry_after_ms, int) and not isinstance(retry_after_ms, bool) and retry_after_ms < 0:
@@ -297,17 +307,7 @@ class FaultConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict
 
     def validate(self) -> None:
         """Check every rate and delay; raises ValueError. Called on construction and by `set_endpoint`."""
-        _validate_request_faults(
-            error_rates=self.error_rates,
-            rates={
-                "reset_rate": self.reset_rate,
-                "reset_after_rate": self.reset_after_rate,
-                "malformed_rate": self.malformed_rate,
-                "truncate_rate": self.truncate_rate,
-            },
-            retry_after_s=self.retry_after_s,
-            retry_after_ms=self.retry_after_ms,
-        )
+        _validate_request_faults(self)
         _check_rate("future_failure_rate", self.future_failure_rate)
         for key, override in self.endpoints.items():
             try:

@@ -17,6 +17,7 @@ from tinkex_trio.sim._convert import (
 )
 from tinkex_trio.sim._core import (
     SimCore,
+    existing_model_future,
     future_response,
     note_seq,
     require_base_model,
@@ -61,11 +62,8 @@ async def create_model(sim: SimCore, request: Request) -> Response:
     session = sim.state.session(body.session_id)
     require_base_model(sim, body.base_model, training=True)
     model_id = sim.state.model_id_for(session.session_id, body.model_seq_id)
-    existing = sim.queue.lookup_seq(model_id, 0)
-    if existing is not None:
-        return future_response(existing)
-    if model_id in sim.state.models:
-        raise HTTPError(400, f"model {model_id} already exists")
+    if (resent := existing_model_future(sim, model_id)) is not None:
+        return resent
     lora = body.lora_config or t.LoraConfig(rank=32)
     cfg = sim.config.model
     if not 1 <= lora.rank <= cfg.max_lora_rank:

@@ -10,6 +10,7 @@ from tinkex_trio.sim._asgi import HTTPError, Request, Response, decode_body, jso
 from tinkex_trio.sim._core import (
     SimCore,
     check_ttl,
+    existing_model_future,
     find_checkpoint,
     future_response,
     note_seq,
@@ -166,11 +167,8 @@ async def load_weights(sim: SimCore, request: Request) -> Response:
         raise HTTPError(422, "load_weights needs model_id and seq_id, or session_id and model_seq_id")
     session = sim.state.session(body.session_id)
     model_id = sim.state.model_id_for(session.session_id, body.model_seq_id)
-    existing = sim.queue.lookup_seq(model_id, 0)
-    if existing is not None:
-        return future_response(existing)
-    if model_id in sim.state.models:
-        raise HTTPError(400, f"model {model_id} already exists")
+    if (resent := existing_model_future(sim, model_id)) is not None:
+        return resent
     checkpoint = find_checkpoint(sim, body.path)
     base_model = body.base_model or checkpoint.base_model
     require_base_model(sim, base_model, training=True)
