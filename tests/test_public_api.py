@@ -286,7 +286,7 @@ def _public_namespace(module: ModuleType) -> set[str]:
     """The names a user sees in ``dir(module)`` that are the module's own, defined or re-exported.
 
     Not counted: names bound by importing from outside the package (``Any``, ``enum``, ``annotations``: the
-    module's own tools), and submodules that the import system binds on a package (``tinkex_trio.training`` once
+    module's own tools), and submodules that the import system binds on a package (``tinkex_trio._training`` once
     anything imports it) unless the module's source imports them by name (``from tinkex_trio import errors``).
     """
     assert module.__file__ is not None

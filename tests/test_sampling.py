@@ -22,6 +22,13 @@ from _simkit import API_KEY, BASE_URL, JsonOnly, Reply, Seen, SimStack, sim_conf
 from tinkex_trio import types as t
 from tinkex_trio._breaker import BreakerState
 from tinkex_trio._config import CircuitBreakerConfig, Config, RetryConfig
+from tinkex_trio._sampling import (
+    BACKPRESSURE_INFLIGHT_SUBMISSIONS,
+    BACKPRESSURE_MIN_WAIT_S,
+    MAX_INFLIGHT_SUBMISSIONS,
+    SamplingClient,
+    _SubmissionGate,
+)
 from tinkex_trio._telemetry import RETRY, TelemetryEvent
 from tinkex_trio.errors import (
     APIStatusError,
@@ -31,13 +38,6 @@ from tinkex_trio.errors import (
     RequestFailedError,
     SessionClosedError,
     status_error_class,
-)
-from tinkex_trio.sampling import (
-    BACKPRESSURE_INFLIGHT_SUBMISSIONS,
-    BACKPRESSURE_MIN_WAIT_S,
-    MAX_INFLIGHT_SUBMISSIONS,
-    SamplingClient,
-    _SubmissionGate,
 )
 from tinkex_trio.sim import Latency
 from tinkex_trio.sim._config import ServiceTime

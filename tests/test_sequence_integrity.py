@@ -22,6 +22,7 @@ from tinkex_trio import types as t
 from tinkex_trio._config import Config, RetryConfig
 from tinkex_trio._proto import _codec
 from tinkex_trio._session import Session, open_session
+from tinkex_trio._training import TrainingClient
 from tinkex_trio.errors import (
     CircuitOpenError,
     InternalServerError,
@@ -29,7 +30,6 @@ from tinkex_trio.errors import (
     SequenceInDoubtError,
     UnprocessableEntityError,
 )
-from tinkex_trio.training import TrainingClient
 
 BASE = "Qwen/Qwen3-8B"
 GAP_S = 120.0

@@ -30,8 +30,11 @@ from _simkit import (
 
 from tinkex_trio import types as t
 from tinkex_trio._config import Config, TimeoutsConfig
+from tinkex_trio._rest import RestClient
+from tinkex_trio._sampling import SamplingClient
 from tinkex_trio._session import SDK_VERSION, open_session
 from tinkex_trio._telemetry import SESSION_HEARTBEAT
+from tinkex_trio._training import TrainingClient
 from tinkex_trio.errors import (
     AuthenticationError,
     ConfigError,
@@ -39,11 +42,8 @@ from tinkex_trio.errors import (
     SessionClosedError,
     SessionExpiredError,
 )
-from tinkex_trio.rest import RestClient
-from tinkex_trio.sampling import SamplingClient
 from tinkex_trio.sim import Latency, open_sim_server
 from tinkex_trio.sim._config import ServiceTime
-from tinkex_trio.training import TrainingClient
 
 
 def finished(sim: SimStack) -> tuple[str | None, str | None]:

@@ -23,6 +23,7 @@ from tinkex_trio._chunking import combine_fwdbwd_outputs
 from tinkex_trio._config import BatchingConfig, Config, RetryConfig
 from tinkex_trio._proto import _codec
 from tinkex_trio._session import Session, open_session
+from tinkex_trio._training import TrainingClient
 from tinkex_trio.errors import (
     GoneError,
     InternalServerError,
@@ -34,7 +35,6 @@ from tinkex_trio.errors import (
 )
 from tinkex_trio.sim import Latency, open_sim_server
 from tinkex_trio.sim._config import ServiceTime, SimConfig, SupportedModel
-from tinkex_trio.training import TrainingClient
 
 BASE = "Qwen/Qwen3-8B"
 PATTERN = [1, 2, 3, 4, 5, 6, 7, 8] * 3

@@ -34,13 +34,13 @@ from tinkex_trio._config import (
 )
 from tinkex_trio._futures import APIFuture
 from tinkex_trio._metrics import Metrics
+from tinkex_trio._rest import RestClient
+from tinkex_trio._sampling import SamplingClient
 from tinkex_trio._session import Session, open_session
 from tinkex_trio._telemetry import TelemetryBus, TelemetryEvent
+from tinkex_trio._training import TrainingClient
 from tinkex_trio._transport import PoolKind, TransportFactory
 from tinkex_trio._version import __version__
-from tinkex_trio.rest import RestClient
-from tinkex_trio.sampling import SamplingClient
-from tinkex_trio.training import TrainingClient
 from tinkex_trio.types import (
     AdamParams,
     Datum,

@@ -39,7 +39,10 @@ from tinkex_trio._futures import FutureManager
 from tinkex_trio._groups import is_interruption, lone_exception, original, reraise
 from tinkex_trio._metrics import Metrics, MetricsFeed
 from tinkex_trio._models import create_client_from_state, create_lora_client
+from tinkex_trio._rest import RestClient
+from tinkex_trio._sampling import SamplingClient, create_sampling_client
 from tinkex_trio._telemetry import SESSION_HEARTBEAT, TelemetryBus
+from tinkex_trio._training import TrainingClient
 from tinkex_trio._transport import PoolKind, Transport, TransportFactory
 from tinkex_trio._validation import (
     check_bool,
@@ -56,9 +59,6 @@ from tinkex_trio.errors import (
     NotFoundError,
     redact,
 )
-from tinkex_trio.rest import RestClient
-from tinkex_trio.sampling import SamplingClient, create_sampling_client
-from tinkex_trio.training import TrainingClient
 
 __all__ = ["SDK_VERSION", "Session", "open_session"]
 

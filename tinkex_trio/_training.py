@@ -72,6 +72,7 @@ from tinkex_trio._proto._codec import (
     encode_forward_backward_request,
 )
 from tinkex_trio._results import decode_fwdbwd, fetch_info, json_decoder
+from tinkex_trio._sampling import SamplingClient, create_sampling_client
 from tinkex_trio._sequencing import Delivery, ModelSequence, partial_results
 from tinkex_trio._telemetry import BATCH_FORWARD_BACKWARD, BATCH_OPTIM_STEP
 from tinkex_trio._validation import (
@@ -85,7 +86,6 @@ from tinkex_trio._validation import (
     check_ttl,
 )
 from tinkex_trio.errors import ResponseValidationError
-from tinkex_trio.sampling import SamplingClient, create_sampling_client
 
 if TYPE_CHECKING:
     from tinkex_trio._futures import APIFuture
