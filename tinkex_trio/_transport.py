@@ -543,12 +543,20 @@ class Transport:
                         reading.cancel()
             if too_large is not None:
                 raise too_large
-            # httpx has no public way to attach a body read by hand; aread() would buffer it unbounded.
-            response._content = bytes(buffer)  # pyright: ignore[reportPrivateUsage]
+            # The answer as a complete response built from the bytes read (aread() would buffer without a bound).
+            # They are already decoded: the Content-Encoding header goes, or httpx would decode them twice.
+            headers = [(k, v) for k, v in response.headers.raw if k.lower() != b"content-encoding"]
+            read = httpx.Response(
+                response.status_code,
+                headers=headers,
+                content=bytes(buffer),
+                request=response.request,
+                extensions=response.extensions,
+            )
             del buffer
         finally:
             await response.aclose()
-        return response
+        return read
 
     async def request_json(
         self,
