@@ -363,6 +363,7 @@ MADE_BY_THE_LIBRARY = {
     tx.RestClient,
     tx.TrainingClient,
     tx.SamplingClient,
+    tx.APIFuture,
     tinkex_trio.sim.SimServer,
 }  # open_session, session.rest, session.create_*_client / save_weights_and_get_sampling_client, open_sim_server
 

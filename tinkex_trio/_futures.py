@@ -112,6 +112,33 @@ class _RetryNow:
 _RETRY_NOW: Final = _RetryNow()
 
 
+class _Outcome(Generic[T]):
+    """The outcome of an :class:`APIFuture`: set once, by the FutureManager that holds it."""
+
+    __slots__ = ("error", "event", "value")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.value: T | _Pending = _PENDING
+        self.error: BaseException | None = None
+
+    def set_result(self, value: T) -> bool:
+        """Resolve with ``value``; ignored (returns False) if the outcome is already known."""
+        if self.event.is_set():
+            return False
+        self.value = value
+        self.event.set()
+        return True
+
+    def set_exception(self, error: BaseException) -> bool:
+        """Fail with ``error``; ignored (returns False) if the outcome is already known."""
+        if self.event.is_set():
+            return False
+        self.error = error
+        self.event.set()
+        return True
+
+
 class APIFuture(Generic[T]):
     """The eventual result of a request the server runs in the background.
 
@@ -126,7 +153,7 @@ class APIFuture(Generic[T]):
         sample_sequence_ids: for a sample: one id per sequence, in order.
     """
 
-    __slots__ = ("_error", "_event", "_value", "model_id", "request_id", "request_type", "sample_sequence_ids")
+    __slots__ = ("_outcome", "model_id", "request_id", "request_type", "sample_sequence_ids")
 
     def __init__(
         self,
@@ -135,33 +162,33 @@ class APIFuture(Generic[T]):
         *,
         model_id: str | None = None,
         sample_sequence_ids: Sequence[str] | None = None,
+        outcome: _Outcome[T] | None = None,
     ) -> None:
         self.request_id = request_id
         self.request_type = request_type
         self.model_id = model_id
         self.sample_sequence_ids: list[str] | None = list(sample_sequence_ids) if sample_sequence_ids else None
-        self._event = trio.Event()
-        self._value: T | _Pending = _PENDING
-        self._error: BaseException | None = None
+        # Completed by whoever holds the outcome (the FutureManager that made this future), never through the future.
+        self._outcome: _Outcome[T] = outcome if outcome is not None else _Outcome()
 
     def __repr__(self) -> str:
-        if not self._event.is_set():
+        if not self._outcome.event.is_set():
             state = "pending"
-        elif self._error is not None:
-            state = f"failed: {type(self._error).__name__}"
+        elif self._outcome.error is not None:
+            state = f"failed: {type(self._outcome.error).__name__}"
         else:
             state = "done"
         return f"<APIFuture {self.request_type} request_id={self.request_id!r} {state}>"
 
     def done(self) -> bool:
         """Whether the outcome (a result or an error) is known."""
-        return self._event.is_set()
+        return self._outcome.event.is_set()
 
     def exception(self) -> BaseException | None:
         """The error the future failed with; ``None`` if it succeeded. Raises RuntimeError while it is pending."""
-        if not self._event.is_set():
+        if not self._outcome.event.is_set():
             raise RuntimeError(f"future {self.request_id!r} is still pending")
-        return self._error
+        return self._outcome.error
 
     async def result(self, timeout: float | None = None) -> T:
         """Wait for the result and return it, or raise the error the future failed with.
@@ -169,13 +196,13 @@ class APIFuture(Generic[T]):
         ``timeout`` (seconds) limits only this wait: past it, :class:`~tinkex_trio.errors.APITimeoutError` is raised
         and the poll goes on (call ``result()`` again later). Cancelling the waiting task cancels only the wait.
         """
-        if not self._event.is_set():
+        if not self._outcome.event.is_set():
             if timeout is None:
-                await self._event.wait()
+                await self._outcome.event.wait()
             else:
                 with trio.move_on_after(timeout):
-                    await self._event.wait()
-                if not self._event.is_set():
+                    await self._outcome.event.wait()
+                if not self._outcome.event.is_set():
                     raise APITimeoutError(
                         f"timed out after {timeout:g} s waiting for the result of {self.request_type} request "
                         f"{self.request_id!r} (it is still being polled)",
@@ -183,35 +210,17 @@ class APIFuture(Generic[T]):
                     )
         else:
             await trio.lowlevel.checkpoint()
-        if self._error is not None:
+        if self._outcome.error is not None:
             # A waiter whose own scope is cancelled gets Cancelled, not the error: when a cancelled session fails
             # its futures with SessionClosedError, that error must not race the cancellation out of the block.
             await trio.lowlevel.checkpoint_if_cancelled()
-            raise self._error
-        value = self._value
+            raise self._outcome.error
+        value = self._outcome.value
         assert not isinstance(value, _Pending)
         return value
 
     def __await__(self) -> Generator[Any, None, T]:
         return self.result().__await__()
-
-    # -- completion (package-internal) ---------------------------------------------------------------------------
-
-    def _set_result(self, value: T) -> bool:
-        """Resolve with ``value``; ignored (returns False) if the outcome is already known."""
-        if self._event.is_set():
-            return False
-        self._value = value
-        self._event.set()
-        return True
-
-    def _set_exception(self, error: BaseException) -> bool:
-        """Fail with ``error``; ignored (returns False) if the outcome is already known."""
-        if self._event.is_set():
-            return False
-        self._error = error
-        self._event.set()
-        return True
 
 
 class FutureManager:
@@ -247,7 +256,7 @@ class FutureManager:
         self._max_delay_s = config.retry.max_delay_s
         self._billing_pause_s = billing_pause_s
         self._rng = rng if rng is not None else random.Random()
-        self._pending: dict[APIFuture[Any], trio.CancelScope] = {}
+        self._pending: dict[APIFuture[Any], tuple[_Outcome[Any], trio.CancelScope]] = {}
         self._running = 0
         self._all_stopped: trio.Event | None = None
         self._closed = False
@@ -282,13 +291,15 @@ class FutureManager:
         if accept_proto and request_type not in _PROTO_REQUEST_TYPES:
             raise ValueError(f"a protobuf result exists only for {sorted(_PROTO_REQUEST_TYPES)}, not {request_type!r}")
         self._check_open(future_reply.request_id)
-        fut: APIFuture[T] = APIFuture(
+        outcome: _Outcome[T] = _Outcome()
+        fut = APIFuture(
             future_reply.request_id,
             request_type,
             model_id=future_reply.model_id,
             sample_sequence_ids=future_reply.sample_sequence_ids,
+            outcome=outcome,
         )
-        self._start(fut, self._poll, fut, decode, accept_proto, create_roundtrip_s)
+        self._start(fut, outcome, self._poll, fut, decode, accept_proto, create_roundtrip_s)
         return fut
 
     def combine(
@@ -310,37 +321,46 @@ class FutureManager:
             raise ValueError("combine() needs at least one future")
         rid = request_id if request_id is not None else "+".join(f.request_id for f in futures)
         self._check_open(rid)
-        out: APIFuture[U] = APIFuture(
+        outcome: _Outcome[U] = _Outcome()
+        out = APIFuture(
             rid,
             request_type if request_type is not None else futures[0].request_type,
             model_id=futures[0].model_id,
+            outcome=outcome,
         )
-        self._start(out, self._gather, list(futures), combine, failed)
+        self._start(out, outcome, self._gather, list(futures), combine, failed)
         return out
 
     def _check_open(self, request_id: str) -> None:
         if self._closed:
             raise SessionClosedError(f"the session is closed: request {request_id!r} cannot be tracked")
 
-    def _start(self, fut: APIFuture[Any], body: Callable[..., Any], *args: Any) -> None:
+    def _start(self, fut: APIFuture[Any], outcome: _Outcome[Any], body: Callable[..., Any], *args: Any) -> None:
         scope = trio.CancelScope()
         try:
-            self._nursery.start_soon(self._run, fut, scope, body, args, name=f"tinkex_trio.future:{fut.request_id}")
+            self._nursery.start_soon(
+                self._run, fut, outcome, scope, body, args, name=f"tinkex_trio.future:{fut.request_id}"
+            )
         except RuntimeError:  # the nursery is closed: a background failure is ending the session
             self._closed = True
             raise SessionClosedError(f"the session is closing: request {fut.request_id!r} cannot be tracked") from None
-        self._pending[fut] = scope
+        self._pending[fut] = (outcome, scope)
         self._running += 1
 
     async def _run(
-        self, fut: APIFuture[Any], scope: trio.CancelScope, body: Callable[..., Any], args: tuple[Any, ...]
+        self,
+        fut: APIFuture[Any],
+        outcome: _Outcome[Any],
+        scope: trio.CancelScope,
+        body: Callable[..., Any],
+        args: tuple[Any, ...],
     ) -> None:
         try:
             with scope:
                 try:
                     value = await body(*args)
                 except TinkexError as exc:
-                    fut._set_exception(exc)  # pyright: ignore[reportPrivateUsage]
+                    outcome.set_exception(exc)
                 # Cancelled (the session is ending: its nursery, or aclose()), KeyboardInterrupt landing in this
                 # task, or a bug: the future stays pending and the exception goes on as itself. The session ends,
                 # cancels every waiter, and only then does aclose() fail what is still pending with
@@ -348,7 +368,7 @@ class FutureManager:
                 # cancellation arrives: a SessionClosedError out of a cancelled block, or, beside the
                 # KeyboardInterrupt, an ExceptionGroup of two.
                 else:
-                    fut._set_result(value)  # pyright: ignore[reportPrivateUsage]
+                    outcome.set_result(value)
         finally:
             if fut.done():
                 self._pending.pop(fut, None)
@@ -368,8 +388,8 @@ class FutureManager:
         tasks to stop (not a checkpoint). Idempotent."""
         self._closed = True
         pending, self._pending = self._pending, {}
-        for fut, scope in pending.items():
-            fut._set_exception(self._closed_error(fut))  # pyright: ignore[reportPrivateUsage]
+        for fut, (outcome, scope) in pending.items():
+            outcome.set_exception(self._closed_error(fut))
             scope.cancel()
 
     async def aclose(self) -> None:
