@@ -442,8 +442,10 @@ class CircuitBreaker:
 
     # -- the trio layer --------------------------------------------------------------------------------------------
 
-    def _sync_run(self) -> None:
-        """Forget the state of another ``trio.run`` (its clock's times mean nothing in this one)."""
+    def bind_to_current_run(self) -> None:
+        """Forget the state of another ``trio.run`` (its clock's times mean nothing in this one), back to CLOSED
+        with no listeners; a no-op within the run it last saw, or outside any run. :meth:`call` and the registry
+        call it; so may code that uses one breaker across several ``trio.run`` calls."""
         run = _current_run()
         if run is None or (self._run is not None and self._run() is run):
             return
@@ -462,7 +464,7 @@ class CircuitBreaker:
         returns or raises what ``async_fn`` does, after recording its verdict (:func:`classify_exception`).
         Cancellation is not recorded: it frees the call's trial slot and propagates.
         """
-        self._sync_run()
+        self.bind_to_current_run()
         permit = self.before_call(trio.current_time())
         try:
             result = await async_fn(*args)
@@ -512,7 +514,7 @@ class _DisabledCircuitBreaker(CircuitBreaker):
     def reset(self, now: float = 0.0) -> Transition | None:
         return None
 
-    def _sync_run(self) -> None:
+    def bind_to_current_run(self) -> None:
         return  # no state to forget
 
 
@@ -559,7 +561,7 @@ class BreakerRegistry:
                     timeout_s=config.timeout_s,
                     half_open_max_calls=config.half_open_max_calls,
                 )
-        breaker._sync_run()  # pyright: ignore[reportPrivateUsage]
+        breaker.bind_to_current_run()
         return breaker
 
     def get(self, base_url: str, api_key: str) -> CircuitBreaker | None:

@@ -89,40 +89,18 @@ class Session:
         dynamic_config: the server's flags from ``client/dynamic_config`` (defaults if it answered 404).
     """
 
-    def __init__(
-        self,
-        *,
-        session_id: str,
-        config: Config,
-        transport: Transport,
-        host: _BackgroundHost,
-        client_config: _types.ClientConfigResponse,
-        dynamic_config: _types.ClientDynamicConfigResponse,
-    ) -> None:
-        self.session_id = session_id
-        self.config = config
-        self.telemetry: TelemetryBus = transport.telemetry
-        self.metrics = Metrics(config.metrics, clock=trio.current_time)
-        self.client_config = client_config
+    def __init__(self, runner: _SessionRunner, *, dynamic_config: _types.ClientDynamicConfigResponse) -> None:
+        ctx = runner.ctx
+        self.session_id = ctx.session_id
+        self.config = ctx.config
+        self.telemetry: TelemetryBus = ctx.telemetry
+        self.metrics = runner.metrics
+        self.client_config = ctx.client_config
         self.dynamic_config = dynamic_config
-        self._transport = transport
-        self._host = host
-        self._nursery = host.nursery
-        self._futures = FutureManager(
-            transport,
-            host.nursery,
-            transport.telemetry,
-            billing_pause_s=float(client_config.billing_exception_max_pause_duration_sec),
-        )
+        self._transport = ctx.transport
+        self._futures = ctx.futures
         # What the clients get of the session (they never see the Session itself), including its liveness.
-        self._ctx = SessionContext(
-            session_id=session_id,
-            config=config,
-            client_config=client_config,
-            transport=transport,
-            futures=self._futures,
-            nursery=host.nursery,
-        )
+        self._ctx = ctx
         self._rest: RestClient | None = None
 
     def __repr__(self) -> str:
@@ -212,19 +190,33 @@ class Session:
         """Raise SessionClosedError after the block has ended, SessionExpiredError after a heartbeat 410."""
         self._ctx.check_alive()
 
+
+class _SessionRunner:
+    """The session's life behind the scenes: its background tasks and its closing (made and driven by
+    :func:`open_session`; the :class:`Session` a user holds sees none of it)."""
+
+    def __init__(self, ctx: SessionContext, host: _BackgroundHost, metrics: Metrics) -> None:
+        self.ctx = ctx
+        self.host = host
+        self.metrics = metrics
+        self.transport = ctx.transport
+        self.futures = ctx.futures
+
     # -- background tasks -----------------------------------------------------------------------------------------
 
-    def _start_background_tasks(self) -> None:
+    def start(self) -> None:
         """Start the session's own tasks in its nursery (future pollers start as futures are tracked)."""
-        if (breaker := self._transport.breaker) is not None:
-            set_gauge = self.metrics.set_gauge if self.config.metrics.enabled else None
-            supervisor = partial(supervise, breaker, self.telemetry, base_url=self.config.base_url, set_gauge=set_gauge)
-            self._ctx.spawn(supervisor, "tinkex_trio.session.breaker")
-        self._ctx.spawn(self._heartbeat_loop, "tinkex_trio.session.heartbeat")
-        if self.config.metrics.enabled:
+        if (breaker := self.transport.breaker) is not None:
+            set_gauge = self.metrics.set_gauge if self.ctx.config.metrics.enabled else None
+            supervisor = partial(
+                supervise, breaker, self.ctx.telemetry, base_url=self.ctx.config.base_url, set_gauge=set_gauge
+            )
+            self.ctx.spawn(supervisor, "tinkex_trio.session.breaker")
+        self.ctx.spawn(self._heartbeat_loop, "tinkex_trio.session.heartbeat")
+        if self.ctx.config.metrics.enabled:
             # The feed's handler is attached now, so the very first request is counted; its task emits the periodic
             # snapshots and detaches the handler when the session's nursery is cancelled.
-            self._ctx.spawn(MetricsFeed(self.metrics).attach(self.telemetry).run, "tinkex_trio.session.metrics")
+            self.ctx.spawn(MetricsFeed(self.metrics).attach(self.ctx.telemetry).run, "tinkex_trio.session.metrics")
         # Each TrainingClient's batch window (batching.coalesce) runs in this nursery too, started by the client.
         # A later issue starts the dynamic_config refresh here (every max(refresh_interval_sec, 10) s, errors ignored).
 
@@ -232,8 +224,8 @@ class Session:
         """POST session_heartbeat every ``heartbeat_interval_s`` (the first one interval after creation), 10 s
         timeout, one attempt each. A 410 marks the session expired and ends the loop; other failures are logged and
         published as ``tinkex.session.heartbeat`` with ``ok=False``."""
-        interval = self.config.heartbeat_interval_s
-        body = _types.SessionHeartbeatRequest(session_id=self.session_id)
+        interval = self.ctx.config.heartbeat_interval_s
+        body = _types.SessionHeartbeatRequest(session_id=self.ctx.session_id)
         last_ok = trio.current_time()
         deadline = last_ok + interval
         # Bounded: runs for the life of the session (cancelled with its nursery) and stops on a 410.
@@ -245,19 +237,19 @@ class Session:
             status: int | None = None
             error: str | None = None
             try:
-                await self._transport.request(
+                await self.transport.request(
                     PoolKind.SESSION,
                     "POST",
                     f"{_API}/session_heartbeat",
                     json=body,
-                    timeout=self.config.timeouts.heartbeat_s,
+                    timeout=self.ctx.config.timeouts.heartbeat_s,
                     retry=False,
                     breaker=False,  # keeps the session alive through an outage; neither blocked nor counted
                 )
             except GoneError:
-                self._ctx.expired = True
+                self.ctx.expired = True
                 self._emit_heartbeat(started, ok=False, status=410, error="GoneError", expired=True)
-                logger.error("session %s expired: the server answered 410 to a heartbeat", self.session_id)
+                logger.error("session %s expired: the server answered 410 to a heartbeat", self.ctx.session_id)
                 return
             except APIError as exc:
                 status = exc.status_code if isinstance(exc, APIStatusError) else None
@@ -267,7 +259,7 @@ class Session:
                 logger.log(
                     level,
                     "session %s: heartbeat failed (%s); no successful heartbeat for %.0f s",
-                    self.session_id,
+                    self.ctx.session_id,
                     exc.message,
                     silent_for,
                 )
@@ -279,52 +271,52 @@ class Session:
         self, started: float, *, ok: bool, status: int | None, error: str | None, expired: bool
     ) -> None:
         now = trio.current_time()
-        self.telemetry.emit(
+        self.ctx.telemetry.emit(
             SESSION_HEARTBEAT,
             {"duration_ms": (now - started) * 1000.0},
-            {"session_id": self.session_id, "ok": ok, "status": status, "error": error, "expired": expired},
+            {"session_id": self.ctx.session_id, "ok": ok, "status": status, "error": error, "expired": expired},
             time=now,
         )
 
     # -- closing --------------------------------------------------------------------------------------------------
 
-    async def _close(self, reason: _types.FinishReasonType, detail: str | None) -> None:
+    async def close(self, reason: _types.FinishReasonType, detail: str | None) -> None:
         """Send finish (shielded, bounded), fail the pending futures, cancel the background tasks."""
-        if self._host.failure is not None:
-            reason, detail = "errored", _describe(self._host.failure)
+        if self.host.failure is not None:
+            reason, detail = "errored", _describe(self.host.failure)
         try:
             with trio.CancelScope(shield=True):
                 # No batch window needs draining: on a clean exit no caller can still be waiting on one.
-                if not self._ctx.expired:
+                if not self.ctx.expired:
                     await self._send_finish(reason, detail)
-                self._ctx.closed = True
-                await self._futures.aclose()
+                self.ctx.closed = True
+                await self.futures.aclose()
         finally:
             # Also after a second Ctrl-C, which trio delivers even inside the shield: the session still ends at
             # once, its pending futures failed.
-            self._ctx.closed = True
-            self._futures.close_nowait()
+            self.ctx.closed = True
+            self.futures.close_nowait()
             # Cancels the background nursery only: the scope the body runs in is never cancelled by us, so an
             # exception from the body leaves the block untouched (a cancelled scope would rebuild ExceptionGroups).
-            self._nursery.cancel_scope.cancel()
+            self.host.nursery.cancel_scope.cancel()
 
     async def _send_finish(self, reason: _types.FinishReasonType, detail: str | None) -> None:
-        timeout = self.config.timeouts.finish_s
+        timeout = self.ctx.config.timeouts.finish_s
         with trio.move_on_after(timeout) as scope:
             try:
-                await self._transport.request(
+                await self.transport.request(
                     PoolKind.SESSION,
                     "POST",
-                    f"{_API}/sessions/{self.session_id}/finish",
+                    f"{_API}/sessions/{self.ctx.session_id}/finish",
                     json=_types.FinishSessionRequest.of(reason, detail),
                     timeout=timeout,
                     breaker=False,  # best effort, once, whatever the breaker says
                 )
             except APIError as exc:
-                logger.warning("session %s: finish (%s) failed: %s", self.session_id, reason, exc.message)
+                logger.warning("session %s: finish (%s) failed: %s", self.ctx.session_id, reason, exc.message)
                 return
         if scope.cancelled_caught:
-            logger.warning("session %s: finish (%s) timed out after %g s", self.session_id, reason, timeout)
+            logger.warning("session %s: finish (%s) timed out after %g s", self.ctx.session_id, reason, timeout)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -480,15 +472,23 @@ async def open_session(
             async with trio.open_nursery(strict_exception_groups=True) as nursery:
                 host = _BackgroundHost()
                 await nursery.start(host.run, name="tinkex_trio.session.background")
-                session = Session(
+                futures = FutureManager(
+                    transport,
+                    host.nursery,
+                    transport.telemetry,
+                    billing_pause_s=float(client_config.billing_exception_max_pause_duration_sec),
+                )
+                ctx = SessionContext(
                     session_id=session_id,
                     config=cfg,
-                    transport=transport,
-                    host=host,
                     client_config=client_config,
-                    dynamic_config=dynamic_config,
+                    transport=transport,
+                    futures=futures,
+                    nursery=host.nursery,
                 )
-                session._start_background_tasks()  # pyright: ignore[reportPrivateUsage]
+                runner = _SessionRunner(ctx, host, Metrics(cfg.metrics, clock=trio.current_time))
+                session = Session(runner, dynamic_config=dynamic_config)
+                runner.start()
                 reason: _types.FinishReasonType = "success"
                 detail: str | None = None
                 try:
@@ -498,7 +498,7 @@ async def open_session(
                     reason, detail = _finish_reason(exc)
                     raise
                 finally:
-                    await session._close(reason, detail)  # pyright: ignore[reportPrivateUsage]
+                    await runner.close(reason, detail)
         except BaseExceptionGroup as group:
             lone = lone_exception(group)
             if lone is None:
