@@ -630,7 +630,7 @@ async def test_polls_are_neither_blocked_nor_counted(autojump_clock: trio.testin
         with pytest.raises(InternalServerError):
             await session.get_server_capabilities()
         assert breaker.state is OPEN
-        fut = session._futures.track(reply, "CreateModel", decode_create_model)
+        fut = session._ctx.futures.track(reply, "CreateModel", decode_create_model)
         result = await fut.result()  # polled to the end while the breaker is open
         assert result.model_id
         assert breaker.state in (OPEN, HALF_OPEN)

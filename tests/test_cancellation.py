@@ -93,7 +93,7 @@ async def test_random_cancellation_points_leave_nothing_behind(autojump_clock: t
             assert our_tasks() == []
             if opened:
                 session = opened[0]
-                assert session._futures.pending_count == 0
+                assert session._ctx.futures.pending_count == 0
                 record = sim.app.state.sessions[session.session_id]
                 assert record.finished == ("interrupted" if scope.cancelled_caught else "success")
     assert cancelled > CANCEL_TRIALS * 0.8  # the points fell inside the run, not after it
@@ -145,7 +145,7 @@ async def test_random_ctrl_c_points_leave_as_a_bare_keyboard_interrupt(
             endpoints.add(interrupt.endpoint.rsplit("/", 1)[-1])
             assert our_tasks() == []
             [session] = opened
-            assert session._futures.pending_count == 0
+            assert session._ctx.futures.pending_count == 0
             assert sim.app.state.sessions[session.session_id].finished == "interrupted"
     # The interrupts landed in the body's own requests and in the background poll tasks.
     assert {"retrieve_future", "forward_backward", "asample"} <= endpoints, endpoints
@@ -177,7 +177,7 @@ async def test_a_second_ctrl_c_during_the_shielded_finish_exits_at_once(
         assert finishing
         assert trio.current_time() - started < 5.0
         assert our_tasks() == []
-        assert opened[0]._futures.pending_count == 0
+        assert opened[0]._ctx.futures.pending_count == 0
         with pytest.raises(TinkexError):
             opened[0]._check_alive()
 

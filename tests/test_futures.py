@@ -59,14 +59,14 @@ def as_json(response: httpx.Response) -> Any:
 
 async def track_model(session: Session, **kwargs: Any) -> APIFuture[t.CreateModelResponse]:
     reply = await submit_create_model(session)
-    return session._futures.track(reply, "CreateModel", decode_create_model, **kwargs)
+    return session._ctx.futures.track(reply, "CreateModel", decode_create_model, **kwargs)
 
 
 def track_fake(
     session: Session, request_type: str = "CreateModel", decode: Any = None, **kwargs: Any
 ) -> APIFuture[Any]:
     """A future for a request id the simulator never issued (for scripted answers)."""
-    return session._futures.track(t.UntypedAPIFuture(request_id="fake-1"), request_type, decode or as_json, **kwargs)
+    return session._ctx.futures.track(t.UntypedAPIFuture(request_id="fake-1"), request_type, decode or as_json, **kwargs)
 
 
 # -- the happy path --------------------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ async def test_failed_future_with_user_category(autojump_clock: trio.testing.Moc
         reply = await session._transport.request_json(
             t.UntypedAPIFuture, PoolKind.TRAINING, "POST", "/api/v1/forward_backward", json=body
         )
-        fut = session._futures.track(reply, "ForwardBackward", as_json)
+        fut = session._ctx.futures.track(reply, "ForwardBackward", as_json)
         with pytest.raises(RequestFailedError) as info:
             await fut.result()
         assert info.value.category is RequestErrorCategory.USER
@@ -455,11 +455,11 @@ async def test_session_close_fails_pending_futures(autojump_clock: trio.testing.
         async with sim.session() as session:
             fut = await track_model(session)
             await trio.sleep(1)
-            assert session._futures.pending_count == 1
+            assert session._ctx.futures.pending_count == 1
         assert fut.done()
         with pytest.raises(SessionClosedError, match="session closed"):
             await fut.result()
-        assert session._futures.pending_count == 0
+        assert session._ctx.futures.pending_count == 0
         with pytest.raises(SessionClosedError):
             track_fake(session)
 
@@ -478,10 +478,10 @@ async def test_aclose_wakes_waiters_with_session_closed(autojump_clock: trio.tes
         async with trio.open_nursery() as nursery:
             nursery.start_soon(wait)
             await trio.sleep(3)
-            await session._futures.aclose()
+            await session._ctx.futures.aclose()
         assert len(errors) == 1
-        assert session._futures.pending_count == 0
-        assert session._futures.closed
+        assert session._ctx.futures.pending_count == 0
+        assert session._ctx.futures.closed
 
 
 # -- combine ---------------------------------------------------------------------------------------------------------
@@ -494,7 +494,7 @@ async def test_combine_in_order(autojump_clock: trio.testing.MockClock) -> None:
         def ids(results: list[t.CreateModelResponse]) -> list[str]:
             return [r.model_id for r in results]
 
-        both = session._futures.combine([a, b], ids)
+        both = session._ctx.futures.combine([a, b], ids)
         assert await both.result() == [f"{session.session_id}:train:0", f"{session.session_id}:train:1"]
         assert both.request_id == f"{a.request_id}+{b.request_id}"
         assert both.request_type == "CreateModel"
@@ -509,13 +509,13 @@ async def test_combine_failures(autojump_clock: trio.testing.MockClock) -> None:
             raise KeyError("metric")
 
         with pytest.raises(ResponseValidationError, match="combined"):
-            await session._futures.combine([a], explode).result()
+            await session._ctx.futures.combine([a], explode).result()
         sim.rec.script("retrieve_future", Reply(status=410, body={}))
         b = await track_model(session)
         with pytest.raises(GoneError):
-            await session._futures.combine([a, b], len).result()
+            await session._ctx.futures.combine([a, b], len).result()
         with pytest.raises(ValueError):
-            session._futures.combine([], len)
+            session._ctx.futures.combine([], len)
 
 
 async def test_unreadable_answers_count_only_in_a_row(autojump_clock: trio.testing.MockClock) -> None:

@@ -296,7 +296,7 @@ async def test_a_poll_answer_over_the_cap_fails_the_future_after_bounded_repolls
     async with sim_stack() as sim, sim.session(config=config) as session:
         sim.rec.script("retrieve_future", *[big] * (MAX_BAD_REPLY_RETRIES + 1))
         reply = await submit_create_model(session)
-        fut = session._futures.track(reply, "CreateModel", lambda r: decode(CreateModelResponse, r.content))  # pyright: ignore[reportPrivateUsage]
+        fut = session._ctx.futures.track(reply, "CreateModel", lambda r: decode(CreateModelResponse, r.content))  # pyright: ignore[reportPrivateUsage]
         with pytest.raises(errors.ResponseTooLargeError) as info:
             await fut.result()
         polls = sim.rec.requests("retrieve_future")
@@ -310,7 +310,7 @@ async def test_one_poll_answer_over_the_cap_is_repolled(autojump_clock: trio.tes
     async with sim_stack() as sim, sim.session(config=config) as session:
         sim.rec.script("retrieve_future", Reply(body=b"x" * (10 * POLL_CAP)))
         reply = await submit_create_model(session)
-        fut = session._futures.track(reply, "CreateModel", lambda r: decode(CreateModelResponse, r.content))  # pyright: ignore[reportPrivateUsage]
+        fut = session._ctx.futures.track(reply, "CreateModel", lambda r: decode(CreateModelResponse, r.content))  # pyright: ignore[reportPrivateUsage]
         result = await fut.result()
         assert result.model_id
         assert len(sim.rec.requests("retrieve_future")) >= 2
@@ -325,7 +325,7 @@ async def test_a_poll_that_fails_tls_verification_fails_the_future_at_once(
     async with sim_stack() as sim, sim.session() as session:
         sim.rec.script("retrieve_future", broken)
         reply = await submit_create_model(session)
-        fut = session._futures.track(reply, "CreateModel", lambda r: decode(CreateModelResponse, r.content))  # pyright: ignore[reportPrivateUsage]
+        fut = session._ctx.futures.track(reply, "CreateModel", lambda r: decode(CreateModelResponse, r.content))  # pyright: ignore[reportPrivateUsage]
         with pytest.raises(errors.TLSError, match="certificate verify failed"):
             await fut.result()
         assert len(sim.rec.requests("retrieve_future")) == 1  # no re-poll: it would fail the same way forever

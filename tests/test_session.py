@@ -316,7 +316,7 @@ async def test_no_task_outlives_the_session(autojump_clock: trio.testing.MockClo
         assert our_tasks() == []
         async with sim.session() as session:
             reply = await submit_create_model(session)
-            fut = session._futures.track(reply, "CreateModel", decode_create_model)
+            fut = session._ctx.futures.track(reply, "CreateModel", decode_create_model)
             await trio.sleep(1)
             running = our_tasks()
             assert "tinkex_trio.session.heartbeat" in running

@@ -98,7 +98,6 @@ class Session:
         self.client_config = ctx.client_config
         self.dynamic_config = dynamic_config
         self._transport = ctx.transport
-        self._futures = ctx.futures
         # What the clients get of the session (they never see the Session itself), including its liveness.
         self._ctx = ctx
         self._rest: RestClient | None = None

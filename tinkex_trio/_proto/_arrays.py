@@ -49,7 +49,6 @@ I32_MAX: Final = 2**31 - 1
 #: A result record with no fields costs no bytes per datum, so its datum count is capped (real chunks hold <= 1024).
 MAX_FIELDLESS_DATUMS: Final = 1 << 20
 
-FloatArray: TypeAlias = npt.NDArray[np.float32]
 IntArray: TypeAlias = npt.NDArray[np.int64]
 AnyArray: TypeAlias = npt.NDArray[Any]
 
