@@ -66,7 +66,8 @@ def track_fake(
     session: Session, request_type: str = "CreateModel", decode: Any = None, **kwargs: Any
 ) -> APIFuture[Any]:
     """A future for a request id the simulator never issued (for scripted answers)."""
-    return session._ctx.futures.track(t.UntypedAPIFuture(request_id="fake-1"), request_type, decode or as_json, **kwargs)
+    reply = t.UntypedAPIFuture(request_id="fake-1")
+    return session._ctx.futures.track(reply, request_type, decode or as_json, **kwargs)
 
 
 # -- the happy path --------------------------------------------------------------------------------------------------
