@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from tinkex_trio import types as t
 from tinkex_trio.sim._asgi import HTTPError, Request, Response, decode_body, json_response
@@ -71,11 +71,19 @@ def _checkpoint_name(sim: SimCore, name: str | None, seq_id: int | None, prefix:
         raise HTTPError(422, str(exc)) from None
 
 
-async def save_weights(sim: SimCore, request: Request) -> Response:
-    body = decode_body(request, t.SaveWeightsRequest)
+_Save = TypeVar("_Save", t.SaveWeightsRequest, t.SaveWeightsForSamplerRequest, t.SaveWeightsExternalRequest)
+
+
+def _save_request(sim: SimCore, request: Request, type_: type[_Save]) -> tuple[_Save, ModelRecord]:
+    """A save request's body and its model; the request holds its seq_id even if it is refused, and a bad TTL is."""
+    body = decode_body(request, type_)
     note_seq(request, body.model_id, body.seq_id)
     check_ttl(body.ttl_seconds)
-    model = sim.state.model(body.model_id)
+    return body, sim.state.model(body.model_id)
+
+
+async def save_weights(sim: SimCore, request: Request) -> Response:
+    body, model = _save_request(sim, request, t.SaveWeightsRequest)
     return _save_checkpoint(
         sim,
         model,
@@ -92,10 +100,7 @@ async def save_weights(sim: SimCore, request: Request) -> Response:
 
 
 async def save_weights_for_sampler(sim: SimCore, request: Request) -> Response:
-    body = decode_body(request, t.SaveWeightsForSamplerRequest)
-    note_seq(request, body.model_id, body.seq_id)
-    check_ttl(body.ttl_seconds)
-    model = sim.state.model(body.model_id)
+    body, model = _save_request(sim, request, t.SaveWeightsForSamplerRequest)
     if body.path is not None:
         return _save_checkpoint(
             sim,
@@ -137,10 +142,7 @@ async def save_weights_for_sampler(sim: SimCore, request: Request) -> Response:
 
 
 async def save_weights_external(sim: SimCore, request: Request) -> Response:
-    body = decode_body(request, t.SaveWeightsExternalRequest)
-    note_seq(request, body.model_id, body.seq_id)
-    check_ttl(body.ttl_seconds)
-    model = sim.state.model(body.model_id)
+    body, model = _save_request(sim, request, t.SaveWeightsExternalRequest)
     return _save_checkpoint(
         sim,
         model,
