@@ -221,6 +221,27 @@ class FuturesQueue:
 
     # -- submitting ------------------------------------------------------------------------------------------------
 
+    def _new_record(
+        self,
+        request_type: str,
+        lane_key: str,
+        seq_id: int | None,
+        job: Job | None,
+        extra: dict[str, Any] | None = None,
+    ) -> FutureRecord:
+        """A new record with a fresh request id, created now and registered."""
+        record = FutureRecord(
+            request_id=self.new_request_id(),
+            request_type=request_type,
+            lane_key=lane_key,
+            seq_id=seq_id,
+            job=job,
+            created_at=trio.current_time(),
+            extra=dict(extra or {}),
+        )
+        self._records[record.request_id] = record
+        return record
+
     def new_request_id(self) -> str:
         self._counter += 1
         return f"req-{self._counter:07d}-{self._rng.getrandbits(32):08x}"
@@ -271,16 +292,7 @@ class FuturesQueue:
             if lane.ordered and seq_id < lane.next_seq and previous is None and not lane.take_skipped(seq_id):
                 # Already run (or rejected) and its record forgotten: running it again would apply its work twice.
                 return self._expired_seq_record(lane, request_type, seq_id, extra), False
-        record = FutureRecord(
-            request_id=self.new_request_id(),
-            request_type=request_type,
-            lane_key=lane_key,
-            seq_id=seq_id,
-            job=job,
-            created_at=trio.current_time(),
-            extra=dict(extra or {}),
-        )
-        self._records[record.request_id] = record
+        record = self._new_record(request_type, lane_key, seq_id, job, extra)
         if seq_id is not None:
             lane.seen[seq_id] = record.request_id
             lane.max_seen_seq = max(lane.max_seen_seq, seq_id)
@@ -298,16 +310,7 @@ class FuturesQueue:
     def _expired_seq_record(
         self, lane: _Lane, request_type: str, seq_id: int, extra: dict[str, Any] | None
     ) -> FutureRecord:
-        record = FutureRecord(
-            request_id=self.new_request_id(),
-            request_type=request_type,
-            lane_key=lane.key,
-            seq_id=seq_id,
-            job=None,
-            created_at=trio.current_time(),
-            extra=dict(extra or {}),
-        )
-        self._records[record.request_id] = record
+        record = self._new_record(request_type, lane.key, seq_id, None, extra)
         lane.seen[seq_id] = record.request_id
         self._finish(
             record,
@@ -329,15 +332,7 @@ class FuturesQueue:
             return None
         if lane.ordered and seq_id < lane.next_seq:
             lane.take_skipped(seq_id)
-        record = FutureRecord(
-            request_id=self.new_request_id(),
-            request_type="Rejected",
-            lane_key=lane_key,
-            seq_id=seq_id,
-            job=None,
-            created_at=trio.current_time(),
-        )
-        self._records[record.request_id] = record
+        record = self._new_record("Rejected", lane_key, seq_id, None)
         lane.seen[seq_id] = record.request_id
         lane.max_seen_seq = max(lane.max_seen_seq, seq_id)
         self._finish(record, "failed", error=error, category="user")
@@ -351,16 +346,7 @@ class FuturesQueue:
         self, lane_key: str, request_type: str, result: Any, *, extra: dict[str, Any] | None = None
     ) -> FutureRecord:
         """Register an already-finished future (for work done synchronously)."""
-        record = FutureRecord(
-            request_id=self.new_request_id(),
-            request_type=request_type,
-            lane_key=lane_key,
-            seq_id=None,
-            job=None,
-            created_at=trio.current_time(),
-            extra=dict(extra or {}),
-        )
-        self._records[record.request_id] = record
+        record = self._new_record(request_type, lane_key, None, None, extra)
         self._finish(record, "done", result=result)
         self._evict()
         return record
