@@ -217,7 +217,7 @@ async def test_an_endless_body_is_cut_at_the_cap_with_bounded_memory_and_not_ret
         async with hostile_server(endless_chunked) as server:
             transport = hostile_transport(server.port)
             # Build the pool's httpx client first (its SSL context alone is about 1 MiB): only the request is measured.
-            transport._client(PoolKind.SESSION)  # pyright: ignore[reportPrivateUsage]
+            transport._pool(PoolKind.SESSION)  # pyright: ignore[reportPrivateUsage]
             tracemalloc.start()
             try:
                 with pytest.raises(errors.ResponseTooLargeError) as info:

@@ -68,6 +68,7 @@ from tinkex_trio._breaker import CircuitBreaker
 from tinkex_trio._config import Config, PoolLimits
 from tinkex_trio._guard import BreakerGuard, RetryStep, run_with_retries
 from tinkex_trio._http_errors import connection_error, error_from_response
+from tinkex_trio._pools import ClientPool
 from tinkex_trio._retry import (
     ConnectionFailure,
     RetryPolicy,
@@ -212,29 +213,34 @@ class Transport:
         self._ssl_context = ssl_context
         self._transport_factory = transport_factory
         self._policy = RetryPolicy(config.retry, rng=rng)
-        self._clients: dict[PoolKind, httpx.AsyncClient] = {}
+        self._pools: dict[PoolKind, ClientPool] = {}
+        self._ssl: ssl.SSLContext | None = None
         self._closed = False
         self._base_headers = {"X-API-Key": config.api_key, "User-Agent": self._user_agent()}
         self._base_url = httpx.URL(config.base_url)
 
     def __repr__(self) -> str:
-        return f"<Transport base_url={self.config.base_url!r} pools={sorted(self._clients)}>"
+        return f"<Transport base_url={self.config.base_url!r} pools={sorted(self._pools)}>"
 
     def _user_agent(self) -> str:
         suffix = self.config.user_agent_suffix
         return f"{USER_AGENT} {suffix}" if suffix else USER_AGENT
 
-    def _verify(self) -> ssl.SSLContext | bool:
-        if self._ssl_context is not None:
-            return self._ssl_context
-        if self.config.ca_file:
-            return ssl.create_default_context(cafile=self.config.ca_file)
-        return self.config.verify
+    def _verify(self) -> ssl.SSLContext:
+        """The one SSL context of every client of this transport (made on first use)."""
+        if self._ssl is None:
+            if self._ssl_context is not None:
+                self._ssl = self._ssl_context
+            elif self.config.ca_file:
+                self._ssl = ssl.create_default_context(cafile=self.config.ca_file)
+            else:
+                self._ssl = httpx.create_ssl_context(verify=self.config.verify)
+        return self._ssl
 
-    def _client(self, pool: PoolKind) -> httpx.AsyncClient:
-        client = self._clients.get(pool)
-        if client is not None:
-            return client
+    def _pool(self, pool: PoolKind) -> ClientPool:
+        client_pool = self._pools.get(pool)
+        if client_pool is not None:
+            return client_pool
         if self._closed:
             raise APIConnectionError("the transport is closed (the session has ended)")
         limits: PoolLimits = getattr(self.config.pools, pool.value)
@@ -245,21 +251,33 @@ class Transport:
             "follow_redirects": True,
             "event_hooks": {"request": [self._drop_key_off_origin]},
         }
+        # HTTP/2 is offered only over TLS (ALPN): there one client multiplexes every request of the pool.
+        shared = self.config.http2 and self._base_url.scheme == "https"
         if self._transport_factory is not None:
-            client = httpx.AsyncClient(transport=self._transport_factory(pool), **common)
+            factory = self._transport_factory
+
+            def make_client() -> httpx.AsyncClient:
+                return httpx.AsyncClient(transport=factory(pool), **common)
         else:
-            client = httpx.AsyncClient(
-                http2=self.config.http2,
-                verify=self._verify(),
-                limits=httpx.Limits(
-                    max_connections=limits.max_connections,
-                    max_keepalive_connections=limits.max_keepalive,
-                    keepalive_expiry=limits.keepalive_expiry_s,
-                ),
-                **common,
-            )
-        self._clients[pool] = client
-        return client
+            per_client = limits.max_connections if shared else 1
+            keepalive = limits.max_keepalive if shared else 1
+            verify = self._verify()
+
+            def make_client() -> httpx.AsyncClient:
+                return httpx.AsyncClient(
+                    http2=shared,
+                    verify=verify,
+                    limits=httpx.Limits(
+                        max_connections=per_client,
+                        max_keepalive_connections=keepalive,
+                        keepalive_expiry=limits.keepalive_expiry_s,
+                    ),
+                    **common,
+                )
+
+        client_pool = ClientPool(make_client, max_lanes=limits.max_connections, shared=shared)
+        self._pools[pool] = client_pool
+        return client_pool
 
     async def _drop_key_off_origin(self, request: httpx.Request) -> None:
         """A request hook (every redirect hop goes through it): the key never leaves the base URL's origin."""
@@ -269,12 +287,9 @@ class Transport:
     async def aclose(self) -> None:
         """Close every pool's connections. Idempotent."""
         self._closed = True
-        clients, self._clients = list(self._clients.values()), {}
-        with trio.CancelScope(shield=True):
-            for client in clients:
-                # Shielded, so bounded: a connection that will not close is dropped (its socket is closed anyway).
-                with trio.move_on_after(_CLOSE_TIMEOUT_S):
-                    await client.aclose()
+        pools, self._pools = list(self._pools.values()), {}
+        for client_pool in pools:
+            await client_pool.aclose(_CLOSE_TIMEOUT_S)
 
     async def request(
         self,
@@ -400,7 +415,7 @@ class Transport:
             req_headers.update(headers)
         request_timeout = timeout if timeout is not None else self.config.timeouts.request_s
         httpx_timeout = httpx.Timeout(request_timeout, connect=min(self.config.timeouts.connect_s, request_timeout))
-        client = self._client(pool)
+        client_pool = self._pool(pool)
         what = f"{method} {path}"
         meta: dict[str, str | int | float | bool | None] = {"method": method, "path": path, "pool": pool.value}
         started = trio.current_time()
@@ -408,7 +423,7 @@ class Transport:
 
         async def attempt_once(attempt: int) -> T:
             response = await self._send_once(
-                client, method, path, body, req_headers, params, httpx_timeout, what, meta, attempt
+                client_pool, method, path, body, req_headers, params, httpx_timeout, what, meta, attempt
             )
             return decode(response)
 
@@ -445,7 +460,7 @@ class Transport:
 
     async def _send_once(
         self,
-        client: httpx.AsyncClient,
+        client_pool: ClientPool,
         method: str,
         path: str,
         body: bytes | None,
@@ -460,14 +475,21 @@ class Transport:
         # The span ends whatever happens: an error is a .exception (its kind: the class we raise), cancellation or
         # Ctrl-C a .stop with cancelled=True (not a failure), and an HTTP answer, whatever its status, a .stop.
         with self.telemetry.span(HTTP_REQUEST, meta, measurements={"attempt": attempt}) as extra:
-            request = client.build_request(method, path, content=body, headers=headers, params=params, timeout=timeout)
-            if body is not None:
-                request.stream = _RequestBody(body)
             response: httpx.Response | None = None
             try:
-                # Our own scope: its Cancelled ends here (cancelled_caught); an outer cancellation propagates.
+                # Our own scope: its Cancelled ends here (cancelled_caught); an outer cancellation propagates. Waiting
+                # for a free lane counts against the deadline too.
                 with trio.move_on_after(deadline_s):
-                    response = await self._send_and_read(client, request, what)
+                    client = await client_pool.acquire()
+                    try:
+                        request = client.build_request(
+                            method, path, content=body, headers=headers, params=params, timeout=timeout
+                        )
+                        if body is not None:
+                            request.stream = _RequestBody(body)
+                        response = await self._send_and_read(client, request, what)
+                    finally:
+                        client_pool.release(client)
             except httpx.HTTPError as exc:
                 raise connection_error(exc, what) from exc
             if response is None:
