@@ -52,7 +52,12 @@ import trio
 
 from tinkex_trio import types as _types
 from tinkex_trio._endpoints import API_PREFIX
-from tinkex_trio._polling import BILLING_RETRY_DELAY_S, MAX_BAD_REPLY_RETRIES, MAX_BAD_REQUEST_RETRIES, PollState
+from tinkex_trio._polling import (
+    BILLING_RETRY_DELAY_S,
+    MAX_BAD_REPLY_RETRIES,
+    MAX_BAD_REQUEST_RETRIES,
+    PollState,
+)
 from tinkex_trio._proto._codec import PROTOBUF_CONTENT_TYPE
 from tinkex_trio._telemetry import FUTURE_QUEUE_STATE, TelemetryBus
 from tinkex_trio._transport import PoolKind, Transport
@@ -72,7 +77,6 @@ __all__ = [
     "MAX_BAD_REPLY_RETRIES",
     "MAX_BAD_REQUEST_RETRIES",
     "RETRIEVE_FUTURE_PATH",
-    "TRY_AGAIN_MIN_INTERVAL_S",
     "APIFuture",
     "FutureDecoder",
     "FutureManager",
@@ -87,9 +91,6 @@ FutureDecoder: TypeAlias = Callable[[httpx.Response], T]
 """Turns the final 200 response of a poll (protobuf or JSON) into the result; raises on a bad body."""
 
 RETRIEVE_FUTURE_PATH: Final = f"{API_PREFIX}/retrieve_future"
-TRY_AGAIN_MIN_INTERVAL_S: Final = 0.05
-"""A ``try_again`` is re-polled at once, but no sooner than this after the previous poll was sent: a server that
-answers without long-polling gets at most 20 polls a second per future, not a tight loop."""
 
 _PROTO_REQUEST_TYPES: Final = frozenset({"Sample", "ForwardBackward", "Forward"})
 
@@ -498,8 +499,11 @@ class FutureManager:
                 outcome = self._classify(fut, state, decode, response)
             if isinstance(outcome, _RetryNow):
                 state.after_readable()
-                # Re-poll at once (but never in a tight loop).
-                await trio.sleep_until(sent_at + TRY_AGAIN_MIN_INTERVAL_S)
+                delay = state.after_try_again(trio.current_time() - sent_at)
+                if delay > 0.0:
+                    await trio.sleep(delay)
+                else:
+                    await trio.lowlevel.checkpoint()
                 continue
             if isinstance(outcome, ResponseValidationError):
                 await self._on_bad_reply(rid, state, outcome)

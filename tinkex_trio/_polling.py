@@ -11,6 +11,8 @@ sends, sleeps and raises, in the manner of :class:`~tinkex_trio._retry.RetryPoli
 429, connection error, timeout              ``min(2^n, 30)`` s (at least a 429's ``Retry-After``); ``n`` counts
                                             these in a row and resets on any other HTTP answer
 408 / 5xx                                   a short, jittered, growing backoff (never a tight loop)
+try_again                                   at once (the server long-polls); only after two quick answers in a row,
+                                            no sooner than 50 ms after the last poll
 400                                         up to 3 re-polls in a row at once, then the future fails
 402                                         every 5 s while the billing pause allows, then the future fails
 410, other 4xx                              the future fails
@@ -33,6 +35,7 @@ __all__ = [
     "BILLING_RETRY_DELAY_S",
     "MAX_BAD_REPLY_RETRIES",
     "MAX_BAD_REQUEST_RETRIES",
+    "TRY_AGAIN_MIN_INTERVAL_S",
     "PollState",
 ]
 
@@ -43,6 +46,10 @@ MAX_BAD_REPLY_RETRIES: Final = 10
 server holds the result, so re-polling is safe; the bound is for a server that only ever answers garbage."""
 BILLING_RETRY_DELAY_S: Final = 5.0
 """Wait between polls answered 402, while the billing pause lasts."""
+TRY_AGAIN_MIN_INTERVAL_S: Final = 0.05
+"""A ``try_again`` is re-polled at once, as the server asks; only a server that answers try_again again within this
+of the poll (it does not long-poll) is polled no sooner than this after the previous poll: at most 20 polls a
+second per future, not a tight loop."""
 
 
 class PollState:
@@ -67,6 +74,7 @@ class PollState:
         "connection_errors",
         "iteration",
         "queue_state",
+        "quick_try_agains",
         "server_errors",
     )
 
@@ -85,6 +93,7 @@ class PollState:
         self.bad_replies = 0  # unreadable 200s in a row
         self.billing_since: float | None = None  # start of a run of 402s
         self.queue_state: str | None = None  # last queue_state seen
+        self.quick_try_agains = 0  # try_again answers in a row that came back within TRY_AGAIN_MIN_INTERVAL_S
 
     def after_connection_error(self) -> float:
         """No HTTP answer (connection error, timeout): the wait before the next poll."""
@@ -101,6 +110,16 @@ class PollState:
         """A readable answer that is not the result yet (try_again, complete_metadata): a run of unreadable ones
         ends."""
         self.bad_replies = 0
+
+    def after_try_again(self, elapsed: float) -> float:
+        """A ``try_again`` answered ``elapsed`` seconds after its poll was sent: the wait before the next poll. None
+        after a long-poll or the first quick answer; up to :data:`TRY_AGAIN_MIN_INTERVAL_S` after the second quick
+        answer in a row."""
+        if elapsed >= TRY_AGAIN_MIN_INTERVAL_S:
+            self.quick_try_agains = 0
+            return 0.0
+        self.quick_try_agains += 1
+        return 0.0 if self.quick_try_agains == 1 else TRY_AGAIN_MIN_INTERVAL_S - elapsed
 
     def after_bad_reply(self, error: ResponseValidationError) -> float:
         """An unreadable answer: the wait before the next poll; raises ``error`` past :data:`MAX_BAD_REPLY_RETRIES`
