@@ -160,8 +160,9 @@ Listener = Callable[[Transition], None]
 class Permit:
     """An admission by :meth:`CircuitBreaker.before_call`: hand it back with the call's outcome.
 
-    ``trial`` says the call holds one of the HALF_OPEN trial slots. A permit is settled once; later outcomes given
-    with it are ignored.
+    ``trial`` says the call holds one of the HALF_OPEN trial slots. A trial permit is settled once; later outcomes
+    given with it are ignored. The calls admitted while CLOSED share one permit per generation (the hot path makes no
+    allocation), which is never marked settled: report each call's outcome once.
     """
 
     __slots__ = ("generation", "settled", "trial")
@@ -194,6 +195,7 @@ class CircuitBreaker:
     """
 
     __slots__ = (
+        "_closed_permit",
         "_failures",
         "_generation",
         "_listeners",
@@ -224,6 +226,7 @@ class CircuitBreaker:
         )
         self._state = BreakerState.CLOSED
         self._generation = 0
+        self._closed_permit = Permit(0, trial=False)
         self._failures = 0
         self._opened_at = 0.0
         self._trials = 0
@@ -339,9 +342,13 @@ class CircuitBreaker:
         return None
 
     def _admit(self, now: float) -> Permit | None:
-        self.poll(now)
         if self._state is BreakerState.CLOSED:
-            return Permit(self._generation, trial=False)
+            # Every call of one CLOSED generation shares one permit: no allocation on the hot path.
+            permit = self._closed_permit
+            if permit.generation != self._generation:
+                permit = self._closed_permit = Permit(self._generation, trial=False)
+            return permit
+        self.poll(now)
         if self._state is BreakerState.HALF_OPEN and self._trials < self.half_open_max_calls:
             self._trials += 1
             return Permit(self._generation, trial=True)
@@ -354,14 +361,19 @@ class CircuitBreaker:
 
     def before_call(self, now: float) -> Permit:
         """Admit a call, or raise :class:`~tinkex_trio.errors.CircuitOpenError` (with ``retry_after``)."""
+        state = self._state
+        if state is BreakerState.CLOSED:
+            permit = self._closed_permit
+            if permit.generation == self._generation:
+                return permit  # the hot path: no call, no allocation
+        elif state is BreakerState.OPEN and now < self._opened_at + self.timeout_s:
+            # The refusal while OPEN, kept short: no transition to apply, the message built only if read.
+            raise CircuitOpenError(retry_after=self._opened_at + self.timeout_s - now, breaker=self.name)
         permit = self._admit(now)
         if permit is None:
-            retry_after = self.retry_after(now)
-            if self._state is BreakerState.OPEN:
-                message = f"{self.name}: circuit breaker is open; next trial call in {retry_after:.3g} s"
-            else:
-                message = f"{self.name}: circuit breaker is half-open and its trial calls are in flight"
-            raise CircuitOpenError(message, retry_after=retry_after)
+            raise CircuitOpenError(
+                retry_after=self.retry_after(now), breaker=self.name, half_open=self._state is BreakerState.HALF_OPEN
+            )
         return permit
 
     # -- outcomes --------------------------------------------------------------------------------------------------
@@ -370,6 +382,8 @@ class CircuitBreaker:
         """Settle ``permit``; False when the outcome must be ignored (already settled, or stale)."""
         if permit is None:
             return True
+        if not permit.trial:
+            return permit.generation == self._generation  # shared by its generation's calls: never settled
         if permit.settled:
             return False
         permit.settled = True
@@ -377,6 +391,11 @@ class CircuitBreaker:
 
     def record_success(self, now: float, permit: Permit | None = None) -> Transition | None:
         """A call succeeded: reset the failure count; a HALF_OPEN breaker closes. Ignored when OPEN."""
+        closed = self._closed_permit
+        if permit is closed and self._state is BreakerState.CLOSED:
+            if closed.generation == self._generation:  # the hot path
+                self._failures = 0
+            return None
         if not self._take(permit):
             return None
         if self._state is BreakerState.CLOSED:

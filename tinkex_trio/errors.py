@@ -115,11 +115,14 @@ class TinkexError(Exception):
     attributes. ``__cause__``, ``__context__`` and the traceback are not kept, as for any exception.
     """
 
-    message: str
-
     def __init__(self, message: str) -> None:
-        self.message = redact(message)
-        super().__init__(self.message)
+        self._message = redact(message)
+        super().__init__(self._message)
+
+    @property
+    def message(self) -> str:
+        """What went wrong, scrubbed of anything that looks like a credential."""
+        return self._message
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
@@ -392,9 +395,36 @@ class CircuitOpenError(TinkexError):
 
     retry_after: float
 
-    def __init__(self, message: str = "circuit breaker is open", *, retry_after: float = 0.0) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retry_after: float = 0.0,
+        breaker: str | None = None,
+        half_open: bool = False,
+    ) -> None:
+        # Raised on the fast path of every refused call, so the message is built only when someone reads it (and
+        # needs no scrubbing when it is ours: a breaker's name holds a key fingerprint, never the key).
+        self._message = "" if message is None else redact(message)
+        self._breaker = breaker
+        self._half_open = half_open
         self.retry_after = retry_after
+
+    @property
+    def message(self) -> str:
+        if not self._message:
+            name = self._breaker or "circuit breaker"
+            if self._half_open:
+                self._message = f"{name}: circuit breaker is half-open and its trial calls are in flight"
+            elif self._breaker is None:
+                self._message = "circuit breaker is open"
+            else:
+                self._message = f"{name}: circuit breaker is open; next trial call in {self.retry_after:.3g} s"
+            self.args = (self._message,)
+        return self._message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class SessionExpiredError(TinkexError):
