@@ -34,6 +34,12 @@ a body that cannot be read or decoded       up to 10 re-polls in a row (after a 
                                             :class:`~tinkex_trio.errors.ResponseTooLargeError`)
 ==========================================  ========================================================================
 
+Samples, when ``client_config.sample_use_retrieve_futures`` is on (``track(..., sampling_session_id=...)``), do not
+long-poll: their task waits for the id to appear in the sampling session's completions, long-polled by one
+:class:`~tinkex_trio._completions.CompletionPoller` task per sampling session (``retrieve_futures``), then fetches
+the result or failure with one poll through the table above (``allow_metadata_only: false`` when the size is known).
+A 404 to ``retrieve_futures`` makes them (and every later sample of the session) poll per future instead.
+
 Polling has no overall deadline (``result(timeout)`` limits only the wait); it ends with the future's outcome, or with
 the session: :meth:`FutureManager.aclose` fails every pending future with
 :class:`~tinkex_trio.errors.SessionClosedError`. Cancellation is never turned into a future's failure except there.
