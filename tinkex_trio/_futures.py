@@ -34,6 +34,12 @@ a body that cannot be read or decoded       up to 10 re-polls in a row (after a 
                                             :class:`~tinkex_trio.errors.ResponseTooLargeError`)
 ==========================================  ========================================================================
 
+Samples, when ``client_config.sample_use_retrieve_futures`` is on (``track(..., sampling_session_id=...)``), do not
+long-poll: their task waits for the id to appear in the sampling session's completions, long-polled by one
+:class:`~tinkex_trio._completions.CompletionPoller` task per sampling session (``retrieve_futures``), then fetches
+the result or failure with one poll through the table above (``allow_metadata_only: false`` when the size is known).
+A 404 to ``retrieve_futures`` makes them (and every later sample of the session) poll per future instead.
+
 Polling has no overall deadline (``result(timeout)`` limits only the wait); it ends with the future's outcome, or with
 the session: :meth:`FutureManager.aclose` fails every pending future with
 :class:`~tinkex_trio.errors.SessionClosedError`. Cancellation is never turned into a future's failure except there.
@@ -51,6 +57,7 @@ import msgspec
 import trio
 
 from tinkex_trio import types as _types
+from tinkex_trio._completions import CompletionPoller, CompletionState
 from tinkex_trio._endpoints import API_PREFIX
 from tinkex_trio._polling import (
     BILLING_RETRY_DELAY_S,
@@ -258,6 +265,8 @@ class FutureManager:
         self._billing_pause_s = billing_pause_s
         self._rng = rng if rng is not None else random.Random()
         self._pending: dict[APIFuture[Any], tuple[_Outcome[Any], trio.CancelScope]] = {}
+        self._pollers: dict[str, CompletionPoller] = {}
+        self._batched_unsupported = False  # a server answered 404 to retrieve_futures: poll every future alone
         self._running = 0
         self._all_stopped: trio.Event | None = None
         self._closed = False
@@ -271,6 +280,16 @@ class FutureManager:
         """Futures whose outcome is not known yet."""
         return len(self._pending)
 
+    @property
+    def completion_pollers(self) -> dict[str, CompletionPoller]:
+        """The running ``retrieve_futures`` pollers, by sampling session (a copy)."""
+        return dict(self._pollers)
+
+    @property
+    def batched_unsupported(self) -> bool:
+        """The server answered 404 to ``retrieve_futures``: samples are polled per future from then on."""
+        return self._batched_unsupported
+
     # -- tracking ------------------------------------------------------------------------------------------------
 
     def track(
@@ -281,6 +300,7 @@ class FutureManager:
         *,
         accept_proto: bool = False,
         create_roundtrip_s: float | None = None,
+        sampling_session_id: str | None = None,
     ) -> APIFuture[T]:
         """Start polling for ``future_reply`` now; return its :class:`APIFuture`.
 
@@ -288,6 +308,12 @@ class FutureManager:
         ``Sample``, ``ForwardBackward`` and ``Forward``). ``create_roundtrip_s``, the submission's round trip, is
         reported on the first poll (``X-Tinker-Create-Promise-Roundtrip-Time``). Raises SessionClosedError once the
         session is closing.
+
+        ``sampling_session_id`` (a sample, when ``client_config.sample_use_retrieve_futures``): instead of
+        long-polling ``retrieve_future``, the future waits for its completion from that sampling session's
+        ``retrieve_futures`` poller (:mod:`tinkex_trio._completions`, one task per sampling session, started with
+        the first sample), then fetches its result with one ``retrieve_future`` call. After a 404 to
+        ``retrieve_futures`` it is ignored (per-future polling).
         """
         if accept_proto and request_type not in _PROTO_REQUEST_TYPES:
             raise ValueError(f"a protobuf result exists only for {sorted(_PROTO_REQUEST_TYPES)}, not {request_type!r}")
@@ -300,7 +326,11 @@ class FutureManager:
             sample_sequence_ids=future_reply.sample_sequence_ids,
             outcome=outcome,
         )
-        self._start(fut, outcome, self._poll, fut, decode, accept_proto, create_roundtrip_s)
+        if sampling_session_id is not None and not self._batched_unsupported:
+            poller = self._completion_poller(sampling_session_id, future_reply.request_id)
+            self._start(fut, outcome, self._await_completion, poller, fut, decode, accept_proto, create_roundtrip_s)
+        else:
+            self._start(fut, outcome, self._poll, fut, decode, accept_proto, create_roundtrip_s)
         return fut
 
     def combine(
@@ -331,6 +361,49 @@ class FutureManager:
         )
         self._start(out, outcome, self._gather, list(futures), combine, failed)
         return out
+
+    def _completion_poller(self, sampling_session_id: str, request_id: str) -> CompletionPoller:
+        """The poller of ``sampling_session_id``, started in the session's nursery if it is not running."""
+        poller = self._pollers.get(sampling_session_id)
+        if poller is not None:
+            return poller
+        poller = CompletionPoller(
+            self._transport,
+            CompletionState(
+                sampling_session_id,
+                max_delay_s=self._max_delay_s,
+                retry_after_max_s=self._retry_after_max_s,
+            ),
+            poll_timeout_s=self._poll_timeout_s,
+            on_unsupported=self._on_batched_unsupported,
+        )
+        try:
+            self._nursery.start_soon(self._run_poller, poller, name=f"tinkex_trio.completions:{sampling_session_id}")
+        except RuntimeError:  # the nursery is closed: a background failure is ending the session
+            self._closed = True
+            raise SessionClosedError(f"the session is closing: request {request_id!r} cannot be tracked") from None
+        self._pollers[sampling_session_id] = poller
+        self._running += 1
+        return poller
+
+    def _on_batched_unsupported(self) -> None:
+        self._batched_unsupported = True
+
+    async def _run_poller(self, poller: CompletionPoller) -> None:
+        # Cancelled (the session is ending) or KeyboardInterrupt: goes on as itself; the waiters stay pending until
+        # the session fails them (as for a poll task, see _run). A fatal poll error is not raised: it fails the
+        # waiters (CompletionPoller).
+        try:
+            await poller.run()
+        finally:
+            if self._pollers.get(poller.sampling_session_id) is poller:
+                del self._pollers[poller.sampling_session_id]
+            self._task_stopped()
+
+    def _task_stopped(self) -> None:
+        self._running -= 1
+        if self._running == 0 and self._all_stopped is not None:
+            self._all_stopped.set()
 
     def _check_open(self, request_id: str) -> None:
         if self._closed:
@@ -373,9 +446,7 @@ class FutureManager:
         finally:
             if fut.done():
                 self._pending.pop(fut, None)
-            self._running -= 1
-            if self._running == 0 and self._all_stopped is not None:
-                self._all_stopped.set()
+            self._task_stopped()
 
     @staticmethod
     def _closed_error(fut: APIFuture[Any]) -> SessionClosedError:
@@ -392,6 +463,8 @@ class FutureManager:
         for fut, (outcome, scope) in pending.items():
             outcome.set_exception(self._closed_error(fut))
             scope.cancel()
+        for poller in self._pollers.values():
+            poller.cancel()
 
     async def aclose(self) -> None:
         """Fail every pending future with SessionClosedError, stop their polls, and wait until they have stopped.
@@ -441,20 +514,51 @@ class FutureManager:
             headers["X-Tinker-Create-Promise-Roundtrip-Time"] = repr(float(roundtrip))
         return headers
 
+    async def _await_completion(
+        self,
+        poller: CompletionPoller,
+        fut: APIFuture[T],
+        decode: FutureDecoder[T],
+        accept_proto: bool,
+        roundtrip: float | None,
+    ) -> T:
+        """Wait for the sampling session's poller to see the future complete, then fetch the result (or the
+        failure) with one poll, through the same classification and decoding as per-future polling."""
+        completion = await poller.wait(fut.request_id)
+        if completion is None:  # the server has no retrieve_futures
+            return await self._poll(fut, decode, accept_proto, roundtrip)
+        # The size is known: ask for the payload itself, not for complete_metadata first.
+        full = (
+            isinstance(completion, _types.FutureFinished) and completion.response_payload_uncompressed_size is not None
+        )
+        try:
+            result = await self._poll(fut, decode, accept_proto, roundtrip, metadata_only=not full)
+        except TinkexError:
+            poller.retrieved(fut.request_id)
+            raise
+        poller.retrieved(fut.request_id)
+        return result
+
     async def _poll(
         self,
         fut: APIFuture[T],
         decode: FutureDecoder[T],
         accept_proto: bool,
         roundtrip: float | None,
+        *,
+        metadata_only: bool = True,
     ) -> T:
-        """Poll until the future has an outcome: return the result or raise a TinkexError."""
+        """Poll until the future has an outcome: return the result or raise a TinkexError.
+
+        ``metadata_only=False``: the first poll already asks for the payload (``allow_metadata_only: false``).
+        """
         state = PollState(
             max_delay_s=self._max_delay_s,
             retry_after_max_s=self._retry_after_max_s,
             billing_pause_s=self._billing_pause_s,
             rng=self._rng,
         )
+        state.allow_metadata_only = metadata_only
         rid = fut.request_id
         accept = PROTOBUF_CONTENT_TYPE if accept_proto else "application/json"
         # Bounded: every pass returns, raises, or waits (the server's long poll, a backoff, or the try_again minimum

@@ -274,7 +274,12 @@ class SamplingClient:
                 "the asample future has no sample_sequence_ids", field="$.sample_sequence_ids"
             )
         future = ctx.futures.track(
-            reply, "Sample", SampleDecoder(list(sequence_ids)), accept_proto=ctx.config.wire_format == "proto"
+            reply,
+            "Sample",
+            SampleDecoder(list(sequence_ids)),
+            accept_proto=ctx.config.wire_format == "proto",
+            # One retrieve_futures poller per sampling session instead of a long-poll per sample, if the server says.
+            sampling_session_id=self.sampling_session_id if ctx.client_config.sample_use_retrieve_futures else None,
         )
         return await future.result()
 
