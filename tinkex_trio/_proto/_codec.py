@@ -70,6 +70,7 @@ from ._arrays import (
     float32_bytes,
     frombuffer,
     int32_bytes,
+    owned,
     read_tensor,
     tensor_values,
     widen,
@@ -369,7 +370,8 @@ def _read_batched(bt: pb.BatchedTensor, count: int, path: str) -> list[TensorDat
     sizes = np.diff(offsets) // itemsize
     if bool(np.any(sizes % per_row)) if per_row else bool(np.any(sizes)):
         raise ProtoDecodeError(f"a datum's values do not fill whole rows of trailing shape {trailing}", path)
-    flat: list[int | float] = widen(raw, bt.dtype).tolist()
+    # One bulk copy (or widening) of the field's bytes; every datum's tensor is a view of its own slice of it.
+    flat = owned(widen(raw, bt.dtype))
     leading: list[int] = (sizes // per_row).tolist() if per_row else [0] * count
     return [
         TensorData(data=flat[bounds[d] : bounds[d + 1]], dtype=dtype, shape=[leading[d], *trailing])
