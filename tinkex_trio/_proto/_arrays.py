@@ -99,7 +99,16 @@ def packed(code: str, values: Sequence[Any]) -> bytes | None:
         return None
 
 
-def int32_bytes(values: Sequence[int], what: str) -> bytes:
+def int32_bytes(values: Sequence[int] | AnyArray, what: str) -> bytes:
+    if isinstance(values, np.ndarray):
+        out_of_range = (
+            values.dtype != I32
+            and bool(values.size)
+            and (values.dtype.kind not in "iu" or int(values.min()) < I32_MIN or int(values.max()) > I32_MAX)
+        )
+        if out_of_range:
+            raise ValueError(f"{what}: every value must be an integer in the int32 range")
+        return values.astype(I32, copy=False).tobytes()
     fast = packed("i", values)
     if fast is not None:
         return fast
@@ -109,10 +118,15 @@ def int32_bytes(values: Sequence[int], what: str) -> bytes:
         raise ValueError(f"{what}: every value must be an integer in the int32 range ({exc})") from None
 
 
-def float32_bytes(values: Sequence[float | None], what: str) -> bytes:
-    fast = packed("f", values)
-    if fast is not None:
-        return fast
+def float32_bytes(values: Sequence[float | None] | AnyArray, what: str) -> bytes:
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind in "fiub":
+            with np.errstate(over="ignore"):
+                return values.astype(F32, copy=False).tobytes()
+    else:
+        fast = packed("f", values)
+        if fast is not None:
+            return fast
     # None becomes NaN (numpy's own conversion for float dtypes); beyond the float32 range, +-inf.
     try:
         with np.errstate(over="ignore"):

@@ -55,6 +55,7 @@ from ..types import (
     TensorData,
     TopkEntry,
 )
+from ..types._sampling import stored_logprobs, stored_tokens
 from . import tinkex_wire_pb2 as pb
 from ._arrays import (
     F32,
@@ -477,9 +478,10 @@ def encode_sample_response(resp: SampleResponse) -> bytes:
         stop = _STOP_TO_WIRE.get(seq.stop_reason)
         if stop is None:
             raise ValueError(f"{what}.stop_reason must be 'stop' or 'length', got {seq.stop_reason!r}")
-        out = msg.sequences.add(stop_reason=stop, tokens=int32_bytes(seq.tokens, f"{what}.tokens"))
-        if seq.logprobs is not None:
-            out.logprobs = float32_bytes(seq.logprobs, f"{what}.logprobs")
+        out = msg.sequences.add(stop_reason=stop, tokens=int32_bytes(stored_tokens(seq), f"{what}.tokens"))
+        logprobs = stored_logprobs(seq)
+        if logprobs is not None:
+            out.logprobs = float32_bytes(logprobs, f"{what}.logprobs")
         if seq.topk_logprobs is not None:
             _write_topk(out.topk_sampled_logprobs, seq.topk_logprobs, f"{what}.topk_logprobs")
     if resp.prompt_logprobs is not None:
@@ -516,10 +518,9 @@ def _decode_sample(msg: pb.SampleResponse, sequence_ids: Sequence[str] | None) -
         stop = _STOP_FROM_WIRE.get(seq.stop_reason)
         if stop is None:
             raise ProtoDecodeError(f"unknown stop_reason {seq.stop_reason}", f"{path}.stop_reason")
-        tokens: list[int] = frombuffer(seq.tokens, I32, f"{path}.tokens").tolist()
-        logprobs: list[float] | None = (
-            frombuffer(seq.logprobs, F32, f"{path}.logprobs").tolist() if seq.logprobs else None
-        )
+        # Writable arrays (a copy of the message bytes), as the official SDK's; read as lists on first use.
+        tokens = owned(frombuffer(seq.tokens, I32, f"{path}.tokens"))
+        logprobs = owned(frombuffer(seq.logprobs, F32, f"{path}.logprobs")) if seq.logprobs else None
         topk = (
             _read_topk(seq.topk_sampled_logprobs, f"{path}.topk_sampled_logprobs")
             if seq.HasField("topk_sampled_logprobs")
