@@ -170,7 +170,7 @@ def _readable(datum: types.Datum, inputs: tuple[str, ...]) -> bool:
         tensor = tensors.get(name)
         if tensor is None or tensor.sparse_crow_indices is not None or tensor.sparse_col_indices is not None:
             return False
-        if len(tensor.data) != len(target.data):
+        if tensor.num_values != target.num_values:
             return False
     return True
 

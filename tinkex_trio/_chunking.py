@@ -225,7 +225,7 @@ def datum_bytes(datum: types.Datum) -> int:
     tensor_bytes = 0
     sparse_indices = 0
     for td in datum.loss_fn_inputs.values():
-        tensor_bytes += len(td.data) * _DTYPE_BYTES.get(td.dtype, 8)
+        tensor_bytes += td.num_values * _DTYPE_BYTES.get(td.dtype, 8)
         sparse_indices += len(td.sparse_crow_indices or ()) + len(td.sparse_col_indices or ())
     return estimate_datum_bytes(
         token_count=tokens, tensor_bytes=tensor_bytes, sparse_index_count=sparse_indices, raw_bytes=raw

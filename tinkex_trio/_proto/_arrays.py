@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..types import TensorData, TensorDtype
+from ..types._tensor import stored_values
 from . import tinkex_wire_pb2 as pb
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "float32_bytes",
     "frombuffer",
     "int32_bytes",
+    "owned",
     "read_tensor",
     "tensor_values",
     "widen",
@@ -97,7 +99,16 @@ def packed(code: str, values: Sequence[Any]) -> bytes | None:
         return None
 
 
-def int32_bytes(values: Sequence[int], what: str) -> bytes:
+def int32_bytes(values: Sequence[int] | AnyArray, what: str) -> bytes:
+    if isinstance(values, np.ndarray):
+        out_of_range = (
+            values.dtype != I32
+            and bool(values.size)
+            and (values.dtype.kind not in "iu" or int(values.min()) < I32_MIN or int(values.max()) > I32_MAX)
+        )
+        if out_of_range:
+            raise ValueError(f"{what}: every value must be an integer in the int32 range")
+        return values.astype(I32, copy=False).tobytes()
     fast = packed("i", values)
     if fast is not None:
         return fast
@@ -107,10 +118,15 @@ def int32_bytes(values: Sequence[int], what: str) -> bytes:
         raise ValueError(f"{what}: every value must be an integer in the int32 range ({exc})") from None
 
 
-def float32_bytes(values: Sequence[float | None], what: str) -> bytes:
-    fast = packed("f", values)
-    if fast is not None:
-        return fast
+def float32_bytes(values: Sequence[float | None] | AnyArray, what: str) -> bytes:
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind in "fiub":
+            with np.errstate(over="ignore"):
+                return values.astype(F32, copy=False).tobytes()
+    else:
+        fast = packed("f", values)
+        if fast is not None:
+            return fast
     # None becomes NaN (numpy's own conversion for float dtypes); beyond the float32 range, +-inf.
     try:
         with np.errstate(over="ignore"):
@@ -119,7 +135,7 @@ def float32_bytes(values: Sequence[float | None], what: str) -> bytes:
         raise ValueError(f"{what}: every value must be a number ({exc})") from None
 
 
-def int64_array(values: Sequence[int | float], what: str) -> IntArray:
+def int64_array(values: Sequence[int | float] | AnyArray, what: str) -> IntArray:
     """``values`` as int64, rejecting non-integers and values out of range (never a silent truncation)."""
     raw: AnyArray = np.asarray(values)
     kind = raw.dtype.kind
@@ -137,22 +153,33 @@ def int64_array(values: Sequence[int | float], what: str) -> IntArray:
 
 
 def tensor_values(td: TensorData, what: str) -> AnyArray:
-    """The flat values of ``td`` (the listed values, for a sparse tensor) in its little-endian wire dtype."""
+    """The flat values of ``td`` (the listed values, for a sparse tensor) in its little-endian wire dtype.
+
+    A numpy-backed tensor's own array when it already is in that dtype (no copy).
+    """
+    stored = stored_values(td)
     if td.dtype == "float32":
         try:
             with np.errstate(over="ignore"):
-                return np.asarray(td.data, dtype=F32)
+                return np.asarray(stored, dtype=F32).reshape(-1)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{what}: a float32 tensor must hold numbers ({exc})") from None
     if td.dtype == "int64":
-        return int64_array(td.data, what)
+        return int64_array(stored, what).reshape(-1)
     raise ValueError(f"{what}: unsupported tensor dtype {td.dtype!r} (float32 or int64)")
 
 
 def frombuffer(data: bytes, dtype: np.dtype[Any], path: str) -> AnyArray:
+    """A read-only view of ``data`` (no copy)."""
     if len(data) % dtype.itemsize:
         raise ProtoDecodeError(f"{len(data)} bytes is not a whole number of {dtype.itemsize}-byte values", path)
     return np.frombuffer(data, dtype=dtype)
+
+
+def owned(values: AnyArray) -> AnyArray:
+    """``values`` as a writable array: a read-only view of message bytes is copied (once, in bulk), as the
+    official SDK does, so that a caller may write to what ``to_numpy()`` returns (and torch takes it as is)."""
+    return values if values.flags.writeable else values.copy()
 
 
 def widen(raw: AnyArray, wire_dtype: int) -> AnyArray:
@@ -186,9 +213,11 @@ def make_tensor(path: str, **fields: Any) -> TensorData:
 def write_tensor(msg: pb.Tensor, td: TensorData, what: str, *, always_shape: bool) -> None:
     sparse = td.sparse_crow_indices is not None or td.sparse_col_indices is not None
     code = STRUCT_CODES.get(td.dtype)
-    fast = None if sparse or code is None else packed(code, td.data)
+    stored = stored_values(td)
+    # A list packs fastest with struct; an array (numpy-backed tensor) goes out as its bytes.
+    fast = None if sparse or code is None or type(stored) is not list else packed(code, stored)
     if fast is not None:
-        dense, size = fast, len(td.data)
+        dense, size = fast, len(stored)
     else:
         values = tensor_values(td, what)
         dense, size = values.tobytes(), values.size
@@ -218,14 +247,13 @@ def read_tensor(msg: pb.Tensor, path: str) -> TensorData:
     shape = list(msg.shape) or None
     if msg.WhichOneof("encoding") == "sparse_csr":
         csr = msg.sparse_csr
-        values: list[int | float] = widen(
-            frombuffer(csr.values, np_dtype, f"{path}.sparse_csr.values"), msg.dtype
-        ).tolist()
+        values = owned(widen(frombuffer(csr.values, np_dtype, f"{path}.sparse_csr.values"), msg.dtype))
+        # The indices stay lists (TensorData's sparse fields are lists, as in the official SDK).
         crow: list[int] = frombuffer(csr.crow_indices, I64, f"{path}.sparse_csr.crow_indices").tolist()
         cols: list[int] = frombuffer(csr.col_indices, I64, f"{path}.sparse_csr.col_indices").tolist()
         return make_tensor(
             path, data=values, dtype=dtype, shape=shape, sparse_crow_indices=crow, sparse_col_indices=cols
         )
     # No encoding set reads as an empty dense tensor.
-    dense: list[int | float] = widen(frombuffer(msg.dense, np_dtype, f"{path}.dense"), msg.dtype).tolist()
+    dense = owned(widen(frombuffer(msg.dense, np_dtype, f"{path}.dense"), msg.dtype))
     return make_tensor(path, data=dense, dtype=dtype, shape=shape)

@@ -55,6 +55,7 @@ from ..types import (
     TensorData,
     TopkEntry,
 )
+from ..types._sampling import stored_logprobs, stored_tokens
 from . import tinkex_wire_pb2 as pb
 from ._arrays import (
     F32,
@@ -70,6 +71,7 @@ from ._arrays import (
     float32_bytes,
     frombuffer,
     int32_bytes,
+    owned,
     read_tensor,
     tensor_values,
     widen,
@@ -369,7 +371,8 @@ def _read_batched(bt: pb.BatchedTensor, count: int, path: str) -> list[TensorDat
     sizes = np.diff(offsets) // itemsize
     if bool(np.any(sizes % per_row)) if per_row else bool(np.any(sizes)):
         raise ProtoDecodeError(f"a datum's values do not fill whole rows of trailing shape {trailing}", path)
-    flat: list[int | float] = widen(raw, bt.dtype).tolist()
+    # One bulk copy (or widening) of the field's bytes; every datum's tensor is a view of its own slice of it.
+    flat = owned(widen(raw, bt.dtype))
     leading: list[int] = (sizes // per_row).tolist() if per_row else [0] * count
     return [
         TensorData(data=flat[bounds[d] : bounds[d + 1]], dtype=dtype, shape=[leading[d], *trailing])
@@ -475,9 +478,10 @@ def encode_sample_response(resp: SampleResponse) -> bytes:
         stop = _STOP_TO_WIRE.get(seq.stop_reason)
         if stop is None:
             raise ValueError(f"{what}.stop_reason must be 'stop' or 'length', got {seq.stop_reason!r}")
-        out = msg.sequences.add(stop_reason=stop, tokens=int32_bytes(seq.tokens, f"{what}.tokens"))
-        if seq.logprobs is not None:
-            out.logprobs = float32_bytes(seq.logprobs, f"{what}.logprobs")
+        out = msg.sequences.add(stop_reason=stop, tokens=int32_bytes(stored_tokens(seq), f"{what}.tokens"))
+        logprobs = stored_logprobs(seq)
+        if logprobs is not None:
+            out.logprobs = float32_bytes(logprobs, f"{what}.logprobs")
         if seq.topk_logprobs is not None:
             _write_topk(out.topk_sampled_logprobs, seq.topk_logprobs, f"{what}.topk_logprobs")
     if resp.prompt_logprobs is not None:
@@ -514,10 +518,9 @@ def _decode_sample(msg: pb.SampleResponse, sequence_ids: Sequence[str] | None) -
         stop = _STOP_FROM_WIRE.get(seq.stop_reason)
         if stop is None:
             raise ProtoDecodeError(f"unknown stop_reason {seq.stop_reason}", f"{path}.stop_reason")
-        tokens: list[int] = frombuffer(seq.tokens, I32, f"{path}.tokens").tolist()
-        logprobs: list[float] | None = (
-            frombuffer(seq.logprobs, F32, f"{path}.logprobs").tolist() if seq.logprobs else None
-        )
+        # Writable arrays (a copy of the message bytes), as the official SDK's; read as lists on first use.
+        tokens = owned(frombuffer(seq.tokens, I32, f"{path}.tokens"))
+        logprobs = owned(frombuffer(seq.logprobs, F32, f"{path}.logprobs")) if seq.logprobs else None
         topk = (
             _read_topk(seq.topk_sampled_logprobs, f"{path}.topk_sampled_logprobs")
             if seq.HasField("topk_sampled_logprobs")

@@ -115,9 +115,9 @@ def sample_response(payload: SamplePayload) -> t.SampleResponse:
         sequences.append(
             t.SampledSequence(
                 stop_reason=seq.stop_reason,
-                tokens=[int(x) for x in seq.tokens.tolist()],
+                tokens=seq.tokens,  # numpy-backed: the codecs write the arrays in bulk
                 sequence_id=sequence_id,
-                logprobs=[float(x) for x in seq.logprobs.tolist()],
+                logprobs=seq.logprobs,
                 topk_logprobs=_topk_entries(seq.topk) if seq.topk is not None else None,
             )
         )

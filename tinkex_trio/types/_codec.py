@@ -13,6 +13,7 @@ import re
 from typing import Any, TypeVar, overload
 
 import msgspec
+import numpy as np
 
 from ..errors import ResponseValidationError
 
@@ -33,7 +34,15 @@ T = TypeVar("T")
 #: Anything a JSON body may arrive as.
 JSONBytes = bytes | bytearray | memoryview | str
 
-_ENCODER = msgspec.json.Encoder()
+
+def _enc_hook(obj: Any) -> Any:
+    # Numpy-backed fields (TensorData.data, SampledSequence.tokens / logprobs) go out as the lists they stand for.
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    raise NotImplementedError(f"Encoding objects of type {type(obj).__name__} is unsupported")
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=_enc_hook)
 _ANY_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
 _DECODERS: dict[Any, msgspec.json.Decoder[Any]] = {}
 
@@ -42,13 +51,16 @@ _MISSING_RE = re.compile(r"^Object missing required field `([^`]*)`")
 
 
 def encode(obj: Any) -> bytes:
-    """Encode a wire Struct (or any JSON-able value) as JSON bytes, with the one module-level encoder."""
+    """Encode a wire Struct (or any JSON-able value) as JSON bytes, with the one module-level encoder.
+
+    Numpy arrays (the storage of numpy-backed tensors and sequences) are encoded as the lists they hold.
+    """
     return _ENCODER.encode(obj)
 
 
 def to_builtins(obj: Any) -> Any:
     """The JSON value of ``obj`` as Python builtins (dict/list/str/...), with the same field rules as ``encode``."""
-    return msgspec.to_builtins(obj)
+    return msgspec.to_builtins(obj, enc_hook=_enc_hook)
 
 
 def decoder_for(type_: type[T]) -> msgspec.json.Decoder[T]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -12,7 +12,16 @@ import numpy.typing as npt
 from ..errors import InvalidArgumentError, InvalidArgumentTypeError
 from ._base import WireStruct
 
-__all__ = ["LOSS_FN_INPUT_DTYPES", "TensorData", "TensorDtype", "loss_fn_input", "to_tensor_data"]
+__all__ = [
+    "LOSS_FN_INPUT_DTYPES",
+    "ArrayBackedList",
+    "TensorData",
+    "TensorDtype",
+    "loss_fn_input",
+    "min_value",
+    "stored_values",
+    "to_tensor_data",
+]
 
 TensorDtype: TypeAlias = Literal["float32", "int64"]
 
@@ -27,7 +36,7 @@ LOSS_FN_INPUT_DTYPES: dict[str, TensorDtype] = {
     "sequence_ratio_mask": "float32",
 }
 
-_NP_DTYPES: dict[str, type[np.generic]] = {"float32": np.float32, "int64": np.int64}
+_NP_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype(np.float32), "int64": np.dtype(np.int64)}
 
 
 def _wire_dtype_of(arr: npt.NDArray[Any]) -> TensorDtype:
@@ -43,6 +52,47 @@ def _is_integral(arr: npt.NDArray[Any]) -> bool:
     return bool(np.all(np.isfinite(arr))) and bool(np.array_equal(arr, np.trunc(arr)))
 
 
+class ArrayBackedList:
+    """The descriptor of a Struct field that holds a Python list *or* a 1-D numpy array (the field's storage).
+
+    msgspec reads and writes a field through its slot directly (``__init__``, encoding, ``replace``, ``asdict``,
+    pickling), never through the class attribute; this descriptor replaces the class attribute, so that only
+    Python attribute access goes through it. Reading the field turns an array into a list once (``tolist``) and
+    stores that list, so that the field then behaves as a plain list field (reads are free, mutations stick).
+    :meth:`raw` reads the storage as it is, list or array, without converting it.
+    """
+
+    __slots__ = ("_name", "_slot")
+
+    def __init__(self, owner: type, name: str) -> None:
+        self._name = name
+        self._slot: Any = owner.__dict__[name]  # the member descriptor msgspec made for the field's slot
+        setattr(owner, name, self)
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> ArrayBackedList: ...
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> Any: ...
+    def __get__(self, obj: object | None, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = self._slot.__get__(obj, owner)
+        if type(value) is np.ndarray:
+            value = value.tolist()
+            self._slot.__set__(obj, value)
+        return value
+
+    def __set__(self, obj: object, value: object) -> None:
+        self._slot.__set__(obj, value)
+
+    def raw(self, obj: object) -> Any:
+        """The field's storage as it is: a list, a numpy array, or whatever else was assigned (``None``)."""
+        return self._slot.__get__(obj, type(obj))
+
+    def __repr__(self) -> str:
+        return f"<array-backed list field {self._name!r}>"
+
+
 class TensorData(WireStruct, gc=False):
     """A tensor as ``{data (flattened), dtype, shape?, sparse_crow_indices?, sparse_col_indices?}``.
 
@@ -50,6 +100,20 @@ class TensorData(WireStruct, gc=False):
     Sparse CSR (2-D): ``data`` holds the listed values, ``sparse_crow_indices`` the ``rows + 1`` row pointers,
     ``sparse_col_indices`` the column of each value, and ``shape`` is required; the other cells take a pad value
     chosen by the reader (0 by default), which the wire does not carry.
+
+    Storage: the values are kept as a flat numpy array of the wire dtype (float32 or int64) when the tensor comes
+    from numpy (:meth:`from_numpy`, a ``Datum`` given arrays or lists, a protobuf result), and as the Python list
+    when it comes from a list or a JSON body. ``data`` always reads as a list: an array is turned into one on the
+    first read (``tolist``), which then becomes the storage, so that ``td.data`` stays the plain, mutable list
+    field it always was. Hot paths never read ``data``: :meth:`to_numpy` returns the array itself, reshaped (no
+    copy: a view that shares memory with the tensor, as the official SDK's does), the protobuf encoder writes its
+    bytes, and JSON encoding (:func:`tinkex_trio.types.encode`, whose ``enc_hook`` turns arrays into lists) gives
+    the same bytes as for the list. A numpy array is taken without a copy when it already has the wire dtype and
+    is contiguous and writable (a read-only one is copied, as the official SDK does); :attr:`num_values` is
+    ``len(data)`` without the conversion.
+
+    Encode a TensorData (or a Struct holding one) with :func:`tinkex_trio.types.encode` / ``to_builtins``: a bare
+    ``msgspec.json.encode`` of a numpy-backed tensor needs an ``enc_hook`` that turns arrays into lists.
     """
 
     data: list[int | float]
@@ -58,18 +122,37 @@ class TensorData(WireStruct, gc=False):
     sparse_crow_indices: list[int] | None = None
     sparse_col_indices: list[int] | None = None
 
+    if TYPE_CHECKING:
+        # The constructor as callers see it: like the official SDK's, it takes a list or a numpy array.
+        def __init__(
+            self,
+            *,
+            data: Sequence[int | float] | npt.ArrayLike | None,
+            dtype: TensorDtype,
+            shape: Sequence[int] | None = None,
+            sparse_crow_indices: list[int] | None = None,
+            sparse_col_indices: list[int] | None = None,
+        ) -> None: ...
+
     def __post_init__(self) -> None:
         # Cheap structural checks only (they run on every decode): the values themselves are checked by to_numpy.
-        # A decoded tensor always holds a list; anything else (a numpy array, a tuple) was passed by a caller.
-        if type(self.data) is not list:
-            self._adopt_array()
+        # A decoded tensor holds a list (JSON) or a flat array of its dtype (protobuf); anything else, or an array
+        # of another dtype or shape, was passed by a caller.
+        values: list[int | float] | npt.NDArray[Any] = _DATA.raw(self)
         if self.dtype not in _NP_DTYPES:
             raise InvalidArgumentError(f"dtype must be 'float32' or 'int64', got {self.dtype!r}", argument="dtype")
+        if type(values) is not list and not (
+            type(values) is np.ndarray
+            and values.ndim == 1
+            and values.dtype == _NP_DTYPES[self.dtype]
+            and values.flags.writeable
+        ):
+            values = self._adopt_array(values)
         if self.shape is not None and type(self.shape) is not list:
             self.shape = list(self.shape)
         if self.sparse_crow_indices is None and self.sparse_col_indices is None:
-            if self.shape is not None and math.prod(self.shape) != len(self.data):
-                raise ValueError(f"{len(self.data)} values do not fill shape {self.shape}")
+            if self.shape is not None and math.prod(self.shape) != len(values):
+                raise ValueError(f"{len(values)} values do not fill shape {self.shape}")
             return
         if self.sparse_crow_indices is None or self.sparse_col_indices is None:
             raise ValueError("sparse_crow_indices and sparse_col_indices come together")
@@ -77,15 +160,15 @@ class TensorData(WireStruct, gc=False):
             raise ValueError("a sparse CSR tensor needs a 2-D shape")
         if len(self.sparse_crow_indices) != self.shape[0] + 1:
             raise ValueError("sparse_crow_indices needs rows + 1 entries")
-        if len(self.sparse_col_indices) != len(self.data):
+        if len(self.sparse_col_indices) != len(values):
             raise ValueError("sparse_col_indices needs one entry per value")
 
-    def _adopt_array(self) -> None:
-        """Turn array-like ``data`` into the flat list of ``dtype`` values the wire carries (shape kept if N-D)."""
-        if self.dtype not in _NP_DTYPES:
-            raise InvalidArgumentError(f"dtype must be 'float32' or 'int64', got {self.dtype!r}", argument="dtype")
+    def _adopt_array(self, given: object) -> npt.NDArray[Any]:
+        """Store array-like ``data`` as the flat array of ``dtype`` values the wire carries (shape kept if N-D)."""
+        if given is None:
+            given = np.zeros(0, dtype=_NP_DTYPES[self.dtype])
         try:
-            arr = np.asarray(self.data)
+            arr = np.asarray(given)
         except ValueError as exc:
             raise InvalidArgumentError(f"data must be a rectangular numeric array: {exc}", argument="data") from None
         if arr.dtype.kind not in "fiub":
@@ -93,24 +176,49 @@ class TensorData(WireStruct, gc=False):
         if self.dtype == "int64" and arr.dtype.kind == "f" and not _is_integral(arr):
             raise InvalidArgumentError("cannot store non-integral floats in an int64 TensorData", argument="data")
         converted = arr.astype(_NP_DTYPES[self.dtype], copy=False)
-        values: list[int | float] = converted.ravel().tolist()
-        self.data = values
+        flat = converted.reshape(-1)
+        if not flat.flags.writeable:
+            flat = flat.copy()
+        _DATA.__set__(self, flat)
         if self.shape is None and converted.ndim > 1:
             self.shape = list(converted.shape)
+        return flat
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not TensorData:
+            return NotImplemented
+        if (self.dtype, self.shape, self.sparse_crow_indices, self.sparse_col_indices) != (
+            other.dtype,
+            other.shape,
+            other.sparse_crow_indices,
+            other.sparse_col_indices,
+        ):
+            return False
+        mine: list[int | float] | npt.NDArray[Any] = _DATA.raw(self)
+        theirs: list[int | float] | npt.NDArray[Any] = _DATA.raw(other)
+        if type(mine) is list and type(theirs) is list:
+            return mine == theirs
+        return bool(np.array_equal(np.asarray(mine), np.asarray(theirs)))
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
 
     # -- construction -----------------------------------------------------------------------------------------
 
     @classmethod
     def from_numpy(cls, array: npt.ArrayLike, dtype: TensorDtype | None = None) -> TensorData:
-        """A dense TensorData from an array. Floats become float32, integers (and bools) int64, unless ``dtype``."""
+        """A dense TensorData from an array. Floats become float32, integers (and bools) int64, unless ``dtype``.
+
+        No copy when the array already has that dtype (and is contiguous and writable): the tensor shares its memory.
+        """
         arr = np.asarray(array)
         natural = _wire_dtype_of(arr)  # rejects strings, objects, complex
         wire = dtype if dtype is not None else natural
         if wire == "int64" and natural == "float32" and not _is_integral(arr):
             raise ValueError("cannot convert non-integral floats to an int64 tensor")
         converted = arr.astype(_NP_DTYPES[wire], copy=False)
-        values: list[int | float] = converted.ravel().tolist()
-        return cls(data=values, dtype=wire, shape=list(converted.shape))
+        return cls(data=converted.reshape(-1), dtype=wire, shape=list(converted.shape))
 
     @classmethod
     def from_list(cls, values: Sequence[int | float], dtype: TensorDtype | None = None) -> TensorData:
@@ -129,11 +237,10 @@ class TensorData(WireStruct, gc=False):
         crow = np.zeros(converted.shape[0] + 1, dtype=np.int64)
         np.cumsum(mask.sum(axis=1), out=crow[1:])
         cols = np.nonzero(mask)[1]
-        values: list[int | float] = converted[mask].tolist()
         crow_list: list[int] = crow.tolist()
         col_list: list[int] = cols.astype(np.int64).tolist()
         return cls(
-            data=values,
+            data=converted[mask],
             dtype=wire,
             shape=list(converted.shape),
             sparse_crow_indices=crow_list,
@@ -148,15 +255,21 @@ class TensorData(WireStruct, gc=False):
         return self.sparse_crow_indices is not None
 
     @property
+    def num_values(self) -> int:
+        """``len(data)`` (the listed values, for a sparse tensor), without turning an array into a list."""
+        return len(_DATA.raw(self))
+
+    @property
     def numel(self) -> int:
         """The number of cells of the dense tensor."""
         if self.shape is None:
-            return len(self.data)
-        return int(np.prod(self.shape, dtype=np.int64))
+            return self.num_values
+        return math.prod(self.shape)
 
     def to_numpy(self, pad_value: int | float = 0) -> npt.NDArray[Any]:
         """The dense array (float32 or int64), shaped by ``shape``; a sparse tensor is filled with ``pad_value``.
 
+        A dense numpy-backed tensor returns its own array, reshaped (a view: writing to it changes the tensor).
         ``ValueError`` if the fields are inconsistent (wrong number of values, bad CSR indices).
         """
         values = self._values()
@@ -170,12 +283,15 @@ class TensorData(WireStruct, gc=False):
 
     def _values(self) -> npt.NDArray[Any]:
         np_dtype = _NP_DTYPES[self.dtype]
+        stored = _DATA.raw(self)
+        if type(stored) is np.ndarray and stored.dtype == np_dtype:
+            return stored.reshape(-1)
         if self.dtype == "int64":
-            raw = np.asarray(self.data)
+            raw = np.asarray(stored)
             if raw.size and raw.dtype.kind not in "iu" and (raw.dtype.kind != "f" or not _is_integral(raw)):
                 raise ValueError("an int64 TensorData holds non-integer values")
-            return raw.astype(np_dtype, copy=False)
-        return np.asarray(self.data, dtype=np_dtype)
+            return raw.astype(np_dtype, copy=False).reshape(-1)
+        return np.asarray(stored, dtype=np_dtype).reshape(-1)
 
     def _sparse_to_numpy(self, values: npt.NDArray[Any], pad_value: int | float) -> npt.NDArray[Any]:
         if self.sparse_crow_indices is None or self.sparse_col_indices is None:
@@ -206,6 +322,23 @@ class TensorData(WireStruct, gc=False):
         if not self.is_sparse:
             return self
         return TensorData.from_numpy(self.to_numpy(pad_value), self.dtype)
+
+
+_DATA = ArrayBackedList(TensorData, "data")
+
+
+def stored_values(td: TensorData) -> list[int | float] | npt.NDArray[Any]:
+    """``td``'s values as stored: the list, or the flat numpy array (never converted; for the codecs)."""
+    stored: list[int | float] | npt.NDArray[Any] = _DATA.raw(td)
+    return stored
+
+
+def min_value(td: TensorData) -> int | float:
+    """The smallest stored value of a non-empty tensor (``min`` of the list, or of the array)."""
+    stored = _DATA.raw(td)
+    if type(stored) is np.ndarray:
+        return cast("int | float", stored.min().item())
+    return min(cast("Sequence[int | float]", stored))
 
 
 def to_tensor_data(key: str, value: TensorData | npt.ArrayLike) -> TensorData:

@@ -12,7 +12,7 @@ import numpy.typing as npt
 from ..errors import InvalidArgumentError, InvalidArgumentTypeError
 from ._base import WireStruct, sent
 from ._model_input import ModelInput
-from ._tensor import TensorData, loss_fn_input, to_tensor_data
+from ._tensor import TensorData, loss_fn_input, min_value, to_tensor_data
 
 __all__ = [
     "AdamOptimizerConfig",
@@ -235,7 +235,7 @@ class Datum(WireStruct):
         if type(self.loss_fn_inputs) is not dict or any(type(v) is not TensorData for v in inputs.values()):
             self.loss_fn_inputs = {_input_key(k): loss_fn_input(_input_key(k), v) for k, v in inputs.items()}
         target = self.loss_fn_inputs.get("target_tokens")
-        if target is not None and target.data and (lowest := min(target.data)) < 0:
+        if target is not None and target.num_values and (lowest := min_value(target)) < 0:
             raise InvalidArgumentError(
                 f"loss_fn_inputs['target_tokens'] must hold token ids >= 0, got {lowest}",
                 argument="loss_fn_inputs['target_tokens']",
