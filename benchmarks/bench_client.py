@@ -40,9 +40,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import json
 import os
 import platform
+import pstats
 import resource
 import signal
 import statistics
@@ -78,12 +80,12 @@ WORKLOADS: dict[str, tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]] = {
     ),
     "sample_c200": (
         ("sdk", "ours"),
-        {"samples": 2000, "concurrency": 200, "warmup": 200},
+        {"samples": 1000, "concurrency": 200, "warmup": 200},
         {"samples": 400, "concurrency": 200, "warmup": 50},
     ),
     "sample_c2000": (
         ("sdk", "ours"),
-        {"samples": 2000, "concurrency": 2000, "warmup": 200},
+        {"samples": 2000, "concurrency": 2000, "warmup": 100},
         {"samples": 2000, "concurrency": 2000, "warmup": 50},
     ),
     "fwdbwd_batch": (
@@ -130,8 +132,13 @@ class Meter:
         self.extra: dict[str, Any] = {}
         self.count_requests: Callable[[], dict[str, float]] | None = None
         self.requests0: dict[str, float] = {}
+        self.profile_path: str | None = None
+        self.profiler: cProfile.Profile | None = None
 
     def start(self) -> None:
+        if self.profile_path is not None:
+            self.profiler = cProfile.Profile()
+            self.profiler.enable()
         if self.count_requests is not None:
             self.requests0 = self.count_requests()
         self.srv0 = cpu_seconds(self.server_pid)
@@ -140,6 +147,9 @@ class Meter:
         self.wall0 = time.perf_counter()
 
     def stop(self, ops: int) -> dict[str, Any]:
+        if self.profiler is not None:
+            self.profiler.disable()
+            self.profiler.dump_stats(str(self.profile_path))
         wall = time.perf_counter() - self.wall0
         cpu = time.process_time() - self.cpu0
         ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -350,6 +360,7 @@ async def trio_concurrent(
 def child_main(args: argparse.Namespace) -> int:
     params: dict[str, Any] = json.loads(args.params)
     meter = Meter(args.server_pid)
+    meter.profile_path = args.profile
     if args.child == "sdk":
         result = asyncio.run(sdk_child(args.workload, args.url, params, meter))
     else:
@@ -402,9 +413,11 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_child(side: str, workload: str, params: dict[str, Any], url: str, server_pid: int) -> dict[str, Any]:
+def run_child(
+    side: str, workload: str, params: dict[str, Any], url: str, server_pid: int, extra: list[str] | None = None
+) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--workload", workload]
-    cmd += ["--url", url, "--server-pid", str(server_pid), "--params", json.dumps(params)]
+    cmd += ["--url", url, "--server-pid", str(server_pid), "--params", json.dumps(params), *(extra or [])]
     proc = subprocess.run(cmd, capture_output=True, env=child_env(), cwd=REPO, timeout=CHILD_TIMEOUT_S, check=False)
     out = proc.stdout.decode(errors="replace")
     lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
@@ -837,12 +850,40 @@ def versions() -> dict[str, str]:
     return out
 
 
+def profile_workloads(names: list[str], quick: bool, top: int) -> int:
+    """Run our side of each workload once under cProfile; print the top functions by cumulative and own time."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    proc, url = start_server()
+    try:
+        for name in names:
+            sides, full, small = WORKLOADS[name]
+            for side in (s for s in sides if s != "sdk"):  # the SDK works in a background thread cProfile does not see
+                path = RESULTS_DIR / f"bench_client-{name}-{side}.prof"
+                sample = run_child(side, name, small if quick else full, url, proc.pid, ["--profile", str(path)])
+                print(f"\n== {name} / {side}: {sample['ops']} ops, cpu/op {sample['cpu_us_per_op']:.0f} us (profiled)")
+                for order in ("cumulative", "tottime"):
+                    print(f"-- top {top} by {order} ({path.relative_to(REPO)})")
+                    pstats.Stats(str(path)).strip_dirs().sort_stats(order).print_stats(top)
+    finally:
+        stop_server(proc)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small workloads (well under a minute in all)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per side (default 5; 1 with --quick)")
     parser.add_argument("--only", default=None, help="comma-separated workloads or groups (train, sample, micro)")
     parser.add_argument("--no-write", action="store_true", help="do not write the JSON report")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        metavar="TOP",
+        nargs="?",
+        const="15",
+        help="instead of the benchmark: run each selected workload once per tinkex_trio side under cProfile (the "
+        "measured part only), write results/bench_client-<workload>-<side>.prof and print the TOP functions",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workload", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--url", default=None, help=argparse.SUPPRESS)
@@ -853,6 +894,8 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(args)
     reps = args.reps if args.reps is not None else (1 if args.quick else 5)
     names, micro = selected(args.only)
+    if args.profile is not None:
+        return profile_workloads(names, args.quick, int(args.profile))
     start = time.monotonic()
     workloads, code = run_workloads(names, args.quick, reps) if names else ({}, None)
     report: dict[str, Any] = {
