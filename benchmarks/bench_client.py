@@ -182,6 +182,19 @@ class Meter:
 # -- the official SDK (asyncio) -----------------------------------------------------------------------------------
 
 
+async def timed_steps(step: Callable[[], Awaitable[None]], params: dict[str, Any], meter: Meter) -> dict[str, Any]:
+    """``params["warmup"]`` untimed steps, then ``params["steps"]`` measured ones, each one's latency recorded (any
+    event loop: it only awaits)."""
+    for _ in range(params["warmup"]):
+        await step()
+    meter.start()
+    for _ in range(params["steps"]):
+        t0 = time.perf_counter()
+        await step()
+        meter.latencies.append(time.perf_counter() - t0)
+    return meter.stop(params["steps"])
+
+
 async def sdk_child(workload: str, url: str, params: dict[str, Any], meter: Meter) -> dict[str, Any]:
     import tinker
     from tinker import types as st
@@ -210,14 +223,7 @@ async def sdk_child(workload: str, url: str, params: dict[str, Any], meter: Mete
                 await fwdbwd
                 await optim
 
-            for _ in range(params["warmup"]):
-                await step()
-            meter.start()
-            for _ in range(params["steps"]):
-                t0 = time.perf_counter()
-                await step()
-                meter.latencies.append(time.perf_counter() - t0)
-            return meter.stop(params["steps"])
+            return await timed_steps(step, params, meter)
 
         sampler = await service.create_sampling_client(base_model=BASE_MODEL)
         prompt = st.ModelInput.from_ints(PROMPT)
@@ -282,14 +288,7 @@ async def ours_child(side: str, workload: str, url: str, params: dict[str, Any],
                 await fwdbwd.result()
                 await optim.result()
 
-            for _ in range(params["warmup"]):
-                await step()
-            meter.start()
-            for _ in range(params["steps"]):
-                t0 = time.perf_counter()
-                await step()
-                meter.latencies.append(time.perf_counter() - t0)
-            return meter.stop(params["steps"])
+            return await timed_steps(step, params, meter)
 
         sampler = await session.create_sampling_client(base_model=BASE_MODEL)
         prompt = types.ModelInput.from_ints(PROMPT)
