@@ -240,9 +240,11 @@ async def sdk_child(workload: str, url: str, params: dict[str, Any], meter: Mete
         await service.close("success", detail="bench_client")
 
 
-async def asyncio_concurrent(
-    call: Callable[[], Awaitable[None]], total: int, concurrency: int, latencies: list[float] | None
-) -> None:
+def shared_worker(
+    call: Callable[[], Awaitable[None]], total: int, latencies: list[float] | None
+) -> Callable[[], Awaitable[None]]:
+    """A worker coroutine function; any number of copies run concurrently make ``total`` calls between them, each
+    one's latency recorded (any event loop: it only awaits)."""
     remaining = total
 
     async def worker() -> None:
@@ -254,6 +256,13 @@ async def asyncio_concurrent(
             if latencies is not None:
                 latencies.append(time.perf_counter() - t0)
 
+    return worker
+
+
+async def asyncio_concurrent(
+    call: Callable[[], Awaitable[None]], total: int, concurrency: int, latencies: list[float] | None
+) -> None:
+    worker = shared_worker(call, total, latencies)
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
@@ -340,17 +349,7 @@ async def trio_concurrent(
 ) -> None:
     import trio
 
-    remaining = total
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            t0 = time.perf_counter()
-            await call()
-            if latencies is not None:
-                latencies.append(time.perf_counter() - t0)
-
+    worker = shared_worker(call, total, latencies)
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
             nursery.start_soon(worker)
