@@ -17,7 +17,7 @@ between threads.
 from __future__ import annotations
 
 import time as _time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from tinkex_trio._config import MetricsConfig
@@ -43,6 +43,7 @@ __all__ = [
     "REQUEST_ERRORS_TOTAL",
     "RETRIES_TOTAL",
     "Metrics",
+    "families_of",
 ]
 
 DEFAULT_MAX_SERIES: Final = 1000
@@ -353,3 +354,13 @@ class Metrics:
           that recorded them all.
         """
         return _merge_blobs(blobs, lambda config, max_series: cls(config, max_series=max_series or DEFAULT_MAX_SERIES))
+
+
+def families_of(metrics: Metrics) -> list[tuple[str, Kind, Mapping[LabelKey, Series]]]:
+    """The series of ``metrics`` by name (sorted) and label set, for exporters (``_metrics._collector``).
+
+    The dicts are copies (each made in one step, so another thread may read them while the store's thread adds
+    series); the series are the live objects.
+    """
+    families = metrics._families.copy()  # pyright: ignore[reportPrivateUsage]  # this module's class
+    return [(name, families[name].kind, families[name].series.copy()) for name in sorted(families)]
