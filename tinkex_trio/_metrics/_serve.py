@@ -44,11 +44,10 @@ async def serve_metrics(
     limiter = trio.CapacityLimiter(1)
 
     async def render() -> bytes:
-        async with limiter:
-            try:
-                text = await trio.to_thread.run_sync(metrics.to_prometheus, limiter=trio.CapacityLimiter(1))
-            except (RuntimeError, KeyError):  # the store changed under the thread (a reset): read it here
-                text = metrics.to_prometheus()
+        try:
+            text = await trio.to_thread.run_sync(metrics.to_prometheus, limiter=limiter)
+        except (RuntimeError, KeyError):  # the store changed under the thread (a reset): read it here
+            text = metrics.to_prometheus()
         return text.encode()
 
     async with trio.open_nursery() as nursery:
