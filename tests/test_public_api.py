@@ -37,6 +37,7 @@ EXPECTED = {
     "ImageChunk",
     "LoraConfig",
     "Metrics",
+    "MetricsCollector",
     "MetricsConfig",
     "ModelInput",
     "OptimStepResponse",
@@ -65,6 +66,7 @@ EXPECTED = {
     "datum",
     "errors",
     "open_session",
+    "serve_metrics",
     "types",
 }
 

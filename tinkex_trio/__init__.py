@@ -33,7 +33,7 @@ from tinkex_trio._config import (
     TimeoutsConfig,
 )
 from tinkex_trio._futures import APIFuture
-from tinkex_trio._metrics import Metrics
+from tinkex_trio._metrics import Metrics, MetricsCollector, serve_metrics
 from tinkex_trio._rest import RestClient
 from tinkex_trio._sampling import SamplingClient
 from tinkex_trio._session import Session, open_session
@@ -75,6 +75,7 @@ __all__ = [
     "ImageChunk",
     "LoraConfig",
     "Metrics",
+    "MetricsCollector",
     "MetricsConfig",
     "ModelInput",
     "OptimStepResponse",
@@ -103,6 +104,7 @@ __all__ = [
     "datum",
     "errors",
     "open_session",
+    "serve_metrics",
     "types",
 ]
 

@@ -17,10 +17,12 @@ between threads.
 from __future__ import annotations
 
 import time as _time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 from tinkex_trio._config import MetricsConfig
+from tinkex_trio._metrics._merge import encode as _encode_blob
+from tinkex_trio._metrics._merge import merge as _merge_blobs
 from tinkex_trio._metrics._prometheus import exposition, series_label
 from tinkex_trio._metrics._series import (
     Counter,
@@ -41,6 +43,7 @@ __all__ = [
     "REQUEST_ERRORS_TOTAL",
     "RETRIES_TOTAL",
     "Metrics",
+    "families_of",
 ]
 
 DEFAULT_MAX_SERIES: Final = 1000
@@ -326,3 +329,38 @@ class Metrics:
         """
         families = self._families
         return exposition((name, families[name].kind, families[name].series) for name in sorted(families))
+
+    # -- merging across processes (tinkex_trio._metrics._merge) -------------------------------------------------------
+
+    def encode(self) -> bytes:
+        """The store as a versioned binary blob (msgpack) for :meth:`merge`, e.g. in another process.
+
+        It holds every series exactly: counter and gauge values, and each histogram's buckets with its exact count,
+        sum, sum of squares, min and max; and the wall-clock time of the call (``time.time()``), by which
+        :meth:`merge` orders gauges.
+        """
+        families = self._families
+        return _encode_blob(self.config, self._max_series, ((n, f.kind, f.series) for n, f in families.items()))
+
+    @classmethod
+    def merge(cls, blobs: Iterable[bytes]) -> Metrics:
+        """A new store merging the blobs of :meth:`encode` (``ValueError`` on a blob that is not one, of another
+        version, or with another histogram configuration). Label sets are kept.
+
+        * counters: the sum;
+        * gauges: the value in the blob encoded last (by its wall-clock time; on a tie, the later blob);
+        * histograms: merged bucket-exactly, with their exact count, sum, min, max and standard deviation: the merge
+          of workers that each recorded part of the values reports the same statistics and percentiles as one store
+          that recorded them all.
+        """
+        return _merge_blobs(blobs, lambda config, max_series: cls(config, max_series=max_series or DEFAULT_MAX_SERIES))
+
+
+def families_of(metrics: Metrics) -> list[tuple[str, Kind, Mapping[LabelKey, Series]]]:
+    """The series of ``metrics`` by name (sorted) and label set, for exporters (``_metrics._collector``).
+
+    The dicts are copies (each made in one step, so another thread may read them while the store's thread adds
+    series); the series are the live objects.
+    """
+    families = metrics._families.copy()  # pyright: ignore[reportPrivateUsage]  # this module's class
+    return [(name, families[name].kind, families[name].series.copy()) for name in sorted(families)]
