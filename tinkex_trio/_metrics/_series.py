@@ -8,14 +8,19 @@ A series is one metric name and one label set. It is plain data with no clock an
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
+from functools import cache
+from itertools import accumulate
 from typing import Final, Literal, Protocol, cast
 
 from hdrh.histogram import HdrHistogram
 
 __all__ = [
     "QUANTILES",
+    "UNITS_PER_MS",
     "Counter",
+    "Digest",
     "Gauge",
     "Histogram",
     "Kind",
@@ -41,22 +46,51 @@ QUANTILES: Final[tuple[tuple[str, float, str], ...]] = (
 )
 """The percentiles every histogram reports: ``get_all_metrics`` key, percentile, Prometheus ``quantile`` label."""
 
-_UNITS_PER_MS: Final = 1000
+UNITS_PER_MS: Final = 1000
 """Histogram values are stored as integers of 1/1000 of their unit: microseconds for milliseconds."""
+
+
+_WORD_SIZE: Final = 4
+"""Bytes per HdrHistogram bucket count: 32-bit counts (a bucket holds up to 2**32 - 1 values) halve the memory of
+hdrh's default 64-bit ones. At the defaults (``MetricsConfig``: 1 µs .. 10 min, 2 significant figures) a series
+holds 3072 buckets, 12 KiB of counts (~13 KiB in all, measured with tracemalloc in
+``tests/test_metrics_exposition.py``); 1 µs .. 1 h at 3 figures, the old default, was 23552 × 8 bytes, ~185 KiB."""
+
+
+class _Counts(Protocol):
+    """hdrh's counts array (a ctypes array): indexed and sliced at C speed."""
+
+    def __getitem__(self, index: slice) -> list[int]: ...
 
 
 class _Hdr(Protocol):
     """The part of hdrh's public API used here, typed (hdrh ships no annotations)."""
 
+    counts: _Counts
+
     def record_value(self, value: int, count: int = 1) -> bool: ...
     def add(self, other_hist: _Hdr) -> None: ...
     def get_total_count(self) -> int: ...
     def get_percentile_to_value_dict(self, percentile_list: list[float]) -> dict[float, int]: ...
+    def get_counts_array_index(self, value: int) -> int: ...
+    def get_value_from_index(self, index: int) -> int: ...
+    def get_highest_equivalent_value(self, value: int) -> int: ...
 
 
 def _hdr(max_units: int, significant_figures: int) -> _Hdr:
     """An empty HdrHistogram of integers in ``[0, max_units]``."""
-    return cast("_Hdr", HdrHistogram(1, max_units, significant_figures))
+    return cast("_Hdr", HdrHistogram(1, max_units, significant_figures, word_size=_WORD_SIZE))
+
+
+@cache
+def _block_starts(max_units: int, significant_figures: int) -> tuple[int, ...]:
+    """The first counts-array index of each block of values: block ``b`` holds the values of ``b`` bits
+    (``value.bit_length() == b``: 0, then 1, 2-3, 4-7, ...), whose HdrHistogram buckets are contiguous; one more
+    entry ends the last block. From hdrh's public ``get_counts_array_index``, once per configuration."""
+    hdr = _hdr(max_units, significant_figures)
+    starts = [0] + [hdr.get_counts_array_index(1 << (bits - 1)) for bits in range(1, max_units.bit_length() + 1)]
+    starts.append(hdr.get_counts_array_index(max_units) + 1)
+    return tuple(starts)
 
 
 class Counter:
@@ -105,6 +139,7 @@ class Histogram:
 
     __slots__ = (
         "_max_ms",
+        "blocks",
         "clamped",
         "dropped",
         "hdr",
@@ -121,10 +156,13 @@ class Histogram:
     def __init__(self, name: str, labels: LabelKey, *, max_ms: int, significant_figures: int) -> None:
         self.name = name
         self.labels = labels
-        self.max_units = max_ms * _UNITS_PER_MS
+        self.max_units = max_ms * UNITS_PER_MS
         self._max_ms = float(max_ms)
         self.significant_figures = significant_figures
         self.hdr = _hdr(self.max_units, significant_figures)
+        # Values recorded per bit length (see _block_starts): a 2-level index over hdr's counts, so a percentile or a
+        # cumulative count reads one block of at most sub_bucket_count / 2 counts, not all of them.
+        self.blocks = [0] * (self.max_units.bit_length() + 1)
         # Exact aggregates, in stored units: hdrh keeps only bucketed values (its min / max are bucket bounds, and its
         # stddev walks every bucket in pure Python, ~60 ms at 3 figures).
         self.sum = 0
@@ -142,12 +180,13 @@ class Histogram:
     def record(self, value: float) -> None:
         """Record one value (see the class docstring for out-of-range values)."""
         if 0.0 <= value <= self._max_ms:
-            units = int(value * _UNITS_PER_MS + 0.5)
+            units = int(value * UNITS_PER_MS + 0.5)
         else:
             units = self._out_of_range(value)
             if units < 0:
                 return
         self.hdr.record_value(units)  # always in range: 0 <= units <= max_units
+        self.blocks[units.bit_length()] += 1
         self.sum += units
         self.squares += units * units
         if units > self.max:
@@ -173,33 +212,75 @@ class Histogram:
 Series = Counter | Gauge | Histogram
 
 
-def merged_stats(members: Sequence[Histogram]) -> dict[str, float]:
+class Digest:
+    """The counts of one histogram or of the union of several (all made by one store): cumulative counts and
+    percentiles read at C speed (slices of hdrh's counts array, ``itertools.accumulate``, ``bisect``), never walking
+    every bucket in Python. hdrh's public API only: ``counts``, ``get_counts_array_index``, ``get_value_from_index``,
+    ``get_highest_equivalent_value``, ``add``."""
+
+    __slots__ = ("count", "hdr", "max_units", "starts", "through")
+
+    def __init__(self, members: Sequence[Histogram]) -> None:
+        first = members[0]
+        if len(members) == 1:
+            hdr, blocks = first.hdr, first.blocks
+        else:
+            hdr = _hdr(first.max_units, first.significant_figures)
+            for member in members:
+                hdr.add(member.hdr)  # C (pyhdrh's add_array): same layout
+            blocks = [sum(column) for column in zip(*(member.blocks for member in members), strict=True)]
+        self.hdr = hdr
+        self.max_units = first.max_units
+        self.starts = _block_starts(first.max_units, first.significant_figures)
+        self.through = list(accumulate(blocks))
+        """Values of at most ``b`` bits, by ``b``."""
+        self.count = self.through[-1]
+
+    def count_at_or_below(self, units: int) -> int:
+        """Values in the buckets up to the one holding ``units``: the values ``<= units`` to the histogram's
+        precision (a value in ``units``' own bucket but above it counts too: at most 1/128 above at 2 figures)."""
+        if units >= self.max_units:
+            return self.count
+        if units < 0:
+            return 0
+        bits = units.bit_length()
+        before = self.through[bits - 1] if bits else 0
+        return before + sum(self.hdr.counts[self.starts[bits] : self.hdr.get_counts_array_index(units) + 1])
+
+    def value_at_percentile(self, percentile: float) -> int:
+        """hdrh's ``get_value_at_percentile`` (the highest value of the bucket holding the rank), for a non-empty
+        digest and ``0 < percentile <= 100``."""
+        rank = max(int(min(percentile, 100.0) * self.count / 100 + 0.5), 1)  # hdrh's get_target_count_at_percentile
+        bits = bisect_left(self.through, rank)
+        before = self.through[bits - 1] if bits else 0
+        start = self.starts[bits]
+        within = list(accumulate(self.hdr.counts[start : self.starts[bits + 1]]))
+        index = start + bisect_left(within, rank - before)
+        return self.hdr.get_highest_equivalent_value(self.hdr.get_value_from_index(index))
+
+
+def merged_stats(members: Sequence[Histogram], digest: Digest | None = None) -> dict[str, float]:
     """:meth:`Histogram.stats` of the union of ``members`` (at least one, all made by one store, so with the same
-    ``max_units`` and significant figures)."""
-    if len(members) == 1:
-        hdr = members[0].hdr
-    else:
-        hdr = _hdr(members[0].max_units, members[0].significant_figures)
-        for member in members:
-            hdr.add(member.hdr)
-    count = hdr.get_total_count()
+    ``max_units`` and significant figures); ``digest``: theirs, if already made."""
+    if digest is None:
+        digest = Digest(members)
+    count = digest.count
     total = sum(m.sum for m in members)
-    out: dict[str, float] = {"count": count, "sum": total / _UNITS_PER_MS}
+    out: dict[str, float] = {"count": count, "sum": total / UNITS_PER_MS}
     if count == 0:
         out.update({"min": 0.0, "max": 0.0, "mean": 0.0, "stddev": 0.0})
         out.update(dict.fromkeys((key for key, _, _ in QUANTILES), 0.0))
     else:
         low = min(m.min for m in members if m.count)
         high = max(m.max for m in members if m.count)
-        out["min"] = low / _UNITS_PER_MS
-        out["max"] = high / _UNITS_PER_MS
-        out["mean"] = total / count / _UNITS_PER_MS
+        out["min"] = low / UNITS_PER_MS
+        out["max"] = high / UNITS_PER_MS
+        out["mean"] = total / count / UNITS_PER_MS
         # count² × variance, exact in integers: no cancellation between two large floats.
         spread = count * sum(m.squares for m in members) - total * total
-        out["stddev"] = math.sqrt(spread) / count / _UNITS_PER_MS
-        values = hdr.get_percentile_to_value_dict([percentile for _, percentile, _ in QUANTILES])
+        out["stddev"] = math.sqrt(spread) / count / UNITS_PER_MS
         for key, percentile, _ in QUANTILES:
-            out[key] = min(max(values[percentile], low), high) / _UNITS_PER_MS
+            out[key] = min(max(digest.value_at_percentile(percentile), low), high) / UNITS_PER_MS
     out["clamped"] = sum(m.clamped for m in members)
     out["dropped"] = sum(m.dropped for m in members)
     return out
