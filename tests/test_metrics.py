@@ -237,11 +237,14 @@ _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)')
 
 
 def _parse_prometheus(text: str) -> tuple[dict[str, str], dict[tuple[str, frozenset[tuple[str, str]]], float]]:
-    """A strict reader of the text format: every line is a TYPE comment or a sample; label values unescaped."""
+    """A strict reader of the text format: every line is a HELP or TYPE comment or a sample; label values
+    unescaped."""
     types: dict[str, str] = {}
     samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
     assert text.endswith("\n")
     for line in text.splitlines():
+        if line.startswith("# HELP "):
+            continue
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split(" ")
             assert name not in types
@@ -277,7 +280,9 @@ def test_prometheus_text_parses_back() -> None:
     assert types == {
         "_1st": "gauge",
         "errors_total": "counter",
-        "lat_ms": "summary",
+        "lat_seconds": "histogram",
+        "lat_seconds_clamped_total": "counter",
+        "lat_seconds_dropped_total": "counter",
         "queue_depth_now": "gauge",
         "requests_total": "counter",
         "weird_total": "counter",
@@ -288,12 +293,12 @@ def test_prometheus_text_parses_back() -> None:
     assert samples[("_1st", frozenset())] == 1
     assert samples[("weird_total", frozenset({("bad_name", "v"), ("x__reserved", "w")}))] == 1
     op = ("op", "fwd")
-    assert samples[("lat_ms_count", frozenset({op}))] == 4
-    assert samples[("lat_ms_sum", frozenset({op}))] == 10.0
-    quantiles = {dict(labels)["quantile"]: v for (name, labels), v in samples.items() if name == "lat_ms"}
-    assert set(quantiles) == {"0.5", "0.9", "0.95", "0.99", "0.999"}
-    assert quantiles["0.5"] == pytest.approx(2.0, rel=1e-2) and quantiles["0.999"] == 4.0
-    assert len(samples) == 5 + 5 + 2
+    assert samples[("lat_seconds_count", frozenset({op}))] == 4
+    assert samples[("lat_seconds_sum", frozenset({op}))] == 0.01
+    assert samples[("lat_seconds_bucket", frozenset({op, ("le", "0.005")}))] == 4
+    assert samples[("lat_seconds_bucket", frozenset({op, ("le", "+Inf")}))] == 4
+    assert samples[("lat_seconds_clamped_total", frozenset({op}))] == 0
+    assert len(samples) == 5 + 14 + 2 + 2
     assert Metrics().to_prometheus() == ""
 
 

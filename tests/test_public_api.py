@@ -499,7 +499,7 @@ def test_design_contract_metrics_and_breaker() -> None:
     hist = snapshot["histograms"]["tinkex_request_duration_ms"]
     for key in ("count", "min", "max", "mean", "stddev", "p50", "p90", "p95", "p99", "p999"):
         assert key in hist, key
-    assert "tinkex_request_duration_ms" in m.to_prometheus()
+    assert "tinkex_request_duration_seconds_bucket" in m.to_prometheus()
     m.reset()
     assert m.get_all_metrics()["counters"] == {}
     breaker = tx.breakers().for_key("https://example.test", "tml-contract-key")

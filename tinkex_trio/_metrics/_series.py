@@ -28,6 +28,7 @@ __all__ = [
     "LabelValue",
     "Labels",
     "Series",
+    "bucket_points",
     "merged_stats",
 ]
 
@@ -212,6 +213,27 @@ class Histogram:
 Series = Counter | Gauge | Histogram
 
 
+@cache
+def bucket_points(
+    max_units: int, significant_figures: int, bounds_units: tuple[int, ...]
+) -> tuple[tuple[int, int, int], ...]:
+    """For each of ``bounds_units``: (bit length, block start, end of the bound's bucket + 1) in the counts array,
+    ``(-1, 0, 0)`` for a bound at or above ``max_units`` (every value) and ``(0, 0, 0)`` for a negative one (none),
+    for :meth:`Digest.counts_at_or_below`."""
+    hdr = _hdr(max_units, significant_figures)
+    starts = _block_starts(max_units, significant_figures)
+    points: list[tuple[int, int, int]] = []
+    for units in bounds_units:
+        if units >= max_units:
+            points.append((-1, 0, 0))
+        elif units < 0:
+            points.append((0, 0, 0))
+        else:
+            bits = units.bit_length()
+            points.append((bits, starts[bits], hdr.get_counts_array_index(units) + 1))
+    return tuple(points)
+
+
 class Digest:
     """The counts of one histogram or of the union of several (all made by one store): cumulative counts and
     percentiles read at C speed (slices of hdrh's counts array, ``itertools.accumulate``, ``bisect``), never walking
@@ -246,6 +268,16 @@ class Digest:
         bits = units.bit_length()
         before = self.through[bits - 1] if bits else 0
         return before + sum(self.hdr.counts[self.starts[bits] : self.hdr.get_counts_array_index(units) + 1])
+
+    def counts_at_or_below(self, points: Sequence[tuple[int, int, int]]) -> list[int]:
+        """:meth:`count_at_or_below` of many values at once, given as :func:`bucket_points` (precomputed)."""
+        counts = self.hdr.counts
+        through = self.through
+        count = self.count
+        return [
+            count if bits < 0 else (through[bits - 1] if bits else 0) + sum(counts[start:stop])
+            for bits, start, stop in points
+        ]
 
     def value_at_percentile(self, percentile: float) -> int:
         """hdrh's ``get_value_at_percentile`` (the highest value of the bucket holding the rank), for a non-empty
