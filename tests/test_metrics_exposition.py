@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hdrh.histogram import HdrHistogram
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
@@ -142,13 +143,16 @@ def test_bucket_counts_and_percentiles_match_hdrh_s_own_walk() -> None:
         (h if i % 3 else other).record(value)
     for members in ([h], [h, other]):
         digest = Digest(members)
-        hdr: Any = digest.hdr
+        hdr: Any = HdrHistogram(1, 600_000_000, 2)  # the reference: hdrh's own union and walks
+        for member in members:
+            hdr.add(member.hdr)
         cumulative = np.cumsum([hdr.get_count_at_index(i) for i in range(hdr.counts_len)])
         assert digest.count == cumulative[-1] == sum(m.count for m in members)
         for units in (0, 1, 255, 256, 257, 1000, 5000, 12_345, 10**6, 59_999_999, 599_999_999):
             assert digest.count_at_or_below(units) == cumulative[hdr.get_counts_array_index(units)], units
         percentiles = [50.0, 90.0, 95.0, 99.0, 99.9, 100.0]
         expected = hdr.get_percentile_to_value_dict(percentiles)
+        assert digest.values_at_percentiles(percentiles) == [expected[p] for p in percentiles]
         for percentile in percentiles:
             assert digest.value_at_percentile(percentile) == expected[percentile], percentile
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Final
 
 from tinkex_trio._metrics._series import (
@@ -85,6 +86,7 @@ HELP: Final[Mapping[str, str]] = {
 """``# HELP`` text of the session's metrics, by store name."""
 
 _MS_SUFFIX: Final = "_ms"
+_PERCENTILES: Final = [percentile for _, percentile, _ in QUANTILES]
 
 
 def exposition(
@@ -143,12 +145,9 @@ def exposition(
             clamped.append(f"{metric}_clamped_total{labels} {series.clamped}")
             dropped.append(f"{metric}_dropped_total{labels} {series.dropped}")
             if summary is not None:
-                for _, percentile, quantile in QUANTILES:
-                    value = (
-                        min(max(digest.value_at_percentile(percentile), series.min), series.max) / per_unit
-                        if digest.count
-                        else math.nan
-                    )
+                values = digest.values_at_percentiles(_PERCENTILES) if digest.count else [-1] * len(QUANTILES)
+                for (_, _, quantile), units in zip(QUANTILES, values, strict=True):
+                    value = min(max(units, series.min), series.max) / per_unit if units >= 0 else math.nan
                     summary.append(f'{metric}_quantiles{{{inner}quantile="{quantile}"}} {_format_value(value)}')
     out: list[str] = []
     for family, (prom_type, help_text, unit, lines) in blocks.items():
@@ -200,6 +199,7 @@ def _escape_help(text: str, openmetrics: bool) -> str:
     return text.replace('"', '\\"') if openmetrics else text
 
 
+@lru_cache(maxsize=8192)
 def _prom_labels(key: LabelKey) -> str:
     if not key:
         return ""

@@ -12,7 +12,7 @@ from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from functools import cache
 from itertools import accumulate
-from typing import Final, Literal, Protocol, cast
+from typing import Any, Final, Literal, Protocol, cast
 
 from hdrh.histogram import HdrHistogram
 
@@ -214,49 +214,70 @@ Series = Counter | Gauge | Histogram
 
 
 @cache
+def _layout(max_units: int, significant_figures: int) -> tuple[_Hdr, tuple[int, ...], dict[int, int]]:
+    """An empty HdrHistogram of the configuration (for its index arithmetic), :func:`_block_starts`, and a memo of
+    the highest value of each counts-array index, filled as percentiles are read."""
+    return _hdr(max_units, significant_figures), _block_starts(max_units, significant_figures), {}
+
+
+@cache
 def bucket_points(
     max_units: int, significant_figures: int, bounds_units: tuple[int, ...]
-) -> tuple[tuple[int, int, int], ...]:
-    """For each of ``bounds_units``: (bit length, block start, end of the bound's bucket + 1) in the counts array,
-    ``(-1, 0, 0)`` for a bound at or above ``max_units`` (every value) and ``(0, 0, 0)`` for a negative one (none),
-    for :meth:`Digest.counts_at_or_below`."""
-    hdr = _hdr(max_units, significant_figures)
-    starts = _block_starts(max_units, significant_figures)
-    points: list[tuple[int, int, int]] = []
+) -> tuple[tuple[int, int], ...]:
+    """For each of ``bounds_units``: (bit length, end of the bound's bucket + 1 in the counts array), ``(-1, 0)`` for
+    a bound at or above ``max_units`` (every value) and ``(0, 0)`` for a negative one (none), for
+    :meth:`Digest.counts_at_or_below`."""
+    hdr = _layout(max_units, significant_figures)[0]
+    points: list[tuple[int, int]] = []
     for units in bounds_units:
         if units >= max_units:
-            points.append((-1, 0, 0))
+            points.append((-1, 0))
         elif units < 0:
-            points.append((0, 0, 0))
+            points.append((0, 0))
         else:
-            bits = units.bit_length()
-            points.append((bits, starts[bits], hdr.get_counts_array_index(units) + 1))
+            points.append((units.bit_length(), hdr.get_counts_array_index(units) + 1))
     return tuple(points)
+
+
+def _counts_view(hdr: _Hdr) -> memoryview:
+    """hdrh's ctypes counts array as a memoryview of native unsigned ints: slices are zero-copy, sums run in C."""
+    view = memoryview(cast("Any", hdr.counts)).cast("B").cast("I")
+    assert view.itemsize == _WORD_SIZE
+    return view
 
 
 class Digest:
     """The counts of one histogram or of the union of several (all made by one store): cumulative counts and
-    percentiles read at C speed (slices of hdrh's counts array, ``itertools.accumulate``, ``bisect``), never walking
-    every bucket in Python. hdrh's public API only: ``counts``, ``get_counts_array_index``, ``get_value_from_index``,
-    ``get_highest_equivalent_value``, ``add``."""
+    percentiles read at C speed (zero-copy slices of hdrh's counts, ``sum``, ``itertools.accumulate``, ``bisect``)
+    from a 2-level index (values per bit length, kept as they are recorded), never walking every bucket in Python.
+    hdrh's public API only: ``counts``, ``get_counts_array_index``, ``get_value_from_index``,
+    ``get_highest_equivalent_value``. A union is not merged into a new HdrHistogram: only the blocks a percentile
+    needs are summed."""
 
-    __slots__ = ("count", "hdr", "max_units", "starts", "through")
+    __slots__ = ("count", "hdr", "highest", "max_units", "starts", "through", "views")
 
     def __init__(self, members: Sequence[Histogram]) -> None:
         first = members[0]
+        self.hdr, self.starts, self.highest = _layout(first.max_units, first.significant_figures)
+        self.views = [_counts_view(member.hdr) for member in members]
         if len(members) == 1:
-            hdr, blocks = first.hdr, first.blocks
+            blocks = first.blocks
         else:
-            hdr = _hdr(first.max_units, first.significant_figures)
-            for member in members:
-                hdr.add(member.hdr)  # C (pyhdrh's add_array): same layout
             blocks = [sum(column) for column in zip(*(member.blocks for member in members), strict=True)]
-        self.hdr = hdr
         self.max_units = first.max_units
-        self.starts = _block_starts(first.max_units, first.significant_figures)
         self.through = list(accumulate(blocks))
         """Values of at most ``b`` bits, by ``b``."""
         self.count = self.through[-1]
+
+    def _sum(self, start: int, stop: int) -> int:
+        if len(self.views) == 1:
+            return sum(self.views[0][start:stop])
+        return sum([sum(view[start:stop]) for view in self.views])
+
+    def _cumulative(self, start: int, stop: int) -> list[int]:
+        if len(self.views) == 1:
+            return list(accumulate(self.views[0][start:stop]))
+        return list(accumulate(map(sum, zip(*[view[start:stop] for view in self.views], strict=True))))
 
     def count_at_or_below(self, units: int) -> int:
         """Values in the buckets up to the one holding ``units``: the values ``<= units`` to the histogram's
@@ -265,30 +286,48 @@ class Digest:
             return self.count
         if units < 0:
             return 0
-        bits = units.bit_length()
-        before = self.through[bits - 1] if bits else 0
-        return before + sum(self.hdr.counts[self.starts[bits] : self.hdr.get_counts_array_index(units) + 1])
+        return self.counts_at_or_below([(units.bit_length(), self.hdr.get_counts_array_index(units) + 1)])[0]
 
-    def counts_at_or_below(self, points: Sequence[tuple[int, int, int]]) -> list[int]:
+    def counts_at_or_below(self, points: Sequence[tuple[int, int]]) -> list[int]:
         """:meth:`count_at_or_below` of many values at once, given as :func:`bucket_points` (precomputed)."""
-        counts = self.hdr.counts
-        through = self.through
-        count = self.count
-        return [
-            count if bits < 0 else (through[bits - 1] if bits else 0) + sum(counts[start:stop])
-            for bits, start, stop in points
-        ]
+        through, starts, count = self.through, self.starts, self.count
+        out: list[int] = []
+        for bits, stop in points:
+            if bits < 0:
+                out.append(count)
+                continue
+            before = through[bits - 1] if bits else 0
+            if before == count or through[bits] == before:  # nothing from here on / in this block
+                out.append(before)
+            else:
+                out.append(before + self._sum(starts[bits], stop))
+        return out
+
+    def values_at_percentiles(self, percentiles: Sequence[float]) -> list[int]:
+        """hdrh's ``get_value_at_percentile`` (the highest value of the bucket holding the rank) of each of
+        ``percentiles`` (ascending, ``0 < p <= 100``), for a non-empty digest."""
+        through, starts, highest = self.through, self.starts, self.highest
+        out: list[int] = []
+        block = -1
+        within: list[int] = []
+        for percentile in percentiles:
+            rank = max(int(min(percentile, 100.0) * self.count / 100 + 0.5), 1)  # hdrh's get_target_count_at_percentile
+            bits = bisect_left(through, rank)
+            if bits != block:
+                block, within = bits, self._cumulative(starts[bits], starts[bits + 1])
+            index = starts[bits] + bisect_left(within, rank - (through[bits - 1] if bits else 0))
+            value = highest.get(index)
+            if value is None:
+                value = highest[index] = self.hdr.get_highest_equivalent_value(self.hdr.get_value_from_index(index))
+            out.append(value)
+        return out
 
     def value_at_percentile(self, percentile: float) -> int:
-        """hdrh's ``get_value_at_percentile`` (the highest value of the bucket holding the rank), for a non-empty
-        digest and ``0 < percentile <= 100``."""
-        rank = max(int(min(percentile, 100.0) * self.count / 100 + 0.5), 1)  # hdrh's get_target_count_at_percentile
-        bits = bisect_left(self.through, rank)
-        before = self.through[bits - 1] if bits else 0
-        start = self.starts[bits]
-        within = list(accumulate(self.hdr.counts[start : self.starts[bits + 1]]))
-        index = start + bisect_left(within, rank - before)
-        return self.hdr.get_highest_equivalent_value(self.hdr.get_value_from_index(index))
+        """:meth:`values_at_percentiles` of one percentile."""
+        return self.values_at_percentiles([percentile])[0]
+
+
+_PERCENTILES: Final = [percentile for _, percentile, _ in QUANTILES]
 
 
 def merged_stats(members: Sequence[Histogram], digest: Digest | None = None) -> dict[str, float]:
@@ -311,8 +350,8 @@ def merged_stats(members: Sequence[Histogram], digest: Digest | None = None) -> 
         # count² × variance, exact in integers: no cancellation between two large floats.
         spread = count * sum(m.squares for m in members) - total * total
         out["stddev"] = math.sqrt(spread) / count / UNITS_PER_MS
-        for key, percentile, _ in QUANTILES:
-            out[key] = min(max(digest.value_at_percentile(percentile), low), high) / UNITS_PER_MS
+        for (key, _, _), value in zip(QUANTILES, digest.values_at_percentiles(_PERCENTILES), strict=True):
+            out[key] = min(max(value, low), high) / UNITS_PER_MS
     out["clamped"] = sum(m.clamped for m in members)
     out["dropped"] = sum(m.dropped for m in members)
     return out
