@@ -134,16 +134,17 @@ def test_histograms_are_exported_in_seconds_with_cumulative_buckets() -> None:
         assert (micros <= bound * 1e6).sum() <= got <= (micros <= bound * 1e6 * (1 + 1 / 128)).sum(), bound
 
 
-def test_bucket_counts_and_percentiles_match_hdrh_s_own_walk() -> None:
+@pytest.mark.parametrize("figures", [1, 2, 3])
+def test_bucket_counts_and_percentiles_match_hdrh_s_own_walk(figures: int) -> None:
     rng = np.random.default_rng(11)
     values = np.concatenate([rng.lognormal(2.0, 3.0, 5000), rng.uniform(0.0, 0.3, 500), [0.0, 0.001, 600_000.0]])
-    h = Histogram("h", (), max_ms=600_000, significant_figures=2)
-    other = Histogram("h", (), max_ms=600_000, significant_figures=2)
+    h = Histogram("h", (), max_ms=600_000, significant_figures=figures)
+    other = Histogram("h", (), max_ms=600_000, significant_figures=figures)
     for i, value in enumerate(values.tolist()):
         (h if i % 3 else other).record(value)
     for members in ([h], [h, other]):
         digest = Digest(members)
-        hdr: Any = HdrHistogram(1, 600_000_000, 2)  # the reference: hdrh's own union and walks
+        hdr: Any = HdrHistogram(1, 600_000_000, figures)  # the reference: hdrh's own union and walks
         for member in members:
             hdr.add(member.hdr)
         cumulative = np.cumsum([hdr.get_count_at_index(i) for i in range(hdr.counts_len)])

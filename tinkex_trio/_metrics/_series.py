@@ -28,6 +28,7 @@ __all__ = [
     "LabelValue",
     "Labels",
     "Series",
+    "block_of",
     "bucket_points",
     "merged_stats",
 ]
@@ -83,14 +84,32 @@ def _hdr(max_units: int, significant_figures: int) -> _Hdr:
     return cast("_Hdr", HdrHistogram(1, max_units, significant_figures, word_size=_WORD_SIZE))
 
 
+def block_of(units: int) -> int:
+    """The block of a stored value in :attr:`Histogram.blocks`: the value itself below 8, else a quarter of its power
+    of two, ``4 × bit length + its 2 bits after the leading one`` (values in 0-7, 8-9, 10-11, ..., 16-19, ...). Blocks
+    are ordered as their values, and each one's HdrHistogram buckets are contiguous (see :func:`_block_starts`)."""
+    bits = units.bit_length()
+    return (bits << 2) | ((units >> (bits - 3)) & 3) if bits > 3 else units
+
+
+def _blocks_len(max_units: int) -> int:
+    return block_of(max_units) + 1
+
+
 @cache
 def _block_starts(max_units: int, significant_figures: int) -> tuple[int, ...]:
-    """The first counts-array index of each block of values: block ``b`` holds the values of ``b`` bits
-    (``value.bit_length() == b``: 0, then 1, 2-3, 4-7, ...), whose HdrHistogram buckets are contiguous; one more
-    entry ends the last block. From hdrh's public ``get_counts_array_index``, once per configuration."""
+    """The first counts-array index of each block (:func:`block_of`), a block without values starting where the
+    next one does, and one more entry ending the last block. At most 1/8 of a power of two wide, a block never
+    splits an HdrHistogram bucket (at most 1/128 of one at 2 figures, 1/2 at 1 figure): its buckets are contiguous.
+    From hdrh's public ``get_counts_array_index``, once per configuration."""
     hdr = _hdr(max_units, significant_figures)
-    starts = [0] + [hdr.get_counts_array_index(1 << (bits - 1)) for bits in range(1, max_units.bit_length() + 1)]
-    starts.append(hdr.get_counts_array_index(max_units) + 1)
+    end = hdr.get_counts_array_index(max_units) + 1
+    starts = [end] * (_blocks_len(max_units) + 1)
+    for block in range(_blocks_len(max_units) - 1, -1, -1):
+        bits, quarter = block >> 2, block & 3
+        first = block if block < 8 else ((1 << (bits - 1)) | (quarter << (bits - 3)) if bits > 3 else -1)
+        valid = first >= 0 and first <= max_units and block_of(first) == block
+        starts[block] = hdr.get_counts_array_index(first) if valid else starts[block + 1]
     return tuple(starts)
 
 
@@ -161,9 +180,9 @@ class Histogram:
         self._max_ms = float(max_ms)
         self.significant_figures = significant_figures
         self.hdr = _hdr(self.max_units, significant_figures)
-        # Values recorded per bit length (see _block_starts): a 2-level index over hdr's counts, so a percentile or a
+        # Values recorded per block (see block_of): a 2-level index over hdr's counts, so a percentile or a
         # cumulative count reads one block of at most sub_bucket_count / 2 counts, not all of them.
-        self.blocks = [0] * (self.max_units.bit_length() + 1)
+        self.blocks = [0] * _blocks_len(self.max_units)
         # Exact aggregates, in stored units: hdrh keeps only bucketed values (its min / max are bucket bounds, and its
         # stddev walks every bucket in pure Python, ~60 ms at 3 figures).
         self.sum = 0
@@ -187,7 +206,8 @@ class Histogram:
             if units < 0:
                 return
         self.hdr.record_value(units)  # always in range: 0 <= units <= max_units
-        self.blocks[units.bit_length()] += 1
+        bits = units.bit_length()  # block_of(units), inlined
+        self.blocks[(bits << 2) | ((units >> (bits - 3)) & 3) if bits > 3 else units] += 1
         self.sum += units
         self.squares += units * units
         if units > self.max:
@@ -224,7 +244,7 @@ def _layout(max_units: int, significant_figures: int) -> tuple[_Hdr, tuple[int, 
 def bucket_points(
     max_units: int, significant_figures: int, bounds_units: tuple[int, ...]
 ) -> tuple[tuple[int, int], ...]:
-    """For each of ``bounds_units``: (bit length, end of the bound's bucket + 1 in the counts array), ``(-1, 0)`` for
+    """For each of ``bounds_units``: (its block, end of the bound's bucket + 1 in the counts array), ``(-1, 0)`` for
     a bound at or above ``max_units`` (every value) and ``(0, 0)`` for a negative one (none), for
     :meth:`Digest.counts_at_or_below`."""
     hdr = _layout(max_units, significant_figures)[0]
@@ -235,7 +255,7 @@ def bucket_points(
         elif units < 0:
             points.append((0, 0))
         else:
-            points.append((units.bit_length(), hdr.get_counts_array_index(units) + 1))
+            points.append((block_of(units), hdr.get_counts_array_index(units) + 1))
     return tuple(points)
 
 
@@ -249,10 +269,10 @@ def _counts_view(hdr: _Hdr) -> memoryview:
 class Digest:
     """The counts of one histogram or of the union of several (all made by one store): cumulative counts and
     percentiles read at C speed (zero-copy slices of hdrh's counts, ``sum``, ``itertools.accumulate``, ``bisect``)
-    from a 2-level index (values per bit length, kept as they are recorded), never walking every bucket in Python.
-    hdrh's public API only: ``counts``, ``get_counts_array_index``, ``get_value_from_index``,
-    ``get_highest_equivalent_value``. A union is not merged into a new HdrHistogram: only the blocks a percentile
-    needs are summed."""
+    from a 2-level index (values per quarter power of two, kept as they are recorded: :func:`block_of`), never
+    walking every bucket in Python. hdrh's public API only: ``counts``, ``get_counts_array_index``,
+    ``get_value_from_index``, ``get_highest_equivalent_value``. A union is not merged into a new HdrHistogram: only
+    the blocks a percentile needs are summed."""
 
     __slots__ = ("count", "hdr", "highest", "max_units", "starts", "through", "views")
 
@@ -266,7 +286,7 @@ class Digest:
             blocks = [sum(column) for column in zip(*(member.blocks for member in members), strict=True)]
         self.max_units = first.max_units
         self.through = list(accumulate(blocks))
-        """Values of at most ``b`` bits, by ``b``."""
+        """Values in blocks up to ``b`` (:func:`block_of`), by ``b``."""
         self.count = self.through[-1]
 
     def _sum(self, start: int, stop: int) -> int:
@@ -286,21 +306,21 @@ class Digest:
             return self.count
         if units < 0:
             return 0
-        return self.counts_at_or_below([(units.bit_length(), self.hdr.get_counts_array_index(units) + 1)])[0]
+        return self.counts_at_or_below([(block_of(units), self.hdr.get_counts_array_index(units) + 1)])[0]
 
     def counts_at_or_below(self, points: Sequence[tuple[int, int]]) -> list[int]:
         """:meth:`count_at_or_below` of many values at once, given as :func:`bucket_points` (precomputed)."""
         through, starts, count = self.through, self.starts, self.count
         out: list[int] = []
-        for bits, stop in points:
-            if bits < 0:
+        for block, stop in points:
+            if block < 0:
                 out.append(count)
                 continue
-            before = through[bits - 1] if bits else 0
-            if before == count or through[bits] == before:  # nothing from here on / in this block
+            before = through[block - 1] if block else 0
+            if before == count or through[block] == before:  # nothing from here on / in this block
                 out.append(before)
             else:
-                out.append(before + self._sum(starts[bits], stop))
+                out.append(before + self._sum(starts[block], stop))
         return out
 
     def values_at_percentiles(self, percentiles: Sequence[float]) -> list[int]:
@@ -308,14 +328,14 @@ class Digest:
         ``percentiles`` (ascending, ``0 < p <= 100``), for a non-empty digest."""
         through, starts, highest = self.through, self.starts, self.highest
         out: list[int] = []
-        block = -1
+        cached = -1
         within: list[int] = []
         for percentile in percentiles:
             rank = max(int(min(percentile, 100.0) * self.count / 100 + 0.5), 1)  # hdrh's get_target_count_at_percentile
-            bits = bisect_left(through, rank)
-            if bits != block:
-                block, within = bits, self._cumulative(starts[bits], starts[bits + 1])
-            index = starts[bits] + bisect_left(within, rank - (through[bits - 1] if bits else 0))
+            block = bisect_left(through, rank)
+            if block != cached:
+                cached, within = block, self._cumulative(starts[block], starts[block + 1])
+            index = starts[block] + bisect_left(within, rank - (through[block - 1] if block else 0))
             value = highest.get(index)
             if value is None:
                 value = highest[index] = self.hdr.get_highest_equivalent_value(self.hdr.get_value_from_index(index))
