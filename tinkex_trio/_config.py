@@ -149,7 +149,7 @@ class MetricsConfig(Checked, frozen=True, kw_only=True):
     and a ``tinkex.metrics.snapshot`` event every ``snapshot_interval_s``.
 
     The defaults, 1 µs .. 10 min at 2 significant figures (a bucket at most 1/128 of its values wide, so percentiles
-    within 0.8 %), keep a histogram series at ~13 KiB (3072 32-bit counts). Values above ``histogram_max_ms`` are
+    within 0.8 %), keep a histogram series at ~14 KiB (3072 32-bit counts). Values above ``histogram_max_ms`` are
     recorded as ``histogram_max_ms`` and counted in the series' ``clamped``."""
 
     _key_prefix: ClassVar[str] = "metrics."
