@@ -141,21 +141,22 @@ def test_histogram_statistics_against_numpy(seed: int) -> None:
     assert stats["mean"] == pytest.approx(units.mean() / 1000, rel=1e-12)
     assert stats["min"] == units[0] / 1000 and stats["max"] == units[-1] / 1000
     assert stats["stddev"] == pytest.approx(np.std(units) / 1000, rel=1e-12)
-    # HdrHistogram with 3 significant figures: 2048 sub-buckets, a bucket is at most 1/1024 of its values wide.
+    # HdrHistogram with 2 significant figures (the default): 256 sub-buckets, a bucket is at most 1/128 of its
+    # values wide.
     for key, percentile in (("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99), ("p999", 99.9)):
         rank = max(int(percentile * n / 100 + 0.5), 1)
         exact = units[rank - 1]
         got = stats[key] * 1000
-        assert exact <= got <= exact * (1 + 1 / 1024) + 1, key
-        assert stats[key] == pytest.approx(np.percentile(values, percentile), rel=5e-3), key
+        assert exact <= got <= exact * (1 + 1 / 128) + 1, key
+        assert stats[key] == pytest.approx(np.percentile(values, percentile), rel=1e-2), key
 
 
 def test_percentiles_are_hdrh_s_within_the_exact_min_and_max() -> None:
     rng = np.random.default_rng(7)
-    values = np.concatenate([rng.lognormal(2.0, 3.0, 3000), rng.uniform(0, 0.01, 200), [0.0, 3_600_000.0]])
+    values = np.concatenate([rng.lognormal(2.0, 3.0, 3000), rng.uniform(0, 0.01, 200), [0.0, 600_000.0]])
     m = _record_all(values.tolist())
-    reference: Any = HdrHistogram(1, 3_600_000_000, 3)
-    units = [min(int(value * 1000 + 0.5), 3_600_000_000) for value in values]
+    reference: Any = HdrHistogram(1, 600_000_000, 2)
+    units = [min(int(value * 1000 + 0.5), 600_000_000) for value in values]
     for unit in units:
         assert reference.record_value(unit)
     expected: dict[float, int] = reference.get_percentile_to_value_dict([50.0, 90.0, 95.0, 99.0, 99.9])
@@ -226,7 +227,7 @@ def test_empty_histogram_and_summary_over_label_sets() -> None:
     summary = m.get_all_metrics()["summaries"]["lat"]
     assert summary["count"] == 5 and summary["series"] == 2
     assert summary["min"] == 1.0 and summary["max"] == 20.0 and summary["sum"] == 36.0
-    assert summary["p50"] == pytest.approx(3.0, rel=1e-3)
+    assert summary["p50"] == pytest.approx(3.0, rel=1e-2)
 
 
 # -- Prometheus ------------------------------------------------------------------------------------------------------
@@ -236,11 +237,14 @@ _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)')
 
 
 def _parse_prometheus(text: str) -> tuple[dict[str, str], dict[tuple[str, frozenset[tuple[str, str]]], float]]:
-    """A strict reader of the text format: every line is a TYPE comment or a sample; label values unescaped."""
+    """A strict reader of the text format: every line is a HELP or TYPE comment or a sample; label values
+    unescaped."""
     types: dict[str, str] = {}
     samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
     assert text.endswith("\n")
     for line in text.splitlines():
+        if line.startswith("# HELP "):
+            continue
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split(" ")
             assert name not in types
@@ -276,7 +280,9 @@ def test_prometheus_text_parses_back() -> None:
     assert types == {
         "_1st": "gauge",
         "errors_total": "counter",
-        "lat_ms": "summary",
+        "lat_seconds": "histogram",
+        "lat_seconds_clamped_total": "counter",
+        "lat_seconds_dropped_total": "counter",
         "queue_depth_now": "gauge",
         "requests_total": "counter",
         "weird_total": "counter",
@@ -287,12 +293,12 @@ def test_prometheus_text_parses_back() -> None:
     assert samples[("_1st", frozenset())] == 1
     assert samples[("weird_total", frozenset({("bad_name", "v"), ("x__reserved", "w")}))] == 1
     op = ("op", "fwd")
-    assert samples[("lat_ms_count", frozenset({op}))] == 4
-    assert samples[("lat_ms_sum", frozenset({op}))] == 10.0
-    quantiles = {dict(labels)["quantile"]: v for (name, labels), v in samples.items() if name == "lat_ms"}
-    assert set(quantiles) == {"0.5", "0.9", "0.95", "0.99", "0.999"}
-    assert quantiles["0.5"] == pytest.approx(2.0, rel=1e-3) and quantiles["0.999"] == 4.0
-    assert len(samples) == 5 + 5 + 2
+    assert samples[("lat_seconds_count", frozenset({op}))] == 4
+    assert samples[("lat_seconds_sum", frozenset({op}))] == 0.01
+    assert samples[("lat_seconds_bucket", frozenset({op, ("le", "0.005")}))] == 4
+    assert samples[("lat_seconds_bucket", frozenset({op, ("le", "+Inf")}))] == 4
+    assert samples[("lat_seconds_clamped_total", frozenset({op}))] == 0
+    assert len(samples) == 5 + 14 + 2 + 2
     assert Metrics().to_prometheus() == ""
 
 

@@ -112,7 +112,7 @@ def test_bad_blobs_are_refused_with_a_clear_error() -> None:
     del envelope["counters"]
     with pytest.raises(ValueError, match="corrupt"):
         tx.Metrics.merge([msgspec.msgpack.encode(envelope)])
-    other = tx.Metrics(MetricsConfig(significant_figures=2))
+    other = tx.Metrics(MetricsConfig(significant_figures=3))  # the default is 2
     with pytest.raises(ValueError, match="different histogram configurations"):
         tx.Metrics.merge([good, other.encode()])
 

@@ -17,7 +17,7 @@ from tinkex_trio._metrics._collector import DEFAULT_BUCKETS_S, bucket_counts, hi
 
 def _store() -> tx.Metrics:
     m = tx.Metrics()
-    for v in (1.0, 5.0, 7.0, 100.0, 2000.0, 1e12):  # 1e12 ms is clamped to histogram_max_ms (1 h)
+    for v in (1.0, 5.0, 7.0, 100.0, 2000.0, 1e12):  # 1e12 ms is clamped to histogram_max_ms (10 min)
         m.record_histogram("tinkex_request_duration_ms", v, labels={"method": "POST", "path": "/api/v1/x"})
     m.record_histogram("step_ms", 42.0)
     m.increment("jobs", 3)
@@ -64,13 +64,13 @@ def test_collector_exposes_counters_gauges_and_histograms() -> None:
     assert buckets["0.01"] == 3
     assert buckets["0.1"] == 4
     assert buckets["2.5"] == 5
-    assert buckets["600.0"] == 5
+    assert buckets["600.0"] == 6  # the clamped value counts at the range's top, 10 min
     assert buckets["+Inf"] == 6
     values = list(buckets.values())
     assert values == sorted(values)  # cumulative
     samples = {s.name: s.value for s in duration.samples}
     assert samples["tinkex_request_duration_seconds_count"] == 6
-    assert samples["tinkex_request_duration_seconds_sum"] == pytest.approx((1 + 5 + 7 + 100 + 2000 + 3_600_000) / 1000)
+    assert samples["tinkex_request_duration_seconds_sum"] == pytest.approx((1 + 5 + 7 + 100 + 2000 + 600_000) / 1000)
     assert {s.name: s.value for s in families["step_seconds"].samples}["step_seconds_count"] == 1
 
 
@@ -103,7 +103,7 @@ def test_bucket_counts_match_the_recorded_values() -> None:
     counts = bucket_counts(series, bounds)
     exact = [sum(1 for v in values if v / 1000 <= b) for b in bounds]
     for got, want in zip(counts, exact, strict=True):
-        assert abs(got - want) <= max(1, want // 500)  # within a bucket's width (3 significant figures)
+        assert abs(got - want) <= max(1, want // 64)  # within a bucket's width (2 significant figures: 1/128)
     assert counts[0] == 0 and counts[-1] == len(values)
 
 
@@ -169,7 +169,7 @@ async def test_serve_metrics_survives_bad_clients() -> None:
             await dropped.send_all(b"GET /metr")
         async with httpx.AsyncClient() as client:
             response = await client.get(f"http://127.0.0.1:{port}/metrics")
-            assert response.text == "# TYPE ok_total counter\nok_total 1\n"
+            assert "# TYPE ok_total counter\nok_total 1\n" in response.text
         nursery.cancel_scope.cancel()
 
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from tinkex_trio._metrics._series import Counter, Gauge, Histogram, LabelKey
-from tinkex_trio._metrics._store import Metrics, families_of
+from tinkex_trio._metrics._store import Metrics
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -147,7 +147,7 @@ class MetricsCollector:
 
         bounds = self.buckets_s
         les = [*(_format_bound(b) for b in bounds), "+Inf"]
-        for name, kind, series_by_key in families_of(self.metrics):
+        for name, kind, series_by_key in self.metrics.families():
             doc = f"tinkex_trio {kind} {name}"
             family: Metric
             if kind == "histogram":

@@ -26,7 +26,7 @@ import msgspec
 from hdrh.histogram import HdrHistogram
 
 from tinkex_trio._config import MetricsConfig
-from tinkex_trio._metrics._series import Counter, Gauge, Histogram, Kind, LabelKey, Labels, Series
+from tinkex_trio._metrics._series import Counter, Gauge, Histogram, Kind, LabelKey, Labels, Series, block_of
 
 __all__ = ["FORMAT", "VERSION", "encode", "merge"]
 
@@ -204,6 +204,10 @@ def _add_histogram(series: Histogram, data: _HistogramData) -> None:
         raise ValueError(f"corrupt histogram {data.name!r} in a tinkex_trio metrics blob: count mismatch")
     if data.count:
         series.hdr.add(other)
+        # The series' per-block counts (its index over hdr's buckets) take the other's values too; a bucket never
+        # straddles two blocks, so its highest equivalent value names its block.
+        for item in other.get_recorded_iterator():
+            series.blocks[block_of(item.value_iterated_to)] += item.count_added_in_this_iter_step
         series.sum += data.sum
         series.squares += squares
         series.min = min(series.min, data.min)

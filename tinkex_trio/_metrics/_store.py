@@ -43,7 +43,6 @@ __all__ = [
     "REQUEST_ERRORS_TOTAL",
     "RETRIES_TOTAL",
     "Metrics",
-    "families_of",
 ]
 
 DEFAULT_MAX_SERIES: Final = 1000
@@ -320,15 +319,36 @@ class Metrics:
                 out[f"request_duration_ms_{key}"] = latency[key]
         return out
 
-    def to_prometheus(self) -> str:
-        """The metrics in the Prometheus text exposition format (0.0.4).
+    def to_prometheus(self, *, openmetrics: bool = False, quantiles: bool = False) -> str:
+        """The metrics in the Prometheus text exposition format 0.0.4 (``openmetrics``: OpenMetrics 1.0, see
+        :meth:`to_openmetrics`).
 
-        Counters get a ``_total`` suffix (unless they have one), gauges are plain, histograms are summaries: one
-        line per quantile (``quantile="0.5"`` ... ``"0.999"``) plus ``_sum`` and ``_count``. Names are sanitised to
-        ``[a-zA-Z_:][a-zA-Z0-9_:]*`` and label names to ``[a-zA-Z_][a-zA-Z0-9_]*``; label values are escaped.
+        Counters are ``x_total`` samples, gauges plain, histograms real Prometheus histograms (cumulative ``le``
+        buckets, ``_sum``, ``_count``): those recorded in milliseconds (``x_ms``) as ``x_seconds`` in seconds, with
+        out-of-range (``x_seconds_clamped_total``) and NaN (``x_seconds_dropped_total``) counts, and with
+        ``quantiles`` the HdrHistogram's percentiles as a summary ``x_seconds_quantiles``. Every family has
+        ``# HELP`` and ``# TYPE``. See :mod:`tinkex_trio._metrics._prometheus` for the mapping and bucket bounds.
         """
         families = self._families
-        return exposition((name, families[name].kind, families[name].series) for name in sorted(families))
+        return exposition(
+            ((name, families[name].kind, families[name].series) for name in sorted(families)),
+            openmetrics=openmetrics,
+            quantiles=quantiles,
+        )
+
+    def to_openmetrics(self, *, quantiles: bool = False) -> str:
+        """:meth:`to_prometheus` in the OpenMetrics 1.0 text format (``# TYPE x counter``, ``# UNIT`` of the
+        ``_seconds`` histograms, ending ``# EOF``): serve it as ``application/openmetrics-text; version=1.0.0``."""
+        return self.to_prometheus(openmetrics=True, quantiles=quantiles)
+
+    def families(self) -> list[tuple[str, Kind, Mapping[LabelKey, Series]]]:
+        """Every series by name (sorted) and label set, for exporters (e.g. :class:`~tinkex_trio.MetricsCollector`).
+
+        The dicts are copies (each made in one step, so another thread may read them while the store's thread adds
+        series); the series are the live objects.
+        """
+        families = self._families.copy()
+        return [(name, families[name].kind, families[name].series.copy()) for name in sorted(families)]
 
     # -- merging across processes (tinkex_trio._metrics._merge) -------------------------------------------------------
 
@@ -354,13 +374,3 @@ class Metrics:
           that recorded them all.
         """
         return _merge_blobs(blobs, lambda config, max_series: cls(config, max_series=max_series or DEFAULT_MAX_SERIES))
-
-
-def families_of(metrics: Metrics) -> list[tuple[str, Kind, Mapping[LabelKey, Series]]]:
-    """The series of ``metrics`` by name (sorted) and label set, for exporters (``_metrics._collector``).
-
-    The dicts are copies (each made in one step, so another thread may read them while the store's thread adds
-    series); the series are the live objects.
-    """
-    families = metrics._families.copy()  # pyright: ignore[reportPrivateUsage]  # this module's class
-    return [(name, families[name].kind, families[name].series.copy()) for name in sorted(families)]
