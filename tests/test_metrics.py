@@ -517,3 +517,45 @@ async def test_session_metrics_disabled(autojump_clock: trio.testing.MockClock) 
         assert session.metrics.get_all_metrics()["counters"] == {}
         session.metrics.increment("mine")  # still the user's to use
         assert session.metrics.get_counter("mine") == 1
+
+
+async def test_the_session_feed_reads_telemetry_from_a_bounded_channel_and_counts_what_it_drops(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    m = Metrics(clock=trio.current_time)
+    bus = TelemetryBus(clock=trio.current_time)
+    feed = MetricsFeed(m, snapshot_interval_s=10.0).attach(bus, channel_size=3)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(feed.run)
+        await trio.sleep(1.0)
+        # In one go, without a checkpoint: the waiting task is handed the first, the channel holds 3, the bus drops
+        # the last one.
+        for ms in (1.0, 2.0, 3.0, 4.0, 5.0):
+            bus.emit(HTTP_REQUEST_STOP, {"duration_ms": ms}, _request("z", 200))
+        # A read applies what the channel holds first: no stale view, although the task has not run yet.
+        assert m.counter_total(REQUESTS_TOTAL) >= 3
+        await trio.sleep(11.0)  # the snapshot tick counts the drops
+        assert m.get_counter("tinkex_telemetry_events_dropped_total") == 1
+        assert m.counter_total(REQUESTS_TOTAL) == 4
+        for ms in (6.0, 7.0):
+            bus.emit(HTTP_REQUEST_STOP, {"duration_ms": ms}, _request("z", 200))
+        nursery.cancel_scope.cancel()
+    assert m.counter_total(REQUESTS_TOTAL) == 6  # the task applied them, or its close did
+    assert bus.subscription_count() == 0
+
+
+async def test_recording_from_many_tasks_at_once_loses_nothing(autojump_clock: trio.testing.MockClock) -> None:
+    m = Metrics(clock=trio.current_time)
+
+    async def worker(i: int) -> None:
+        for j in range(100):
+            m.record_histogram("work_ms", float(i + j), labels={"worker": i % 4})
+            m.increment("work_total")
+            await trio.sleep(0.001 * (i % 3))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(50):
+            nursery.start_soon(worker, i)
+    assert m.counter_total("work_total") == 5000
+    summary = m.summary("work_ms")
+    assert summary is not None and summary["count"] == 5000 and summary["series"] == 4

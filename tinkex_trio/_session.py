@@ -70,6 +70,8 @@ SDK_VERSION: Final = __version__
 _HEARTBEAT_WARN_AFTER_S: Final = 120.0
 """Heartbeat failures are logged at INFO until this long has passed without a success, then at WARNING."""
 _DETAIL_MAX_CHARS: Final = 1000
+_METRICS_CHANNEL_SIZE: Final = 10_000
+"""Telemetry events the metrics task may lag behind before the bus drops (and counts) the next ones."""
 
 
 class Session:
@@ -215,7 +217,8 @@ class _SessionRunner:
         if self.ctx.config.metrics.enabled:
             # The feed's handler is attached now, so the very first request is counted; its task emits the periodic
             # snapshots and detaches the handler when the session's nursery is cancelled.
-            self.ctx.spawn(MetricsFeed(self.metrics).attach(self.ctx.telemetry).run, "tinkex_trio.session.metrics")
+            feed = MetricsFeed(self.metrics).attach(self.ctx.telemetry, channel_size=_METRICS_CHANNEL_SIZE)
+            self.ctx.spawn(feed.run, "tinkex_trio.session.metrics")
         # Each TrainingClient's batch window (batching.coalesce) runs in this nursery too, started by the client.
         # A later issue starts the dynamic_config refresh here (every max(refresh_interval_sec, 10) s, errors ignored).
 

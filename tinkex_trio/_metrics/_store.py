@@ -20,6 +20,8 @@ import time as _time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
+import trio
+
 from tinkex_trio._config import MetricsConfig
 from tinkex_trio._metrics._merge import encode as _encode_blob
 from tinkex_trio._metrics._merge import merge as _merge_blobs
@@ -119,8 +121,27 @@ class Metrics:
         self._max_series = max_series
         self._families: dict[str, _Family] = {}
         self._started = clock()
+        self._pending: list[Callable[[], None]] = []
         self.generation = 0
         """Bumped by :meth:`reset`: series objects from an older generation are no longer in the store."""
+
+    def add_pending(self, drain: Callable[[], None]) -> None:
+        """Register a source of buffered updates (a session's metrics task reading telemetry from a channel):
+        ``drain()`` applies what it holds, and every read of the store calls it first, so a read sees every event
+        delivered before it while the writers never wait. Not a checkpoint."""
+        self._pending.append(drain)
+
+    def remove_pending(self, drain: Callable[[], None]) -> None:
+        """Unregister a source of :meth:`add_pending` (a no-op if it is not registered)."""
+        if drain in self._pending:
+            self._pending.remove(drain)
+
+    def _drain_pending(self) -> None:
+        # Only on the event loop's thread: a scrape in a worker thread (serve_metrics, a prometheus_client server)
+        # reads what is applied so far; the channel is the loop's.
+        if self._pending and trio.lowlevel.in_trio_run():
+            for drain in self._pending:
+                drain()
 
     def __repr__(self) -> str:
         series = sum(len(f.series) for f in self._families.values())
@@ -226,21 +247,25 @@ class Metrics:
 
     def get_counter(self, name: str, labels: Labels | None = None) -> float:
         """A counter's value (0 if it does not exist)."""
+        self._drain_pending()
         series = self._lookup(name, "counter", labels)
         return series.value if isinstance(series, Counter) else 0
 
     def get_gauge(self, name: str, labels: Labels | None = None) -> float | None:
         """A gauge's value (None if it was never set)."""
+        self._drain_pending()
         series = self._lookup(name, "gauge", labels)
         return series.value if isinstance(series, Gauge) else None
 
     def get_histogram(self, name: str, labels: Labels | None = None) -> dict[str, float] | None:
         """A histogram's statistics (None if it does not exist)."""
+        self._drain_pending()
         series = self._lookup(name, "histogram", labels)
         return series.stats() if isinstance(series, Histogram) else None
 
     def counter_total(self, name: str) -> float:
         """The sum of a counter over all its label sets."""
+        self._drain_pending()
         family = self._families.get(name)
         if family is None or family.kind != "counter":
             return 0
@@ -255,6 +280,7 @@ class Metrics:
 
     def summary(self, name: str) -> dict[str, float] | None:
         """A histogram's statistics merged over all its label sets, plus ``series`` (how many); None if absent."""
+        self._drain_pending()
         family = self._families.get(name)
         if family is None or family.kind != "histogram" or not family.series:
             return None
@@ -276,6 +302,7 @@ class Metrics:
         A series without labels is keyed by its name; one with labels by ``name{k="v",...}`` (labels sorted,
         values escaped as in Prometheus). Histogram values are in the recorded unit (milliseconds by convention).
         """
+        self._drain_pending()
         counters: dict[str, float] = {}
         gauges: dict[str, float] = {}
         histograms: dict[str, dict[str, float]] = {}
@@ -307,6 +334,7 @@ class Metrics:
     def snapshot(self) -> dict[str, float]:
         """A compact, flat summary of the session's request metrics (the ``tinkex.metrics.snapshot`` event's
         measurements): request, error and retry totals, and the request latency merged over every label set."""
+        self._drain_pending()
         out: dict[str, float] = {
             "requests_total": self.counter_total(REQUESTS_TOTAL),
             "request_errors_total": self.counter_total(REQUEST_ERRORS_TOTAL),
@@ -329,6 +357,7 @@ class Metrics:
         ``quantiles`` the HdrHistogram's percentiles as a summary ``x_seconds_quantiles``. Every family has
         ``# HELP`` and ``# TYPE``. See :mod:`tinkex_trio._metrics._prometheus` for the mapping and bucket bounds.
         """
+        self._drain_pending()
         families = self._families
         return exposition(
             ((name, families[name].kind, families[name].series) for name in sorted(families)),
@@ -359,6 +388,7 @@ class Metrics:
         sum, sum of squares, min and max; and the wall-clock time of the call (``time.time()``), by which
         :meth:`merge` orders gauges.
         """
+        self._drain_pending()
         families = self._families
         return _encode_blob(self.config, self._max_series, ((n, f.kind, f.series) for n, f in families.items()))
 
