@@ -21,7 +21,7 @@ import trio.testing
 from _simkit import API_KEY, BASE_URL, ASGIApp, Receive, Scope, Send, SimStack, sim_stack
 
 from tinkex_trio import types as t
-from tinkex_trio._futures import APIFuture, _Outcome  # pyright: ignore[reportPrivateUsage]
+from tinkex_trio._apifuture import APIFuture, Outcome
 from tinkex_trio._session import Session, open_session
 from tinkex_trio.errors import SessionClosedError, TinkexError
 
@@ -186,7 +186,7 @@ async def test_a_cancelled_waiter_gets_cancelled_even_if_its_future_failed_in_th
     # The race behind "move_on_after around the session surfaces SessionClosedError": the session's cancellation
     # fails a pending future with SessionClosedError (waking its waiter) before the waiter's own cancellation is
     # delivered. The waiter must leave with Cancelled, caught by its scope.
-    outcome: _Outcome[int] = _Outcome()
+    outcome: Outcome[int] = Outcome()
     future = APIFuture("req-1", "OptimStep", outcome=outcome)
     async with trio.open_nursery() as nursery:
         with trio.CancelScope() as scope:
