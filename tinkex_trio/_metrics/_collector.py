@@ -9,11 +9,11 @@ prometheus_client is optional (``pip install 'tinkex_trio[prometheus]'``): it is
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from tinkex_trio._metrics._series import Counter, Gauge, Histogram, LabelKey
+from tinkex_trio._metrics._prometheus import HELP, LATENCY_BUCKETS_S, VALUE_BUCKETS, sanitize_label, sanitize_name
+from tinkex_trio._metrics._series import Counter, Digest, Gauge, Histogram, LabelKey, bucket_points
 from tinkex_trio._metrics._store import Metrics
 
 if TYPE_CHECKING:
@@ -21,31 +21,11 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_BUCKETS_S", "MetricsCollector", "bucket_counts", "histogram_name"]
 
-DEFAULT_BUCKETS_S: Final[tuple[float, ...]] = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-)
-"""The ``le`` bounds (seconds) of the histograms: 5 ms to 10 min, the range of a Tinker call (``+Inf`` is added)."""
+DEFAULT_BUCKETS_S: Final = LATENCY_BUCKETS_S
+"""The ``le`` bounds (seconds) of the histograms, as in the text exposition (``+Inf`` is added)."""
 
 _UNITS_PER_S: Final = 1_000_000
 """A histogram stores milliseconds as integers of 1/1000 ms (see ``_series.Histogram``): 10⁶ per second."""
-
-_NAME_BAD = re.compile(r"[^a-zA-Z0-9_:]")
-_LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")
 
 _INSTALL_HINT: Final = (
     "tinkex_trio.MetricsCollector needs prometheus_client: install the 'prometheus' extra "
@@ -60,54 +40,24 @@ def _require_prometheus_client() -> None:
         raise ImportError(_INSTALL_HINT) from exc
 
 
-def _metric_name(name: str) -> str:
-    clean = _NAME_BAD.sub("_", name)
-    return clean if clean and not clean[0].isdigit() else "_" + clean
-
-
 def histogram_name(name: str) -> str:
-    """The Prometheus name of a histogram of milliseconds, in seconds: ``x_ms`` / ``x_milliseconds`` →
-    ``x_seconds``, any other ``x`` → ``x_seconds``."""
-    for suffix in ("_milliseconds", "_ms"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return _metric_name(name + "_seconds")
+    """The Prometheus name of a histogram, as in the text exposition: one recorded in milliseconds (``x_ms``) is
+    exported in seconds as ``x_seconds``; any other keeps its name (and its unit)."""
+    return sanitize_name(name.removesuffix("_ms") + "_seconds" if name.endswith("_ms") else name)
 
 
 def _labels(key: LabelKey) -> tuple[list[str], list[str]]:
-    names = [_LABEL_BAD.sub("_", k) for k, _ in key]
-    names = [n if n and not n[0].isdigit() else "_" + n for n in names]
-    return names, [v for _, v in key]
+    return [sanitize_label(k) for k, _ in key], [v for _, v in key]
 
 
 def bucket_counts(series: Histogram, bounds_s: Sequence[float]) -> list[int]:
-    """How many values of ``series`` are ``<=`` each bound (seconds, increasing): cumulative, as Prometheus's ``le``.
-
-    Exact below the smallest and from the largest recorded value on; between, a value counts as ``<=`` a bound when
-    its HdrHistogram bucket starts at or below it (an error of at most the bucket width, 0.1 % at 3 significant
-    figures, and only for values within it of a bound).
-    """
-    hdr: Any = series.hdr
-    counts: Any = hdr.counts
-    length: int = min(int(hdr.counts_len), len(counts))
-    total = series.count
-    out: list[int] = []
-    running = 0
-    done = 0  # counts[:done] are in running
-    for bound in bounds_s:
-        units = round(bound * _UNITS_PER_S)
-        if total == 0 or units < series.min:
-            out.append(0)
-        elif units >= series.max:
-            out.append(total)
-        else:
-            stop = min(int(hdr.get_counts_array_index(units)) + 1, length)
-            if stop > done:
-                running += int(sum(counts[done:stop]))
-                done = stop
-            out.append(min(running, total))
-    return out
+    """How many values of ``series`` are ``<=`` each bound (seconds, increasing): cumulative, as Prometheus's ``le``
+    (to the histogram's precision: a value in a bound's own bucket but above it counts too), computed as the text
+    exposition does."""
+    points = bucket_points(
+        series.max_units, series.significant_figures, tuple(round(b * _UNITS_PER_S) for b in bounds_s)
+    )
+    return Digest([series]).counts_at_or_below(points)
 
 
 def _format_bound(bound: float) -> str:
@@ -145,26 +95,30 @@ class MetricsCollector:
     def _collect(self) -> Iterator[Metric]:
         from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-        bounds = self.buckets_s
-        les = [*(_format_bound(b) for b in bounds), "+Inf"]
         for name, kind, series_by_key in self.metrics.families():
-            doc = f"tinkex_trio {kind} {name}"
+            doc = HELP.get(name) or f"tinkex_trio {kind} {name}"
+            seconds = name.endswith("_ms")
+            # As the text exposition: milliseconds exported in seconds at ``buckets_s``; other units as recorded.
+            bounds = self.buckets_s if seconds else VALUE_BUCKETS
+            per_unit = _UNITS_PER_S if seconds else _UNITS_PER_S / 1000.0
+            les = [*(_format_bound(b) for b in bounds), "+Inf"]
             family: Metric
             if kind == "histogram":
-                family = HistogramMetricFamily(histogram_name(name), doc + " (seconds)")
+                family = HistogramMetricFamily(histogram_name(name), doc)
             elif kind == "counter":
-                family = CounterMetricFamily(_metric_name(name), doc)
+                family = CounterMetricFamily(sanitize_name(name), doc)
             else:
-                family = GaugeMetricFamily(_metric_name(name), doc)
+                family = GaugeMetricFamily(sanitize_name(name), doc)
             for key in sorted(series_by_key):
                 series = series_by_key[key]
                 label_names, label_values = _labels(key)
                 one: Metric
                 if isinstance(series, Histogram):
                     total = series.count
-                    counts = [*bucket_counts(series, bounds), total]
+                    scaled = [b * per_unit / _UNITS_PER_S for b in bounds]
+                    counts = [*bucket_counts(series, scaled), total]
                     one = HistogramMetricFamily(family.name, doc, labels=label_names)
-                    one.add_metric(label_values, list(zip(les, counts, strict=True)), series.sum / _UNITS_PER_S)
+                    one.add_metric(label_values, list(zip(les, counts, strict=True)), series.sum / per_unit)
                 elif isinstance(series, Counter):
                     one = CounterMetricFamily(family.name, doc, labels=label_names)
                     one.add_metric(label_values, series.value)

@@ -45,7 +45,15 @@ from tinkex_trio._metrics._series import (
     bucket_points,
 )
 
-__all__ = ["HELP", "LATENCY_BUCKETS_S", "VALUE_BUCKETS", "exposition", "series_label"]
+__all__ = [
+    "HELP",
+    "LATENCY_BUCKETS_S",
+    "VALUE_BUCKETS",
+    "exposition",
+    "sanitize_label",
+    "sanitize_name",
+    "series_label",
+]
 
 LATENCY_BUCKETS_S: Final[tuple[float, ...]] = (
     0.005,
@@ -105,7 +113,7 @@ def exposition(
     for name, kind, series_by_key in families:
         help_text = HELP.get(name)
         if kind != "histogram":
-            metric = _sanitize_name(name)
+            metric = sanitize_name(name)
             if kind == "counter":
                 metric = metric.removesuffix("_total") or metric
                 sample = metric + "_total"
@@ -118,7 +126,7 @@ def exposition(
                     lines.append(f"{sample}{_prom_labels(key)} {_format_value(series.value)}")
             continue
         seconds = name.endswith(_MS_SUFFIX)
-        metric = _sanitize_name(name[: -len(_MS_SUFFIX)] + "_seconds" if seconds else name)
+        metric = sanitize_name(name[: -len(_MS_SUFFIX)] + "_seconds" if seconds else name)
         per_unit = UNITS_PER_MS * 1000 if seconds else UNITS_PER_MS  # stored integers per exported unit
         bounds = LATENCY_BUCKETS_S if seconds else VALUE_BUCKETS
         les = [f'le="{_format_bound(bound)}"' for bound in bounds]
@@ -174,12 +182,14 @@ _LABEL_BAD = re.compile(r"[^a-zA-Z0-9_]")
 _LABELS_RESERVED: Final = frozenset({"le", "quantile"})
 
 
-def _sanitize_name(name: str) -> str:
+def sanitize_name(name: str) -> str:
+    """A store name as a Prometheus metric name (invalid characters become ``_``)."""
     clean = _NAME_BAD.sub("_", name)
     return clean if clean and not clean[0].isdigit() else "_" + clean
 
 
-def _sanitize_label(name: str) -> str:
+def sanitize_label(name: str) -> str:
+    """A label name as Prometheus accepts it (not reserved, not a histogram's own ``le`` / ``quantile``)."""
     clean = _LABEL_BAD.sub("_", name)
     if not clean or clean[0].isdigit():
         clean = "_" + clean
@@ -203,7 +213,7 @@ def _escape_help(text: str, openmetrics: bool) -> str:
 def _prom_labels(key: LabelKey) -> str:
     if not key:
         return ""
-    return "{" + ",".join([f'{_sanitize_label(k)}="{_escape(v)}"' for k, v in key]) + "}"
+    return "{" + ",".join([f'{sanitize_label(k)}="{_escape(v)}"' for k, v in key]) + "}"
 
 
 def _format_bound(bound: float) -> str:
