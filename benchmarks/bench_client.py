@@ -60,8 +60,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-REPO = Path(__file__).resolve().parent.parent
+from _report import REPO, RESULTS_DIR, write_report  # benchmarks/ is on sys.path when run
+
 API_KEY = "tml-bench-0123456789"
 BASE_MODEL = "meta-llama/Llama-3.2-1B"
 CHILD_TIMEOUT_S = 600.0
@@ -915,11 +915,7 @@ def main(argv: list[str] | None = None) -> int:
     report["elapsed_s"] = round(time.monotonic() - start, 1)
     print_report(report)
     if not args.no_write:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        path = RESULTS_DIR / f"bench_client-{stamp}.json"
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {path.relative_to(REPO)}")
+        write_report("bench_client", report)
     return 0
 
 

@@ -32,14 +32,12 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _report import write_report  # benchmarks/ is on sys.path when run
 
 import tinkex_trio.types as tt
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def best_of(fn: Callable[[], Any], runs: int) -> tuple[float, float]:
@@ -400,10 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     result["elapsed_s"] = time.perf_counter() - t0
     print_table(result)
     if not args.no_write:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        path = RESULTS_DIR / f"bench_codec-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nwrote {path} ({result['elapsed_s']:.1f} s)")
+        write_report("bench_codec", result)
+    print(f"({result['elapsed_s']:.1f} s)")
     return 0
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import platform
 import sys
 import time
@@ -45,18 +44,17 @@ import tracemalloc
 from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import prometheus_client
+from _report import write_report  # benchmarks/ is on sys.path when run
 from hdrh.histogram import HdrHistogram
 from prometheus_client import CollectorRegistry, generate_latest
 
 from tinkex_trio import Metrics
 from tinkex_trio._config import MetricsConfig
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 UNITS_PER_MS = 1000  # our histograms store integers of 1/1000 ms
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 SERIES_COUNTS = (1, 10, 100)
@@ -362,12 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     result["elapsed_s"] = time.perf_counter() - t0
     print_table(result)
     if not args.no_write:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        path = RESULTS_DIR / f"bench_metrics-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"\nwrote {path} ({result['elapsed_s']:.1f} s)")
-    else:
-        print(f"\n({result['elapsed_s']:.1f} s)")
+        write_report("bench_metrics", result)
+    print(f"({result['elapsed_s']:.1f} s)")
     return 0
 
 

@@ -37,9 +37,8 @@ from typing import Any
 
 import httpx
 import trio
+from _report import REPO, RESULTS_DIR, write_report  # benchmarks/ is on sys.path when run
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-REPO = Path(__file__).resolve().parent.parent
 API_KEY = "tml-bench-0123456789"
 HEADERS = {"X-API-Key": API_KEY}
 
@@ -370,11 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     report = trio.run(_bounded, args)
     print_table(report)
     if not args.no_write:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        path = RESULTS_DIR / f"bench_sim-{stamp}.json"
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {path.relative_to(REPO)}")
+        write_report("bench_sim", report)
     return 0
 
 
