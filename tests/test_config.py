@@ -66,7 +66,7 @@ def test_defaults() -> None:
     assert c.circuit_breaker.half_open_max_calls == 1
     assert c.batching.enabled and c.batching.window_ms == 5.0
     assert c.batching.max_batch_datums == 1024 and c.batching.max_batch_bytes == 5_000_000
-    assert c.metrics.snapshot_interval_s == 60.0 and c.metrics.significant_figures == 2
+    assert c.metrics.snapshot_interval_s == 60.0 and c.metrics.significant_figures == 3
     t = c.timeouts
     assert (t.connect_s, t.request_s, t.retrieve_future_s, t.heartbeat_s) == (5, 60, 45, 10)
     assert t.finish_s == 10

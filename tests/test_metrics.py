@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
 
 import numpy as np
 import pytest
 import trio
 import trio.testing
 from _simkit import API_KEY, drain, sim_config, sim_stack
-from hdrh.histogram import HdrHistogram
 
 from tinkex_trio import types as t
 from tinkex_trio._config import Config, MetricsConfig
@@ -23,6 +21,7 @@ from tinkex_trio._metrics import (
     MetricsFeed,
     path_template,
 )
+from tinkex_trio._metrics._series import layout
 from tinkex_trio._telemetry import (
     BATCH_FORWARD_BACKWARD_STOP,
     CIRCUIT_BREAKER_REJECTED,
@@ -141,31 +140,31 @@ def test_histogram_statistics_against_numpy(seed: int) -> None:
     assert stats["mean"] == pytest.approx(units.mean() / 1000, rel=1e-12)
     assert stats["min"] == units[0] / 1000 and stats["max"] == units[-1] / 1000
     assert stats["stddev"] == pytest.approx(np.std(units) / 1000, rel=1e-12)
-    # HdrHistogram with 2 significant figures (the default): 256 sub-buckets, a bucket is at most 1/128 of its
-    # values wide.
+    # 3 significant figures (the default): the value at the rank, within 0.1 % (exact below 512 µs).
     for key, percentile in (("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99), ("p999", 99.9)):
         rank = max(int(percentile * n / 100 + 0.5), 1)
         exact = units[rank - 1]
         got = stats[key] * 1000
-        assert exact <= got <= exact * (1 + 1 / 128) + 1, key
+        assert abs(got - exact) <= exact * 1e-3 * (1 + 1e-9), key
+        if exact < 512:
+            assert got == exact, key
+        # 5,000 values: numpy interpolates between order statistics up to ~1 % apart in the tail.
         assert stats[key] == pytest.approx(np.percentile(values, percentile), rel=1e-2), key
 
 
-def test_percentiles_are_hdrh_s_within_the_exact_min_and_max() -> None:
+def test_percentiles_are_the_rank_s_bucket_within_the_exact_min_and_max() -> None:
     rng = np.random.default_rng(7)
     values = np.concatenate([rng.lognormal(2.0, 3.0, 3000), rng.uniform(0, 0.01, 200), [0.0, 600_000.0]])
     m = _record_all(values.tolist())
-    reference: Any = HdrHistogram(1, 600_000_000, 2)
-    units = [min(int(value * 1000 + 0.5), 600_000_000) for value in values]
-    for unit in units:
-        assert reference.record_value(unit)
-    expected: dict[float, int] = reference.get_percentile_to_value_dict([50.0, 90.0, 95.0, 99.0, 99.9])
+    units = sorted(min(int(value * 1000 + 0.5), 600_000_000) for value in values)
+    shape = layout(600_000_000, 3)
     stats = m.get_histogram("lat")
-    assert stats is not None and stats["count"] == reference.get_total_count() == len(values)
-    low, high = min(units), max(units)
+    assert stats is not None and stats["count"] == len(values)
+    low, high = units[0], units[-1]
     assert (stats["min"], stats["max"]) == (low / 1000, high / 1000)
     for key, percentile in (("p50", 50.0), ("p90", 90.0), ("p95", 95.0), ("p99", 99.0), ("p999", 99.9)):
-        assert stats[key] == min(max(expected[percentile], low), high) / 1000
+        at_rank = units[max(int(percentile * len(units) / 100 + 0.5), 1) - 1]
+        assert stats[key] == min(max(shape.value(shape.index(at_rank)), low), high) / 1000, key
 
 
 def test_sub_millisecond_values_keep_their_precision() -> None:

@@ -108,11 +108,41 @@ def test_bad_blobs_are_refused_with_a_clear_error() -> None:
         tx.Metrics.merge([b"\x00garbage"])
     with pytest.raises(ValueError, match="not a tinkex_trio metrics blob"):
         tx.Metrics.merge([msgspec.msgpack.encode({"format": "other", "version": 1})])
-    envelope["version"] = 1
+    envelope["version"] = 1  # the HdrHistogram blobs of 0.x
+    with pytest.raises(ValueError, match="unsupported tinkex_trio metrics blob version 1"):
+        tx.Metrics.merge([msgspec.msgpack.encode(envelope)])
+    envelope["version"] = 2
     del envelope["counters"]
     with pytest.raises(ValueError, match="corrupt"):
         tx.Metrics.merge([msgspec.msgpack.encode(envelope)])
-    other = tx.Metrics(MetricsConfig(significant_figures=3))  # the default is 2
+    other = tx.Metrics(MetricsConfig(significant_figures=2))  # the default is 3
+    with pytest.raises(ValueError, match="different histogram configurations"):
+        tx.Metrics.merge([good, other.encode()])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("buckets", [[10, 1], [20, 1]], "count mismatch"),  # 2 values in the buckets, 3 in count
+        ("buckets", [[10, 1], [10**9, 2]], "out of this histogram's layout"),
+        ("buckets", [[10, 1], [20, -1], [30, 3]], "out of this histogram's layout"),
+        ("max", 10**12, "min / max"),
+        ("squares", "many", "sum of squares"),
+    ],
+)
+def test_corrupt_histograms_are_refused(field: str, value: object, message: str) -> None:
+    m = tx.Metrics()
+    for latency in (1.0, 2.0, 3.0):
+        m.record_histogram("lat_ms", latency)
+    envelope = msgspec.msgpack.decode(m.encode())
+    envelope["histograms"][0][field] = value
+    with pytest.raises(ValueError, match=message):
+        tx.Metrics.merge([msgspec.msgpack.encode(envelope)])
+
+
+def test_configurations_must_agree() -> None:
+    good = tx.Metrics().encode()
+    other = tx.Metrics(MetricsConfig(significant_figures=2))  # the default is 3
     with pytest.raises(ValueError, match="different histogram configurations"):
         tx.Metrics.merge([good, other.encode()])
 

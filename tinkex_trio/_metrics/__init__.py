@@ -1,4 +1,4 @@
-"""Client-side metrics: counters, gauges and HdrHistogram latency histograms, fed by the session's telemetry.
+"""Client-side metrics: counters, gauges and latency histograms (0.1 % percentiles), fed by the session's telemetry.
 
 * :mod:`._series`: one series (:class:`Counter`, :class:`Gauge`, :class:`Histogram`) and its statistics.
 * :mod:`._store`: :class:`Metrics`, the series by name and label set, read as plain data or Prometheus text.

@@ -7,7 +7,7 @@ The merge rules:
 * a gauge is a point-in-time reading: it takes the value of the blob **encoded last** (by the wall-clock time the
   blob records, ``time.time()`` at :func:`encode`; on a tie, the later blob in the argument order) among the
   blobs that have that series;
-* a histogram is merged bucket-exactly (HdrHistogram's ``encode`` / ``decode`` / ``add``) with its exact
+* a histogram is merged bucket-exactly (its non-empty buckets travel as (index, count) pairs) with its exact
   count, sum, sum of squares, min, max, and its clamped and dropped counts: the merge of stores that each
   recorded part of the values has the same statistics as one store that recorded them all. Every blob must
   have the same histogram configuration (``histogram_max_ms``, ``significant_figures``).
@@ -20,20 +20,19 @@ from __future__ import annotations
 
 import time as _time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Final, Protocol, TypeVar, cast
+from typing import Final, Protocol, TypeVar
 
 import msgspec
-from hdrh.histogram import HdrHistogram
 
 from tinkex_trio._config import MetricsConfig
-from tinkex_trio._metrics._series import Counter, Gauge, Histogram, Kind, LabelKey, Labels, Series, block_of
+from tinkex_trio._metrics._series import Counter, Gauge, Histogram, Kind, LabelKey, Labels, Series
 
 __all__ = ["FORMAT", "VERSION", "encode", "merge"]
 
 FORMAT: Final = "tinkex_trio.metrics"
 """The ``format`` field of every blob: anything else is not a metrics blob."""
-VERSION: Final = 1
-"""The blob version this module writes and the only one it reads."""
+VERSION: Final = 2
+"""The blob version this module writes and the only one it reads (1 held HdrHistogram encodings)."""
 
 
 class _Head(msgspec.Struct):
@@ -52,8 +51,8 @@ class _Scalar(msgspec.Struct, frozen=True):
 class _HistogramData(msgspec.Struct, frozen=True):
     name: str
     labels: list[tuple[str, str]]
-    hdr: bytes
-    """HdrHistogram's ``encode()`` (V2, compressed, base64)."""
+    buckets: list[tuple[int, int]]
+    """(bucket index, count) of the non-empty buckets, in order (:meth:`Histogram.buckets`)."""
     count: int
     sum: int
     squares: str
@@ -77,7 +76,6 @@ class _Envelope(msgspec.Struct, frozen=True):
     histograms: list[_HistogramData]
 
 
-_decode_hdr: Final = cast("Callable[[bytes], Any]", HdrHistogram.decode)  # pyright: ignore[reportUnknownMemberType]
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _HEAD_DECODER: Final = msgspec.msgpack.Decoder(_Head)
 _DECODER: Final = msgspec.msgpack.Decoder(_Envelope)
@@ -98,12 +96,11 @@ def encode(
         for key, series in series_by_key.items():
             labels = list(key)
             if isinstance(series, Histogram):
-                hdr = cast("Any", series.hdr)
                 histograms.append(
                     _HistogramData(
                         name=name,
                         labels=labels,
-                        hdr=bytes(hdr.encode()),
+                        buckets=list(series.buckets()),
                         count=series.count,
                         sum=series.sum,
                         squares=str(series.squares),
@@ -196,18 +193,19 @@ def merge(blobs: Iterable[bytes], make: Callable[[MetricsConfig | None, int | No
 
 def _add_histogram(series: Histogram, data: _HistogramData) -> None:
     try:
-        other: Any = _decode_hdr(data.hdr)
         squares = int(data.squares)
-    except Exception as exc:  # hdrh raises several types (TypeError, its own, zlib.error)
-        raise ValueError(f"corrupt histogram {data.name!r} in a tinkex_trio metrics blob: {exc!r}") from None
-    if other.get_total_count() != data.count:
+    except ValueError:
+        raise ValueError(f"corrupt histogram {data.name!r} in a tinkex_trio metrics blob: sum of squares") from None
+    if sum(count for _, count in data.buckets) != data.count:
         raise ValueError(f"corrupt histogram {data.name!r} in a tinkex_trio metrics blob: count mismatch")
     if data.count:
-        series.hdr.add(other)
-        # The series' per-block counts (its index over hdr's buckets) take the other's values too; a bucket never
-        # straddles two blocks, so its highest equivalent value names its block.
-        for item in other.get_recorded_iterator():
-            series.blocks[block_of(item.value_iterated_to)] += item.count_added_in_this_iter_step
+        if not 0 <= data.min <= data.max <= series.max_units:
+            raise ValueError(f"corrupt histogram {data.name!r} in a tinkex_trio metrics blob: min / max")
+        for index, count in data.buckets:
+            try:
+                series.add_bucket(index, count)
+            except ValueError as exc:
+                raise ValueError(f"corrupt histogram {data.name!r} in a tinkex_trio metrics blob: {exc}") from None
         series.sum += data.sum
         series.squares += squares
         series.min = min(series.min, data.min)

@@ -15,12 +15,12 @@ histogram ``x_ms`` (milliseconds)      histogram ``x_seconds``: cumulative ``x_s
                                        ``x_seconds_count``, all in seconds; counters ``x_seconds_clamped_total``
                                        (out of range, recorded at the range's end) and ``x_seconds_dropped_total``
                                        (NaN, not recorded); with ``quantiles=True`` a summary ``x_seconds_quantiles``
-                                       (the HdrHistogram's p50 ... p99.9; NaN when empty)
+                                       (the histogram's p50 ... p99.9; NaN when empty)
 histogram ``x`` (any other unit)       the same, named ``x``, in the recorded unit, at :data:`VALUE_BUCKETS`
 =====================================  ===============================================================================
 
-Bucket counts come from the HdrHistogram's counts: ``le=b`` counts the values in the buckets up to the one holding
-``b``, so a value just above ``b`` in ``b``'s own HdrHistogram bucket (at most 1/128 above at 2 significant figures)
+Bucket counts come from the histogram's own buckets: ``le=b`` counts the values in the buckets up to the one holding
+``b``, so a value just above ``b`` in ``b``'s own bucket (at most 0.2 % above at 3 significant figures)
 counts as ``<= b``; ``+Inf`` is the exact count. Every family has ``# HELP`` (real text for the session's metrics, a
 generic one otherwise) and ``# TYPE``. Names are sanitised to ``[a-zA-Z_:][a-zA-Z0-9_:]*``, label names to
 ``[a-zA-Z_][a-zA-Z0-9_]*`` (``le`` and ``quantile`` become ``x_le`` / ``x_quantile``); label values are escaped.
@@ -136,7 +136,7 @@ def exposition(
         clamped = block(f"{metric}_clamped", "counter", f"Values out of {metric}'s range, recorded at its bound.")
         dropped = block(f"{metric}_dropped", "counter", f"NaN values not recorded in {metric}.")
         summary = (
-            block(f"{metric}_quantiles", "summary", f"HdrHistogram percentiles of {metric}.") if quantiles else None
+            block(f"{metric}_quantiles", "summary", f"Percentiles of {metric} (p50 ... p99.9).") if quantiles else None
         )
         for key in sorted(series_by_key):
             series = series_by_key[key]

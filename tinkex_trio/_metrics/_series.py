@@ -1,5 +1,6 @@
-"""The series of the metrics store: :class:`Counter`, :class:`Gauge` and :class:`Histogram` (an HdrHistogram with
-exact count, sum, min, max and standard deviation), and the statistics a histogram reports.
+"""The series of the metrics store: :class:`Counter`, :class:`Gauge` and :class:`Histogram` (log buckets of bounded
+relative error, in memory that follows the values, with exact count, sum, min, max and standard deviation), and the
+statistics a histogram reports.
 
 A series is one metric name and one label set. It is plain data with no clock and no I/O; the store
 (:mod:`tinkex_trio._metrics._store`) makes them and keeps them by name and labels.
@@ -8,15 +9,17 @@ A series is one metric name and one label set. It is plain data with no clock an
 from __future__ import annotations
 
 import math
+from array import array
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import cache
 from itertools import accumulate
-from typing import Any, Final, Literal, Protocol, cast
-
-from hdrh.histogram import HdrHistogram
+from math import ceil, log
+from typing import Any, Final, Literal
 
 __all__ = [
+    "BLOCK_BITS",
+    "CHUNK_BITS",
     "QUANTILES",
     "UNITS_PER_MS",
     "Counter",
@@ -27,9 +30,10 @@ __all__ = [
     "LabelKey",
     "LabelValue",
     "Labels",
+    "Layout",
     "Series",
-    "block_of",
     "bucket_points",
+    "layout",
     "merged_stats",
 ]
 
@@ -52,65 +56,65 @@ UNITS_PER_MS: Final = 1000
 """Histogram values are stored as integers of 1/1000 of their unit: microseconds for milliseconds."""
 
 
-_WORD_SIZE: Final = 4
-"""Bytes per HdrHistogram bucket count: 32-bit counts (a bucket holds up to 2**32 - 1 values) halve the memory of
-hdrh's default 64-bit ones. At the defaults (``MetricsConfig``: 1 µs .. 10 min, 2 significant figures) a series
-holds 3072 buckets, 12 KiB of counts (~14 KiB in all with its block index, measured with tracemalloc in
-``tests/test_metrics_exposition.py``); 1 µs .. 1 h at 3 figures, the old default, was 23552 × 8 bytes, ~185 KiB."""
+CHUNK_BITS: Final = 7
+"""A histogram's buckets are kept in chunks of ``2**CHUNK_BITS`` (128), made when a value first lands in them."""
+_CHUNK: Final = 1 << CHUNK_BITS
+_LOW: Final = _CHUNK - 1
+BLOCK_BITS: Final = 5
+"""Values are also counted per block of ``2**BLOCK_BITS`` (32) buckets: a percentile finds its block by bisecting
+the blocks' running totals, then walks only that block's 32 counts."""
+_BLOCK: Final = 1 << BLOCK_BITS
+_WIDER: Final = {"B": "H", "H": "I", "I": "Q"}
+"""A chunk's counts start as bytes and widen when one overflows: 8, 16, 32, then 64 bits."""
 
 
-class _Counts(Protocol):
-    """hdrh's counts array (a ctypes array): indexed and sliced at C speed."""
+class Layout:
+    """The buckets of every histogram with one configuration: integers (1/1000 of the recorded unit, so µs for ms)
+    in ``[0, max_units]``, with a relative error of ``alpha = 10**-significant_figures`` at most.
 
-    def __getitem__(self, index: slice) -> list[int]: ...
+    * Below ``linear`` (the power of two at or above ``1 / (2 alpha)``: 512 at 3 figures) each integer is its own
+      bucket: exact.
+    * From ``linear`` up, bucket ``linear + j`` holds the values in ``(linear γ**(j-1), linear γ**j]`` with
+      ``γ = (1 + alpha) / (1 - alpha)``, and reads as ``2 linear γ**j / (1 + γ)``: no value in it is more than
+      ``alpha`` away, relatively (the logarithmic mapping of DDSketch, Masson et al., VLDB 2019).
 
+    At the defaults (1 µs .. 10 min, 3 figures: 0.1 %) that is 7,500 buckets; a histogram holds only the chunks of
+    128 buckets its values reach (see :class:`Histogram`). Bucket boundaries depend on the configuration alone, so
+    histograms of one configuration merge bucket by bucket, exactly.
+    """
 
-class _Hdr(Protocol):
-    """The part of hdrh's public API used here, typed (hdrh ships no annotations)."""
+    __slots__ = ("blocks", "chunks", "gamma", "linear", "max_units", "offset", "scale", "significant_figures", "size")
 
-    counts: _Counts
+    def __init__(self, max_units: int, significant_figures: int) -> None:
+        alpha = 10.0**-significant_figures
+        self.max_units = max_units
+        self.significant_figures = significant_figures
+        self.gamma = (1.0 + alpha) / (1.0 - alpha)
+        self.linear = 1 << max(math.ceil(math.log2(0.5 / alpha)), 0)
+        self.scale = 1.0 / math.log(self.gamma)
+        self.offset = math.log(self.linear) * self.scale
+        self.size = self.index(max_units) + 1
+        """Buckets, from 0 to the one holding ``max_units``."""
+        self.chunks = (self.size + _LOW) >> CHUNK_BITS
+        self.blocks = self.chunks << (CHUNK_BITS - BLOCK_BITS)
 
-    def record_value(self, value: int, count: int = 1) -> bool: ...
-    def add(self, other_hist: _Hdr) -> None: ...
-    def get_total_count(self) -> int: ...
-    def get_percentile_to_value_dict(self, percentile_list: list[float]) -> dict[float, int]: ...
-    def get_counts_array_index(self, value: int) -> int: ...
-    def get_value_from_index(self, index: int) -> int: ...
-    def get_highest_equivalent_value(self, value: int) -> int: ...
+    def index(self, units: int) -> int:
+        """The bucket of ``0 <= units <= max_units``."""
+        if units < self.linear:
+            return units
+        return self.linear + math.ceil(math.log(units) * self.scale - self.offset)
 
-
-def _hdr(max_units: int, significant_figures: int) -> _Hdr:
-    """An empty HdrHistogram of integers in ``[0, max_units]``."""
-    return cast("_Hdr", HdrHistogram(1, max_units, significant_figures, word_size=_WORD_SIZE))
-
-
-def block_of(units: int) -> int:
-    """The block of a stored value in :attr:`Histogram.blocks`: the value itself below 8, else a quarter of its power
-    of two, ``4 × bit length + its 2 bits after the leading one`` (values in 0-7, 8-9, 10-11, ..., 16-19, ...). Blocks
-    are ordered as their values, and each one's HdrHistogram buckets are contiguous (see :func:`_block_starts`)."""
-    bits = units.bit_length()
-    return (bits << 2) | ((units >> (bits - 3)) & 3) if bits > 3 else units
-
-
-def _blocks_len(max_units: int) -> int:
-    return block_of(max_units) + 1
+    def value(self, index: int) -> float:
+        """What bucket ``index`` reads as: the integer itself below ``linear``, else its bounds' midpoint (relative)."""
+        if index < self.linear:
+            return float(index)
+        return self.linear * self.gamma ** (index - self.linear) * 2.0 / (1.0 + self.gamma)
 
 
 @cache
-def _block_starts(max_units: int, significant_figures: int) -> tuple[int, ...]:
-    """The first counts-array index of each block (:func:`block_of`), a block without values starting where the
-    next one does, and one more entry ending the last block. At most 1/8 of a power of two wide, a block never
-    splits an HdrHistogram bucket (at most 1/128 of one at 2 figures, 1/2 at 1 figure): its buckets are contiguous.
-    From hdrh's public ``get_counts_array_index``, once per configuration."""
-    hdr = _hdr(max_units, significant_figures)
-    end = hdr.get_counts_array_index(max_units) + 1
-    starts = [end] * (_blocks_len(max_units) + 1)
-    for block in range(_blocks_len(max_units) - 1, -1, -1):
-        bits, quarter = block >> 2, block & 3
-        first = block if block < 8 else ((1 << (bits - 1)) | (quarter << (bits - 3)) if bits > 3 else -1)
-        valid = first >= 0 and first <= max_units and block_of(first) == block
-        starts[block] = hdr.get_counts_array_index(first) if valid else starts[block + 1]
-    return tuple(starts)
+def layout(max_units: int, significant_figures: int) -> Layout:
+    """The one :class:`Layout` of a configuration."""
+    return Layout(max_units, significant_figures)
 
 
 class Counter:
@@ -145,25 +149,30 @@ class Gauge:
 
 
 class Histogram:
-    """One histogram series: an HdrHistogram of values in ``[0, max]`` (milliseconds by convention), kept as
-    integers of 1/1000 of a unit, so 0.0004 ms is 0 and 0.0125 ms is 12.5 µs → 13 (3 significant figures by
-    default on top of that).
+    """One histogram series: a log-bucketed histogram (see :class:`Layout`) of values in ``[0, max]``
+    (milliseconds by convention), kept as integers of 1/1000 of a unit, so 0.0004 ms is 0 and 0.0125 ms is 12.5 µs
+    → 13; a percentile is within ``10**-significant_figures`` (0.1 % at the default 3) of the recorded value at its
+    rank, and exact below ``Layout.linear`` units (0.512 ms at the defaults).
+
+    Memory follows the values, not the range: the buckets live in chunks of 128, made when a value first lands in
+    one, holding 1-byte counts that widen (2, 4, 8 bytes) only when one overflows. Request latencies spread over
+    three decades (a lognormal, sigma 1) take ~5 KiB; every bucket of the default range at once, ~18 KiB.
 
     Values above ``max`` (and ``+inf``) are recorded as ``max``, negative ones as 0; both are counted in
     ``clamped``. NaN is not recorded (counted in ``dropped``). Nothing here raises on a value.
 
     Count, sum, min, max, mean and standard deviation are exact (over the recorded, 1/1000-rounded values); the
-    percentiles come from the buckets, as hdrh computes them (the highest value of the rank's bucket), kept within
-    the exact min and max.
+    percentiles come from the buckets, kept within the exact min and max.
     """
 
     __slots__ = (
         "_max_ms",
-        "blocks",
+        "chunks",
         "clamped",
+        "count",
         "dropped",
-        "hdr",
         "labels",
+        "layout",
         "max",
         "max_units",
         "min",
@@ -171,6 +180,7 @@ class Histogram:
         "significant_figures",
         "squares",
         "sum",
+        "totals",
     )
 
     def __init__(self, name: str, labels: LabelKey, *, max_ms: int, significant_figures: int) -> None:
@@ -179,23 +189,20 @@ class Histogram:
         self.max_units = max_ms * UNITS_PER_MS
         self._max_ms = float(max_ms)
         self.significant_figures = significant_figures
-        self.hdr = _hdr(self.max_units, significant_figures)
-        # Values recorded per block (see block_of): a 2-level index over hdr's counts, so a percentile or a
-        # cumulative count reads one block of at most sub_bucket_count / 2 counts, not all of them.
-        self.blocks = [0] * _blocks_len(self.max_units)
-        # Exact aggregates, in stored units: hdrh keeps only bucketed values (its min / max are bucket bounds, and its
-        # stddev walks every bucket in pure Python, ~60 ms at 3 figures).
+        self.layout = layout(self.max_units, significant_figures)
+        self.chunks: list[array[int] | None] = [None] * self.layout.chunks
+        """The counts of buckets ``128 c .. 128 c + 127`` in ``chunks[c]``, None while all are 0."""
+        self.totals = array("I", bytes(4 * self.layout.blocks))
+        """Values per block of 32 buckets (:data:`BLOCK_BITS`; widened to 64 bits past 2**32 - 1): a 2-level index,
+        so a percentile or a cumulative count reads 32 counts at most."""
+        self.count = 0
+        """Values recorded (clamped ones included, NaN not)."""
         self.sum = 0
         self.squares = 0
         self.min = self.max_units + 1  # above any value: no branch on the first one
         self.max = 0
         self.clamped = 0
         self.dropped = 0
-
-    @property
-    def count(self) -> int:
-        """Values recorded (clamped ones included, NaN not)."""
-        return self.hdr.get_total_count()
 
     def record(self, value: float) -> None:
         """Record one value (see the class docstring for out-of-range values)."""
@@ -205,15 +212,40 @@ class Histogram:
             units = self._out_of_range(value)
             if units < 0:
                 return
-        self.hdr.record_value(units)  # always in range: 0 <= units <= max_units
-        bits = units.bit_length()  # block_of(units), inlined
-        self.blocks[(bits << 2) | ((units >> (bits - 3)) & 3) if bits > 3 else units] += 1
+        linear = self.layout.linear  # Layout.index, inlined
+        self._add(units if units < linear else linear + ceil(log(units) * self.layout.scale - self.layout.offset), 1)
         self.sum += units
         self.squares += units * units
         if units > self.max:
             self.max = units
         if units < self.min:
             self.min = units
+
+    def _add(self, index: int, count: int) -> None:
+        chunk = self.chunks[index >> CHUNK_BITS]
+        if chunk is None:
+            chunk = self.chunks[index >> CHUNK_BITS] = array("B", bytes(_CHUNK))
+        try:
+            chunk[index & _LOW] += count
+        except OverflowError:
+            self._widen(index, count)
+        try:
+            self.totals[index >> BLOCK_BITS] += count
+        except OverflowError:
+            self.totals = array("Q", self.totals)
+            self.totals[index >> BLOCK_BITS] += count
+        self.count += count
+
+    def _widen(self, index: int, count: int) -> None:
+        chunk = self.chunks[index >> CHUNK_BITS]
+        assert chunk is not None
+        while True:
+            chunk = self.chunks[index >> CHUNK_BITS] = array(_WIDER[chunk.typecode], chunk)
+            try:
+                chunk[index & _LOW] += count
+            except OverflowError:
+                continue
+            return
 
     def _out_of_range(self, value: float) -> int:
         if value > 0.0:  # above max, +inf
@@ -225,29 +257,48 @@ class Histogram:
         self.dropped += 1  # NaN
         return -1
 
+    def buckets(self) -> Iterator[tuple[int, int]]:
+        """(bucket index, count) of every bucket holding values, in order: what :func:`encode` writes."""
+        for number, chunk in enumerate(self.chunks):
+            if chunk is not None:
+                base = number << CHUNK_BITS
+                yield from ((base + i, n) for i, n in enumerate(chunk) if n)
+
+    def add_bucket(self, index: int, count: int) -> None:
+        """Add ``count`` values to bucket ``index`` (merging another histogram of the same layout; its exact sum,
+        min and max are the caller's to add)."""
+        if not 0 <= index < self.layout.size or count < 0:
+            raise ValueError(f"bucket {index} (count {count}) out of this histogram's layout")
+        self._add(index, count)
+
     def stats(self) -> dict[str, float]:
         """count, sum, min, max, mean, stddev, p50 ... p999 (in the recorded unit), clamped, dropped."""
         return merged_stats([self])
+
+    def to_hdrhistogram(self) -> Any:
+        """This histogram as an ``hdrh.histogram.HdrHistogram`` of integer units (1/1000 of the recorded unit),
+        for HdrHistogram tooling (its ``encode()`` log format, HistogramLogAnalyzer): every bucket's values are
+        recorded at the bucket's value (rounded), with the same significant figures, through hdrh's public
+        ``record_value``."""
+        from hdrh.histogram import HdrHistogram  # only here: the store itself does not need it
+
+        out: Any = HdrHistogram(1, max(self.max_units, 2), self.significant_figures)
+        value = self.layout.value
+        for index, count in self.buckets():
+            out.record_value(min(max(round(value(index)), self.min), self.max), count)
+        return out
 
 
 Series = Counter | Gauge | Histogram
 
 
 @cache
-def _layout(max_units: int, significant_figures: int) -> tuple[_Hdr, tuple[int, ...], dict[int, int]]:
-    """An empty HdrHistogram of the configuration (for its index arithmetic), :func:`_block_starts`, and a memo of
-    the highest value of each counts-array index, filled as percentiles are read."""
-    return _hdr(max_units, significant_figures), _block_starts(max_units, significant_figures), {}
-
-
-@cache
 def bucket_points(
     max_units: int, significant_figures: int, bounds_units: tuple[int, ...]
 ) -> tuple[tuple[int, int], ...]:
-    """For each of ``bounds_units``: (its block, end of the bound's bucket + 1 in the counts array), ``(-1, 0)`` for
-    a bound at or above ``max_units`` (every value) and ``(0, 0)`` for a negative one (none), for
-    :meth:`Digest.counts_at_or_below`."""
-    hdr = _layout(max_units, significant_figures)[0]
+    """For each of ``bounds_units``: (its block, its bucket + 1), ``(-1, 0)`` for a bound at or above ``max_units``
+    (every value) and ``(0, 0)`` for a negative one (none), for :meth:`Digest.counts_at_or_below`."""
+    shape = layout(max_units, significant_figures)
     points: list[tuple[int, int]] = []
     for units in bounds_units:
         if units >= max_units:
@@ -255,62 +306,49 @@ def bucket_points(
         elif units < 0:
             points.append((0, 0))
         else:
-            points.append((block_of(units), hdr.get_counts_array_index(units) + 1))
+            index = shape.index(units)
+            points.append((index >> BLOCK_BITS, index + 1))
     return tuple(points)
 
 
-def _counts_view(hdr: _Hdr) -> memoryview:
-    """hdrh's ctypes counts array as a memoryview of native unsigned ints: slices are zero-copy, sums run in C."""
-    view = memoryview(cast("Any", hdr.counts)).cast("B").cast("I")
-    assert view.itemsize == _WORD_SIZE
-    return view
-
-
 class Digest:
-    """The counts of one histogram or of the union of several (all made by one store): cumulative counts and
-    percentiles read at C speed (zero-copy slices of hdrh's counts, ``sum``, ``itertools.accumulate``, ``bisect``)
-    from a 2-level index (values per quarter power of two, kept as they are recorded: :func:`block_of`), never
-    walking every bucket in Python. hdrh's public API only: ``counts``, ``get_counts_array_index``,
-    ``get_value_from_index``, ``get_highest_equivalent_value``. A union is not merged into a new HdrHistogram: only
-    the blocks a percentile needs are summed."""
+    """The counts of one histogram or of the union of several (all of one layout): cumulative counts and
+    percentiles read at C speed (``itertools.accumulate`` and ``bisect`` over the running totals of the blocks of 32
+    buckets, then over one block's counts), never walking every bucket in Python. A union is not merged into a new
+    histogram: only the blocks a percentile needs are summed."""
 
-    __slots__ = ("count", "hdr", "highest", "max_units", "starts", "through", "views")
+    __slots__ = ("count", "layout", "members", "through")
 
     def __init__(self, members: Sequence[Histogram]) -> None:
         first = members[0]
-        self.hdr, self.starts, self.highest = _layout(first.max_units, first.significant_figures)
-        self.views = [_counts_view(member.hdr) for member in members]
+        self.layout = first.layout
+        self.members = members
         if len(members) == 1:
-            blocks = first.blocks
+            totals: Iterable[int] = first.totals
         else:
-            blocks = [sum(column) for column in zip(*(member.blocks for member in members), strict=True)]
-        self.max_units = first.max_units
-        self.through = list(accumulate(blocks))
-        """Values in blocks up to ``b`` (:func:`block_of`), by ``b``."""
+            totals = map(sum, zip(*[member.totals for member in members], strict=True))
+        self.through = list(accumulate(totals))
+        """Values in blocks up to ``b``, by ``b``."""
         self.count = self.through[-1]
 
-    def _sum(self, start: int, stop: int) -> int:
-        if len(self.views) == 1:
-            return sum(self.views[0][start:stop])
-        return sum([sum(view[start:stop]) for view in self.views])
-
-    def _cumulative(self, start: int, stop: int) -> list[int]:
-        if len(self.views) == 1:
-            return list(accumulate(self.views[0][start:stop]))
-        return list(accumulate(map(sum, zip(*[view[start:stop] for view in self.views], strict=True))))
+    def _counts(self, block: int, stop: int) -> Sequence[int]:
+        """The counts of ``block``'s buckets (of every member, summed) up to bucket ``stop`` (excluded)."""
+        start = block << BLOCK_BITS
+        number, low, high = start >> CHUNK_BITS, start & _LOW, ((stop - 1) & _LOW) + 1
+        chunks = [chunk for member in self.members if (chunk := member.chunks[number]) is not None]
+        if len(chunks) == 1:
+            return chunks[0][low:high]
+        return list(map(sum, zip(*[chunk[low:high] for chunk in chunks], strict=True)))
 
     def count_at_or_below(self, units: int) -> int:
         """Values in the buckets up to the one holding ``units``: the values ``<= units`` to the histogram's
-        precision (a value in ``units``' own bucket but above it counts too: at most 1/128 above at 2 figures)."""
-        if units >= self.max_units:
-            return self.count
-        if units < 0:
-            return 0
-        return self.counts_at_or_below([(block_of(units), self.hdr.get_counts_array_index(units) + 1)])[0]
+        precision (a value in ``units``' own bucket but above it counts too: at most ``2 alpha`` above)."""
+        layout = self.layout
+        return self.counts_at_or_below(bucket_points(layout.max_units, layout.significant_figures, (units,)))[0]
 
     def counts_at_or_below(self, points: Sequence[tuple[int, int]]) -> list[int]:
         """:meth:`count_at_or_below` of many values at once, given as :func:`bucket_points` (precomputed)."""
-        through, starts, count = self.through, self.starts, self.count
+        through, count = self.through, self.count
         out: list[int] = []
         for block, stop in points:
             if block < 0:
@@ -320,58 +358,77 @@ class Digest:
             if before == count or through[block] == before:  # nothing from here on / in this block
                 out.append(before)
             else:
-                out.append(before + self._sum(starts[block], stop))
+                out.append(before + sum(self._counts(block, stop)))
         return out
 
-    def values_at_percentiles(self, percentiles: Sequence[float]) -> list[int]:
-        """hdrh's ``get_value_at_percentile`` (the highest value of the bucket holding the rank) of each of
-        ``percentiles`` (ascending, ``0 < p <= 100``), for a non-empty digest."""
-        through, starts, highest = self.through, self.starts, self.highest
-        out: list[int] = []
+    def values_at_percentiles(self, percentiles: Sequence[float]) -> list[float]:
+        """The value of the bucket holding each of ``percentiles``' rank (ascending, ``0 < p <= 100``; the rank of
+        HdrHistogram, ``max(round(p / 100 × count), 1)``), for a non-empty digest, in stored units."""
+        through, value, count = self.through, self.layout.value, self.count
+        single = self.members[0].chunks if len(self.members) == 1 else None
+        out: list[float] = []
         cached = -1
         within: list[int] = []
         for percentile in percentiles:
-            rank = max(int(min(percentile, 100.0) * self.count / 100 + 0.5), 1)  # hdrh's get_target_count_at_percentile
+            rank = max(int(min(percentile, 100.0) * count / 100 + 0.5), 1)
             block = bisect_left(through, rank)
             if block != cached:
-                cached, within = block, self._cumulative(starts[block], starts[block + 1])
-            index = starts[block] + bisect_left(within, rank - (through[block - 1] if block else 0))
-            value = highest.get(index)
-            if value is None:
-                value = highest[index] = self.hdr.get_highest_equivalent_value(self.hdr.get_value_from_index(index))
-            out.append(value)
+                cached = block
+                if single is not None:  # _counts, inlined for the common case (the chunk holds the rank: not None)
+                    start = (block << BLOCK_BITS) & _LOW
+                    chunk = single[block >> (CHUNK_BITS - BLOCK_BITS)]
+                    assert chunk is not None
+                    counts: Sequence[int] = chunk[start : start + _BLOCK]
+                else:
+                    counts = self._counts(block, (block + 1) << BLOCK_BITS)
+                within = list(accumulate(counts))
+            position = bisect_left(within, rank - (through[block - 1] if block else 0))
+            out.append(value((block << BLOCK_BITS) + position))
         return out
 
-    def value_at_percentile(self, percentile: float) -> int:
+    def value_at_percentile(self, percentile: float) -> float:
         """:meth:`values_at_percentiles` of one percentile."""
         return self.values_at_percentiles([percentile])[0]
 
 
 _PERCENTILES: Final = [percentile for _, percentile, _ in QUANTILES]
+_KEYS: Final = [key for key, _, _ in QUANTILES]
+_EMPTY: Final = ("count", "sum", "min", "max", "mean", "stddev", *_KEYS)
 
 
 def merged_stats(members: Sequence[Histogram], digest: Digest | None = None) -> dict[str, float]:
     """:meth:`Histogram.stats` of the union of ``members`` (at least one, all made by one store, so with the same
-    ``max_units`` and significant figures); ``digest``: theirs, if already made."""
-    if digest is None:
-        digest = Digest(members)
-    count = digest.count
-    total = sum(m.sum for m in members)
-    out: dict[str, float] = {"count": count, "sum": total / UNITS_PER_MS}
-    if count == 0:
-        out.update({"min": 0.0, "max": 0.0, "mean": 0.0, "stddev": 0.0})
-        out.update(dict.fromkeys((key for key, _, _ in QUANTILES), 0.0))
+    layout); ``digest``: theirs, if already made."""
+    if len(members) == 1:
+        only = members[0]
+        count, total, squares, clamped, dropped = only.count, only.sum, only.squares, only.clamped, only.dropped
+        low, high = only.min, only.max
     else:
-        low = min(m.min for m in members if m.count)
-        high = max(m.max for m in members if m.count)
-        out["min"] = low / UNITS_PER_MS
-        out["max"] = high / UNITS_PER_MS
-        out["mean"] = total / count / UNITS_PER_MS
+        count = sum([m.count for m in members])
+        total = sum([m.sum for m in members])
+        squares = sum([m.squares for m in members])
+        clamped = sum([m.clamped for m in members])
+        dropped = sum([m.dropped for m in members])
+        low = min([m.min for m in members])  # an empty member's min is above any value, its max 0
+        high = max([m.max for m in members])
+    if count == 0:
+        out = dict.fromkeys(_EMPTY, 0.0)
+    else:
         # count² × variance, exact in integers: no cancellation between two large floats.
-        spread = count * sum(m.squares for m in members) - total * total
-        out["stddev"] = math.sqrt(spread) / count / UNITS_PER_MS
-        for (key, _, _), value in zip(QUANTILES, digest.values_at_percentiles(_PERCENTILES), strict=True):
-            out[key] = min(max(value, low), high) / UNITS_PER_MS
-    out["clamped"] = sum(m.clamped for m in members)
-    out["dropped"] = sum(m.dropped for m in members)
+        spread = count * squares - total * total
+        out = {
+            "count": count,
+            "sum": total / UNITS_PER_MS,
+            "min": low / UNITS_PER_MS,
+            "max": high / UNITS_PER_MS,
+            "mean": total / count / UNITS_PER_MS,
+            "stddev": math.sqrt(spread) / count / UNITS_PER_MS,
+        }
+        if digest is None:
+            digest = Digest(members)
+        for key, value in zip(_KEYS, digest.values_at_percentiles(_PERCENTILES), strict=True):
+            out[key] = (low if value < low else high if value > high else value) / UNITS_PER_MS
+    out["count"] = count
+    out["clamped"] = clamped
+    out["dropped"] = dropped
     return out

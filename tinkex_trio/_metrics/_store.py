@@ -263,6 +263,13 @@ class Metrics:
         series = self._lookup(name, "histogram", labels)
         return series.stats() if isinstance(series, Histogram) else None
 
+    def to_hdrhistogram(self, name: str, labels: Labels | None = None) -> Any:
+        """A histogram series as an ``hdrh.histogram.HdrHistogram`` of integer µs (for ms histograms), for
+        HdrHistogram tooling; None if it does not exist (see :meth:`Histogram.to_hdrhistogram`)."""
+        self._drain_pending()
+        series = self._lookup(name, "histogram", labels)
+        return series.to_hdrhistogram() if isinstance(series, Histogram) else None
+
     def counter_total(self, name: str) -> float:
         """The sum of a counter over all its label sets."""
         self._drain_pending()
