@@ -19,6 +19,7 @@ import msgspec
 import pytest
 
 import tinkex_trio as tx
+import tinkex_trio.blocking
 import tinkex_trio.sim
 
 EXPECTED = {
@@ -258,11 +259,14 @@ EXPECTED_SIM = {
     "open_sim_server",
 }
 
+EXPECTED_BLOCKING = {"Future", "RestClient", "SamplingClient", "Session", "TrainingClient", "open_session"}
+
 PUBLIC_MODULES: dict[ModuleType, set[str]] = {
     tx: EXPECTED,
     tx.types: EXPECTED_TYPES,
     tx.errors: EXPECTED_ERRORS,
     tinkex_trio.sim: EXPECTED_SIM,
+    tinkex_trio.blocking: EXPECTED_BLOCKING,
 }
 MODULE_IDS = [module.__name__ for module in PUBLIC_MODULES]
 
@@ -379,6 +383,11 @@ KNOWN_PRIVATE_IN_SIGNATURES = {
     "tinkex_trio.sim._fault_middleware.ConnectionControl": {"tinkex_trio.sim.FaultMiddleware.__init__"},
     "tinkex_trio.sim._fault_middleware.FaultCounters": {"tinkex_trio.sim.FaultMiddleware.__init__"},
     "tinkex_trio.sim._model_types.ModelConfig": {"tinkex_trio.sim.SimConfig.__init__"},
+    # The blocking twins are made by blocking.open_session (and by each other), never by users.
+    "tinkex_trio._portal.Portal": {
+        f"tinkex_trio.blocking.{name}.__init__"
+        for name in ("Future", "RestClient", "SamplingClient", "Session", "TrainingClient")
+    },
 }
 
 

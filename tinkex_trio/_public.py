@@ -18,7 +18,9 @@ from typing import Final
 
 __all__ = ["PUBLIC_MODULES", "fixup_module_metadata"]
 
-PUBLIC_MODULES: Final = frozenset({"tinkex_trio", "tinkex_trio.errors", "tinkex_trio.types", "tinkex_trio.sim"})
+PUBLIC_MODULES: Final = frozenset(
+    {"tinkex_trio", "tinkex_trio.errors", "tinkex_trio.types", "tinkex_trio.sim", "tinkex_trio.blocking"}
+)
 """The modules whose names are public API: a name at home in one of them keeps it (``tinkex_trio.AdamParams`` is
 ``tinkex_trio.types.AdamParams``)."""
 
