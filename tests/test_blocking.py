@@ -23,9 +23,8 @@ import pytest
 import tinkex_trio as tx
 from tinkex_trio import _blocking_gen, blocking
 from tinkex_trio import types as t
-from tinkex_trio._portal import Portal
 from tinkex_trio.errors import InvalidArgumentError, NotFoundError, RequestFailedError, SessionClosedError
-from tinkex_trio.sim import Latency, SimConfig, SimServer, open_sim_server
+from tinkex_trio.sim import Latency, SimConfig, SimServer, sim_server_in_thread
 
 API_KEY = "tml-blocking-test-key"
 MODEL = "meta-llama/Llama-3.2-1B"
@@ -33,13 +32,10 @@ MODEL = "meta-llama/Llama-3.2-1B"
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[SimServer]:
-    """The simulator under hypercorn, in a trio thread of its own (a Portal serves any async context manager)."""
-    portal = Portal(lambda: open_sim_server(SimConfig(seed=0), tls=False), name="sim-server")
-    try:
-        yield portal.session
-    finally:
-        portal.close()
-        assert not portal.thread.is_alive()
+    """The simulator under hypercorn, in a trio thread of its own."""
+    with sim_server_in_thread(SimConfig(seed=0)) as running:
+        yield running
+    assert not [thread for thread in threading.enumerate() if thread.name == "tinkex-sim-server"]
 
 
 def _datum(tokens: list[int]) -> t.Datum:

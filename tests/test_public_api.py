@@ -257,6 +257,7 @@ EXPECTED_SIM = {
     "create_app",
     "endpoint_name",
     "open_sim_server",
+    "sim_server_in_thread",
 }
 
 EXPECTED_BLOCKING = {"Future", "RestClient", "SamplingClient", "Session", "TrainingClient", "open_session"}

@@ -9,7 +9,7 @@ from tinkex_trio.sim._app import SimApp, create_app
 from tinkex_trio.sim._config import ServiceTime, SimConfig, SupportedModel
 from tinkex_trio.sim._fault_middleware import FaultMiddleware, SimulatedConnectionReset
 from tinkex_trio.sim._faults import EndpointFaults, FaultConfig, Latency, ResolvedFaults, endpoint_name
-from tinkex_trio.sim._server import SimExtraMissingError, SimServer, open_sim_server
+from tinkex_trio.sim._server import SimExtraMissingError, SimServer, open_sim_server, sim_server_in_thread
 from tinkex_trio.sim._stats import SimStats, StatsMiddleware
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "create_app",
     "endpoint_name",
     "open_sim_server",
+    "sim_server_in_thread",
 ]
 
 # tinkex_trio.sim.SimApp, not tinkex_trio.sim._app.SimApp, in reprs, tracebacks and pickles.

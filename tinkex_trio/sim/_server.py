@@ -20,7 +20,7 @@ import socket as stdlib_socket
 import ssl
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -533,3 +533,23 @@ def run_serve(
         return 1
     print("tinkex-trio sim: stopped", flush=True)
     return 0
+
+
+@contextlib.contextmanager
+def sim_server_in_thread(
+    config: SimConfig | None = None, *, tls: bool = False, host: str = "127.0.0.1", port: int = 0
+) -> Generator[SimServer]:
+    """`open_sim_server` for programs that are not Trio programs: the server runs in a trio thread of its own for
+    the duration of a ``with`` block (plain HTTP by default, as a blocking session expects)::
+
+        with sim_server_in_thread() as server, blocking.open_session("tml-any", server.base_url) as session:
+            ...
+
+    Change ``server.config.faults`` from any thread while it runs. Requires the ``sim`` extra."""
+    from tinkex_trio._portal import Portal  # only here: the simulator's package does not need threads otherwise
+
+    portal = Portal(lambda: open_sim_server(config, tls=tls, host=host, port=port), name="tinkex-sim-server")
+    try:
+        yield portal.session
+    finally:
+        portal.close()
