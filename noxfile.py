@@ -1,4 +1,4 @@
-"""Nox sessions: tests (one per supported Python), lint, typecheck, bench, proto."""
+"""Nox sessions: tests (one per supported Python), ray, lint, typecheck, bench, proto."""
 
 from __future__ import annotations
 
@@ -21,6 +21,14 @@ def tests(session: nox.Session) -> None:
     """Run the test suite (with the test extra only, so protobuf resolves to its newest release)."""
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session(python="3.11")
+def ray(session: nox.Session) -> None:
+    """The Ray example on a local Ray (``examples/ray_rollouts.py``): CI's default run skips it, Ray being a ~80 MB
+    install for one example."""
+    session.install("-e", ".[test,ray]")
+    session.run("pytest", "tests/test_examples.py", "-k", "ray", *session.posargs)
 
 
 @nox.session

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -237,3 +238,13 @@ def test_sigint_in_a_subprocess_finishes_interrupted_within_2_s(server: SimServe
     assert elapsed < 2.0, (elapsed, stderr)
     assert proc.returncode != 0 and "KeyboardInterrupt" in stderr  # as any Python program interrupted
     assert _finished(server, session_id) == "interrupted"
+
+
+def test_the_readme_blocking_snippet_runs_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "blocking.open_session" in b]
+    assert len(blocks) == 1
+    exec(compile(blocks[0], "README.md", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("loss ") and float(out[0].split()[1]) > 0
+    assert out[1].startswith("[") and _session_threads() == []

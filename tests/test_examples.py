@@ -11,6 +11,7 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -60,3 +61,36 @@ async def test_rl_loop_with_ppo() -> None:
     rewards = [float(m[2]) for m in re.finditer(r"^iter\s+(\d+)\s+reward\s+([0-9.]+)", out, re.MULTILINE)]
     assert len(rewards) == 15, out
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.5, rewards
+
+
+async def test_blocking_script_loss_falls() -> None:
+    out = await run_example("blocking_script.py", "--steps", "12")
+    losses = [float(m[1]) for m in re.finditer(r"^step\s+\d+\s+loss\s+([0-9.]+)$", out, re.MULTILINE)]
+    assert len(losses) == 12, out
+    assert losses[-1] < losses[0] / 10, losses
+
+
+async def test_thread_pool_scoring_scores_every_sample_from_32_threads() -> None:
+    out = await run_example("thread_pool_scoring.py", "--threads", "32", "--samples", "64")
+    found = re.search(r"^(\d+) samples scored by (\d+) threads", out, re.MULTILINE)
+    assert found is not None and (found[1], found[2]) == ("64", "32"), out
+    assert re.search(r"request latency: p50 [0-9.]+ ms  p99 [0-9.]+ ms", out), out
+
+
+async def test_multiprocess_metrics_merge_exactly() -> None:
+    out = await run_example("multiprocess_metrics.py", "--workers", "4", "--samples", "5")
+    workers = [int(m[1]) for m in re.finditer(r"^worker \d: (\d+) requests", out, re.MULTILINE)]
+    merged = re.search(r"^merged:\s+(\d+) requests", out, re.MULTILINE)
+    assert len(workers) == 4 and merged is not None, out
+    assert int(merged[1]) == sum(workers) > 0, out
+
+
+async def test_ray_rollouts_on_a_local_ray() -> None:
+    try:
+        import ray  # noqa: F401  # pyright: ignore[reportMissingImports, reportUnusedImport]
+    except ImportError:
+        pytest.skip("the ray extra is not installed (pip install -e '.[ray]', or: nox -s ray)")
+    out = await run_example("ray_rollouts.py", "--actors", "2", "--iterations", "2", "--rollouts", "4")
+    assert len(re.findall(r"^iteration \d  rollouts 8  mean reward [0-9.]+$", out, re.MULTILINE)) == 2, out
+    merged = re.search(r"^actors' requests: (\d+), p50 [0-9.]+ ms, p99 [0-9.]+ ms \(merged exactly from 2", out, re.M)
+    assert merged is not None and int(merged[1]) > 0, out
