@@ -246,6 +246,8 @@ class SimState:
         self.telemetry_events: int = 0
         self.telemetry_batches: int = 0
         self.issued_jwts: int = 0
+        self.copies: dict[str, str] = {}
+        """copy_weights answers by idempotency key: a retried copy is made once."""
         self._base_models: dict[tuple[str, ModelConfig], LoraModel] = {}
         self._base_lock = threading.Lock()
         self._sampled: OrderedDict[int, LoraModel] = OrderedDict()
