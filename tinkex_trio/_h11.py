@@ -195,8 +195,8 @@ class H11Lane:
             self.close()  # expired, or closed by the server (EOF readable), or unexpected bytes
         return await self._connect(request, timeout)
 
-    async def send(self, request: httpx.Request, body: bytes | None, limit: int) -> httpx.Response:
-        """Send ``request`` (whose headers already hold Host and Content-Length; ``body``: its content) and read the
+    async def send(self, request: httpx.Request, limit: int) -> httpx.Response:
+        """Send ``request`` (built with its content as bytes: its headers hold Host and Content-Length) and read the
         whole answer, at most ``limit`` bytes of decoded body. The response carries the headers as received except
         ``Content-Encoding`` (its body is already decoded).
 
@@ -205,6 +205,7 @@ class H11Lane:
             httpx.HTTPError: the transport failed (``TimeoutException`` subclasses for the timeouts).
         """
         timeouts = request.extensions.get("timeout", {})
+        body = request.content
         done = False
         try:
             stream, conn = await self._ready(request, timeouts.get("connect"))

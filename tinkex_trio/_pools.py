@@ -12,6 +12,9 @@ connection is warm), makes a new one while there are fewer than ``max_lanes``, o
 served: O(1) per request, and httpcore never queues, races or evicts. Over HTTP/2 (TLS with ALPN) one client
 multiplexes every request on its connections, and the pool is that one client (``shared=True``).
 
+A lane is an ``httpx.AsyncClient`` for HTTP/2, a proxy or a transport factory; for HTTP/1.1 straight to the base
+URL it is an :class:`~tinkex_trio._h11.H11Lane` (one h11 connection over trio sockets, without httpx's client layer).
+
 Every lane shares the transport's one SSL context (building one loads the CA store: ~15 ms and ~1 MiB each).
 """
 

@@ -581,7 +581,7 @@ class Transport:
                 with trio.move_on_after(deadline_s):
                     if isinstance(client_pool, _LeanPool):
                         assert prepared is not None
-                        response = await self._send_lean(client_pool, prepared, body, what)
+                        response = await self._send_lean(client_pool, prepared, what)
                     else:
                         lanes = client_pool.lanes
                         client = await lanes.acquire()
@@ -621,16 +621,14 @@ class Transport:
             return min(total, read + timeouts.connect_s)
         return total
 
-    async def _send_lean(
-        self, client_pool: _LeanPool, request: httpx.Request, body: bytes | None, what: str
-    ) -> httpx.Response:
+    async def _send_lean(self, client_pool: _LeanPool, request: httpx.Request, what: str) -> httpx.Response:
         """One attempt on an :class:`~tinkex_trio._h11.H11Lane` (a redirect is followed through the pool's httpx
         client, whose request hook keeps the key on the base URL's origin)."""
         limit = self.config.max_response_bytes
         lanes = client_pool.lanes
         lane = await lanes.acquire()
         try:
-            response = await lane.send(request, body, limit)
+            response = await lane.send(request, limit)
         except BodyTooLarge as exc:
             if exc.declared:
                 raise ResponseTooLargeError(
