@@ -117,11 +117,20 @@ class Session:
         *,
         base_model: str | None = None,
         model_path: str | None = None,
+        record_stability_info: bool = False,
     ) -> SamplingClient:
-        """A :class:`~tinkex_trio.SamplingClient` for a base model or for saved sampler weights (``model_path``)."""
+        """A :class:`~tinkex_trio.SamplingClient` for a base model or for saved sampler weights (``model_path``).
+
+        ``record_stability_info``: the server records every sampled sequence for ``stable_reinforce`` training.
+        """
         return SamplingClient(
             self._portal,
-            self._portal.call(self._inner.create_sampling_client, base_model=base_model, model_path=model_path),
+            self._portal.call(
+                self._inner.create_sampling_client,
+                base_model=base_model,
+                model_path=model_path,
+                record_stability_info=record_stability_info,
+            ),
         )
 
 
@@ -362,14 +371,22 @@ class TrainingClient:
     def save_weights_and_get_sampling_client(
         self,
         name: str | None = None,
+        *,
+        record_stability_info: bool = False,
     ) -> SamplingClient:
         """Save the current weights and return a SamplingClient that samples from them.
 
         Without ``name`` the save is ephemeral (no checkpoint is kept): the server creates the sampling session
         directly. With ``name`` the weights are saved as a sampler checkpoint (see :meth:`save_weights_for_sampler`)
-        and the sampling client is created from its path.
+        and the sampling client is created from its path. ``record_stability_info``: the server records every
+        sampled sequence for ``stable_reinforce`` training.
         """
-        return SamplingClient(self._portal, self._portal.call(self._inner.save_weights_and_get_sampling_client, name))
+        return SamplingClient(
+            self._portal,
+            self._portal.call(
+                self._inner.save_weights_and_get_sampling_client, name, record_stability_info=record_stability_info
+            ),
+        )
 
     @property
     def in_doubt(self) -> tuple[int, ...]:

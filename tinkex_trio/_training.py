@@ -551,19 +551,23 @@ class TrainingClient:
             raise ResponseValidationError("save_weights_for_sampler answered without a path", field="$.path")
         return result.path
 
-    async def save_weights_and_get_sampling_client(self, name: str | None = None) -> SamplingClient:
+    async def save_weights_and_get_sampling_client(
+        self, name: str | None = None, *, record_stability_info: bool = False
+    ) -> SamplingClient:
         """Save the current weights and return a SamplingClient that samples from them.
 
         Without ``name`` the save is ephemeral (no checkpoint is kept): the server creates the sampling session
         directly. With ``name`` the weights are saved as a sampler checkpoint (see :meth:`save_weights_for_sampler`)
-        and the sampling client is created from its path.
+        and the sampling client is created from its path. ``record_stability_info``: the server records every
+        sampled sequence for ``stable_reinforce`` training.
         """
         name = check_name(name) if name is not None else None
+        record = check_bool(record_stability_info, "record_stability_info")
         ctx = self._ctx
         ctx.check_alive()
         if name is not None:
             path = await self.save_weights_for_sampler(name)
-            return await create_sampling_client(ctx, model_path=path)
+            return await create_sampling_client(ctx, model_path=path, record_stability_info=record)
 
         def build(seq_id: int) -> types.SaveWeightsForSamplerRequest:
             # Taken in turn, once per logical request: retries re-send the same body.
@@ -587,7 +591,9 @@ class TrainingClient:
                 "save_weights_for_sampler answered without a sampling_session_id", field="$.sampling_session_id"
             )
         base_model = self._info.model_data.model_name if self._info is not None else None
-        return await create_sampling_client(ctx, base_model=base_model, sampling_session_id=result.sampling_session_id)
+        return await create_sampling_client(
+            ctx, base_model=base_model, sampling_session_id=result.sampling_session_id, record_stability_info=record
+        )
 
     # -- submission -----------------------------------------------------------------------------------------------
 
