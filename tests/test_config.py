@@ -376,6 +376,12 @@ BAD_VALUES: list[tuple[str, str, object, str]] = [
     ("circuit_breaker", "failure_threshold", 0, "expected `int` >= 1, got 0"),
     ("circuit_breaker", "timeout_s", 0.0, "expected `float` > 0.0, got 0.0"),
     ("circuit_breaker", "half_open_max_calls", 0, "expected `int` >= 1, got 0"),
+    ("circuit_breaker", "failure_rate_threshold", 0, "expected `float` > 0.0, got 0"),
+    ("circuit_breaker", "failure_rate_threshold", 1.5, "expected `float` <= 1.0, got 1.5"),
+    ("circuit_breaker", "window_size", 0, "expected `int` >= 1, got 0"),
+    ("circuit_breaker", "minimum_calls", 0, "expected `int` >= 1, got 0"),
+    ("circuit_breaker", "slow_call_s", 0, "expected `float` > 0.0, got 0"),
+    ("circuit_breaker", "slow_call_rate_threshold", 2, "expected `float` <= 1.0, got 2"),
     ("batching", "enabled", None, "expected `bool`, got None"),
     ("batching", "coalesce", "yes", "expected `bool`, got 'yes'"),
     ("batching", "window_ms", -0.5, "expected `float` >= 0.0, got -0.5"),
@@ -422,6 +428,8 @@ def test_cross_field_checks() -> None:
         RetryConfig(base_delay_s=2.0, max_delay_s=1.0)
     with pytest.raises(ConfigError, match=r"^pools\.futures\.max_keepalive: expected int <= max_connections \(4\)"):
         make(pools={"futures": {"max_connections": 4, "max_keepalive": 5}})
+    with pytest.raises(ConfigError, match=r"^circuit_breaker\.minimum_calls: expected int <= window_size \(5\)"):
+        make(circuit_breaker={"window_size": 5, "minimum_calls": 6})
 
 
 @pytest.mark.parametrize(

@@ -388,8 +388,8 @@ def test_feed_other_events() -> None:
         'tinkex_batches_total{op="forward_backward"}': 1,
         "tinkex_circuit_breaker_rejected_total"
         '{endpoint="/api/v1/sessions/{id}/finish",method="POST",pool="session"}': 1,
-        'tinkex_circuit_breaker_transitions_total{to="open"}': 1,
-        'tinkex_circuit_breaker_transitions_total{to="unknown"}': 1,
+        'tinkex_circuit_breaker_transitions_total{reason="unknown",to="open"}': 1,
+        'tinkex_circuit_breaker_transitions_total{reason="unknown",to="unknown"}': 1,
         'tinkex_future_queue_state_changes_total{queue_state="paused_capacity",request_type="Sample"}': 1,
         'tinkex_retries_total{endpoint="/api/v1/sessions/{id}/finish",error="E",reason="status_5xx"}': 1,
         'tinkex_retries_total{endpoint="SamplingClient.sample",error="unknown",reason="backpressure"}': 1,

@@ -28,6 +28,7 @@ EXPECTED = {
     "BatchingConfig",
     "BreakerRegistry",
     "BreakerState",
+    "BreakerStats",
     "CircuitBreaker",
     "CircuitBreakerConfig",
     "Config",

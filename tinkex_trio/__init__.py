@@ -16,12 +16,22 @@
 The public surface is exactly ``__all__``; everything in a module whose name starts with ``_`` is private.
 
 Beyond sessions and clients: :class:`CircuitBreaker` with its vocabulary (:class:`Permit`, :class:`Verdict`,
-:class:`Transition`), and ``open_session(transport_factory=...)``, a :data:`TransportFactory` called with a
-:class:`PoolKind` to build that connection pool's httpx transport (tests: an in-process ``httpx.ASGITransport``).
+:class:`Transition`, :class:`BreakerStats`), and ``open_session(transport_factory=...)``, a :data:`TransportFactory`
+called with a :class:`PoolKind` to build that connection pool's httpx transport (tests: an in-process
+``httpx.ASGITransport``).
 """
 
 from tinkex_trio import _public, errors, types
-from tinkex_trio._breaker import BreakerRegistry, BreakerState, CircuitBreaker, Permit, Transition, Verdict, breakers
+from tinkex_trio._breaker import (
+    BreakerRegistry,
+    BreakerState,
+    BreakerStats,
+    CircuitBreaker,
+    Permit,
+    Transition,
+    Verdict,
+    breakers,
+)
 from tinkex_trio._config import (
     BatchingConfig,
     CircuitBreakerConfig,
@@ -65,6 +75,7 @@ __all__ = [
     "BatchingConfig",
     "BreakerRegistry",
     "BreakerState",
+    "BreakerStats",
     "CircuitBreaker",
     "CircuitBreakerConfig",
     "Config",

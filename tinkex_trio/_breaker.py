@@ -26,6 +26,28 @@ Admission and outcomes:
   admitted before the last transition is stale and ignored: a slow failure that lands after the breaker opened does not
   restart the timer, and a trial slot is never freed twice.
 
+Modes (all but the first off by default; the resilience4j model):
+
+* **Failures in a row** (the default): ``failure_threshold`` FAILUREs in a row while CLOSED open the breaker.
+* **Failure rate**: with ``failure_rate_threshold`` set, the breaker keeps a sliding window of the verdicts of the last
+  ``window_size`` calls while CLOSED (SUCCESS and FAILURE; NEUTRAL and cancelled calls stay out of it) and opens when
+  the share of failures reaches the threshold, once the window holds ``minimum_calls``. Failures in a row then no
+  longer open it. The window is emptied whenever the breaker closes.
+* **Slow calls**: with ``slow_call_s`` set, a call whose ``duration`` (given with its outcome, on the clock of
+  ``now``; trio's clock in the trio layer) is above ``slow_call_s`` is slow, whatever its verdict; the breaker opens
+  (reason ``"slow_call_rate"``) when ``slow_call_rate_threshold`` of the window was slow, even if every call
+  succeeded, and a HALF_OPEN trial that succeeds slowly re-opens it (``"trial_slow"``). A cancelled call is never
+  slow (it has no outcome). Combines with either failure mode.
+
+With no window mode on, a CLOSED success costs what it always did (one permit compared, two counters set): the
+window is only fed when a mode asks for it.
+
+Manual control and introspection: :meth:`~CircuitBreaker.force_open` opens the breaker and keeps it open (no timer,
+``retry_after`` is ``math.inf``) until :meth:`~CircuitBreaker.reset`, which closes it whatever its state.
+:attr:`~CircuitBreaker.stats` counts calls, successes, failures, slow calls, neutral outcomes, rejections and
+transitions by reason (:class:`BreakerStats`); :func:`supervise` publishes them with every transition and in the
+session's metrics.
+
 What counts (:func:`classify_exception`, :func:`classify_status`):
 
 * FAILURE: no HTTP answer (:class:`~tinkex_trio.errors.APIConnectionError`, including timeouts and a proxy's empty
@@ -57,9 +79,10 @@ import logging
 import math
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Final, TypeVar, TypeVarTuple
+from types import EllipsisType
+from typing import Any, Final, Protocol, TypeVar, TypeVarTuple
 
 import trio
 
@@ -71,15 +94,18 @@ from tinkex_trio.errors import APIConnectionError, APIStatusError, CircuitOpenEr
 __all__ = [
     "BreakerRegistry",
     "BreakerState",
+    "BreakerStats",
     "CircuitBreaker",
     "Listener",
     "Permit",
+    "StatsSink",
     "Transition",
     "Verdict",
     "breaker_for_config",
     "breakers",
     "classify_exception",
     "classify_status",
+    "stats_exporter",
     "supervise",
 ]
 
@@ -143,8 +169,9 @@ def classify_exception(exc: Exception) -> Verdict:
 class Transition:
     """A change of state, as given to listeners and returned by the methods that cause it.
 
-    ``reason`` is one of ``"failure_threshold"``, ``"timeout_elapsed"``, ``"trial_succeeded"``, ``"trial_failed"``,
-    ``"reset"`` (short and stable: usable as telemetry metadata).
+    ``reason`` is one of ``"failure_threshold"``, ``"failure_rate"``, ``"slow_call_rate"``, ``"timeout_elapsed"``,
+    ``"trial_succeeded"``, ``"trial_failed"``, ``"trial_slow"``, ``"forced_open"``, ``"reset"`` (short and stable:
+    usable as telemetry metadata and metric labels).
     """
 
     old: BreakerState
@@ -184,29 +211,126 @@ def _current_run() -> trio.lowlevel.Task | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class BreakerStats:
+    """What a :class:`CircuitBreaker` has counted (:attr:`CircuitBreaker.stats`), since it was made or last forgot
+    another ``trio.run``'s state; :meth:`CircuitBreaker.reset` does not clear it.
+
+    ``calls`` is every admitted call whose outcome the breaker took: ``successes + failures + neutral``. Outcomes of
+    calls admitted before the last transition (stale permits) and outcomes reported while OPEN are ignored and not
+    counted. ``neutral`` holds calls that ended with no verdict: a NEUTRAL outcome (429, 408, TLS, a caller's bug) or
+    a cancellation. ``slow_calls`` (only when ``slow_call_s`` is set) counts calls slower than ``slow_call_s``, of
+    either verdict. ``rejections`` counts calls refused (CircuitOpenError, or ``allow`` answering False).
+    ``transitions`` maps each transition's ``reason`` to how many there were.
+
+    The window figures describe the sliding window of the rate modes (``window_calls`` 0 and both rates None when
+    neither ``failure_rate_threshold`` nor ``slow_call_s`` is set): its calls, and the shares of them that failed
+    and were slow.
+    """
+
+    state: BreakerState
+    forced: bool
+    calls: int
+    successes: int
+    failures: int
+    slow_calls: int
+    neutral: int
+    rejections: int
+    transitions: Mapping[str, int]
+    consecutive_failures: int
+    window_calls: int
+    failure_rate: float | None
+    slow_call_rate: float | None
+
+    def as_measurements(self) -> dict[str, float]:
+        """The counts as telemetry measurements (floats; the rates only when a window is kept)."""
+        out = {
+            "calls": float(self.calls),
+            "successes": float(self.successes),
+            "failures": float(self.failures),
+            "slow_calls": float(self.slow_calls),
+            "neutral": float(self.neutral),
+            "rejections": float(self.rejections),
+        }
+        if self.failure_rate is not None:
+            out["failure_rate"] = self.failure_rate
+        if self.slow_call_rate is not None:
+            out["slow_call_rate"] = self.slow_call_rate
+        return out
+
+
+_NEVER: Final = Permit(-1, trial=False)
+"""The record fast path's permit when it is off: no caller ever holds it."""
+
+_FAILED: Final = 1
+_SLOW: Final = 2
+
+
+def _rate(name: str, value: float) -> float:
+    if isinstance(value, bool) or not (isinstance(value, int | float) and 0.0 < value <= 1.0):
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
 class CircuitBreaker:
     """A circuit breaker (pure state machine; see the module docstring).
 
     Args:
-        failure_threshold: failures in a row (CLOSED) that open the breaker.
+        failure_threshold: failures in a row (CLOSED) that open the breaker (not used when
+            ``failure_rate_threshold`` is set).
         timeout_s: how long it stays OPEN before admitting trial calls.
         half_open_max_calls: trial calls admitted at once while HALF_OPEN.
+        failure_rate_threshold: None (the default: failures are counted in a row), or the share (0–1] of failed calls
+            in the window that opens the breaker.
+        window_size: the calls the rate modes judge: the last ``window_size`` with a verdict while CLOSED.
+        minimum_calls: no rate opens the breaker before the window holds this many calls (at most ``window_size``).
+        slow_call_s: None (the default: no slow-call mode), or the duration above which a call is slow.
+        slow_call_rate_threshold: the share (0–1] of slow calls in the window that opens the breaker.
         name: shown in reprs, errors and telemetry (the registry uses the base URL; never a key).
+
+    The keywords are the fields of :class:`~tinkex_trio.CircuitBreakerConfig` (``enabled`` aside).
     """
 
     __slots__ = (
+        "_admit_fast",
         "_closed_permit",
         "_failures",
+        "_forced",
         "_generation",
         "_listeners",
+        "_n_failures",
+        "_n_neutral",
+        "_n_rejections",
+        "_n_slow",
+        "_n_successes",
+        "_open_until",
         "_opened_at",
+        "_record_fast",
         "_run",
         "_state",
+        "_transitions",
         "_trials",
+        "_win_failures",
+        "_win_len",
+        "_win_pos",
+        "_win_slow",
+        "_window",
+        "_windowed",
+        "failure_rate_threshold",
         "failure_threshold",
         "half_open_max_calls",
+        "minimum_calls",
         "name",
+        "slow_call_rate_threshold",
+        "slow_call_s",
         "timeout_s",
+        "window_size",
     )
 
     def __init__(
@@ -215,28 +339,54 @@ class CircuitBreaker:
         timeout_s: float = 30.0,
         half_open_max_calls: int = 1,
         *,
+        failure_rate_threshold: float | None = None,
+        window_size: int = 100,
+        minimum_calls: int = 20,
+        slow_call_s: float | None = None,
+        slow_call_rate_threshold: float = 1.0,
         name: str = "circuit breaker",
     ) -> None:
         self.name = name
         self.failure_threshold = 1
         self.timeout_s = 1.0
         self.half_open_max_calls = 1
-        self.configure(
-            failure_threshold=failure_threshold, timeout_s=timeout_s, half_open_max_calls=half_open_max_calls
-        )
+        self.failure_rate_threshold: float | None = None
+        self.window_size = 1
+        self.minimum_calls = 1
+        self.slow_call_s: float | None = None
+        self.slow_call_rate_threshold = 1.0
         self._state = BreakerState.CLOSED
+        self._forced = False
         self._generation = 0
         self._closed_permit = Permit(0, trial=False)
+        self._admit_fast: Permit | None = self._closed_permit
+        self._record_fast = self._closed_permit
+        self._windowed = False
+        self._window = bytearray(1)
+        self._win_pos = self._win_len = self._win_failures = self._win_slow = 0
         self._failures = 0
         self._opened_at = 0.0
+        self._open_until = math.inf
         self._trials = 0
         self._listeners: list[Listener] = []
         self._run: weakref.ref[trio.lowlevel.Task] | None = None
+        self._n_successes = self._n_failures = self._n_slow = self._n_neutral = self._n_rejections = 0
+        self._transitions: dict[str, int] = {}
+        self.configure(
+            failure_threshold=failure_threshold,
+            timeout_s=timeout_s,
+            half_open_max_calls=half_open_max_calls,
+            failure_rate_threshold=failure_rate_threshold,
+            window_size=window_size,
+            minimum_calls=minimum_calls,
+            slow_call_s=slow_call_s,
+            slow_call_rate_threshold=slow_call_rate_threshold,
+        )
 
     @classmethod
     def from_config(cls, config: CircuitBreakerConfig, *, name: str = "circuit breaker") -> CircuitBreaker:
-        """A breaker with the thresholds of a :class:`~tinkex_trio._config.CircuitBreakerConfig`."""
-        return cls(config.failure_threshold, config.timeout_s, config.half_open_max_calls, name=name)
+        """A breaker with the settings of a :class:`~tinkex_trio._config.CircuitBreakerConfig`."""
+        return cls(name=name, **_config_settings(config))
 
     def configure(
         self,
@@ -244,39 +394,86 @@ class CircuitBreaker:
         failure_threshold: int | None = None,
         timeout_s: float | None = None,
         half_open_max_calls: int | None = None,
+        failure_rate_threshold: float | EllipsisType | None = ...,
+        window_size: int | None = None,
+        minimum_calls: int | None = None,
+        slow_call_s: float | EllipsisType | None = ...,
+        slow_call_rate_threshold: float | None = None,
     ) -> None:
-        """Change thresholds in place (the state is kept; a running open timer uses the new ``timeout_s``)."""
+        """Change settings in place (the state is kept; a running open timer uses the new ``timeout_s``).
+
+        An argument left out (None, or ``...`` for the two that take None) keeps its setting;
+        ``failure_rate_threshold=None`` / ``slow_call_s=None`` turn a mode off. A new ``window_size`` empties the
+        window."""
         if failure_threshold is not None:
-            if isinstance(failure_threshold, bool) or failure_threshold < 1:
-                raise ValueError(f"failure_threshold must be an int >= 1, got {failure_threshold!r}")
-            self.failure_threshold = failure_threshold
+            self.failure_threshold = _count("failure_threshold", failure_threshold)
         if timeout_s is not None:
-            if not (math.isfinite(timeout_s) and timeout_s > 0):
+            if isinstance(timeout_s, bool) or not (math.isfinite(timeout_s) and timeout_s > 0):
                 raise ValueError(f"timeout_s must be a finite number > 0, got {timeout_s!r}")
             self.timeout_s = float(timeout_s)
+            if self._state is BreakerState.OPEN and not self._forced:
+                self._open_until = self._opened_at + self.timeout_s
         if half_open_max_calls is not None:
-            if isinstance(half_open_max_calls, bool) or half_open_max_calls < 1:
-                raise ValueError(f"half_open_max_calls must be an int >= 1, got {half_open_max_calls!r}")
-            self.half_open_max_calls = half_open_max_calls
+            self.half_open_max_calls = _count("half_open_max_calls", half_open_max_calls)
+        if not isinstance(failure_rate_threshold, EllipsisType):
+            self.failure_rate_threshold = (
+                None if failure_rate_threshold is None else _rate("failure_rate_threshold", failure_rate_threshold)
+            )
+        if not isinstance(slow_call_s, EllipsisType):
+            if slow_call_s is not None and (
+                isinstance(slow_call_s, bool) or not (math.isfinite(slow_call_s) and slow_call_s > 0)
+            ):
+                raise ValueError(f"slow_call_s must be None or a finite number > 0, got {slow_call_s!r}")
+            self.slow_call_s = None if slow_call_s is None else float(slow_call_s)
+        if slow_call_rate_threshold is not None:
+            self.slow_call_rate_threshold = _rate("slow_call_rate_threshold", slow_call_rate_threshold)
+        size = _count("window_size", window_size) if window_size is not None else self.window_size
+        minimum = _count("minimum_calls", minimum_calls) if minimum_calls is not None else self.minimum_calls
+        if minimum > size:
+            raise ValueError(f"minimum_calls must be <= window_size ({size}), got {minimum!r}")
+        self.minimum_calls = minimum
+        if size != self.window_size:
+            self.window_size = size
+            self._window = bytearray(size)
+            self._clear_window()
+        self._windowed = self.failure_rate_threshold is not None or self.slow_call_s is not None
+        self._refresh_fast_paths()
 
     @classmethod
     def disabled(cls, config: CircuitBreakerConfig | None = None, *, name: str = "circuit breaker") -> CircuitBreaker:
         """A breaker that is switched off: :attr:`enabled` is False, it admits every call and counts nothing.
 
-        It stays CLOSED with no failures counted and never moves, so its listeners are never called; outcomes given
-        to it only settle their permits. It keeps the thresholds of ``config``, if given, for show. This is
-        ``session.breaker`` when ``config.circuit_breaker.enabled`` is false (``TINKEX_CIRCUIT_BREAKER=off``); the
-        registry (:func:`breakers`) holds no disabled breakers.
+        It stays CLOSED with no failures counted and never moves (:meth:`force_open` does nothing), so its listeners
+        are never called; outcomes given to it only settle their permits. It keeps the settings of ``config``, if
+        given, for show. This is ``session.breaker`` when ``config.circuit_breaker.enabled`` is false
+        (``TINKEX_CIRCUIT_BREAKER=off``); the registry (:func:`breakers`) holds no disabled breakers.
         """
         if config is None:
             return _DisabledCircuitBreaker(name=name)
         return _DisabledCircuitBreaker.from_config(config, name=name)
 
     def __repr__(self) -> str:
+        forced = " forced" if self._forced else ""
         return (
-            f"<CircuitBreaker {self.name} state={self._state.value} "
+            f"<CircuitBreaker {self.name} state={self._state.value}{forced} "
             f"failures={self._failures}/{self.failure_threshold} trials={self._trials}/{self.half_open_max_calls}>"
         )
+
+    # -- the fast paths ---------------------------------------------------------------------------------------------
+
+    def _refresh_fast_paths(self) -> None:
+        """``_admit_fast``: the permit :meth:`before_call` hands out at once (CLOSED), else None. ``_record_fast``:
+        the permit whose success :meth:`record_success` counts at once (CLOSED, no window to feed), else a permit
+        nobody holds. Called after every change of state, generation or mode."""
+        if self._state is BreakerState.CLOSED:
+            permit = self._closed_permit
+            if permit.generation != self._generation:
+                permit = self._closed_permit = Permit(self._generation, trial=False)
+            self._admit_fast = permit
+            self._record_fast = _NEVER if self._windowed else permit
+        else:
+            self._admit_fast = None
+            self._record_fast = _NEVER
 
     # -- reading the state ------------------------------------------------------------------------------------------
 
@@ -289,6 +486,11 @@ class CircuitBreaker:
     def state(self) -> BreakerState:
         """The current state as of the last call that passed ``now`` (:meth:`poll` makes the timer's move visible)."""
         return self._state
+
+    @property
+    def forced(self) -> bool:
+        """Whether the breaker was forced open (:meth:`force_open`): it stays OPEN until :meth:`reset`."""
+        return self._forced
 
     @property
     def generation(self) -> int:
@@ -307,16 +509,38 @@ class CircuitBreaker:
 
     @property
     def open_until(self) -> float | None:
-        """When OPEN: the time its timer ends (then it moves to HALF_OPEN). Otherwise None."""
+        """When OPEN: the time its timer ends (then it moves to HALF_OPEN); ``math.inf`` when forced open.
+        Otherwise None."""
         if self._state is BreakerState.OPEN:
-            return self._opened_at + self.timeout_s
+            return self._open_until
         return None
 
     def retry_after(self, now: float) -> float:
-        """Seconds until a call may be admitted: the rest of the open timer; 0.0 when CLOSED or HALF_OPEN (even with
-        every trial slot taken: the trials' verdict is not known yet)."""
+        """Seconds until a call may be admitted: the rest of the open timer (``math.inf`` when forced open); 0.0 when
+        CLOSED or HALF_OPEN (even with every trial slot taken: the trials' verdict is not known yet)."""
         until = self.open_until
         return max(0.0, until - now) if until is not None else 0.0
+
+    @property
+    def stats(self) -> BreakerStats:
+        """What the breaker has counted (a snapshot; see :class:`BreakerStats`)."""
+        n = self._win_len
+        windowed = self._windowed
+        return BreakerStats(
+            state=self._state,
+            forced=self._forced,
+            calls=self._n_successes + self._n_failures + self._n_neutral,
+            successes=self._n_successes,
+            failures=self._n_failures,
+            slow_calls=self._n_slow,
+            neutral=self._n_neutral,
+            rejections=self._n_rejections,
+            transitions=dict(self._transitions),
+            consecutive_failures=self._failures,
+            window_calls=n if windowed else 0,
+            failure_rate=(self._win_failures / n if n else 0.0) if windowed else None,
+            slow_call_rate=(self._win_slow / n if n else 0.0) if windowed else None,
+        )
 
     # -- listeners -------------------------------------------------------------------------------------------------
 
@@ -336,18 +560,15 @@ class CircuitBreaker:
     # -- admission -------------------------------------------------------------------------------------------------
 
     def poll(self, now: float) -> Transition | None:
-        """Apply the timer: OPEN → HALF_OPEN once ``timeout_s`` has passed. Returns the transition, if any."""
-        if self._state is BreakerState.OPEN and now >= self._opened_at + self.timeout_s:
+        """Apply the timer: OPEN → HALF_OPEN once ``timeout_s`` has passed (never when forced). Returns the
+        transition, if any."""
+        if self._state is BreakerState.OPEN and now >= self._open_until:
             return self._move(BreakerState.HALF_OPEN, now, "timeout_elapsed")
         return None
 
     def _admit(self, now: float) -> Permit | None:
         if self._state is BreakerState.CLOSED:
-            # Every call of one CLOSED generation shares one permit: no allocation on the hot path.
-            permit = self._closed_permit
-            if permit.generation != self._generation:
-                permit = self._closed_permit = Permit(self._generation, trial=False)
-            return permit
+            return self._closed_permit  # kept current by _refresh_fast_paths
         self.poll(now)
         if self._state is BreakerState.HALF_OPEN and self._trials < self.half_open_max_calls:
             self._trials += 1
@@ -356,24 +577,27 @@ class CircuitBreaker:
 
     def allow(self, now: float) -> bool:
         """Whether a call may go now. When HALF_OPEN this takes a trial slot: report the call's outcome with
-        :meth:`record_success` / :meth:`record_failure` / :meth:`release`."""
-        return self._admit(now) is not None
+        :meth:`record_success` / :meth:`record_failure` / :meth:`release`. A False counts as a rejection."""
+        if self._admit(now) is not None:
+            return True
+        self._n_rejections += 1
+        return False
 
     def before_call(self, now: float) -> Permit:
         """Admit a call, or raise :class:`~tinkex_trio.errors.CircuitOpenError` (with ``retry_after``)."""
-        state = self._state
-        if state is BreakerState.CLOSED:
-            permit = self._closed_permit
-            if permit.generation == self._generation:
-                return permit  # the hot path: no call, no allocation
-        elif state is BreakerState.OPEN:
-            until = self._opened_at + self.timeout_s
+        permit = self._admit_fast
+        if permit is not None:
+            return permit  # the hot path (CLOSED): no call, no allocation
+        if self._state is BreakerState.OPEN:
+            until = self._open_until
             if now < until:
                 # The refusal while OPEN, kept short: no transition to apply, no __init__ run, the message built
                 # only if read.
+                self._n_rejections += 1
                 raise CircuitOpenError.rejected(until - now, self.name)
         permit = self._admit(now)
         if permit is None:
+            self._n_rejections += 1
             raise CircuitOpenError.rejected(self.retry_after(now), self.name, self._state is BreakerState.HALF_OPEN)
         return permit
 
@@ -390,55 +614,133 @@ class CircuitBreaker:
         permit.settled = True
         return permit.generation == self._generation
 
-    def record_success(self, now: float, permit: Permit | None = None) -> Transition | None:
-        """A call succeeded: reset the failure count; a HALF_OPEN breaker closes. Ignored when OPEN."""
-        closed = self._closed_permit
-        if permit is closed and self._state is BreakerState.CLOSED:
-            if closed.generation == self._generation:  # the hot path
-                self._failures = 0
+    def _slow(self, duration: float | None) -> bool:
+        limit = self.slow_call_s
+        if limit is None or duration is None or not duration > limit:
+            return False
+        self._n_slow += 1
+        return True
+
+    def record_success(
+        self, now: float, permit: Permit | None = None, *, duration: float | None = None
+    ) -> Transition | None:
+        """A call succeeded: reset the failure count; a HALF_OPEN breaker closes (re-opens with ``"trial_slow"`` if
+        the trial took longer than ``slow_call_s``). Ignored when OPEN. ``duration``: how long the call took on the
+        clock of ``now`` (only the slow-call mode reads it; without it a call is not slow)."""
+        if permit is self._record_fast:
+            # The hot path: CLOSED, no window to feed, a current permit.
+            self._failures = 0
+            self._n_successes += 1
             return None
         if not self._take(permit):
             return None
-        if self._state is BreakerState.CLOSED:
+        state = self._state
+        if state is BreakerState.CLOSED:
             self._failures = 0
-        elif self._state is BreakerState.HALF_OPEN:
+            self._n_successes += 1
+            if self._windowed:
+                return self._add_to_window(False, self._slow(duration), now)
+        elif state is BreakerState.HALF_OPEN:
+            self._n_successes += 1
+            if self._slow(duration):
+                return self._move(BreakerState.OPEN, now, "trial_slow")
             return self._move(BreakerState.CLOSED, now, "trial_succeeded")
         return None
 
-    def record_failure(self, now: float, permit: Permit | None = None) -> Transition | None:
-        """A call failed: count it (CLOSED, opening at the threshold); a HALF_OPEN breaker re-opens with a new timer.
-        Ignored when OPEN (a late failure does not extend the timer)."""
+    def record_failure(
+        self, now: float, permit: Permit | None = None, *, duration: float | None = None
+    ) -> Transition | None:
+        """A call failed: count it (CLOSED: in a row, or in the window; opening at the threshold); a HALF_OPEN breaker
+        re-opens with a new timer. Ignored when OPEN (a late failure does not extend the timer)."""
         if not self._take(permit):
             return None
-        if self._state is BreakerState.CLOSED:
+        state = self._state
+        if state is BreakerState.CLOSED:
+            self._n_failures += 1
             self._failures += 1
-            if self._failures >= self.failure_threshold:
+            if self.failure_rate_threshold is None and self._failures >= self.failure_threshold:
+                self._slow(duration)
                 return self._move(BreakerState.OPEN, now, "failure_threshold")
-        elif self._state is BreakerState.HALF_OPEN:
+            if self._windowed:
+                return self._add_to_window(True, self._slow(duration), now)
+        elif state is BreakerState.HALF_OPEN:
+            self._n_failures += 1
+            self._slow(duration)
             return self._move(BreakerState.OPEN, now, "trial_failed")
         return None
 
     def release(self, permit: Permit | None = None) -> None:
-        """A call ended with no verdict (cancelled, or NEUTRAL): free its trial slot, count nothing."""
+        """A call ended with no verdict (cancelled, or NEUTRAL): free its trial slot; counted as neutral, never as a
+        failure or a slow call."""
         trial = permit.trial if permit is not None else self._state is BreakerState.HALF_OPEN
-        if self._take(permit) and trial and self._state is BreakerState.HALF_OPEN and self._trials > 0:
+        if not self._take(permit) or self._state is BreakerState.OPEN:
+            return
+        self._n_neutral += 1
+        if trial and self._state is BreakerState.HALF_OPEN and self._trials > 0:
             self._trials -= 1
 
-    def record(self, verdict: Verdict, now: float, permit: Permit | None = None) -> Transition | None:
+    def record(
+        self, verdict: Verdict, now: float, permit: Permit | None = None, *, duration: float | None = None
+    ) -> Transition | None:
         """:meth:`record_success`, :meth:`record_failure` or :meth:`release`, by verdict."""
         if verdict is Verdict.SUCCESS:
-            return self.record_success(now, permit)
+            return self.record_success(now, permit, duration=duration)
         if verdict is Verdict.FAILURE:
-            return self.record_failure(now, permit)
+            return self.record_failure(now, permit, duration=duration)
         self.release(permit)
         return None
 
+    # -- the window of the rate modes ------------------------------------------------------------------------------
+
+    def _clear_window(self) -> None:
+        self._win_pos = self._win_len = self._win_failures = self._win_slow = 0
+
+    def _add_to_window(self, failed: bool, slow: bool, now: float) -> Transition | None:
+        """Put one CLOSED verdict in the window (the oldest leaves a full one); open if a rate reaches its threshold
+        once ``minimum_calls`` are in."""
+        window, pos = self._window, self._win_pos
+        if self._win_len == self.window_size:
+            old = window[pos]
+            self._win_failures -= old & _FAILED
+            self._win_slow -= (old & _SLOW) >> 1
+        else:
+            self._win_len += 1
+        window[pos] = (_FAILED if failed else 0) | (_SLOW if slow else 0)
+        self._win_pos = pos + 1 if pos + 1 < self.window_size else 0
+        self._win_failures += failed
+        self._win_slow += slow
+        n = self._win_len
+        if n < self.minimum_calls:
+            return None
+        threshold = self.failure_rate_threshold
+        if threshold is not None and self._win_failures / n >= threshold:
+            return self._move(BreakerState.OPEN, now, "failure_rate")
+        if self.slow_call_s is not None and self._win_slow / n >= self.slow_call_rate_threshold:
+            return self._move(BreakerState.OPEN, now, "slow_call_rate")
+        return None
+
+    # -- manual control --------------------------------------------------------------------------------------------
+
+    def force_open(self, now: float) -> Transition | None:
+        """Open the breaker and keep it open until :meth:`reset`: every call is refused
+        (``CircuitOpenError.retry_after`` is ``math.inf``), the timer never moves it to HALF_OPEN, and calls in
+        flight become stale. Returns the transition (reason ``"forced_open"``; also from OPEN, which becomes forced),
+        or None if it is already forced."""
+        if self._forced:
+            return None
+        self._forced = True
+        return self._move(BreakerState.OPEN, now, "forced_open")
+
     def reset(self, now: float = 0.0) -> Transition | None:
-        """Back to CLOSED with no failures counted (returns the transition if the state changed)."""
+        """Back to CLOSED with no failures counted and an empty window, forced or not (returns the transition, reason
+        ``"reset"``, if the state changed). :attr:`stats` are kept."""
         self._failures = 0
         self._trials = 0
+        self._forced = False
         if self._state is BreakerState.CLOSED:
             self._generation += 1  # outstanding permits become stale
+            self._clear_window()
+            self._refresh_fast_paths()
             return None
         return self._move(BreakerState.CLOSED, now, "reset")
 
@@ -449,8 +751,13 @@ class CircuitBreaker:
         self._trials = 0
         if new is BreakerState.OPEN:
             self._opened_at = now
+            self._open_until = math.inf if self._forced else now + self.timeout_s
         else:
             self._failures = 0
+            if new is BreakerState.CLOSED:
+                self._clear_window()
+        self._transitions[reason] = self._transitions.get(reason, 0) + 1
+        self._refresh_fast_paths()
         transition = Transition(old, new, now, reason, self._failures)
         for listener in list(self._listeners):
             try:
@@ -464,38 +771,52 @@ class CircuitBreaker:
 
     def bind_to_current_run(self) -> None:
         """Forget the state of another ``trio.run`` (its clock's times mean nothing in this one), back to CLOSED
-        with no listeners; a no-op within the run it last saw, or outside any run. :meth:`call` and the registry
-        call it; so may code that uses one breaker across several ``trio.run`` calls."""
+        with no listeners and fresh :attr:`stats`; a no-op within the run it last saw, or outside any run. A forced
+        breaker stays forced open (that takes no clock). :meth:`call` and the registry call it; so may code that uses
+        one breaker across several ``trio.run`` calls."""
         run = _current_run()
         if run is None or (self._run is not None and self._run() is run):
             return
         if self._run is not None:
             self._listeners.clear()
-            self._state = BreakerState.CLOSED
             self._generation += 1
             self._failures = 0
             self._trials = 0
+            self._clear_window()
+            self._n_successes = self._n_failures = self._n_slow = self._n_neutral = self._n_rejections = 0
+            self._transitions = {}
+            if self._forced:
+                self._state = BreakerState.OPEN
+                self._opened_at = 0.0
+                self._open_until = math.inf
+            else:
+                self._state = BreakerState.CLOSED
+            self._refresh_fast_paths()
         self._run = weakref.ref(run)
 
     async def call(self, async_fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
         """``await async_fn(*args)`` through the breaker (check and call), on trio's clock.
 
         Raises :class:`~tinkex_trio.errors.CircuitOpenError` without calling when the breaker rejects; otherwise
-        returns or raises what ``async_fn`` does, after recording its verdict (:func:`classify_exception`).
-        Cancellation is not recorded: it frees the call's trial slot and propagates.
+        returns or raises what ``async_fn`` does, after recording its verdict (:func:`classify_exception`) and its
+        duration (for ``slow_call_s``). Cancellation is not recorded as a verdict nor as slow: it frees the call's
+        trial slot, counts as neutral, and propagates.
         """
         self.bind_to_current_run()
-        permit = self.before_call(trio.current_time())
+        started = trio.current_time()
+        permit = self.before_call(started)
         try:
             result = await async_fn(*args)
         except Exception as exc:
-            self.record(classify_exception(exc), trio.current_time(), permit)
+            now = trio.current_time()
+            self.record(classify_exception(exc), now, permit, duration=now - started)
             raise
         except BaseException:
             # Cancellation, KeyboardInterrupt, GeneratorExit: no verdict, the trial slot is freed.
             self.release(permit)
             raise
-        self.record_success(trio.current_time(), permit)
+        now = trio.current_time()
+        self.record_success(now, permit, duration=now - started)
         return result
 
 
@@ -520,22 +841,44 @@ class _DisabledCircuitBreaker(CircuitBreaker):
     def _admit(self, now: float) -> Permit | None:
         return Permit(self._generation, trial=False)
 
-    def record_success(self, now: float, permit: Permit | None = None) -> Transition | None:
+    def record_success(
+        self, now: float, permit: Permit | None = None, *, duration: float | None = None
+    ) -> Transition | None:
         self._take(permit)
         return None
 
-    def record_failure(self, now: float, permit: Permit | None = None) -> Transition | None:
+    def record_failure(
+        self, now: float, permit: Permit | None = None, *, duration: float | None = None
+    ) -> Transition | None:
         self._take(permit)
         return None
 
     def release(self, permit: Permit | None = None) -> None:
         self._take(permit)
 
+    def force_open(self, now: float) -> Transition | None:
+        return None  # a disabled breaker never moves
+
     def reset(self, now: float = 0.0) -> Transition | None:
         return None
 
     def bind_to_current_run(self) -> None:
         return  # no state to forget
+
+
+def _config_settings(config: CircuitBreakerConfig) -> dict[str, Any]:
+    """The keywords of :class:`CircuitBreaker` / :meth:`CircuitBreaker.configure` a config gives (its fields but
+    ``enabled``)."""
+    return {
+        "failure_threshold": config.failure_threshold,
+        "timeout_s": config.timeout_s,
+        "half_open_max_calls": config.half_open_max_calls,
+        "failure_rate_threshold": config.failure_rate_threshold,
+        "window_size": config.window_size,
+        "minimum_calls": config.minimum_calls,
+        "slow_call_s": config.slow_call_s,
+        "slow_call_rate_threshold": config.slow_call_rate_threshold,
+    }
 
 
 def _normalize_base_url(base_url: str) -> str:
@@ -576,11 +919,7 @@ class BreakerRegistry:
                 )
                 self._breakers[key] = breaker
             elif config is not None:
-                breaker.configure(
-                    failure_threshold=config.failure_threshold,
-                    timeout_s=config.timeout_s,
-                    half_open_max_calls=config.half_open_max_calls,
-                )
+                breaker.configure(**_config_settings(config))
         breaker.bind_to_current_run()
         return breaker
 
@@ -615,6 +954,56 @@ def breaker_for_config(config: Config) -> CircuitBreaker | None:
 
 GAUGE_NAME: Final = "tinkex_circuit_breaker_state"
 """The gauge :func:`supervise` sets (0 closed, 1 half-open, 2 open) when given a ``set_gauge``."""
+CALLS_TOTAL: Final = "tinkex_circuit_breaker_calls_total"
+"""Counter of the calls the breaker counted, by ``outcome`` (``success``, ``failure``, ``neutral``)."""
+SLOW_CALLS_TOTAL: Final = "tinkex_circuit_breaker_slow_calls_total"
+"""Counter of the calls slower than ``slow_call_s``."""
+FORCED_GAUGE: Final = "tinkex_circuit_breaker_forced"
+"""Gauge: 1 while the breaker is forced open, else 0."""
+FAILURE_RATE_GAUGE: Final = "tinkex_circuit_breaker_failure_rate"
+"""Gauge: the share of failures in the window (only when a window mode is on)."""
+SLOW_CALL_RATE_GAUGE: Final = "tinkex_circuit_breaker_slow_call_rate"
+"""Gauge: the share of slow calls in the window (only when a window mode is on)."""
+
+
+class StatsSink(Protocol):
+    """Where :func:`supervise` puts a breaker's :attr:`~CircuitBreaker.stats` (a
+    :class:`~tinkex_trio._metrics.Metrics` store is one)."""
+
+    def increment(self, name: str, value: float = 1, *, labels: Mapping[str, str] | None = None) -> None: ...
+
+    def set_gauge(self, name: str, value: float, *, labels: Mapping[str, str] | None = None) -> None: ...
+
+    def add_pending(self, drain: Callable[[], None]) -> None: ...
+
+    def remove_pending(self, drain: Callable[[], None]) -> None: ...
+
+
+def stats_exporter(breaker: CircuitBreaker, sink: StatsSink) -> Callable[[], None]:
+    """A function that brings ``sink`` up to date with ``breaker.stats``: counters grow by what the breaker counted
+    since the last call (so a reset of the store counts from then on, and a breaker's fresh start in a new run is a
+    new baseline), gauges are set."""
+    last = [breaker.stats]
+
+    def sync() -> None:
+        stats, before = breaker.stats, last[0]
+        last[0] = stats
+        for outcome, now, then in (
+            ("success", stats.successes, before.successes),
+            ("failure", stats.failures, before.failures),
+            ("neutral", stats.neutral, before.neutral),
+        ):
+            if now > then:
+                sink.increment(CALLS_TOTAL, now - then, labels={"outcome": outcome})
+        if stats.slow_calls > before.slow_calls:
+            sink.increment(SLOW_CALLS_TOTAL, stats.slow_calls - before.slow_calls)
+        sink.set_gauge(FORCED_GAUGE, 1.0 if stats.forced else 0.0)
+        if stats.failure_rate is not None:
+            sink.set_gauge(FAILURE_RATE_GAUGE, stats.failure_rate)
+        if stats.slow_call_rate is not None:
+            sink.set_gauge(SLOW_CALL_RATE_GAUGE, stats.slow_call_rate)
+
+    return sync
 
 
 async def supervise(
@@ -623,17 +1012,26 @@ async def supervise(
     *,
     base_url: str,
     set_gauge: Callable[[str, float], object] | None = None,
+    stats_sink: StatsSink | None = None,
 ) -> None:
     """The breaker supervisor (DESIGN §2): runs in the session's nursery until cancelled.
 
     * Publishes every transition of ``breaker`` (whoever caused it: this session, another session on the same
-      registry breaker, or this task) as ``tinkex.circuit_breaker.state_change``: measurements ``state`` (0/1/2),
-      ``consecutive_failures``, ``retry_after_s``; metadata ``from``, ``to``, ``reason``, ``base_url``.
+      registry breaker, this task, or a caller's :meth:`~CircuitBreaker.force_open` / :meth:`~CircuitBreaker.reset`)
+      as ``tinkex.circuit_breaker.state_change``: measurements ``state`` (0/1/2), ``consecutive_failures``,
+      ``retry_after_s`` (``inf`` when forced open), ``forced`` (0/1) and the breaker's :attr:`~CircuitBreaker.stats`
+      (:meth:`BreakerStats.as_measurements`: ``calls``, ``successes``, ``failures``, ``slow_calls``, ``neutral``,
+      ``rejections``, and the window's ``failure_rate`` / ``slow_call_rate`` when a window mode is on); metadata
+      ``from``, ``to``, ``reason``, ``base_url``.
     * Owns the open timer: sleeps until ``open_until`` on trio's clock, then moves the breaker to HALF_OPEN (so the
-      state and the event appear on time even when no call comes).
-    * Feeds the ``tinkex_circuit_breaker_state`` gauge through ``set_gauge(name, value)`` if given.
+      state and the event appear on time even when no call comes). A forced breaker has no timer.
+    * Feeds the ``tinkex_circuit_breaker_state`` gauge through ``set_gauge(name, value)`` if given, and the stats
+      into ``stats_sink`` if given (:func:`stats_exporter`: ``tinkex_circuit_breaker_calls_total{outcome}``,
+      ``..._slow_calls_total``, the ``..._forced`` gauge and the window's rates), brought up to date on every
+      transition and every read of the store.
     """
     wake: list[trio.Event] = [trio.Event()]
+    sync = stats_exporter(breaker, stats_sink) if stats_sink is not None else None
 
     def gauge(state: BreakerState) -> None:
         if set_gauge is not None:
@@ -643,12 +1041,15 @@ async def supervise(
                 logger.exception("setting the circuit breaker gauge failed")
 
     def on_transition(transition: Transition) -> None:
+        stats = breaker.stats
         telemetry.emit(
             CIRCUIT_BREAKER_STATE_CHANGE,
             {
                 "state": transition.new.code,
                 "consecutive_failures": transition.consecutive_failures,
                 "retry_after_s": breaker.retry_after(transition.at),
+                "forced": 1.0 if stats.forced else 0.0,
+                **stats.as_measurements(),
             },
             {
                 "from": transition.old.value,
@@ -659,11 +1060,17 @@ async def supervise(
             time=transition.at,
         )
         gauge(transition.new)
+        if sync is not None:
+            sync()
         wake[0].set()
 
     breaker.add_listener(on_transition)
+    if stats_sink is not None and sync is not None:
+        stats_sink.add_pending(sync)
     try:
         gauge(breaker.state)
+        if sync is not None:
+            sync()
         # Bounded: every pass waits for a transition or for the end of the open timer (which poll() then applies).
         while True:
             wake[0] = trio.Event()
@@ -673,3 +1080,5 @@ async def supervise(
             breaker.poll(trio.current_time())
     finally:
         breaker.remove_listener(on_transition)
+        if stats_sink is not None and sync is not None:
+            stats_sink.remove_pending(sync)

@@ -76,6 +76,8 @@ _PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 _NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 _PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 _NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+_Rate = Annotated[float, msgspec.Meta(gt=0, le=1)]
+"""A share of calls, in (0, 1]."""
 _NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
 _HeaderText = Annotated[str, msgspec.Meta(pattern=r"^[ -~]+\Z")]
 """Text sent in an HTTP header: printable ASCII (a CR or LF would split the header; httpx refuses the rest)."""
@@ -117,7 +119,17 @@ class RetryConfig(Checked, frozen=True, kw_only=True):
 
 class CircuitBreakerConfig(Checked, frozen=True, kw_only=True):
     """The circuit breaker: opens after ``failure_threshold`` consecutive failures, for ``timeout_s``, then lets
-    ``half_open_max_calls`` trial calls through."""
+    ``half_open_max_calls`` trial calls through.
+
+    Two more modes (off by default; the resilience4j model) judge the last ``window_size`` calls once at least
+    ``minimum_calls`` of them have been seen since the breaker last closed:
+
+    * ``failure_rate_threshold`` (0–1): the breaker opens when that share of the window failed. Failures are then
+      judged by their rate instead of in a row (``failure_threshold`` is not used).
+    * ``slow_call_s``: a call that took longer than this (trio's clock) is *slow*, whatever its verdict; the breaker
+      opens when ``slow_call_rate_threshold`` (0–1) of the window was slow, even if every call succeeded; and a
+      HALF_OPEN trial that succeeds slowly re-opens it. Works with either failure mode.
+    """
 
     _key_prefix: ClassVar[str] = "circuit_breaker."
 
@@ -125,6 +137,17 @@ class CircuitBreakerConfig(Checked, frozen=True, kw_only=True):
     failure_threshold: _PositiveInt = 5
     timeout_s: _PositiveFloat = 30.0
     half_open_max_calls: _PositiveInt = 1
+    failure_rate_threshold: _Rate | None = None
+    window_size: _PositiveInt = 100
+    minimum_calls: _PositiveInt = 20
+    slow_call_s: _PositiveFloat | None = None
+    slow_call_rate_threshold: _Rate = 1.0
+
+    def _check(self) -> None:
+        if self.minimum_calls > self.window_size:
+            self._fail(
+                "minimum_calls", f"expected int <= window_size ({self.window_size}), got {self.minimum_calls!r}"
+            )
 
 
 class BatchingConfig(Checked, frozen=True, kw_only=True):

@@ -31,11 +31,12 @@ class BreakerGuard:
 
     ``admit`` before each attempt (a live CLOSED permit is kept; otherwise the breaker is asked again and may raise
     :class:`~tinkex_trio.errors.CircuitOpenError`), ``attempt_failed`` after a failed attempt (settles a HALF_OPEN
-    trial), ``stop_if_opened`` before waiting for a retry, ``settle`` with the request's final verdict, and ``release``
-    in a ``finally`` (no verdict: cancellation, Ctrl-C). With no breaker every method is a no-op.
+    trial), ``stop_if_opened`` before waiting for a retry, ``settle`` with the request's final verdict (and, when the
+    breaker judges slow calls, when its last attempt started), and ``release`` in a ``finally`` (no verdict:
+    cancellation, Ctrl-C; counted as neutral once, never after a verdict). With no breaker every method is a no-op.
     """
 
-    __slots__ = ("_base_url", "_breaker", "_meta", "_permit", "_telemetry")
+    __slots__ = ("_base_url", "_breaker", "_meta", "_permit", "_settled", "_telemetry")
 
     def __init__(
         self,
@@ -49,6 +50,13 @@ class BreakerGuard:
         self._meta = meta
         self._base_url = base_url
         self._permit: Permit | None = None
+        self._settled = False
+
+    @property
+    def timed(self) -> bool:
+        """Whether the breaker judges slow calls: then the caller passes ``started`` to :meth:`settle`."""
+        breaker = self._breaker
+        return breaker is not None and breaker.slow_call_s is not None
 
     def describe(self, meta: Mapping[str, str | int | float | bool | None]) -> None:
         """Give the guard the request's telemetry metadata, unless its maker already did."""
@@ -91,15 +99,25 @@ class BreakerGuard:
             if breaker.open_until is not None:
                 self.admit(attempt, cause)
 
-    def settle(self, verdict: Verdict) -> None:
-        """The logical request's final verdict."""
+    def settle(self, verdict: Verdict, started: float | None = None) -> None:
+        """The logical request's final verdict; ``started``: when the attempt that gave it began (trio's clock), for
+        the slow-call mode."""
         if self._breaker is not None and self._permit is not None:
-            self._breaker.record(verdict, trio.current_time(), self._permit)
+            now = trio.current_time()
+            duration = now - started if started is not None else None
+            self._breaker.record(verdict, now, self._permit, duration=duration)
+            self._settled = True
 
     def release(self) -> None:
-        """End without a verdict (frees a trial slot); a no-op once settled."""
-        if self._breaker is not None and self._permit is not None and not self._permit.settled:
+        """End without a verdict (frees a trial slot, counts as neutral); a no-op once settled."""
+        if (
+            self._breaker is not None
+            and self._permit is not None
+            and not self._settled
+            and not self._permit.settled
+        ):
             self._breaker.release(self._permit)
+            self._settled = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +152,8 @@ async def run_with_retries(
         guard.admit(n)
     try:
         while True:
+            # The slow-call mode judges the attempt that gives the verdict (backoff sleeps are the client's own).
+            started = trio.current_time() if guard.timed else None
             try:
                 result = await attempt(n)
             except Exception as exc:
@@ -141,7 +161,7 @@ async def run_with_retries(
                 guard.attempt_failed(verdict)
                 step = next_delay(n, exc)
                 if step is None:
-                    guard.settle(verdict)
+                    guard.settle(verdict, started)
                     raise
                 cause = cast("APIError", exc)  # only API errors are retried
                 if not committed:
@@ -157,7 +177,7 @@ async def run_with_retries(
                 if not committed:
                     guard.admit(n, cause)
             else:
-                guard.settle(Verdict.SUCCESS)
+                guard.settle(Verdict.SUCCESS, started)
                 return result
     finally:
         # Cancellation, Ctrl-C: no verdict; frees a trial slot (a no-op once settled).

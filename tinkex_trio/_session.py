@@ -214,9 +214,14 @@ class _SessionRunner:
     def start(self) -> None:
         """Start the session's own tasks in its nursery (future pollers start as futures are tracked)."""
         if (breaker := self.transport.breaker) is not None:
-            set_gauge = self.metrics.set_gauge if self.ctx.config.metrics.enabled else None
+            enabled = self.ctx.config.metrics.enabled
             supervisor = partial(
-                supervise, breaker, self.ctx.telemetry, base_url=self.ctx.config.base_url, set_gauge=set_gauge
+                supervise,
+                breaker,
+                self.ctx.telemetry,
+                base_url=self.ctx.config.base_url,
+                set_gauge=self.metrics.set_gauge if enabled else None,
+                stats_sink=self.metrics if enabled else None,
             )
             self.ctx.spawn(supervisor, "tinkex_trio.session.breaker")
         self.ctx.spawn(self._heartbeat_loop, "tinkex_trio.session.heartbeat")

@@ -39,6 +39,7 @@ before they are stored.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -390,7 +391,8 @@ class RequestFailedError(TinkexError):
 class CircuitOpenError(TinkexError):
     """The circuit breaker for this (base_url, key) is open: the call failed fast without a request.
 
-    ``retry_after`` is the number of seconds until the breaker lets a trial call through.
+    ``retry_after`` is the number of seconds until the breaker lets a trial call through: ``math.inf`` when it was
+    forced open (``CircuitBreaker.force_open``), which lasts until it is reset.
     """
 
     # Raised on the fast path of every refused call: the state lives in ``args`` (``(message, retry_after, breaker,
@@ -425,6 +427,8 @@ class CircuitOpenError(TinkexError):
         name = breaker or "circuit breaker"
         if half_open:
             return f"{name}: circuit breaker is half-open and its trial calls are in flight"
+        if retry_after == math.inf:
+            return f"{name}: circuit breaker is forced open (until it is reset)"
         if breaker is None:
             return "circuit breaker is open"
         return f"{name}: circuit breaker is open; next trial call in {retry_after:.3g} s"

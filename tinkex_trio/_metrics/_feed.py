@@ -164,7 +164,8 @@ class MetricsFeed:
                                            (``request_type``, ``queue_state``)
     ``tinkex.session.heartbeat``           counter ``tinkex_session_heartbeats_total`` (``ok``); gauge
                                            ``tinkex_session_expired`` set to 1 on a 410
-    ``tinkex.circuit_breaker.*``           counters ``tinkex_circuit_breaker_transitions_total`` (``to``) and
+    ``tinkex.circuit_breaker.*``           counters ``tinkex_circuit_breaker_transitions_total`` (``to``,
+                                           ``reason``) and
                                            ``tinkex_circuit_breaker_rejected_total`` (``method``, ``endpoint``,
                                            ``pool``); the breaker supervisor sets the gauge
                                            ``tinkex_circuit_breaker_state`` (0 closed, 1 half_open, 2 open)
@@ -378,7 +379,8 @@ class MetricsFeed:
         to = event.metadata.get("to")
         state = to if isinstance(to, str) and to in _BREAKER_STATES else "unknown"
         # The state gauge (tinkex_circuit_breaker_state) is the breaker supervisor's: it sets it on every transition.
-        self.metrics.counter(_BREAKER_TRANSITIONS_TOTAL, {"to": state}).value += 1
+        reason = _word(event.metadata.get("reason"))
+        self.metrics.counter(_BREAKER_TRANSITIONS_TOTAL, {"to": state, "reason": reason}).value += 1
 
     def _on_breaker_rejected(self, event: TelemetryEvent) -> None:
         self.metrics.counter(_BREAKER_REJECTED_TOTAL, self._request_labels(event.metadata)).value += 1
