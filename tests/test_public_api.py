@@ -214,6 +214,7 @@ EXPECTED_ERRORS = {
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchItemTooLargeError",
     "BillingError",
     "CircuitOpenError",
     "ConfigError",

@@ -7,7 +7,7 @@ for it in the calling thread. See :mod:`tinkex_trio.blocking`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import tinkex_trio as _async
 import tinkex_trio.types as types
@@ -15,6 +15,7 @@ from tinkex_trio import CircuitBreaker, Config, Metrics, TelemetryBus
 from tinkex_trio._custom_loss import Autograd, CustomLossFn
 from tinkex_trio._portal import Future, Portal
 from tinkex_trio._training import FwdBwdItem, LossFn, LossFnConfig
+from tinkex_trio.errors import TinkexError
 
 __all__ = ["RestClient", "SamplingClient", "Session", "TrainingClient"]
 
@@ -237,10 +238,28 @@ class TrainingClient:
             self._portal.call(self._inner.submit_forward_backward_custom, data, loss_fn, autograd=autograd),
         )
 
+    @overload
     def forward_backward_batch(
         self,
         items: Iterable[FwdBwdItem],
-    ) -> list[types.ForwardBackwardOutput]:
+        *,
+        return_exceptions: Literal[False] = False,
+    ) -> list[types.ForwardBackwardOutput]: ...
+
+    @overload
+    def forward_backward_batch(
+        self,
+        items: Iterable[FwdBwdItem],
+        *,
+        return_exceptions: bool,
+    ) -> list[types.ForwardBackwardOutput | TinkexError]: ...
+
+    def forward_backward_batch(
+        self,
+        items: Iterable[FwdBwdItem],
+        *,
+        return_exceptions: bool = False,
+    ) -> list[types.ForwardBackwardOutput] | list[types.ForwardBackwardOutput | TinkexError]:
         """Run several forward_backward calls in as few requests as possible; wait for every result.
 
         ``items`` holds ``(data, loss_fn, loss_fn_config)`` triples; the results come back in the same order, one
@@ -249,10 +268,77 @@ class TrainingClient:
         ``fwdbwd_max_chunk_bytes_count``, ``batching.max_batch_datums`` / ``max_batch_bytes``, at most
         ``batching.max_items`` items); the gradient accumulated is the same, since the losses are sums. A merged
         item's result holds its own outputs and its exact ``loss:sum``, recomputed from them; the merged request's
-        other metrics are dropped (see :mod:`tinkex_trio._batching`). Requests are submitted in order, pipelined,
-        then awaited. Emits ``tinkex.batch.forward_backward.start`` / ``.stop``.
+        other metrics are dropped (see :mod:`tinkex_trio._batching`). Requests are submitted in order in one turn
+        (consecutive seq_ids), pipelined, then awaited. Emits ``tinkex.batch.forward_backward.start`` / ``.stop``.
+
+        An empty batch returns ``[]`` without a request. Every item is checked before anything is sent: a bad one
+        raises :class:`~tinkex_trio.errors.InvalidArgumentError`, and one holding a datum larger than the server's
+        limit on one request (``fwdbwd_max_chunk_bytes_count``; a datum cannot be split)
+        :class:`~tinkex_trio.errors.BatchItemTooLargeError` naming the item's index and the limit.
+
+        Failures. The items of one merged request share its fate: they all get its output or its error.
+
+        * ``return_exceptions=False`` (the default): at the first failure nothing more is sent; every request already
+          sent is awaited to its end, then the first failure in item order is raised (so none is left unawaited).
+          The items before it may have been applied, see below.
+        * ``return_exceptions=True``: every request is sent and awaited; the list holds, for each item, its output
+          or the :class:`~tinkex_trio.errors.TinkexError` it met (a non-TinkexError, a bug, is still raised once
+          everything sent is settled).
+
+        What the server holds for a failed item, by its error:
+
+        * raised while sending, nothing applied: the server's refusal (an ``APIStatusError`` 4xx: its seq_id is used
+          up, the model goes on), :class:`~tinkex_trio.errors.CircuitOpenError` (not sent, no seq_id taken),
+          :class:`~tinkex_trio.errors.SequenceInDoubtError` *refusing* the item because an earlier one is in doubt
+          (not sent), :class:`~tinkex_trio.errors.SessionClosedError` before it was sent;
+        * :class:`~tinkex_trio.errors.SequenceInDoubtError` for the item whose own request went in doubt: unknown
+          until :meth:`resend_in_doubt` settles it (it is then applied exactly once); every later item is refused;
+        * :class:`~tinkex_trio.errors.PartiallyAppliedError` (an item sent alone, in chunks): its ``applied`` datum
+          ranges hold gradients, its ``failed`` ones do not;
+        * raised after the server accepted the request: :class:`~tinkex_trio.errors.RequestFailedError` (the server
+          ran it and failed it: nothing applied); any other error while waiting for the result (the poll gave up,
+          the session closed, an answer that could not be read or split): the server accepted it and applies it,
+          only the result was lost.
         """
-        return self._portal.call(self._inner.forward_backward_batch, items)
+        return self._portal.call(self._inner.forward_backward_batch, items, return_exceptions=return_exceptions)
+
+    @overload
+    def optim_step_batch(
+        self,
+        params: Iterable[types.AdamParams | types.DimuonParams],
+        *,
+        return_exceptions: Literal[False] = False,
+    ) -> list[types.OptimStepResponse]: ...
+
+    @overload
+    def optim_step_batch(
+        self,
+        params: Iterable[types.AdamParams | types.DimuonParams],
+        *,
+        return_exceptions: bool,
+    ) -> list[types.OptimStepResponse | TinkexError]: ...
+
+    def optim_step_batch(
+        self,
+        params: Iterable[types.AdamParams | types.DimuonParams],
+        *,
+        return_exceptions: bool = False,
+    ) -> list[types.OptimStepResponse] | list[types.OptimStepResponse | TinkexError]:
+        """Run several optimizer steps, pipelined: submit them all in order, then wait for every result.
+
+        Optimizer steps are never merged (each applies and clears the gradients). An empty list returns ``[]``
+        without a request; every step's parameters are checked before the first is sent. Emits
+        ``tinkex.batch.optim_step.start`` / ``.stop``.
+
+        Failures, as for :meth:`forward_backward_batch`: with ``return_exceptions=False`` nothing more is sent after
+        the first failure, every step already sent is awaited, then the first failure is raised; with ``True`` every
+        step is sent and the list holds each step's response or its :class:`~tinkex_trio.errors.TinkexError`. A
+        failed step was not applied when its error came while sending (the server's 4xx refusal,
+        CircuitOpenError, a SequenceInDoubtError refusing it) or is the server's RequestFailedError; its fate is
+        unknown until :meth:`resend_in_doubt` for the step whose own SequenceInDoubtError it is; any other error
+        while waiting for its result means the server accepted it and applies it.
+        """
+        return self._portal.call(self._inner.optim_step_batch, params, return_exceptions=return_exceptions)
 
     def optim_step(
         self,
@@ -270,17 +356,6 @@ class TrainingClient:
     ) -> Future[types.OptimStepResponse]:
         """Submit an optimizer step; return its future once the server accepted it."""
         return Future(self._portal, self._portal.call(self._inner.submit_optim_step, adam))
-
-    def optim_step_batch(
-        self,
-        params: Iterable[types.AdamParams | types.DimuonParams],
-    ) -> list[types.OptimStepResponse]:
-        """Run several optimizer steps, pipelined: submit them all in order, then wait for every result.
-
-        Optimizer steps are never merged (each applies and clears the gradients). Emits
-        ``tinkex.batch.optim_step.start`` / ``.stop``.
-        """
-        return self._portal.call(self._inner.optim_step_batch, params)
 
     def save_state(
         self,

@@ -15,6 +15,8 @@ async return type                           blocking twin returns
 ``AsyncIterator[X]``                        ``Iterator[X]``, each item fetched in the session's thread
 anything else                               the same value
 ==========================================  =====================================================================
+
+A method with ``@typing.overload`` variants gets the same overloads (their return types must be plain values).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import re
 import subprocess
 import sys
 import types as _pytypes
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -126,7 +129,8 @@ def _docstring(obj: Any, indent: str) -> list[str]:
     return out
 
 
-def _method(name: str, fn: Callable[..., Any], imports: _Imports) -> list[str]:
+def _params(fn: Callable[..., Any], imports: _Imports) -> tuple[list[str], list[str]]:
+    """The twin's parameter lines and the arguments of its call of ``fn``."""
     signature = inspect.signature(fn)
     namespace: dict[str, Any] = getattr(fn, "__globals__", {})
     params = ["        self,"]
@@ -143,6 +147,27 @@ def _method(name: str, fn: Callable[..., Any], imports: _Imports) -> list[str]:
         call.append(f"{param.name}={param.name}" if param.kind is inspect.Parameter.KEYWORD_ONLY else param.name)
         if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
             raise RuntimeError(f"{fn.__qualname__}: *args / **kwargs are not supported by the generator")
+    return params, call
+
+
+def _overloads(name: str, fn: Callable[..., Any], imports: _Imports) -> list[str]:
+    """The ``@overload`` stubs of ``fn``, rendered for its twin (none if it has none)."""
+    out: list[str] = []
+    for variant in typing.get_overloads(fn):
+        params, _ = _params(variant, imports)
+        returned = str(inspect.signature(variant).return_annotation)
+        blocking_return = imports.need(_rewrite(returned), getattr(variant, "__globals__", {}))
+        if returned in _TWINS or "APIFuture" in returned or "AsyncIterator" in returned:
+            raise RuntimeError(f"{fn.__qualname__}: overloads returning clients or futures are not supported")
+        imports.lines["overload"] = "from typing import overload"
+        out.extend(["    @overload", f"    def {name}(", *params, f"    ) -> {blocking_return}: ...", ""])
+    return out
+
+
+def _method(name: str, fn: Callable[..., Any], imports: _Imports) -> list[str]:
+    signature = inspect.signature(fn)
+    namespace: dict[str, Any] = getattr(fn, "__globals__", {})
+    params, call = _params(fn, imports)
     returned = str(signature.return_annotation)
     blocking_return = imports.need(_rewrite(returned), namespace)
     args = ", ".join(call)
@@ -160,7 +185,7 @@ def _method(name: str, fn: Callable[..., Any], imports: _Imports) -> list[str]:
         body = f"return {invoke}"
     else:
         raise RuntimeError(f"{fn.__qualname__}: a public sync method the generator does not know how to twin")
-    out = [f"    def {name}(", *params, f"    ) -> {blocking_return}:"]
+    out = [*_overloads(name, fn, imports), f"    def {name}(", *params, f"    ) -> {blocking_return}:"]
     out.extend(_docstring(fn, "        "))
     out.append(f"        {body}")
     return out

@@ -266,13 +266,13 @@ _FAILED: Final = 1
 _SLOW: Final = 2
 
 
-def _rate(name: str, value: float) -> float:
+def _rate(name: str, value: object) -> float:
     if isinstance(value, bool) or not (isinstance(value, int | float) and 0.0 < value <= 1.0):
         raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
     return float(value)
 
 
-def _count(name: str, value: int) -> int:
+def _count(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     return value

@@ -145,9 +145,7 @@ class CircuitBreakerConfig(Checked, frozen=True, kw_only=True):
 
     def _check(self) -> None:
         if self.minimum_calls > self.window_size:
-            self._fail(
-                "minimum_calls", f"expected int <= window_size ({self.window_size}), got {self.minimum_calls!r}"
-            )
+            self._fail("minimum_calls", f"expected int <= window_size ({self.window_size}), got {self.minimum_calls!r}")
 
 
 class BatchingConfig(Checked, frozen=True, kw_only=True):

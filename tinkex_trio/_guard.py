@@ -110,12 +110,7 @@ class BreakerGuard:
 
     def release(self) -> None:
         """End without a verdict (frees a trial slot, counts as neutral); a no-op once settled."""
-        if (
-            self._breaker is not None
-            and self._permit is not None
-            and not self._settled
-            and not self._permit.settled
-        ):
+        if self._breaker is not None and self._permit is not None and not self._settled and not self._permit.settled:
             self._breaker.release(self._permit)
             self._settled = True
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 import msgspec
 import trio
@@ -63,7 +63,6 @@ from tinkex_trio._batching import (
     WorkItem,
     item_output,
     plan_requests,
-    split_output,
 )
 from tinkex_trio._chunking import combine_fwdbwd_outputs, datum_bytes, plan_chunks
 from tinkex_trio._context import SessionContext
@@ -98,7 +97,13 @@ from tinkex_trio._validation import (
     check_string_map,
     check_ttl,
 )
-from tinkex_trio.errors import InvalidArgumentError, InvalidArgumentTypeError, ResponseValidationError
+from tinkex_trio.errors import (
+    BatchItemTooLargeError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    ResponseValidationError,
+    TinkexError,
+)
 
 if TYPE_CHECKING:
     from tinkex_trio._futures import APIFuture
@@ -114,6 +119,19 @@ LossFn = types.LossFnType | str
 LossFnConfig = Mapping[str, float | str]
 #: One forward_backward_batch item: ``(data, loss_fn, loss_fn_config)``.
 FwdBwdItem = tuple[Sequence[types.Datum], LossFn, LossFnConfig | None]
+
+
+def _settled(results: list[T | Exception], return_exceptions: bool) -> list[T | TinkexError]:
+    """A batch's per-item outcomes, every request of it settled: the list (``return_exceptions``), or the first
+    failure raised. An exception that is not a TinkexError (a bug) is raised either way."""
+    for outcome in results:
+        if isinstance(outcome, Exception) and not isinstance(outcome, TinkexError):
+            raise outcome
+    if not return_exceptions:
+        for outcome in results:
+            if isinstance(outcome, Exception):
+                raise outcome
+    return cast("list[T | TinkexError]", results)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -253,7 +271,19 @@ class TrainingClient:
             [backward], lambda outputs: merge_metrics(outputs[0], result), request_type="ForwardBackwardCustom"
         )
 
-    async def forward_backward_batch(self, items: Iterable[FwdBwdItem]) -> list[types.ForwardBackwardOutput]:
+    @overload
+    async def forward_backward_batch(
+        self, items: Iterable[FwdBwdItem], *, return_exceptions: Literal[False] = False
+    ) -> list[types.ForwardBackwardOutput]: ...
+
+    @overload
+    async def forward_backward_batch(
+        self, items: Iterable[FwdBwdItem], *, return_exceptions: bool
+    ) -> list[types.ForwardBackwardOutput | TinkexError]: ...
+
+    async def forward_backward_batch(
+        self, items: Iterable[FwdBwdItem], *, return_exceptions: bool = False
+    ) -> list[types.ForwardBackwardOutput] | list[types.ForwardBackwardOutput | TinkexError]:
         """Run several forward_backward calls in as few requests as possible; wait for every result.
 
         ``items`` holds ``(data, loss_fn, loss_fn_config)`` triples; the results come back in the same order, one
@@ -262,28 +292,143 @@ class TrainingClient:
         ``fwdbwd_max_chunk_bytes_count``, ``batching.max_batch_datums`` / ``max_batch_bytes``, at most
         ``batching.max_items`` items); the gradient accumulated is the same, since the losses are sums. A merged
         item's result holds its own outputs and its exact ``loss:sum``, recomputed from them; the merged request's
-        other metrics are dropped (see :mod:`tinkex_trio._batching`). Requests are submitted in order, pipelined,
-        then awaited. Emits ``tinkex.batch.forward_backward.start`` / ``.stop``.
+        other metrics are dropped (see :mod:`tinkex_trio._batching`). Requests are submitted in order in one turn
+        (consecutive seq_ids), pipelined, then awaited. Emits ``tinkex.batch.forward_backward.start`` / ``.stop``.
+
+        An empty batch returns ``[]`` without a request. Every item is checked before anything is sent: a bad one
+        raises :class:`~tinkex_trio.errors.InvalidArgumentError`, and one holding a datum larger than the server's
+        limit on one request (``fwdbwd_max_chunk_bytes_count``; a datum cannot be split)
+        :class:`~tinkex_trio.errors.BatchItemTooLargeError` naming the item's index and the limit.
+
+        Failures. The items of one merged request share its fate: they all get its output or its error.
+
+        * ``return_exceptions=False`` (the default): at the first failure nothing more is sent; every request already
+          sent is awaited to its end, then the first failure in item order is raised (so none is left unawaited).
+          The items before it may have been applied, see below.
+        * ``return_exceptions=True``: every request is sent and awaited; the list holds, for each item, its output
+          or the :class:`~tinkex_trio.errors.TinkexError` it met (a non-TinkexError, a bug, is still raised once
+          everything sent is settled).
+
+        What the server holds for a failed item, by its error:
+
+        * raised while sending, nothing applied: the server's refusal (an ``APIStatusError`` 4xx: its seq_id is used
+          up, the model goes on), :class:`~tinkex_trio.errors.CircuitOpenError` (not sent, no seq_id taken),
+          :class:`~tinkex_trio.errors.SequenceInDoubtError` *refusing* the item because an earlier one is in doubt
+          (not sent), :class:`~tinkex_trio.errors.SessionClosedError` before it was sent;
+        * :class:`~tinkex_trio.errors.SequenceInDoubtError` for the item whose own request went in doubt: unknown
+          until :meth:`resend_in_doubt` settles it (it is then applied exactly once); every later item is refused;
+        * :class:`~tinkex_trio.errors.PartiallyAppliedError` (an item sent alone, in chunks): its ``applied`` datum
+          ranges hold gradients, its ``failed`` ones do not;
+        * raised after the server accepted the request: :class:`~tinkex_trio.errors.RequestFailedError` (the server
+          ran it and failed it: nothing applied); any other error while waiting for the result (the poll gave up,
+          the session closed, an answer that could not be read or split): the server accepted it and applies it,
+          only the result was lost.
         """
         checked = check_fwdbwd_items(items)
+        return_exceptions = check_bool(return_exceptions, "return_exceptions")
         ctx = self._ctx
         ctx.check_alive()
+        if not checked:
+            return []
         work = [WorkItem(data, loss_fn, config) for data, loss_fn, config in checked]
+        limit = max(ctx.client_config.fwdbwd_max_chunk_bytes_count, 1)
+        for index, item in enumerate(work):
+            for position, datum in enumerate(item.data):
+                if (size := datum_bytes(datum)) > limit:
+                    raise BatchItemTooLargeError(
+                        f"items[{index}].data[{position}] is about {size} bytes, over the limit of {limit} bytes "
+                        "on one forward_backward request (fwdbwd_max_chunk_bytes_count); nothing was sent",
+                        index=index,
+                        datum_index=position,
+                        size=size,
+                        limit=limit,
+                    )
         batching = ctx.config.batching
         plan = self._plan_batch(work, max_items=batching.max_items if batching.enabled else 1)
         counts = {"items": len(work), "requests": len(plan), "datums": sum(len(w.data) for w in work)}
         with self._batch_span(BATCH_FORWARD_BACKWARD, counts):
             # One turn for the whole batch: its requests get consecutive seq_ids, nothing is submitted between them.
-            futures: list[APIFuture[types.ForwardBackwardOutput]] = []
+            sent: list[APIFuture[types.ForwardBackwardOutput] | Exception] = []
             async with self._ordered_turn():
                 for request in plan:
-                    futures.append(
-                        await self._send_fwdbwd(request.data, request.loss_fn, request.loss_fn_config, False)
-                    )
-            results: list[types.ForwardBackwardOutput] = []
-            for request, future in zip(plan, futures, strict=True):
-                results.extend(split_output(request, work, await future.result()))
-        return results
+                    try:
+                        sent.append(
+                            await self._send_fwdbwd(request.data, request.loss_fn, request.loss_fn_config, False)
+                        )
+                    except Exception as exc:
+                        sent.append(exc)
+                        if not return_exceptions:
+                            break  # nothing more goes out after a failure
+            results: list[types.ForwardBackwardOutput | Exception] = []
+            for request, outcome in zip(plan, sent, strict=False):
+                if isinstance(outcome, Exception):
+                    results.extend([outcome] * len(request.items))
+                    continue
+                try:
+                    output = await outcome.result()
+                except Exception as exc:
+                    results.extend([exc] * len(request.items))
+                    continue
+                for position in range(len(request.items)):
+                    try:
+                        results.append(item_output(request, work, output, position))
+                    except Exception as exc:
+                        results.append(exc)
+            return _settled(results, return_exceptions)
+
+    @overload
+    async def optim_step_batch(
+        self, params: Iterable[types.AdamParams | types.DimuonParams], *, return_exceptions: Literal[False] = False
+    ) -> list[types.OptimStepResponse]: ...
+
+    @overload
+    async def optim_step_batch(
+        self, params: Iterable[types.AdamParams | types.DimuonParams], *, return_exceptions: bool
+    ) -> list[types.OptimStepResponse | TinkexError]: ...
+
+    async def optim_step_batch(
+        self, params: Iterable[types.AdamParams | types.DimuonParams], *, return_exceptions: bool = False
+    ) -> list[types.OptimStepResponse] | list[types.OptimStepResponse | TinkexError]:
+        """Run several optimizer steps, pipelined: submit them all in order, then wait for every result.
+
+        Optimizer steps are never merged (each applies and clears the gradients). An empty list returns ``[]``
+        without a request; every step's parameters are checked before the first is sent. Emits
+        ``tinkex.batch.optim_step.start`` / ``.stop``.
+
+        Failures, as for :meth:`forward_backward_batch`: with ``return_exceptions=False`` nothing more is sent after
+        the first failure, every step already sent is awaited, then the first failure is raised; with ``True`` every
+        step is sent and the list holds each step's response or its :class:`~tinkex_trio.errors.TinkexError`. A
+        failed step was not applied when its error came while sending (the server's 4xx refusal,
+        CircuitOpenError, a SequenceInDoubtError refusing it) or is the server's RequestFailedError; its fate is
+        unknown until :meth:`resend_in_doubt` for the step whose own SequenceInDoubtError it is; any other error
+        while waiting for its result means the server accepted it and applies it.
+        """
+        steps = check_optimizer_params_list(params)
+        return_exceptions = check_bool(return_exceptions, "return_exceptions")
+        ctx = self._ctx
+        ctx.check_alive()
+        if not steps:
+            return []
+        counts = {"items": len(steps), "requests": len(steps)}
+        with self._batch_span(BATCH_OPTIM_STEP, counts):
+            sent: list[APIFuture[types.OptimStepResponse] | Exception] = []
+            for p in steps:
+                try:
+                    sent.append(await self.submit_optim_step(p))
+                except Exception as exc:
+                    sent.append(exc)
+                    if not return_exceptions:
+                        break
+            results: list[types.OptimStepResponse | Exception] = []
+            for outcome in sent:
+                if isinstance(outcome, Exception):
+                    results.append(outcome)
+                    continue
+                try:
+                    results.append(await outcome.result())
+                except Exception as exc:
+                    results.append(exc)
+            return _settled(results, return_exceptions)
 
     async def _submit_fwdbwd(
         self,
@@ -406,22 +551,6 @@ class TrainingClient:
         return await self._submit_sequenced(
             "optim_step", build, "TrainingClient.optim_step", "OptimStep", types.OptimStepResponse
         )
-
-    async def optim_step_batch(
-        self, params: Iterable[types.AdamParams | types.DimuonParams]
-    ) -> list[types.OptimStepResponse]:
-        """Run several optimizer steps, pipelined: submit them all in order, then wait for every result.
-
-        Optimizer steps are never merged (each applies and clears the gradients). Emits
-        ``tinkex.batch.optim_step.start`` / ``.stop``.
-        """
-        steps = check_optimizer_params_list(params)
-        ctx = self._ctx
-        ctx.check_alive()
-        counts = {"items": len(steps), "requests": len(steps)}
-        with self._batch_span(BATCH_OPTIM_STEP, counts):
-            futures = [await self.submit_optim_step(p) for p in steps]
-            return [await future.result() for future in futures]
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
 

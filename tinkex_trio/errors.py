@@ -52,6 +52,7 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchItemTooLargeError",
     "BillingError",
     "CircuitOpenError",
     "ConfigError",
@@ -173,6 +174,32 @@ class InvalidArgumentError(TinkexError, ValueError):
 
 class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
     """An argument has the wrong type (a ``str`` where a sequence of Datum is expected, ``"2"`` for an int)."""
+
+
+class BatchItemTooLargeError(InvalidArgumentError):
+    """An item of ``forward_backward_batch`` holds a datum too large for any request: its estimated size is over the
+    server's limit on one forward_backward request (``fwdbwd_max_chunk_bytes_count``), and a datum cannot be split.
+
+    Raised before anything of the batch is sent (no ``seq_id`` taken). ``argument`` is ``"items[<index>]"``.
+
+    Attributes:
+        index: the item's index in the batch.
+        datum_index: the datum's index in the item's data.
+        size: the datum's estimated size in bytes.
+        limit: the limit in bytes.
+    """
+
+    index: int
+    datum_index: int
+    size: int
+    limit: int
+
+    def __init__(self, message: str, *, index: int, datum_index: int, size: int, limit: int) -> None:
+        super().__init__(message, argument=f"items[{index}]")
+        self.index = index
+        self.datum_index = datum_index
+        self.size = size
+        self.limit = limit
 
 
 class APIError(TinkexError):
