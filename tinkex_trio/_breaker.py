@@ -45,8 +45,8 @@ window is only fed when a mode asks for it.
 Manual control and introspection: :meth:`~CircuitBreaker.force_open` opens the breaker and keeps it open (no timer,
 ``retry_after`` is ``math.inf``) until :meth:`~CircuitBreaker.reset`, which closes it whatever its state.
 :attr:`~CircuitBreaker.stats` counts calls, successes, failures, slow calls, neutral outcomes, rejections and
-transitions by reason (:class:`BreakerStats`); :func:`supervise` publishes them with every transition and in the
-session's metrics.
+transitions by reason (:class:`BreakerStats`); :func:`supervise` publishes them with every transition, and
+:class:`StatsExport` in the session's metrics.
 
 What counts (:func:`classify_exception`, :func:`classify_status`):
 
@@ -98,6 +98,7 @@ __all__ = [
     "CircuitBreaker",
     "Listener",
     "Permit",
+    "StatsExport",
     "StatsSink",
     "Transition",
     "Verdict",
@@ -105,7 +106,6 @@ __all__ = [
     "breakers",
     "classify_exception",
     "classify_status",
-    "stats_exporter",
     "supervise",
 ]
 
@@ -223,9 +223,9 @@ class BreakerStats:
     either verdict. ``rejections`` counts calls refused (CircuitOpenError, or ``allow`` answering False).
     ``transitions`` maps each transition's ``reason`` to how many there were.
 
-    The window figures describe the sliding window of the rate modes (``window_calls`` 0 and both rates None when
-    neither ``failure_rate_threshold`` nor ``slow_call_s`` is set): its calls, and the shares of them that failed
-    and were slow.
+    The window figures describe the sliding window of the rate modes: ``window_calls`` (0 when neither
+    ``failure_rate_threshold`` nor ``slow_call_s`` is set), ``failure_rate`` (None unless ``failure_rate_threshold``
+    is set) and ``slow_call_rate`` (None unless ``slow_call_s`` is set).
     """
 
     state: BreakerState
@@ -538,8 +538,8 @@ class CircuitBreaker:
             transitions=dict(self._transitions),
             consecutive_failures=self._failures,
             window_calls=n if windowed else 0,
-            failure_rate=(self._win_failures / n if n else 0.0) if windowed else None,
-            slow_call_rate=(self._win_slow / n if n else 0.0) if windowed else None,
+            failure_rate=(self._win_failures / n if n else 0.0) if self.failure_rate_threshold is not None else None,
+            slow_call_rate=(self._win_slow / n if n else 0.0) if self.slow_call_s is not None else None,
         )
 
     # -- listeners -------------------------------------------------------------------------------------------------
@@ -979,22 +979,29 @@ class StatsSink(Protocol):
     def remove_pending(self, drain: Callable[[], None]) -> None: ...
 
 
-def stats_exporter(breaker: CircuitBreaker, sink: StatsSink) -> Callable[[], None]:
-    """A function that brings ``sink`` up to date with ``breaker.stats``: counters grow by what the breaker counted
-    since the last call (so a reset of the store counts from then on, and a breaker's fresh start in a new run is a
-    new baseline), gauges are set."""
-    last = [breaker.stats]
+class StatsExport:
+    """Keeps ``sink`` up to date with ``breaker.stats`` from the moment it is made: counters grow by what the breaker
+    counted since the last :meth:`sync` (so a reset of the store counts from then on, and a breaker's fresh start in
+    a new run is a new baseline), gauges are set. :meth:`sync` runs on every read of the store
+    (``sink.add_pending``) until :meth:`close`."""
 
-    def sync() -> None:
-        stats, before = breaker.stats, last[0]
-        last[0] = stats
-        for outcome, now, then in (
+    def __init__(self, breaker: CircuitBreaker, sink: StatsSink) -> None:
+        self._breaker = breaker
+        self._sink = sink
+        self._last = breaker.stats
+        sink.add_pending(self.sync)
+
+    def sync(self) -> None:
+        """Bring the sink up to date."""
+        stats, before, sink = self._breaker.stats, self._last, self._sink
+        self._last = stats
+        for outcome, count, previous in (
             ("success", stats.successes, before.successes),
             ("failure", stats.failures, before.failures),
             ("neutral", stats.neutral, before.neutral),
         ):
-            if now > then:
-                sink.increment(CALLS_TOTAL, now - then, labels={"outcome": outcome})
+            if count > previous:
+                sink.increment(CALLS_TOTAL, count - previous, labels={"outcome": outcome})
         if stats.slow_calls > before.slow_calls:
             sink.increment(SLOW_CALLS_TOTAL, stats.slow_calls - before.slow_calls)
         sink.set_gauge(FORCED_GAUGE, 1.0 if stats.forced else 0.0)
@@ -1003,7 +1010,10 @@ def stats_exporter(breaker: CircuitBreaker, sink: StatsSink) -> Callable[[], Non
         if stats.slow_call_rate is not None:
             sink.set_gauge(SLOW_CALL_RATE_GAUGE, stats.slow_call_rate)
 
-    return sync
+    def close(self) -> None:
+        """A last :meth:`sync`, then no more."""
+        self.sync()
+        self._sink.remove_pending(self.sync)
 
 
 async def supervise(
@@ -1012,7 +1022,7 @@ async def supervise(
     *,
     base_url: str,
     set_gauge: Callable[[str, float], object] | None = None,
-    stats_sink: StatsSink | None = None,
+    stats: StatsExport | None = None,
 ) -> None:
     """The breaker supervisor (DESIGN §2): runs in the session's nursery until cancelled.
 
@@ -1025,13 +1035,12 @@ async def supervise(
       ``from``, ``to``, ``reason``, ``base_url``.
     * Owns the open timer: sleeps until ``open_until`` on trio's clock, then moves the breaker to HALF_OPEN (so the
       state and the event appear on time even when no call comes). A forced breaker has no timer.
-    * Feeds the ``tinkex_circuit_breaker_state`` gauge through ``set_gauge(name, value)`` if given, and the stats
-      into ``stats_sink`` if given (:func:`stats_exporter`: ``tinkex_circuit_breaker_calls_total{outcome}``,
-      ``..._slow_calls_total``, the ``..._forced`` gauge and the window's rates), brought up to date on every
-      transition and every read of the store.
+    * Feeds the ``tinkex_circuit_breaker_state`` gauge through ``set_gauge(name, value)`` if given, and syncs
+      ``stats`` (a :class:`StatsExport`, made when the session starts: ``tinkex_circuit_breaker_calls_total{outcome}``,
+      ``..._slow_calls_total``, the ``..._forced`` gauge and the window's rates) on every transition, closing it when
+      it ends.
     """
     wake: list[trio.Event] = [trio.Event()]
-    sync = stats_exporter(breaker, stats_sink) if stats_sink is not None else None
 
     def gauge(state: BreakerState) -> None:
         if set_gauge is not None:
@@ -1041,15 +1050,15 @@ async def supervise(
                 logger.exception("setting the circuit breaker gauge failed")
 
     def on_transition(transition: Transition) -> None:
-        stats = breaker.stats
+        snapshot = breaker.stats
         telemetry.emit(
             CIRCUIT_BREAKER_STATE_CHANGE,
             {
                 "state": transition.new.code,
                 "consecutive_failures": transition.consecutive_failures,
                 "retry_after_s": breaker.retry_after(transition.at),
-                "forced": 1.0 if stats.forced else 0.0,
-                **stats.as_measurements(),
+                "forced": 1.0 if snapshot.forced else 0.0,
+                **snapshot.as_measurements(),
             },
             {
                 "from": transition.old.value,
@@ -1060,17 +1069,15 @@ async def supervise(
             time=transition.at,
         )
         gauge(transition.new)
-        if sync is not None:
-            sync()
+        if stats is not None:
+            stats.sync()
         wake[0].set()
 
     breaker.add_listener(on_transition)
-    if stats_sink is not None and sync is not None:
-        stats_sink.add_pending(sync)
     try:
         gauge(breaker.state)
-        if sync is not None:
-            sync()
+        if stats is not None:
+            stats.sync()
         # Bounded: every pass waits for a transition or for the end of the open timer (which poll() then applies).
         while True:
             wake[0] = trio.Event()
@@ -1080,5 +1087,5 @@ async def supervise(
             breaker.poll(trio.current_time())
     finally:
         breaker.remove_listener(on_transition)
-        if stats_sink is not None and sync is not None:
-            stats_sink.remove_pending(sync)
+        if stats is not None:
+            stats.close()

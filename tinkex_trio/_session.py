@@ -31,7 +31,7 @@ import msgspec
 import trio
 
 from tinkex_trio import types as _types
-from tinkex_trio._breaker import CircuitBreaker, breaker_for_config, supervise
+from tinkex_trio._breaker import CircuitBreaker, StatsExport, breaker_for_config, supervise
 from tinkex_trio._config import Config
 from tinkex_trio._context import SessionContext
 from tinkex_trio._endpoints import API_PREFIX as _API
@@ -221,7 +221,8 @@ class _SessionRunner:
                 self.ctx.telemetry,
                 base_url=self.ctx.config.base_url,
                 set_gauge=self.metrics.set_gauge if enabled else None,
-                stats_sink=self.metrics if enabled else None,
+                # Made now, so the session's counts start with the session (the supervisor starts a little later).
+                stats=StatsExport(breaker, self.metrics) if enabled else None,
             )
             self.ctx.spawn(supervisor, "tinkex_trio.session.breaker")
         self.ctx.spawn(self._heartbeat_loop, "tinkex_trio.session.heartbeat")
