@@ -94,3 +94,34 @@ async def test_ray_rollouts_on_a_local_ray() -> None:
     assert len(re.findall(r"^iteration \d  rollouts 8  mean reward [0-9.]+$", out, re.MULTILINE)) == 2, out
     merged = re.search(r"^actors' requests: (\d+), p50 [0-9.]+ ms, p99 [0-9.]+ ms \(merged exactly from 2", out, re.M)
     assert merged is not None and int(merged[1]) > 0, out
+
+
+async def test_batch_training_cuts_the_wall_time() -> None:
+    out = await run_example("batch_training.py", "--items", "12", "--latency-ms", "20", "--partial")
+    rows = {
+        m[1]: (float(m[2]), int(m[3]), float(m[4]))
+        for m in re.finditer(
+            r"^(sequential|forward_backward_batch|window)\s+([0-9.]+) s\s+(\d+) requests\s+loss ([0-9.]+)", out, re.M
+        )
+    }
+    assert set(rows) == {"sequential", "forward_backward_batch", "window"}, out
+    assert rows["sequential"][1] == 12 and rows["forward_backward_batch"][1] < 12 and rows["window"][1] < 12, out
+    # The same work: the same loss; fewer round trips: less wall time (12 x 20 ms of latency at least, sequentially).
+    assert len({round(r[2], 3) for r in rows.values()}) == 1, out
+    assert rows["forward_backward_batch"][0] < rows["sequential"][0] / 2, out
+    assert rows["window"][0] < rows["sequential"][0] / 2, out
+    assert re.search(r"^  item 2: failed: RequestFailedError$", out, re.M), out
+    assert len(re.findall(r"^  item \d: applied$", out, re.M)) == 3, out
+
+
+async def test_breaker_demo_opens_fails_fast_and_recovers() -> None:
+    out = await run_example("breaker_demo.py", "--outage-s", "1.5", "--timeout-s", "0.5")
+    transitions = re.findall(r"breaker (\w+) -> (\w+) \((\w+)", out)
+    assert transitions[0] == ("closed", "open", "failure_threshold"), out
+    assert ("open", "half_open", "timeout_elapsed") in transitions, out
+    assert ("half_open", "closed", "trial_succeeded") in transitions, out
+    assert transitions[-2:] == [("closed", "open", "forced_open"), ("open", "closed", "reset")], out
+    assert len(re.findall(r"^call \d\s+CircuitOpenError, failed fast", out, re.M)) == 2, out
+    assert re.search(r"^forced\s+CircuitOpenError, failed fast \(retry_after inf s\)", out, re.M), out
+    assert re.search(r"^reset\s+ok", out, re.M), out
+    assert "breaker state: closed" in out, out
