@@ -543,6 +543,19 @@ def micro_breakers(number: int) -> list[dict[str, Any]]:
             "open_ns": per_call_ns(ours_open_allow, number),
         }
     )
+    # The opt-in window modes (issue 14): every closed verdict feeds the sliding window.
+    windowed = CircuitBreaker(timeout_s=3600.0, failure_rate_threshold=0.5, slow_call_s=1.0, name="bench-window")
+
+    def ours_windowed() -> None:
+        windowed.record_success(now, windowed.before_call(now), duration=0.01)
+
+    rows.append(
+        {
+            "name": "tinkex_trio rate + slow-call modes (opt-in)",
+            "closed_ns": per_call_ns(ours_windowed, number),
+            "open_ns": None,
+        }
+    )
 
     for lib, build in (
         ("pybreaker", _pybreaker),
