@@ -256,3 +256,30 @@ def test_whoami_of_a_jwt_key_needs_no_request() -> None:
     assert (me.user_urn, me.org_urn, me.email) == ("urn:u", "urn:o", None)
     with pytest.raises(Exception, match="claims"):
         whoami_from_jwt("eyJ.not-json.x")
+
+
+async def test_on_queue_state_change_reports_paused_and_active(autojump_clock: object) -> None:
+    config = sim_config()
+    async with sim_stack(config) as stack, stack.session() as session:
+        seen: list[tuple[str, str | None]] = []
+        detach = session.on_queue_state_change(lambda state, reason: seen.append((state, reason)))
+        trainer = await _trainer(session)
+        stack.rec.script(
+            "retrieve_future",
+            Reply(body={"type": "try_again", "request_id": "x", "queue_state": "paused_capacity"}),
+            Reply(body={"type": "try_again", "request_id": "x", "queue_state": "active"}),
+        )
+        await trainer.forward_backward(data(), "cross_entropy")
+        assert seen == [("paused_capacity", None), ("active", None)]
+        assert session.metrics.counter_total("tinkex_future_queue_state_changes_total") == 2
+        assert detach() is True
+        with pytest.raises(InvalidArgumentError):
+            session.on_queue_state_change("not callable")  # type: ignore[arg-type]
+
+
+def test_to_dict_is_the_wire_form_as_plain_data() -> None:
+    datum = data(1)[0]
+    plain = datum.to_dict()
+    assert plain["model_input"]["chunks"][0]["tokens"] == PATTERN[:8]
+    assert plain["loss_fn_inputs"]["weights"]["data"] == [1.0] * 8
+    assert json.loads(json.dumps(plain)) == plain

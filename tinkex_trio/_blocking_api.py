@@ -6,7 +6,7 @@ for it in the calling thread. See :mod:`tinkex_trio.blocking`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import tinkex_trio as _async
@@ -61,6 +61,20 @@ class Session:
     def rest(self) -> RestClient:
         """A :class:`~tinkex_trio.RestClient` on this session's connections (made on first use)."""
         return RestClient(self._portal, self._inner.rest)
+
+    def on_queue_state_change(
+        self,
+        callback: Callable[[str, str | None], object],
+    ) -> Callable[[], bool]:
+        """Call ``callback(queue_state, queue_state_reason)`` whenever a request of this session changes queue state
+        on the server: ``"paused_capacity"`` (the service is short of capacity), ``"paused_rate_limit"`` (a limit of
+        yours was hit) and back to ``"active"``, as the official SDK's ``on_queue_state_change`` reports them.
+
+        Called inline, from the session's trio thread: keep it quick (a callback that raises is logged and
+        detached). The same changes are ``tinkex.future.queue_state`` telemetry events and the counter
+        ``tinkex_future_queue_state_changes_total``. Returns a function that detaches the callback.
+        """
+        return self._portal.call_sync(self._inner.on_queue_state_change, callback)
 
     def get_server_capabilities(
         self,

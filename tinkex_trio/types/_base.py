@@ -9,7 +9,7 @@ only values ever omitted are ``None`` defaults. Containers get a fresh copy per 
 from __future__ import annotations
 
 import copy
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -20,6 +20,14 @@ T = TypeVar("T")
 
 class WireStruct(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Base of every wire message: keyword-only, ``None`` fields omitted, non-null defaults sent."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """This message as plain Python data (dicts, lists, str, numbers), as it goes on the wire: for logging
+        and JSON (the official SDK's ``model_dump()``). Numpy-backed fields become lists."""
+        from tinkex_trio.types._codec import to_builtins  # _codec imports this module
+
+        out: dict[str, Any] = to_builtins(self)
+        return out
 
 
 def _is_mutable(value: object) -> bool:
