@@ -283,3 +283,13 @@ def test_to_dict_is_the_wire_form_as_plain_data() -> None:
     assert plain["model_input"]["chunks"][0]["tokens"] == PATTERN[:8]
     assert plain["loss_fn_inputs"]["weights"]["data"] == [1.0] * 8
     assert json.loads(json.dumps(plain)) == plain
+
+
+async def test_create_lora_training_client_with_the_dimuon_optimizer(autojump_clock: object) -> None:
+    async with sim_stack(sim_config()) as stack, stack.session() as session:
+        trainer = await session.create_lora_training_client(BASE, rank=4, optimizer=t.DimuonOptimizerConfig())
+        assert stack.app.state.models[trainer.model_id].optimizer == "dimuon"
+        await trainer.forward_backward(data(), "cross_entropy")
+        await trainer.optim_step(t.DimuonParams(learning_rate=0.01))
+        with pytest.raises(InvalidArgumentError, match="optimizer"):
+            await session.create_lora_training_client(BASE, optimizer="adam")  # type: ignore[arg-type]

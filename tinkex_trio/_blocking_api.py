@@ -92,8 +92,13 @@ class Session:
         train_attn: bool = True,
         train_unembed: bool = True,
         user_metadata: Mapping[str, Any] | None = None,
+        optimizer: types.OptimizerConfig | None = None,
     ) -> TrainingClient:
-        """Create a LoRA model of ``base_model`` and return its :class:`~tinkex_trio.TrainingClient`."""
+        """Create a LoRA model of ``base_model`` and return its :class:`~tinkex_trio.TrainingClient`.
+
+        ``optimizer`` fixes the model's optimizer family for good: ``types.AdamOptimizerConfig()`` (AdamW, the
+        default; step with ``AdamParams``) or ``types.DimuonOptimizerConfig()`` (step with ``DimuonParams``).
+        """
         return TrainingClient(
             self._portal,
             self._portal.call(
@@ -105,6 +110,7 @@ class Session:
                 train_attn=train_attn,
                 train_unembed=train_unembed,
                 user_metadata=user_metadata,
+                optimizer=optimizer,
             ),
         )
 

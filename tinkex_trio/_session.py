@@ -173,9 +173,20 @@ class Session:
         train_attn: bool = True,
         train_unembed: bool = True,
         user_metadata: Mapping[str, Any] | None = None,
+        optimizer: _types.OptimizerConfig | None = None,
     ) -> TrainingClient:
-        """Create a LoRA model of ``base_model`` and return its :class:`~tinkex_trio.TrainingClient`."""
+        """Create a LoRA model of ``base_model`` and return its :class:`~tinkex_trio.TrainingClient`.
+
+        ``optimizer`` fixes the model's optimizer family for good: ``types.AdamOptimizerConfig()`` (AdamW, the
+        default; step with ``AdamParams``) or ``types.DimuonOptimizerConfig()`` (step with ``DimuonParams``)."""
         check_create_lora(base_model, rank, seed, train_mlp, train_attn, train_unembed, user_metadata)
+        given: object = optimizer  # a caller may pass anything
+        if given is not None and not isinstance(given, _types.AdamOptimizerConfig | _types.DimuonOptimizerConfig):
+            raise InvalidArgumentTypeError(
+                "optimizer must be types.AdamOptimizerConfig() or types.DimuonOptimizerConfig(), "
+                f"got {type(given).__name__}",
+                argument="optimizer",
+            )
         self._check_alive()
         return await create_lora_client(
             self._ctx,
@@ -186,6 +197,7 @@ class Session:
             train_attn=train_attn,
             train_unembed=train_unembed,
             user_metadata=user_metadata,
+            optimizer=optimizer,
         )
 
     async def create_training_client_from_state(
