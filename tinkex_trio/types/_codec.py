@@ -16,6 +16,7 @@ import msgspec
 import numpy as np
 
 from ..errors import ResponseValidationError
+from ._sampling import TopkLogprobs
 
 __all__ = [
     "JSONBytes",
@@ -36,9 +37,13 @@ JSONBytes = bytes | bytearray | memoryview | str
 
 
 def _enc_hook(obj: Any) -> Any:
-    # Numpy-backed fields (TensorData.data, SampledSequence.tokens / logprobs) go out as the lists they stand for.
+    # Numpy-backed fields (TensorData.data, SampledSequence.tokens / logprobs, SampleResponse.prompt_logprobs) go out
+    # as the lists they stand for (a NaN, "unscored" in prompt_logprobs, is written as null); a top-k pair of
+    # matrices (TopkLogprobs) as its list of entries.
     if isinstance(obj, np.ndarray):
         return obj.tolist()  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    if isinstance(obj, TopkLogprobs):
+        return obj.to_lists()
     raise NotImplementedError(f"Encoding objects of type {type(obj).__name__} is unsupported")
 
 
