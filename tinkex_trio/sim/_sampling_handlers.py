@@ -134,7 +134,7 @@ async def asample(sim: SimCore, request: Request) -> Response:
     def commit(result: SampleResult) -> SamplePayload:
         sampler.samples_applied += 1
         ids: list[str] = record_box[0].extra["sample_sequence_ids"] if record_box else []
-        return SamplePayload(result, ids)
+        return SamplePayload(result, ids, body.target_prompt_logprobs)
 
     tokens_cost = model_input_length(body.prompt) + max(body.num_samples, 1) * max(max_tokens, 0)
     record, is_new = sim.queue.submit(
