@@ -480,7 +480,7 @@ async def test_a_failed_batch_emits_its_stop_event(autojump_clock: trio.testing.
         trainer = await session.create_lora_training_client(BASE, rank=4, seed=11)
         with pytest.raises(Exception, match="unsupported"):
             await trainer.forward_backward_batch(
-                [([ce_datum(3)], "cross_entropy", None), ([ce_datum(3)], "gspo", None)]
+                [([ce_datum(3)], "cross_entropy", None), ([ce_datum(3)], "custom", None)]
             )
         stop = drain(rx)[-1]
         assert stop.name == BATCH_FORWARD_BACKWARD_STOP and stop.metadata["outcome"] == "error"

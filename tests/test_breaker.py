@@ -7,6 +7,7 @@ simulator (an outage opens it; calls then fail fast without reaching the server;
 from __future__ import annotations
 
 import logging
+import pickle
 from typing import Any
 
 import pytest
@@ -122,6 +123,24 @@ def test_open_rejects_until_the_timeout_then_half_opens() -> None:
         "timeout_elapsed",
     )
     assert b.poll(131.0) is None
+
+
+def test_a_rejection_is_the_error_the_public_constructor_makes() -> None:
+    # The breaker raises CircuitOpenError.rejected(...) (no __init__ run): it reads, prints, reprs and pickles like
+    # CircuitOpenError(retry_after=..., breaker=...).
+    b = opened(CircuitBreaker(failure_threshold=1, timeout_s=30.0, name="svc"), now=0.0)
+    with pytest.raises(CircuitOpenError) as info:
+        b.before_call(10.0)
+    fast = info.value
+    slow = CircuitOpenError(retry_after=20.0, breaker="svc")
+    assert (fast.retry_after, str(fast), repr(fast), fast.args) == (20.0, str(slow), repr(slow), slow.args)
+    assert str(fast) == "svc: circuit breaker is open; next trial call in 20 s"
+    copy = pickle.loads(pickle.dumps(fast))
+    assert (type(copy), copy.retry_after, str(copy)) == (CircuitOpenError, 20.0, str(slow))
+    half = CircuitOpenError.rejected(0.0, "svc", half_open=True)
+    assert str(half) == str(CircuitOpenError(breaker="svc", half_open=True))
+    assert "half-open" in str(half)
+    assert str(CircuitOpenError("custom text", retry_after=1.0)) == "custom text"
 
 
 def test_outcomes_while_open_change_nothing() -> None:

@@ -10,6 +10,7 @@ comparison can tell a different training run apart.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -47,13 +48,13 @@ SPEC: dict[str, Any] = {
 }
 
 
-async def run_sdk() -> dict[str, Any]:
+async def run_sdk(spec: dict[str, Any] = SPEC) -> dict[str, Any]:
     async with open_sim_server(SimConfig(seed=SIM_SEED), tls=False) as server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TINKER_")}
         env["TINKER_TELEMETRY"] = "0"
         with trio.fail_after(RUN_LIMIT_S):
             proc = await trio.run_process(
-                [sys.executable, str(SCRIPT), server.base_url, json.dumps(SPEC)],
+                [sys.executable, str(SCRIPT), server.base_url, json.dumps(spec)],
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,
@@ -112,3 +113,113 @@ async def test_same_losses_as_the_official_sdk() -> None:
     # Control: another LoRA seed trains differently, and the comparison sees it.
     other = await run_ours(SPEC["seed"] + 1)
     assert not np.allclose(other["losses"], sdk["losses"], rtol=1e-6)
+
+
+# -- the RL losses: stable_reinforce (with record_stability_info sampling and provenance) and gspo ---------------------
+
+RL_SPEC: dict[str, Any] = {
+    "mode": "rl",
+    "base_model": "meta-llama/Llama-3.2-1B",
+    "rank": 8,
+    "seed": 29,
+    "steps": 4,
+    "adam": {"learning_rate": 0.05, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8},
+    "prompt": [3, 141, 59, 26],
+    "num_samples": 6,
+    "sampling": {"max_tokens": 9, "temperature": 0.9, "top_k": 40, "top_p": 0.97, "seed": 100, "stop": []},
+    "reward_min_token": 128,
+    "gspo_config": {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1},
+}
+
+
+def _rl_data(
+    prompt: list[int], sequences: list[types.SampledSequence], advantages: list[float]
+) -> tuple[list[types.Datum], list[types.Datum]]:
+    reinforce: list[types.Datum] = []
+    gspo: list[types.Datum] = []
+    for seq, adv in zip(sequences, advantages, strict=True):
+        sid = seq.sequence_id
+        assert sid is not None and seq.logprobs is not None
+        completion = [int(x) for x in seq.tokens]
+        full = prompt + completion
+        pad = [0.0] * (len(prompt) - 1)
+        adv_row = pad + [adv] * len(completion)
+        base = types.datum(full[:-1], target_tokens=full[1:], advantages=adv_row)
+        reinforce.append(
+            base.with_provenance(
+                [types.ProvenanceSpan.prompt(sid, len(prompt)), types.ProvenanceSpan.sampled(sid, len(completion) - 1)],
+                [
+                    types.ProvenanceSpan.prompt(sid, len(prompt) - 1, offset=1),
+                    types.ProvenanceSpan.sampled(sid, len(completion)),
+                ],
+            )
+        )
+        gspo.append(
+            types.datum(
+                full[:-1],
+                target_tokens=full[1:],
+                advantages=adv_row,
+                logprobs=pad + [float(x) for x in seq.logprobs],
+                sequence_ratio_mask=pad + [1.0] * len(completion),
+            )
+        )
+    return reinforce, gspo
+
+
+async def run_ours_rl(lora_seed: int) -> dict[str, Any]:
+    spec = RL_SPEC
+    adam = types.AdamParams(**spec["adam"])
+    prompt: list[int] = spec["prompt"]
+    out: dict[str, Any] = {"tokens": [], "stable_reinforce_losses": [], "gspo_losses": [], "optim_metrics": []}
+    gspo_data: list[types.Datum] = []
+    async with open_sim_server(SimConfig(seed=SIM_SEED), tls=True) as server:
+        with trio.fail_after(RUN_LIMIT_S):
+            async with open_session(API_KEY, server.base_url, ssl_context=server.client_ssl_context()) as session:
+                trainer = await session.create_lora_training_client(
+                    spec["base_model"], rank=spec["rank"], seed=lora_seed
+                )
+                for step in range(spec["steps"]):
+                    sampler = await trainer.save_weights_and_get_sampling_client(record_stability_info=True)
+                    params = types.SamplingParams(**{**spec["sampling"], "seed": spec["sampling"]["seed"] + step})
+                    response = await sampler.sample(types.ModelInput.from_ints(prompt), spec["num_samples"], params)
+                    completions = [[int(x) for x in seq.tokens] for seq in response.sequences]
+                    out["tokens"].append(completions)
+                    rewards = [float(sum(t >= spec["reward_min_token"] for t in c)) for c in completions]
+                    mean = sum(rewards) / len(rewards)
+                    reinforce, gspo_data = _rl_data(prompt, list(response.sequences), [r - mean for r in rewards])
+                    result = await trainer.forward_backward(reinforce, "stable_reinforce")
+                    out["stable_reinforce_losses"].append(result.metrics["loss:sum"])
+                    result = await trainer.forward_backward(gspo_data, "gspo", spec["gspo_config"])
+                    out["gspo_losses"].append(result.metrics["loss:sum"])
+                    stepped = await trainer.optim_step(adam)
+                    out["optim_metrics"].append(dict(stepped.metrics or {}))
+                final = await trainer.forward(gspo_data, "gspo", spec["gspo_config"])
+    out["final_logprobs"] = [o["logprobs"].tolist() for o in final.loss_fn_outputs]
+    out["final_gspo_loss"] = final.metrics["loss:sum"]
+    return out
+
+
+async def test_same_rl_losses_as_the_official_sdk() -> None:
+    sdk = await run_sdk(RL_SPEC)
+    ours = await run_ours_rl(RL_SPEC["seed"])
+
+    # The same samples (same weights, same seeds), so the same datums.
+    assert ours["tokens"] == sdk["tokens"]
+    for name in ("stable_reinforce_losses", "gspo_losses"):
+        assert len(ours[name]) == RL_SPEC["steps"]
+        assert np.allclose(ours[name], sdk[name], rtol=1e-9, atol=1e-12), (name, ours[name], sdk[name])
+    # Non-trivial: the losses are not zero, and training changes what is sampled. (gspo's on-policy loss is about
+    # -sum(A) = 0, the advantages being centred over equally long samples; one optimizer step later it is not.)
+    assert all(abs(x) > 1e-3 for x in ours["stable_reinforce_losses"])
+    assert abs(ours["final_gspo_loss"]) > 1e-3
+    assert math.isclose(ours["final_gspo_loss"], sdk["final_gspo_loss"], rel_tol=1e-9)
+    assert ours["tokens"][0] != ours["tokens"][-1]
+    for mine, theirs in zip(ours["optim_metrics"], sdk["optim_metrics"], strict=True):
+        assert sorted(mine) == sorted(theirs)
+        assert np.allclose([mine[k] for k in sorted(mine)], [theirs[k] for k in sorted(theirs)], rtol=1e-9)
+    for mine, theirs in zip(ours["final_logprobs"], sdk["final_logprobs"], strict=True):
+        assert np.allclose(mine, theirs, rtol=1e-6, atol=1e-7)
+
+    # Control: another LoRA seed trains differently, and the comparison sees it.
+    other = await run_ours_rl(RL_SPEC["seed"] + 1)
+    assert not np.allclose(other["stable_reinforce_losses"], sdk["stable_reinforce_losses"], rtol=1e-6)

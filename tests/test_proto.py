@@ -931,3 +931,18 @@ def test_struct_fast_path_matches_numpy(floats: list[float], ints: list[int]) ->
     assert _arrays.packed("q", ints) == np.asarray(ints, dtype="<i8").tobytes()
     assert _arrays.packed("q", [1.5]) is None
     assert _arrays.packed("f", [None]) is None
+
+
+def test_request_bytes_are_those_of_one_serialized_message() -> None:
+    # The request is serialized in parts (fields 1-2, each datum, fields 4-7): the bytes are those of the whole
+    # message serialized at once (one-entry maps, so that map order cannot differ between the two).
+    data = [
+        Datum(
+            model_input=ModelInput.from_ints(list(range(i, i + 300))),
+            loss_fn_inputs={"target_tokens": TensorData(data=list(range(300)), dtype="int64", shape=None)},
+        )
+        for i in range(3)
+    ]
+    for config, forward_only in ((None, False), ({"clip": 0.5}, True)):
+        body = encode_forward_backward_request("model-1", 7, data, "cross_entropy", config, forward_only)
+        assert pb.ForwardBackwardRequest.FromString(body).SerializeToString() == body

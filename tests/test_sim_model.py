@@ -235,10 +235,19 @@ def _ce(tokens: list[int], targets: list[int], weights: list[float] | None = Non
     return DatumArrays(np.array(tokens), {"target_tokens": np.array(targets), "weights": w})
 
 
+def _rl(tokens: list[int], targets: list[int]) -> DatumArrays:
+    n = len(targets)
+    inputs = {"target_tokens": np.array(targets), "logprobs": np.full(n, -1.0), "advantages": np.ones(n)}
+    return DatumArrays(np.array(tokens), inputs)
+
+
 USER_ERROR_CASES: list[tuple[Callable[[LoraModel], object], str]] = [
     (lambda m: m.forward([_ce([1, 2], [2, 3])], "nope"), "unknown loss_fn"),
-    (lambda m: m.forward([_ce([1, 2], [2, 3])], "gspo"), "unsupported"),
-    (lambda m: m.forward([_ce([1, 2], [2, 3])], "stable_reinforce"), "unsupported"),
+    (lambda m: m.forward([_ce([1, 2], [2, 3])], "custom"), "unsupported"),
+    (lambda m: m.forward([_rl([1, 2], [2, 3])], "gspo"), r"missing loss_fn_inputs \['sequence_ratio_mask'\]"),
+    (lambda m: m.forward([_rl([1, 2], [2, 3])], "stable_reinforce"), "sampling records"),
+    (lambda m: m.forward([_rl([1, 2], [2, 3])], "stable_reinforce", {"clip_high_threshold": 0.0}), "> 0"),
+    (lambda m: m.forward([_rl([1, 2], [2, 3])], "stable_reinforce", {"clip_low_threshold": 0.5}), "unknown"),
     (
         lambda m: m.forward([DatumArrays(np.array([1]), {"target_tokens": np.array([2])})], "cross_entropy"),
         "missing",

@@ -14,6 +14,7 @@ import numpy.typing as npt
 import tinkex_trio as _async
 import tinkex_trio.types as types
 from tinkex_trio import CircuitBreaker, Config, Metrics, TelemetryBus
+from tinkex_trio._custom_loss import Autograd, CustomLossFn
 from tinkex_trio._portal import Future, Portal
 from tinkex_trio._training import FwdBwdItem, LossFn, LossFnConfig
 
@@ -118,11 +119,20 @@ class Session:
         *,
         base_model: str | None = None,
         model_path: str | None = None,
+        record_stability_info: bool = False,
     ) -> SamplingClient:
-        """A :class:`~tinkex_trio.SamplingClient` for a base model or for saved sampler weights (``model_path``)."""
+        """A :class:`~tinkex_trio.SamplingClient` for a base model or for saved sampler weights (``model_path``).
+
+        ``record_stability_info``: the server records every sampled sequence for ``stable_reinforce`` training.
+        """
         return SamplingClient(
             self._portal,
-            self._portal.call(self._inner.create_sampling_client, base_model=base_model, model_path=model_path),
+            self._portal.call(
+                self._inner.create_sampling_client,
+                base_model=base_model,
+                model_path=model_path,
+                record_stability_info=record_stability_info,
+            ),
         )
 
 
@@ -193,6 +203,42 @@ class TrainingClient:
             self._portal, self._portal.call(self._inner.submit_forward_backward, data, loss_fn, loss_fn_config)
         )
 
+    def forward_backward_custom(
+        self,
+        data: Sequence[types.Datum],
+        loss_fn: CustomLossFn,
+        *,
+        autograd: Autograd = "numpy",
+    ) -> types.ForwardBackwardOutput:
+        """Run a loss of your own on ``data`` and accumulate its gradients; wait for the result.
+
+        ``loss_fn(data, logprobs)`` gets the data and one float32 array of log-probabilities per datum (of its
+        ``target_tokens``) and returns ``(loss, metrics, grads)``, ``grads[i]`` being ``dloss/dlogprobs[i]``; with
+        ``autograd="torch"`` (PyTorch installed) it gets tensors and returns ``(loss, metrics)``, as the official
+        SDK's custom losses do, and torch differentiates it. Two calls go out (protocol: a forward for the logprobs,
+        then a ``cross_entropy`` forward_backward with ``weights = -grads``); ``loss:sum`` of the result is your loss
+        (the server's surrogate is ``surrogate_loss:sum``), with your metrics added.
+
+        Both calls are made in this client's turn: nothing else is submitted between them, and nothing is left
+        waiting on the server if your function fails (its error is raised; the model is unchanged).
+        """
+        return self._portal.call(self._inner.forward_backward_custom, data, loss_fn, autograd=autograd)
+
+    def submit_forward_backward_custom(
+        self,
+        data: Sequence[types.Datum],
+        loss_fn: CustomLossFn,
+        *,
+        autograd: Autograd = "numpy",
+    ) -> Future[types.ForwardBackwardOutput]:
+        """:meth:`forward_backward_custom`, returning once the second call was accepted (after the first one's
+        result and your loss): an optim_step submitted next applies its gradients.
+        """
+        return Future(
+            self._portal,
+            self._portal.call(self._inner.submit_forward_backward_custom, data, loss_fn, autograd=autograd),
+        )
+
     def forward_backward_batch(
         self,
         items: Iterable[FwdBwdItem],
@@ -243,13 +289,19 @@ class TrainingClient:
         name: str,
         *,
         ttl_seconds: int | None = None,
+        overwrite: bool = False,
+        user_metadata: Mapping[str, str] | None = None,
     ) -> str:
         """Save the weights and optimizer state as checkpoint ``name``; return its tinker path.
 
         The path is ``tinker://<model_id>/weights/<name>``; load it with :meth:`load_state` or
-        :meth:`Session.create_training_client_from_state`. ``ttl_seconds`` makes the checkpoint expire.
+        :meth:`Session.create_training_client_from_state`. ``ttl_seconds`` makes the checkpoint expire;
+        ``overwrite=True`` replaces a checkpoint of that name (and its metadata: ``user_metadata`` or none), which
+        is otherwise refused; ``user_metadata`` (strings) is kept with the checkpoint.
         """
-        return self._portal.call(self._inner.save_state, name, ttl_seconds=ttl_seconds)
+        return self._portal.call(
+            self._inner.save_state, name, ttl_seconds=ttl_seconds, overwrite=overwrite, user_metadata=user_metadata
+        )
 
     def load_state(
         self,
@@ -262,6 +314,49 @@ class TrainingClient:
         ``with_optimizer=False`` loads the weights only and keeps this model's optimizer state.
         """
         return self._portal.call(self._inner.load_state, path, with_optimizer=with_optimizer)
+
+    def load_state_with_optimizer(
+        self,
+        path: str,
+    ) -> None:
+        """:meth:`load_state` with the optimizer state: the official SDK's name for ``load_state(path,
+        with_optimizer=True)`` (its ``load_state`` loads the weights only; ours loads both by default).
+        """
+        return self._portal.call(self._inner.load_state_with_optimizer, path)
+
+    def save_weights_external(
+        self,
+        name: str,
+        *,
+        ttl_seconds: int | None = None,
+        age_encryption_recipients: Sequence[str] | None = None,
+    ) -> types.SaveWeightsExternalResponse:
+        """Export the weights in an external format as ``name``; return its path (``…/external_weights/<name>``)
+        and size. Managed (listed, deleted, TTL) like other checkpoints; download links come from
+        ``session.rest.get_external_weights_urls(path)``. ``age_encryption_recipients`` (at most 10 ``age1…`` or
+        SSH public keys) asks the server to encrypt every file to them.
+        """
+        return self._portal.call(
+            self._inner.save_weights_external,
+            name,
+            ttl_seconds=ttl_seconds,
+            age_encryption_recipients=age_encryption_recipients,
+        )
+
+    def copy_weights(
+        self,
+        name_or_path: str,
+        *,
+        ttl_seconds: int | None = None,
+        weights_access_token: str | None = None,
+    ) -> str:
+        """Copy a checkpoint -- one of this model's, by name (``save_state``'s), or any ``tinker://`` path -- into
+        the session's project, in a new training run of its own (storage is shared: no bytes are duplicated; the
+        copy cannot be trained on). Return the copy's tinker path. See :meth:`RestClient.copy_weights`.
+        """
+        return self._portal.call(
+            self._inner.copy_weights, name_or_path, ttl_seconds=ttl_seconds, weights_access_token=weights_access_token
+        )
 
     def save_weights_for_sampler(
         self,
@@ -278,14 +373,22 @@ class TrainingClient:
     def save_weights_and_get_sampling_client(
         self,
         name: str | None = None,
+        *,
+        record_stability_info: bool = False,
     ) -> SamplingClient:
         """Save the current weights and return a SamplingClient that samples from them.
 
         Without ``name`` the save is ephemeral (no checkpoint is kept): the server creates the sampling session
         directly. With ``name`` the weights are saved as a sampler checkpoint (see :meth:`save_weights_for_sampler`)
-        and the sampling client is created from its path.
+        and the sampling client is created from its path. ``record_stability_info``: the server records every
+        sampled sequence for ``stable_reinforce`` training.
         """
-        return SamplingClient(self._portal, self._portal.call(self._inner.save_weights_and_get_sampling_client, name))
+        return SamplingClient(
+            self._portal,
+            self._portal.call(
+                self._inner.save_weights_and_get_sampling_client, name, record_stability_info=record_stability_info
+            ),
+        )
 
     @property
     def in_doubt(self) -> tuple[int, ...]:
@@ -550,6 +653,39 @@ class RestClient:
     ) -> types.WeightsInfoResponse:
         """What a checkpoint holds: its base model, LoRA rank and flags, optimizer family."""
         return self._portal.call(self._inner.get_weights_info, tinker_path)
+
+    def copy_weights(
+        self,
+        path: str | types.TinkerPath,
+        *,
+        destination_project_id: str | None = None,
+        ttl_seconds: int | None = None,
+        weights_access_token: str | None = None,
+    ) -> str:
+        """Copy the weights at ``path`` (either kind: training or sampler) into ``destination_project_id`` (default:
+        the key's default project), in a new training run of its own; return the copy's tinker path.
+
+        Storage is shared with the source, so no bytes are duplicated, and the copy cannot be trained on.
+        ``weights_access_token`` lets you copy weights readable under another account. One idempotency key covers
+        every retry, so a retried copy is made once.
+        """
+        return self._portal.call(
+            self._inner.copy_weights,
+            path,
+            destination_project_id=destination_project_id,
+            ttl_seconds=ttl_seconds,
+            weights_access_token=weights_access_token,
+        )
+
+    def whoami(
+        self,
+    ) -> types.WhoamiResponse:
+        """Who the credential in use is: user URN, organization URN and, for a user, the email.
+
+        Read from the claims of a JWT: the key itself when it is one, else one the server issues for the key
+        (``POST /auth/token``; a server that issues none answers NotFoundError).
+        """
+        return self._portal.call(self._inner.whoami)
 
     def list_sessions(
         self,

@@ -103,7 +103,7 @@ class _Imports:
         if qualname == name and (module in ("typing", "collections.abc") or (isinstance(obj, type) and module)):
             self.lines[name] = f"from {module} import {name}"
         else:  # a type alias: from the module that defines it
-            raise RuntimeError(f"cannot tell where {name!r} comes from: import it in {__name__}._ALIASES")
+            raise RuntimeError(f"cannot tell where {name!r} comes from: add it to tinkex_trio._blocking_gen._ALIASES")
 
     def render(self) -> list[str]:
         plain = sorted(line for line in self.lines.values() if line.startswith("import "))
@@ -183,6 +183,8 @@ _ALIASES: Final = {
     "LossFn": "from tinkex_trio._training import LossFn",
     "LossFnConfig": "from tinkex_trio._training import LossFnConfig",
     "FwdBwdItem": "from tinkex_trio._training import FwdBwdItem",
+    "CustomLossFn": "from tinkex_trio._custom_loss import CustomLossFn",
+    "Autograd": "from tinkex_trio._custom_loss import Autograd",
 }
 
 

@@ -366,14 +366,15 @@ class CircuitBreaker:
             permit = self._closed_permit
             if permit.generation == self._generation:
                 return permit  # the hot path: no call, no allocation
-        elif state is BreakerState.OPEN and now < self._opened_at + self.timeout_s:
-            # The refusal while OPEN, kept short: no transition to apply, the message built only if read.
-            raise CircuitOpenError(retry_after=self._opened_at + self.timeout_s - now, breaker=self.name)
+        elif state is BreakerState.OPEN:
+            until = self._opened_at + self.timeout_s
+            if now < until:
+                # The refusal while OPEN, kept short: no transition to apply, no __init__ run, the message built
+                # only if read.
+                raise CircuitOpenError.rejected(until - now, self.name)
         permit = self._admit(now)
         if permit is None:
-            raise CircuitOpenError(
-                retry_after=self.retry_after(now), breaker=self.name, half_open=self._state is BreakerState.HALF_OPEN
-            )
+            raise CircuitOpenError.rejected(self.retry_after(now), self.name, self._state is BreakerState.HALF_OPEN)
         return permit
 
     # -- outcomes --------------------------------------------------------------------------------------------------

@@ -115,6 +115,7 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
         "weights_info",
         "telemetry",
         "sessions/search",
+        "copy_weights",
     ),
     *_static("GET", "get_server_capabilities", "healthz", "training_runs", "checkpoints", "sessions"),
     Endpoint("GET", f"{API_PREFIX}/sessions/{{session_id}}"),

@@ -12,6 +12,9 @@ connection is warm), makes a new one while there are fewer than ``max_lanes``, o
 served: O(1) per request, and httpcore never queues, races or evicts. Over HTTP/2 (TLS with ALPN) one client
 multiplexes every request on its connections, and the pool is that one client (``shared=True``).
 
+A lane is an ``httpx.AsyncClient`` for HTTP/2, a proxy or a transport factory; for HTTP/1.1 straight to the base
+URL it is an :class:`~tinkex_trio._h11.H11Lane` (one h11 connection over trio sockets, without httpx's client layer).
+
 Every lane shares the transport's one SSL context (building one loads the CA store: ~15 ms and ~1 MiB each).
 """
 
@@ -19,22 +22,32 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
-import httpx
 import trio
 
-__all__ = ["ClientPool"]
+__all__ = ["ClientPool", "Lane"]
 
 
-class _Waiter:
+class Lane(Protocol):
+    """What a pool holds: an ``httpx.AsyncClient``, or an :class:`~tinkex_trio._h11.H11Lane` (the lean HTTP/1.1
+    path, where a lane is one connection slot)."""
+
+    async def aclose(self) -> None: ...
+
+
+L = TypeVar("L", bound=Lane)
+
+
+class _Waiter(Generic[L]):
     __slots__ = ("client", "event")
 
     def __init__(self) -> None:
         self.event = trio.Event()
-        self.client: httpx.AsyncClient | None = None
+        self.client: L | None = None
 
 
-class ClientPool:
+class ClientPool(Generic[L]):
     """Lanes of one pool kind (see the module docstring).
 
     Args:
@@ -43,20 +56,20 @@ class ClientPool:
         shared: one client for every request (HTTP/2), no admission.
     """
 
-    def __init__(self, make_client: Callable[[], httpx.AsyncClient], *, max_lanes: int, shared: bool = False) -> None:
+    def __init__(self, make_client: Callable[[], L], *, max_lanes: int, shared: bool = False) -> None:
         self._make_client = make_client
         self._max_lanes = max(max_lanes, 1)
         self._shared = make_client() if shared else None
-        self._all: list[httpx.AsyncClient] = [self._shared] if self._shared is not None else []
-        self._idle: list[httpx.AsyncClient] = []
-        self._waiters: deque[_Waiter] = deque()
+        self._all: list[L] = [self._shared] if self._shared is not None else []
+        self._idle: list[L] = []
+        self._waiters: deque[_Waiter[L]] = deque()
 
     @property
     def lanes(self) -> int:
         """The clients made so far."""
         return len(self._all)
 
-    async def acquire(self) -> httpx.AsyncClient:
+    async def acquire(self) -> L:
         """A client for one request; give it back with :meth:`release`. Waits (cancellable) while every lane is busy;
         a checkpoint only when it waits."""
         if self._shared is not None:
@@ -67,7 +80,7 @@ class ClientPool:
             client = self._make_client()
             self._all.append(client)
             return client
-        waiter = _Waiter()
+        waiter = _Waiter[L]()
         self._waiters.append(waiter)
         try:
             await waiter.event.wait()
@@ -80,7 +93,7 @@ class ClientPool:
         assert waiter.client is not None
         return waiter.client
 
-    def release(self, client: httpx.AsyncClient) -> None:
+    def release(self, client: L) -> None:
         """Give a client back: to the longest waiter, else to the idle lanes (not a checkpoint)."""
         if client is self._shared:
             return

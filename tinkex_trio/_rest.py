@@ -19,6 +19,9 @@ tinker path ``tinker://<training_run_id>/<kind>/<name>`` through the ``*_from_ti
 
 from __future__ import annotations
 
+import base64
+import json as _json
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Generic, TypeVar
@@ -27,6 +30,7 @@ from urllib.parse import quote
 from tinkex_trio import types as t
 from tinkex_trio._endpoints import API_PREFIX as _API
 from tinkex_trio._transport import PoolKind, Transport
+from tinkex_trio.errors import InvalidArgumentError, ResponseValidationError
 
 __all__ = ["RestClient"]
 
@@ -286,6 +290,60 @@ class RestClient:
 
     # -- sessions and samplers ----------------------------------------------------------------------------------
 
+    # -- weights and identity ---------------------------------------------------------------------------------------
+
+    async def copy_weights(
+        self,
+        path: str | t.TinkerPath,
+        *,
+        destination_project_id: str | None = None,
+        ttl_seconds: int | None = None,
+        weights_access_token: str | None = None,
+    ) -> str:
+        """Copy the weights at ``path`` (either kind: training or sampler) into ``destination_project_id`` (default:
+        the key's default project), in a new training run of its own; return the copy's tinker path.
+
+        Storage is shared with the source, so no bytes are duplicated, and the copy cannot be trained on.
+        ``weights_access_token`` lets you copy weights readable under another account. One idempotency key covers
+        every retry, so a retried copy is made once."""
+        source = str(_as_path(path))
+        if ttl_seconds is not None and (isinstance(ttl_seconds, bool) or ttl_seconds < 1):
+            raise InvalidArgumentError(f"ttl_seconds must be None or >= 1, got {ttl_seconds!r}", argument="ttl_seconds")
+        headers = {"X-Idempotency-Key": f"tinkex-trio-{uuid.uuid4()}"}
+        if weights_access_token is not None:
+            headers["X-Tinker-Weights-Access-Token"] = weights_access_token
+        body = t.CopyWeightsRequest(
+            source_path=source, destination_project_id=destination_project_id, ttl_seconds=ttl_seconds
+        )
+        reply = await self._transport.request_json(
+            t.CopyWeightsResponse,
+            PoolKind.TRAINING,
+            "POST",
+            f"{_API}/copy_weights",
+            json=body,
+            headers=headers,
+            sdk_method="RestClient.copy_weights",
+        )
+        return reply.tinker_path
+
+    async def whoami(self) -> t.WhoamiResponse:
+        """Who the credential in use is: user URN, organization URN and, for a user, the email.
+
+        Read from the claims of a JWT: the key itself when it is one, else one the server issues for the key
+        (``POST /auth/token``; a server that issues none answers NotFoundError)."""
+        key = self._transport.config.api_key
+        if not key.startswith("eyJ"):
+            issued = await self._transport.request_json(
+                t.AuthTokenResponse,
+                PoolKind.TRAINING,
+                "POST",
+                f"{_API}/auth/token",
+                json={},
+                sdk_method="RestClient.whoami",
+            )
+            key = issued.jwt
+        return whoami_from_jwt(key)
+
     async def list_sessions(
         self, limit: int = 20, offset: int = 0, access_scope: t.AccessScope = "owned"
     ) -> t.ListSessionsResponse:
@@ -312,3 +370,14 @@ class RestClient:
         """A sampling session: its base model and, for one made from a checkpoint, the checkpoint's path."""
         path = f"{_API}/samplers/{_segment(sampler_id, 'sampler_id')}"
         return await self._get(t.GetSamplerResponse, path, "get_sampler")
+
+
+def whoami_from_jwt(token: str) -> t.WhoamiResponse:
+    """The identity claims (``sub``, ``org_id``, ``email``) of a JWT; its signature is not checked (the server does
+    that: here it only names the caller)."""
+    try:
+        payload = token.split(".")[1]
+        claims = _json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return t.WhoamiResponse(user_urn=str(claims["sub"]), org_urn=str(claims["org_id"]), email=claims.get("email"))
+    except (IndexError, ValueError, KeyError, TypeError, AttributeError):
+        raise ResponseValidationError("the identity token has no readable sub / org_id claims") from None

@@ -161,11 +161,15 @@ class SamplingClient:
         sampling_session_id: the server's id of the sampling ctx, e.g. ``"<session_id>:sample:0"``.
         base_model: the base model's name, when known.
         model_path: the ``tinker://`` path of the weights sampled, for clients made from a checkpoint.
+        record_stability_info: every sample asks the server to record stability information for its sequences, so
+            that ``stable_reinforce`` can train on them (name them with ``Datum.with_provenance`` and each
+            sequence's ``sequence_id``).
     """
 
     sampling_session_id: str
     base_model: str | None
     model_path: str | None
+    record_stability_info: bool
 
     def __init__(
         self,
@@ -175,11 +179,13 @@ class SamplingClient:
         base_model: str | None = None,
         model_path: str | None = None,
         rng: random.Random | None = None,
+        record_stability_info: bool = False,
     ) -> None:
         self._ctx = ctx
         self.sampling_session_id = sampling_session_id
         self.base_model = base_model
         self.model_path = model_path
+        self.record_stability_info = record_stability_info
         self._next_seq_id = 0
         self._gate = _SubmissionGate()
         self._rng = rng if rng is not None else random.Random()
@@ -258,6 +264,7 @@ class SamplingClient:
             target_prompt_logprobs=options.target_prompt_logprobs,
             prompt_alt_tokens_k=options.prompt_alt_tokens_k,
             prompt_logprobs_last_n=options.prompt_logprobs_last_n,
+            record_stability_info=True if self.record_stability_info else None,
         )
         response = await self._sample_with_retries(request)
         check_sample_response(response, options, prompt_length(prompt))
@@ -451,9 +458,11 @@ async def create_sampling_client(
     base_model: str | None = None,
     model_path: str | None = None,
     sampling_session_id: str | None = None,
+    record_stability_info: bool = False,
 ) -> SamplingClient:
     """A client for an existing sampling session (``sampling_session_id``), or for a new one created with the
-    session's next ``sampling_session_seq_id`` from ``base_model`` or ``model_path``."""
+    session's next ``sampling_session_seq_id`` from ``base_model`` or ``model_path``. ``record_stability_info``: see
+    :class:`SamplingClient`."""
     ctx.check_alive()
     if sampling_session_id is None:
         if base_model is None and model_path is None:
@@ -473,4 +482,10 @@ async def create_sampling_client(
             sdk_method="Session.create_sampling_client",
         )
         sampling_session_id = created.sampling_session_id
-    return SamplingClient(ctx, sampling_session_id, base_model=base_model, model_path=model_path)
+    return SamplingClient(
+        ctx,
+        sampling_session_id,
+        base_model=base_model,
+        model_path=model_path,
+        record_stability_info=record_stability_info,
+    )

@@ -180,12 +180,18 @@ class Session:
         )
 
     async def create_sampling_client(
-        self, *, base_model: str | None = None, model_path: str | None = None
+        self, *, base_model: str | None = None, model_path: str | None = None, record_stability_info: bool = False
     ) -> SamplingClient:
-        """A :class:`~tinkex_trio.SamplingClient` for a base model or for saved sampler weights (``model_path``)."""
+        """A :class:`~tinkex_trio.SamplingClient` for a base model or for saved sampler weights (``model_path``).
+
+        ``record_stability_info``: the server records every sampled sequence for ``stable_reinforce`` training.
+        """
         check_sampling_client_source(base_model, model_path)
+        record_stability_info = check_bool(record_stability_info, "record_stability_info")
         self._check_alive()
-        return await create_sampling_client(self._ctx, base_model=base_model, model_path=model_path)
+        return await create_sampling_client(
+            self._ctx, base_model=base_model, model_path=model_path, record_stability_info=record_stability_info
+        )
 
     def _check_alive(self) -> None:
         """Raise SessionClosedError after the block has ended, SessionExpiredError after a heartbeat 410."""

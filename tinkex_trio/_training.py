@@ -67,25 +67,38 @@ from tinkex_trio._batching import (
 )
 from tinkex_trio._chunking import combine_fwdbwd_outputs, datum_bytes, plan_chunks
 from tinkex_trio._context import SessionContext
+from tinkex_trio._custom_loss import (
+    Autograd,
+    CustomLossFn,
+    backward_data,
+    evaluate,
+    forward_data,
+    logprobs_of,
+    merge_metrics,
+)
 from tinkex_trio._proto._codec import (
     PROTOBUF_CONTENT_TYPE,
     encode_forward_backward_request,
 )
+from tinkex_trio._rest import RestClient
 from tinkex_trio._results import decode_fwdbwd, fetch_info, json_decoder
 from tinkex_trio._sampling import SamplingClient, create_sampling_client
 from tinkex_trio._sequencing import Delivery, ModelSequence, partial_results
 from tinkex_trio._telemetry import BATCH_FORWARD_BACKWARD, BATCH_OPTIM_STEP
 from tinkex_trio._validation import (
     check_bool,
+    check_data,
     check_fwdbwd,
     check_fwdbwd_items,
     check_name,
     check_optimizer_params,
     check_optimizer_params_list,
     check_path,
+    check_recipients,
+    check_string_map,
     check_ttl,
 )
-from tinkex_trio.errors import ResponseValidationError
+from tinkex_trio.errors import InvalidArgumentError, InvalidArgumentTypeError, ResponseValidationError
 
 if TYPE_CHECKING:
     from tinkex_trio._futures import APIFuture
@@ -199,6 +212,46 @@ class TrainingClient:
         """
         data, loss_fn, loss_fn_config = check_fwdbwd(data, loss_fn, loss_fn_config)
         return await self._submit_fwdbwd(data, loss_fn, loss_fn_config, forward_only=False)
+
+    async def forward_backward_custom(
+        self, data: Sequence[types.Datum], loss_fn: CustomLossFn, *, autograd: Autograd = "numpy"
+    ) -> types.ForwardBackwardOutput:
+        """Run a loss of your own on ``data`` and accumulate its gradients; wait for the result.
+
+        ``loss_fn(data, logprobs)`` gets the data and one float32 array of log-probabilities per datum (of its
+        ``target_tokens``) and returns ``(loss, metrics, grads)``, ``grads[i]`` being ``dloss/dlogprobs[i]``; with
+        ``autograd="torch"`` (PyTorch installed) it gets tensors and returns ``(loss, metrics)``, as the official
+        SDK's custom losses do, and torch differentiates it. Two calls go out (protocol: a forward for the logprobs,
+        then a ``cross_entropy`` forward_backward with ``weights = -grads``); ``loss:sum`` of the result is your loss
+        (the server's surrogate is ``surrogate_loss:sum``), with your metrics added.
+
+        Both calls are made in this client's turn: nothing else is submitted between them, and nothing is left
+        waiting on the server if your function fails (its error is raised; the model is unchanged).
+        """
+        future = await self.submit_forward_backward_custom(data, loss_fn, autograd=autograd)
+        return await future.result()
+
+    async def submit_forward_backward_custom(
+        self, data: Sequence[types.Datum], loss_fn: CustomLossFn, *, autograd: Autograd = "numpy"
+    ) -> APIFuture[types.ForwardBackwardOutput]:
+        """:meth:`forward_backward_custom`, returning once the second call was accepted (after the first one's
+        result and your loss): an optim_step submitted next applies its gradients."""
+        checked = check_data(data)
+        if not callable(loss_fn):
+            raise InvalidArgumentTypeError(
+                f"loss_fn must be a function (data, logprobs) -> ..., got {type(loss_fn).__name__}", argument="loss_fn"
+            )
+        if autograd not in ("numpy", "torch"):
+            raise InvalidArgumentError(f"autograd must be 'numpy' or 'torch', got {autograd!r}", argument="autograd")
+        first = forward_data(checked)
+        self._ctx.check_alive()
+        async with self._ordered_turn():
+            forward = await self._send_fwdbwd(first, "cross_entropy", None, True)
+            result = evaluate(loss_fn, checked, logprobs_of(await forward.result(), len(checked)), autograd)
+            backward = await self._send_fwdbwd(backward_data(checked, result), "cross_entropy", None, False)
+        return self._ctx.futures.combine(
+            [backward], lambda outputs: merge_metrics(outputs[0], result), request_type="ForwardBackwardCustom"
+        )
 
     async def forward_backward_batch(self, items: Iterable[FwdBwdItem]) -> list[types.ForwardBackwardOutput]:
         """Run several forward_backward calls in as few requests as possible; wait for every result.
@@ -372,17 +425,35 @@ class TrainingClient:
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
 
-    async def save_state(self, name: str, *, ttl_seconds: int | None = None) -> str:
+    async def save_state(
+        self,
+        name: str,
+        *,
+        ttl_seconds: int | None = None,
+        overwrite: bool = False,
+        user_metadata: Mapping[str, str] | None = None,
+    ) -> str:
         """Save the weights and optimizer state as checkpoint ``name``; return its tinker path.
 
         The path is ``tinker://<model_id>/weights/<name>``; load it with :meth:`load_state` or
-        :meth:`Session.create_training_client_from_state`. ``ttl_seconds`` makes the checkpoint expire.
+        :meth:`Session.create_training_client_from_state`. ``ttl_seconds`` makes the checkpoint expire;
+        ``overwrite=True`` replaces a checkpoint of that name (and its metadata: ``user_metadata`` or none), which
+        is otherwise refused; ``user_metadata`` (strings) is kept with the checkpoint.
         """
         name, ttl_seconds = check_name(name), check_ttl(ttl_seconds)
+        overwrite = check_bool(overwrite, "overwrite")
+        metadata = check_string_map(user_metadata, "user_metadata")
         self._ctx.check_alive()
 
         def build(seq_id: int) -> types.SaveWeightsRequest:
-            return types.SaveWeightsRequest(model_id=self.model_id, path=name, seq_id=seq_id, ttl_seconds=ttl_seconds)
+            return types.SaveWeightsRequest(
+                model_id=self.model_id,
+                path=name,
+                seq_id=seq_id,
+                ttl_seconds=ttl_seconds,
+                overwrite=overwrite,
+                user_metadata=metadata,
+            )
 
         future = await self._submit_sequenced(
             "save_weights", build, "TrainingClient.save_state", "SaveWeights", types.SaveWeightsResponse
@@ -404,6 +475,56 @@ class TrainingClient:
             "load_weights", build, "TrainingClient.load_state", "LoadWeights", types.LoadWeightsResponse
         )
         await future.result()
+
+    async def load_state_with_optimizer(self, path: str) -> None:
+        """:meth:`load_state` with the optimizer state: the official SDK's name for ``load_state(path,
+        with_optimizer=True)`` (its ``load_state`` loads the weights only; ours loads both by default)."""
+        await self.load_state(path, with_optimizer=True)
+
+    async def save_weights_external(
+        self, name: str, *, ttl_seconds: int | None = None, age_encryption_recipients: Sequence[str] | None = None
+    ) -> types.SaveWeightsExternalResponse:
+        """Export the weights in an external format as ``name``; return its path (``…/external_weights/<name>``)
+        and size. Managed (listed, deleted, TTL) like other checkpoints; download links come from
+        ``session.rest.get_external_weights_urls(path)``. ``age_encryption_recipients`` (at most 10 ``age1…`` or
+        SSH public keys) asks the server to encrypt every file to them."""
+        name, ttl_seconds = check_name(name), check_ttl(ttl_seconds)
+        recipients = check_recipients(age_encryption_recipients)
+        self._ctx.check_alive()
+
+        def build(seq_id: int) -> types.SaveWeightsExternalRequest:
+            return types.SaveWeightsExternalRequest(
+                model_id=self.model_id,
+                path=name,
+                seq_id=seq_id,
+                ttl_seconds=ttl_seconds,
+                age_encryption_recipients=recipients,
+            )
+
+        future = await self._submit_sequenced(
+            "save_weights_external",
+            build,
+            "TrainingClient.save_weights_external",
+            "SaveWeightsExternal",
+            types.SaveWeightsExternalResponse,
+        )
+        return await future.result()
+
+    async def copy_weights(
+        self, name_or_path: str, *, ttl_seconds: int | None = None, weights_access_token: str | None = None
+    ) -> str:
+        """Copy a checkpoint -- one of this model's, by name (``save_state``'s), or any ``tinker://`` path -- into
+        the session's project, in a new training run of its own (storage is shared: no bytes are duplicated; the
+        copy cannot be trained on). Return the copy's tinker path. See :meth:`RestClient.copy_weights`."""
+        path = (
+            name_or_path if name_or_path.startswith("tinker://") else f"tinker://{self.model_id}/weights/{name_or_path}"
+        )
+        return await RestClient(self._ctx.transport).copy_weights(
+            path,
+            destination_project_id=self._ctx.config.project_id,
+            ttl_seconds=ttl_seconds,
+            weights_access_token=weights_access_token,
+        )
 
     async def save_weights_for_sampler(self, name: str, *, ttl_seconds: int | None = None) -> str:
         """Save the weights for sampling as ``name``; return the tinker path (``…/sampler_weights/<name>``).
@@ -430,19 +551,23 @@ class TrainingClient:
             raise ResponseValidationError("save_weights_for_sampler answered without a path", field="$.path")
         return result.path
 
-    async def save_weights_and_get_sampling_client(self, name: str | None = None) -> SamplingClient:
+    async def save_weights_and_get_sampling_client(
+        self, name: str | None = None, *, record_stability_info: bool = False
+    ) -> SamplingClient:
         """Save the current weights and return a SamplingClient that samples from them.
 
         Without ``name`` the save is ephemeral (no checkpoint is kept): the server creates the sampling session
         directly. With ``name`` the weights are saved as a sampler checkpoint (see :meth:`save_weights_for_sampler`)
-        and the sampling client is created from its path.
+        and the sampling client is created from its path. ``record_stability_info``: the server records every
+        sampled sequence for ``stable_reinforce`` training.
         """
         name = check_name(name) if name is not None else None
+        record = check_bool(record_stability_info, "record_stability_info")
         ctx = self._ctx
         ctx.check_alive()
         if name is not None:
             path = await self.save_weights_for_sampler(name)
-            return await create_sampling_client(ctx, model_path=path)
+            return await create_sampling_client(ctx, model_path=path, record_stability_info=record)
 
         def build(seq_id: int) -> types.SaveWeightsForSamplerRequest:
             # Taken in turn, once per logical request: retries re-send the same body.
@@ -466,7 +591,9 @@ class TrainingClient:
                 "save_weights_for_sampler answered without a sampling_session_id", field="$.sampling_session_id"
             )
         base_model = self._info.model_data.model_name if self._info is not None else None
-        return await create_sampling_client(ctx, base_model=base_model, sampling_session_id=result.sampling_session_id)
+        return await create_sampling_client(
+            ctx, base_model=base_model, sampling_session_id=result.sampling_session_id, record_stability_info=record
+        )
 
     # -- submission -----------------------------------------------------------------------------------------------
 

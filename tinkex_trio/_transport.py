@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import platform
 import random
 import ssl
@@ -67,6 +68,7 @@ from tinkex_trio import types as _types
 from tinkex_trio._breaker import CircuitBreaker
 from tinkex_trio._config import Config, PoolLimits
 from tinkex_trio._guard import BreakerGuard, RetryStep, run_with_retries
+from tinkex_trio._h11 import ACCEPT_ENCODING, BodyTooLarge, H11Lane
 from tinkex_trio._http_errors import connection_error, error_from_response
 from tinkex_trio._pools import ClientPool
 from tinkex_trio._retry import (
@@ -116,6 +118,9 @@ _UNGUARDED_POOLS = frozenset({PoolKind.FUTURES, PoolKind.TELEMETRY})
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+"""httpx's proxy settings (``trust_env``): while any is set, every pool goes through httpx, which honours them."""
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _CLOSE_TIMEOUT_S = 5.0
 """How long :meth:`Transport.aclose` waits for each pool to close (it runs shielded from cancellation)."""
 
@@ -178,6 +183,63 @@ class _Once:
         return data
 
 
+class _HttpxPool:
+    """A pool kind served by ``httpx.AsyncClient`` lanes: HTTP/2 (one shared client), a proxy from the environment, or
+    a ``transport_factory``."""
+
+    __slots__ = ("lanes",)
+
+    def __init__(self, lanes: ClientPool[httpx.AsyncClient]) -> None:
+        self.lanes = lanes
+
+    async def aclose(self, timeout_s: float) -> None:
+        await self.lanes.aclose(timeout_s)
+
+
+class _LeanPool:
+    """A pool kind served by :class:`~tinkex_trio._h11.H11Lane` lanes (plain or TLS HTTP/1.1, no proxy), with an
+    ``httpx.AsyncClient`` made only to follow a redirect."""
+
+    __slots__ = ("_fallback", "_make_fallback", "lanes")
+
+    def __init__(self, lanes: ClientPool[H11Lane], make_fallback: Callable[[], httpx.AsyncClient]) -> None:
+        self.lanes = lanes
+        self._make_fallback = make_fallback
+        self._fallback: httpx.AsyncClient | None = None
+
+    def fallback(self) -> httpx.AsyncClient:
+        if self._fallback is None:
+            self._fallback = self._make_fallback()
+        return self._fallback
+
+    async def aclose(self, timeout_s: float) -> None:
+        await self.lanes.aclose(timeout_s)
+        fallback, self._fallback = self._fallback, None
+        if fallback is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(timeout_s):
+                await fallback.aclose()
+
+
+def _redirected(request: httpx.Request, response: httpx.Response) -> httpx.Request | None:
+    """The request a redirect answer asks for (httpx's rules: 303 (and 301/302 after a POST) become a GET without a
+    body; 307/308 repeat the method and body), or None when ``response`` is not a redirect to follow."""
+    location = response.headers.get("location")
+    if response.status_code not in _REDIRECTS or location is None:
+        return None
+    url = request.url.join(location)
+    method = request.method
+    if (response.status_code == 303 and method != "HEAD") or (response.status_code in (301, 302) and method == "POST"):
+        method = "GET"
+    headers = httpx.Headers(request.headers)
+    headers.pop("host", None)
+    content: bytes | None = request.content
+    if method != request.method:
+        for name in ("content-length", "transfer-encoding", "content-type"):
+            headers.pop(name, None)
+        content = None
+    return httpx.Request(method, url, headers=headers, content=content, extensions=request.extensions)
+
+
 class Transport:
     """The HTTP layer shared by a session's clients. Close it with :meth:`aclose` (the session does).
 
@@ -213,11 +275,13 @@ class Transport:
         self._ssl_context = ssl_context
         self._transport_factory = transport_factory
         self._policy = RetryPolicy(config.retry, rng=rng)
-        self._pools: dict[PoolKind, ClientPool] = {}
+        self._pools: dict[PoolKind, _HttpxPool | _LeanPool] = {}
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
         self._base_headers = {"X-API-Key": config.api_key, "User-Agent": self._user_agent()}
         self._base_url = httpx.URL(config.base_url)
+        base = str(self._base_url)
+        self._url_prefix = base if base.endswith("/") else base + "/"
 
     def __repr__(self) -> str:
         return f"<Transport base_url={self.config.base_url!r} pools={sorted(self._pools)}>"
@@ -237,7 +301,14 @@ class Transport:
                 self._ssl = httpx.create_ssl_context(verify=self.config.verify)
         return self._ssl
 
-    def _pool(self, pool: PoolKind) -> ClientPool:
+    def _lean(self, shared: bool) -> bool:
+        """Whether a pool goes through :class:`~tinkex_trio._h11.H11Lane` lanes: HTTP/1.1 over TCP or TLS to the base
+        URL, with no transport factory and no proxy variable in the environment (httpx would use it)."""
+        if shared or self._transport_factory is not None or self._base_url.scheme not in _DEFAULT_PORTS:
+            return False
+        return not any(os.environ.get(name) for name in _PROXY_VARIABLES)
+
+    def _pool(self, pool: PoolKind) -> _HttpxPool | _LeanPool:
         client_pool = self._pools.get(pool)
         if client_pool is not None:
             return client_pool
@@ -253,6 +324,22 @@ class Transport:
         }
         # HTTP/2 is offered only over TLS (ALPN): there one client multiplexes every request of the pool.
         shared = self.config.http2 and self._base_url.scheme == "https"
+        if self._lean(shared):
+            url = self._base_url
+            port = url.port or _DEFAULT_PORTS[url.scheme]
+            tls = self._verify() if url.scheme == "https" else None
+            expiry = limits.keepalive_expiry_s
+            verify = self._verify()
+
+            def make_lane() -> H11Lane:
+                return H11Lane(url.host, port, ssl_context=tls, keepalive_expiry_s=expiry)
+
+            def make_fallback() -> httpx.AsyncClient:
+                return httpx.AsyncClient(verify=verify, **common)
+
+            lean = _LeanPool(ClientPool(make_lane, max_lanes=limits.max_connections), make_fallback)
+            self._pools[pool] = lean
+            return lean
         if self._transport_factory is not None:
             factory = self._transport_factory
 
@@ -275,7 +362,7 @@ class Transport:
                     **common,
                 )
 
-        client_pool = ClientPool(make_client, max_lanes=limits.max_connections, shared=shared)
+        client_pool = _HttpxPool(ClientPool(make_client, max_lanes=limits.max_connections, shared=shared))
         self._pools[pool] = client_pool
         return client_pool
 
@@ -416,6 +503,17 @@ class Transport:
         request_timeout = timeout if timeout is not None else self.config.timeouts.request_s
         httpx_timeout = httpx.Timeout(request_timeout, connect=min(self.config.timeouts.connect_s, request_timeout))
         client_pool = self._pool(pool)
+        prepared: httpx.Request | None = None
+        if isinstance(client_pool, _LeanPool):
+            # Built once for every attempt: the same URL, headers and body (retries repeat the idempotency key).
+            req_headers.setdefault("Accept-Encoding", ACCEPT_ENCODING)
+            prepared = httpx.Request(
+                method,
+                httpx.URL(self._url_prefix + path.lstrip("/"), params=params),
+                headers=req_headers,
+                content=body,
+                extensions={"timeout": httpx_timeout.as_dict()},
+            )
         what = f"{method} {path}"
         meta: dict[str, str | int | float | bool | None] = {"method": method, "path": path, "pool": pool.value}
         started = trio.current_time()
@@ -423,7 +521,7 @@ class Transport:
 
         async def attempt_once(attempt: int) -> T:
             response = await self._send_once(
-                client_pool, method, path, body, req_headers, params, httpx_timeout, what, meta, attempt
+                client_pool, prepared, method, path, body, req_headers, params, httpx_timeout, what, meta, attempt
             )
             return decode(response)
 
@@ -460,7 +558,8 @@ class Transport:
 
     async def _send_once(
         self,
-        client_pool: ClientPool,
+        client_pool: _HttpxPool | _LeanPool,
+        prepared: httpx.Request | None,
         method: str,
         path: str,
         body: bytes | None,
@@ -480,16 +579,21 @@ class Transport:
                 # Our own scope: its Cancelled ends here (cancelled_caught); an outer cancellation propagates. Waiting
                 # for a free lane counts against the deadline too.
                 with trio.move_on_after(deadline_s):
-                    client = await client_pool.acquire()
-                    try:
-                        request = client.build_request(
-                            method, path, content=body, headers=headers, params=params, timeout=timeout
-                        )
-                        if body is not None:
-                            request.stream = _RequestBody(body)
-                        response = await self._send_and_read(client, request, what)
-                    finally:
-                        client_pool.release(client)
+                    if isinstance(client_pool, _LeanPool):
+                        assert prepared is not None
+                        response = await self._send_lean(client_pool, prepared, what)
+                    else:
+                        lanes = client_pool.lanes
+                        client = await lanes.acquire()
+                        try:
+                            request = client.build_request(
+                                method, path, content=body, headers=headers, params=params, timeout=timeout
+                            )
+                            if body is not None:
+                                request.stream = _RequestBody(body)
+                            response = await self._send_and_read(client, request, what)
+                        finally:
+                            lanes.release(client)
             except httpx.HTTPError as exc:
                 raise connection_error(exc, what) from exc
             if response is None:
@@ -516,6 +620,38 @@ class Transport:
         if read is not None and read < timeouts.request_s:
             return min(total, read + timeouts.connect_s)
         return total
+
+    async def _send_lean(self, client_pool: _LeanPool, request: httpx.Request, what: str) -> httpx.Response:
+        """One attempt on an :class:`~tinkex_trio._h11.H11Lane` (a redirect is followed through the pool's httpx
+        client, whose request hook keeps the key on the base URL's origin)."""
+        limit = self.config.max_response_bytes
+        lanes = client_pool.lanes
+        lane = await lanes.acquire()
+        try:
+            response = await lane.send(request, limit)
+        except BodyTooLarge as exc:
+            if exc.declared:
+                raise ResponseTooLargeError(
+                    f"{what}: the response declares {exc.size} bytes (Content-Length), over the limit of {limit} "
+                    "(max_response_bytes); not read",
+                    limit=limit,
+                    size=exc.size,
+                    request_id=exc.request_id,
+                ) from None
+            raise ResponseTooLargeError(
+                f"{what}: the response body is over the limit of {limit} bytes (max_response_bytes); "
+                f"stopped reading after {exc.size}",
+                limit=limit,
+                size=exc.size,
+                body=exc.head,
+                request_id=exc.request_id,
+            ) from None
+        finally:
+            lanes.release(lane)
+        redirect = _redirected(request, response)
+        if redirect is None:
+            return response
+        return await self._send_and_read(client_pool.fallback(), redirect, what)
 
     async def _send_and_read(self, client: httpx.AsyncClient, request: httpx.Request, what: str) -> httpx.Response:
         """Send ``request`` and read its whole body (decoded), at most ``config.max_response_bytes`` of it.

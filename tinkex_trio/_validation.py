@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import msgspec
 import numpy as np
@@ -162,6 +162,39 @@ def check_metadata(value: object, name: str = "user_metadata") -> Mapping[str, A
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidArgumentTypeError(f"{name} cannot be encoded as JSON: {exc}", argument=name) from None
     return cast("Mapping[str, Any]", metadata)
+
+
+def check_string_map(value: object, name: str) -> dict[str, str] | None:
+    """``None`` or a mapping of str to str (a checkpoint's ``user_metadata``), as a dict."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidArgumentTypeError(
+            f"{name} must be a mapping of str to str, or None, got {_kind(value)}", argument=name
+        )
+    out: dict[str, str] = {}
+    for key, item in cast("Mapping[object, object]", value).items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            raise InvalidArgumentTypeError(f"{name} must map str to str, got {key!r}: {_kind(item)}", argument=name)
+        out[key] = item
+    return out
+
+
+MAX_AGE_RECIPIENTS: Final = 10
+
+
+def check_recipients(value: object, name: str = "age_encryption_recipients") -> list[str] | None:
+    """``None`` or 1 to 10 age recipients (``age1…`` keys or SSH public keys), as a list of str."""
+    if value is None:
+        return None
+    if isinstance(value, str) or not _is_collection(value):
+        raise InvalidArgumentTypeError(f"{name} must be a list of str, got {_kind(value)}", argument=name)
+    items = [check_str(item, f"{name}[{i}]") for i, item in enumerate(cast("Iterable[object]", value))]
+    if not 1 <= len(items) <= MAX_AGE_RECIPIENTS:
+        raise InvalidArgumentError(
+            f"{name} must hold 1 to {MAX_AGE_RECIPIENTS} recipients, got {len(items)}", argument=name
+        )
+    return items
 
 
 # -- training --------------------------------------------------------------------------------------------------------

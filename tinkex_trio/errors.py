@@ -393,7 +393,9 @@ class CircuitOpenError(TinkexError):
     ``retry_after`` is the number of seconds until the breaker lets a trial call through.
     """
 
-    retry_after: float
+    # Raised on the fast path of every refused call: the state lives in ``args`` (``(message, retry_after, breaker,
+    # half_open)``, set by BaseException in C, no attribute dict to fill), and the message is built only when someone
+    # reads it (it needs no scrubbing when it is ours: a breaker's name holds a key fingerprint, never the key).
 
     def __init__(
         self,
@@ -403,25 +405,29 @@ class CircuitOpenError(TinkexError):
         breaker: str | None = None,
         half_open: bool = False,
     ) -> None:
-        # Raised on the fast path of every refused call, so the message is built only when someone reads it (and
-        # needs no scrubbing when it is ours: a breaker's name holds a key fingerprint, never the key).
-        self._message = "" if message is None else redact(message)
-        self._breaker = breaker
-        self._half_open = half_open
-        self.retry_after = retry_after
+        Exception.__init__(self, "" if message is None else redact(message), retry_after, breaker, half_open)
+
+    @classmethod
+    def rejected(cls, retry_after: float, breaker: str, half_open: bool = False) -> CircuitOpenError:
+        """The error of a refused call, made without running ``__init__`` (the breaker's hot path; same as
+        ``CircuitOpenError(retry_after=retry_after, breaker=breaker, half_open=half_open)``)."""
+        return cls.__new__(cls, "", retry_after, breaker, half_open)
+
+    @property
+    def retry_after(self) -> float:
+        return self.args[1]
 
     @property
     def message(self) -> str:
-        if not self._message:
-            name = self._breaker or "circuit breaker"
-            if self._half_open:
-                self._message = f"{name}: circuit breaker is half-open and its trial calls are in flight"
-            elif self._breaker is None:
-                self._message = "circuit breaker is open"
-            else:
-                self._message = f"{name}: circuit breaker is open; next trial call in {self.retry_after:.3g} s"
-            self.args = (self._message,)
-        return self._message
+        given, retry_after, breaker, half_open = self.args
+        if given:
+            return given
+        name = breaker or "circuit breaker"
+        if half_open:
+            return f"{name}: circuit breaker is half-open and its trial calls are in flight"
+        if breaker is None:
+            return "circuit breaker is open"
+        return f"{name}: circuit breaker is open; next trial call in {retry_after:.3g} s"
 
     def __str__(self) -> str:
         return self.message

@@ -178,7 +178,11 @@ def encode_forward_backward_request(
     """
     if not I32_MIN <= seq_id <= I32_MAX:
         raise ValueError(f"seq_id {seq_id} is out of the int32 range")
-    msg = pb.ForwardBackwardRequest(model_id=model_id, seq_id=seq_id, loss_fn=loss_fn, forward_only=forward_only)
+    # Serialized in three parts, the bytes SerializeToString would give (fields in number order): fields 1-2, then
+    # each datum (field 3) serialized on its own, then fields 4-7. upb serializes one multi-MiB message several
+    # times slower than the same bytes as many small ones (256 x 1024 tokens: ~6 ms against ~1 ms).
+    head = pb.ForwardBackwardRequest(model_id=model_id, seq_id=seq_id)
+    msg = pb.ForwardBackwardRequest(loss_fn=loss_fn, forward_only=forward_only)
     if loss_fn_config is not None:
         for key, value in loss_fn_config.items():
             if isinstance(value, str):
@@ -192,9 +196,10 @@ def encode_forward_backward_request(
                     ) from None
                 msg.loss_fn_config[key] = number
                 msg.loss_fn_config_v2[key].number = number
+    parts = [head.SerializeToString()]
     for i, datum in enumerate(data):
         what = f"data[{i}]"
-        out = msg.data.add()
+        out = pb.Datum()
         for j, chunk in enumerate(datum.model_input.chunks):
             _write_chunk(out.model_input.add(), chunk, f"{what}.model_input.chunks[{j}]")
         for name, td in datum.loss_fn_inputs.items():
@@ -203,7 +208,23 @@ def encode_forward_backward_request(
             _write_span(out.model_input_spans.add(), span)
         for span in datum.loss_fn_input_spans or ():
             _write_span(out.loss_fn_input_spans.add(), span)
-    return msg.SerializeToString()
+        body = out.SerializeToString()
+        parts += (_DATA_TAG, _varint(len(body)), body)
+    parts.append(msg.SerializeToString())
+    return b"".join(parts)
+
+
+_DATA_TAG: Final = bytes([(3 << 3) | 2])
+"""The key of ForwardBackwardRequest.data (field 3, length-delimited)."""
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _read_chunk(msg: pb.Chunk, path: str) -> ModelInputChunk:

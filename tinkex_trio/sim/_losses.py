@@ -3,13 +3,17 @@
 The formulas (each loss and its exact gradient) are :mod:`tinkex_trio._losses`, shared with the client's batching.
 
 All summed over every position of every datum, never averaged: ``cross_entropy``, ``importance_sampling``, ``ppo``,
-``cispo``, ``dro``. ``target_tokens`` may be 1-D ``(N,)`` or 2-D ``(N, K)`` (K targets per position, e.g.
-distillation; the other loss inputs then have the same ``(N, K)`` shape and the returned ``logprobs`` too). ``gspo``,
-``stable_reinforce`` and ``custom`` raise `SimUserError` ("unsupported"). Required inputs: ``target_tokens`` and
-``weights`` for cross_entropy (weights are not optional), ``target_tokens``, ``logprobs`` and ``advantages`` for the
-others; other keys are ignored. ``loss_fn_config`` keys: ``clip_low_threshold`` (0.8) and ``clip_high_threshold``
-(1.2) for ppo and cispo, ``beta`` (0.05) for dro, none for the rest; an unknown key, a non-number, a NaN/inf input or
-a shape mismatch raises `SimUserError` before anything is accumulated.
+``cispo``, ``dro``, ``gspo``, ``stable_reinforce``. ``target_tokens`` may be 1-D ``(N,)`` or 2-D ``(N, K)`` (K targets
+per position, e.g. distillation; the other loss inputs then have the same ``(N, K)`` shape and the returned
+``logprobs`` too); ``stable_reinforce`` takes 1-D targets only (its provenance runs tile them). ``custom`` raises
+`SimUserError` ("unsupported"). Required inputs: ``target_tokens`` and ``weights`` for cross_entropy (weights are not
+optional); ``target_tokens``, ``logprobs`` and ``advantages`` for importance_sampling, ppo, cispo and dro; those and
+``sequence_ratio_mask`` for gspo; ``target_tokens`` and ``advantages`` for stable_reinforce, whose sampler logprobs
+come from the server's own sampling records through the datum's provenance spans (its ``logprobs`` input, if any, is
+ignored). Other keys are ignored. ``loss_fn_config`` keys: ``clip_low_threshold`` (0.8) and ``clip_high_threshold``
+(1.2) for ppo, cispo and gspo, ``beta`` (0.05) for dro, ``clip_high_threshold`` (2.0, the truncation of the importance
+weight) for stable_reinforce, none for the rest; an unknown key, a non-number, a NaN/inf input or a shape mismatch
+raises `SimUserError` before anything is accumulated.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Final
 
 import numpy as np
 
-from tinkex_trio._losses import LOSS_FUNCTIONS, LOSS_INPUTS, loss_and_grad
+from tinkex_trio._losses import LOSS_FUNCTIONS, LOSS_INPUTS, RECORDED_INPUTS, loss_and_grad
 from tinkex_trio.sim._model_types import (
     F64,
     I64,
@@ -34,6 +38,7 @@ from tinkex_trio.sim._model_types import (
 __all__ = [
     "LOSS_FUNCTIONS",
     "LOSS_INPUTS",
+    "RECORDED_INPUTS",
     "UNSUPPORTED_LOSS_FUNCTIONS",
     "Prepared",
     "loss_and_grad",
@@ -41,7 +46,7 @@ __all__ = [
     "prepare",
 ]
 
-UNSUPPORTED_LOSS_FUNCTIONS: Final = ("gspo", "stable_reinforce", "custom")
+UNSUPPORTED_LOSS_FUNCTIONS: Final = ("custom",)
 """Loss functions of the protocol that this model rejects with ``SimUserError("unsupported …")``."""
 
 _CLIP_DEFAULTS: Final[Mapping[str, float]] = {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}
@@ -51,6 +56,8 @@ _LOSS_CONFIG_DEFAULTS: Final[Mapping[str, Mapping[str, float]]] = {
     "ppo": _CLIP_DEFAULTS,
     "cispo": _CLIP_DEFAULTS,
     "dro": {"beta": 0.05},
+    "gspo": _CLIP_DEFAULTS,
+    "stable_reinforce": {"clip_high_threshold": 2.0},
 }
 
 
@@ -71,6 +78,8 @@ def loss_config(loss_fn: str, loss_fn_config: Mapping[str, float | str] | None) 
         lo, hi = conf["clip_low_threshold"], conf["clip_high_threshold"]
         if not 0.0 <= lo <= hi:
             raise SimUserError(f"need 0 <= clip_low_threshold <= clip_high_threshold, got {lo} and {hi}")
+    elif conf.get("clip_high_threshold", 1.0) <= 0.0:
+        raise SimUserError(f"clip_high_threshold must be > 0, got {conf['clip_high_threshold']}")
     if conf.get("beta", 0.0) < 0.0:
         raise SimUserError("beta must be >= 0")
     return conf
@@ -86,8 +95,11 @@ class Prepared:
     shape: tuple[int, ...]  # target_tokens' shape, for the output
 
 
-def prepare(index: int, datum: DatumArrays, required: tuple[str, ...], vocab: int) -> Prepared:
-    """Datum ``index`` as flat loss elements, its inputs checked against ``required`` (`LOSS_INPUTS`)."""
+def prepare(
+    index: int, datum: DatumArrays, required: tuple[str, ...], vocab: int, recorded: tuple[str, ...] = ()
+) -> Prepared:
+    """Datum ``index`` as flat loss elements, its inputs checked against ``required`` (`LOSS_INPUTS`) and, from
+    ``datum.recorded``, ``recorded`` (`RECORDED_INPUTS`)."""
     tokens = as_tokens(datum.tokens, f"datum {index}: model input", vocab)
     if tokens.ndim != 1:
         raise SimUserError(f"datum {index}: model input must be 1-D, got shape {tokens.shape}")
@@ -101,6 +113,8 @@ def prepare(index: int, datum: DatumArrays, required: tuple[str, ...], vocab: in
             f"datum {index}: target_tokens has shape {targets.shape}, expected ({n},) or ({n}, K) "
             f"to match the model input length {n}"
         )
+    if recorded and targets.ndim != 1:
+        raise SimUserError(f"datum {index}: this loss takes 1-D target_tokens, got shape {targets.shape}")
     shape: tuple[int, ...] = tuple(targets.shape)
     inputs: dict[str, F64] = {}
     for name in required[1:]:
@@ -110,6 +124,15 @@ def prepare(index: int, datum: DatumArrays, required: tuple[str, ...], vocab: in
                 f"datum {index}: loss_fn_inputs[{name!r}] has shape {arr.shape}, expected {shape} "
                 "(the shape of target_tokens)"
             )
+        inputs[name] = arr.reshape(-1)
+    for name in recorded:
+        if name not in datum.recorded:
+            raise SimUserError(
+                f"datum {index}: the sampling records its provenance names were not resolved ({name!r} missing)"
+            )
+        arr = as_float(datum.recorded[name], f"datum {index}: recorded {name!r}")
+        if arr.shape != shape:
+            raise SimUserError(f"datum {index}: recorded {name!r} has shape {arr.shape}, expected {shape}")
         inputs[name] = arr.reshape(-1)
     per_row = 1 if targets.ndim == 1 else targets.shape[1]
     rows = np.repeat(tokens, per_row) if per_row != 1 else tokens

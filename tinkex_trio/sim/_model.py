@@ -51,7 +51,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from tinkex_trio.sim._losses import LOSS_INPUTS, loss_and_grad, loss_config, prepare
+from tinkex_trio.sim._losses import LOSS_INPUTS, RECORDED_INPUTS, loss_and_grad, loss_config, prepare
 from tinkex_trio.sim._model_types import (
     F32,
     F64,
@@ -236,19 +236,23 @@ class LoraModel:
         """
         conf = loss_config(loss_fn, loss_fn_config)
         required = LOSS_INPUTS[loss_fn]
+        recorded = RECORDED_INPUTS.get(loss_fn, ())
+        names = (*required[1:], *recorded)
         vocab = self.cfg.vocab_size
-        prepared = [prepare(i, datum, required, vocab) for i, datum in enumerate(data)]
+        prepared = [prepare(i, datum, required, vocab, recorded) for i, datum in enumerate(data)]
         if prepared:
             rows = np.concatenate([p.rows for p in prepared])
             targets = np.concatenate([p.targets for p in prepared])
-            inputs = {name: np.concatenate([p.inputs[name] for p in prepared]) for name in required[1:]}
+            inputs = {name: np.concatenate([p.inputs[name] for p in prepared]) for name in names}
+            segments = np.repeat(np.arange(len(prepared), dtype=np.int64), [p.targets.size for p in prepared])
         else:
             rows = np.zeros(0, dtype=np.int64)
             targets = np.zeros(0, dtype=np.int64)
-            inputs = {name: np.zeros(0) for name in required[1:]}
+            inputs = {name: np.zeros(0) for name in names}
+            segments = np.zeros(0, dtype=np.int64)
         logsm = self.logprob_table()
         lp: F64 = logsm[rows, targets]
-        terms, dlp = loss_and_grad(loss_fn, lp, inputs, conf)
+        terms, dlp = loss_and_grad(loss_fn, lp, inputs, conf, segments)
         loss = float(terms.sum())
         if not forward_only and rows.size:
             scatter = np.bincount(rows * vocab + targets, weights=dlp, minlength=vocab * vocab).reshape(vocab, vocab)
@@ -403,6 +407,28 @@ class LoraModel:
             prompt_logprobs_last_n=prompt_logprobs_last_n,
             alt_seed=alt_seed,
         )
+
+    def sampling_logprobs(
+        self, last_prompt_token: int, tokens: npt.NDArray[Any], *, temperature: float, top_k: int, top_p: float
+    ) -> F64:
+        """The log-probability with which a sampler drew each of ``tokens`` (one sequence, after
+        ``last_prompt_token``) from these weights at ``temperature``, ``top_k`` and ``top_p``: the distribution it
+        really sampled from, filtered and renormalised (0.0 for greedy decoding; ``-inf`` for a token it could not have
+        drawn). This is the stability information ``record_stability_info`` keeps for ``stable_reinforce``."""
+        vocab = self.cfg.vocab_size
+        seq = as_tokens(np.asarray(tokens), "tokens", vocab).reshape(-1)
+        if seq.size == 0:
+            return np.zeros(0)
+        prev = np.concatenate([np.array([int(last_prompt_token) % vocab], dtype=np.int64), seq[:-1]])
+        order, cdf = token_cdf(self._get_tables(), float(temperature), top_k, float(top_p))
+        match = order[prev] == seq[:, None]
+        found = match.any(axis=1)
+        pos = np.argmax(match, axis=1)
+        below = np.where(pos > 0, cdf[prev, np.maximum(pos - 1, 0)], 0.0)
+        prob = np.where(found, cdf[prev, pos] - below, 0.0)
+        with np.errstate(divide="ignore"):
+            out: F64 = np.where(prob > 0.0, np.log(np.maximum(prob, 1e-300)), -np.inf)
+        return out
 
     def _check_sampling(
         self, length: int, num_samples: int, max_tokens: int, temperature: float, top_k: int, top_p: float

@@ -91,10 +91,15 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DatumArrays:
     """One datum as arrays: ``tokens`` is the flattened model input (integers, any int dtype, 1-D) and
-    ``loss_fn_inputs`` maps names (``target_tokens``, ``weights``, ``logprobs``, ``advantages``) to dense arrays."""
+    ``loss_fn_inputs`` maps names (``target_tokens``, ``weights``, ``logprobs``, ``advantages``) to dense arrays.
+
+    ``recorded`` holds what the server derived from its sampling records and the datum's provenance spans
+    (``tinkex_trio._losses.RECORDED_INPUTS``: ``sampled``, ``sampler_logprobs``), shaped like ``target_tokens``; only
+    ``stable_reinforce`` reads it."""
 
     tokens: npt.NDArray[Any]
     loss_fn_inputs: Mapping[str, npt.NDArray[Any]] = field(default_factory=lambda: {})
+    recorded: Mapping[str, npt.NDArray[Any]] = field(default_factory=lambda: {})
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ ROUTES: tuple[Route, ...] = (
     _route("POST", "save_weights_external", weights.save_weights_external),
     _route("POST", "load_weights", weights.load_weights),
     _route("POST", "weights_info", weights.weights_info),
+    _route("POST", "copy_weights", weights.copy_weights),
     # sampling
     _route("POST", "create_sampling_session", sampling.create_sampling_session),
     _route("POST", "join_sampling_session", sampling.join_sampling_session),

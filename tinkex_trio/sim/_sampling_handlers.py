@@ -5,6 +5,9 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 
+import numpy as np
+import numpy.typing as npt
+
 from tinkex_trio import types as t
 from tinkex_trio.sim._asgi import HTTPError, Request, Response, decode_body, json_response
 from tinkex_trio.sim._convert import (
@@ -130,17 +133,21 @@ async def asample(sim: SimCore, request: Request) -> Response:
             f"{MAX_SAMPLED_TOKENS}, got {body.num_samples} and {max_tokens}",
         )
     record_box: list[FutureRecord] = []
+    stability: list[Recorded] = []
 
     def commit(result: SampleResult) -> SamplePayload:
         sampler.samples_applied += 1
         ids: list[str] = record_box[0].extra["sample_sequence_ids"] if record_box else []
+        if stability:
+            prompt, sequences = stability[0]
+            sim.state.stability.record(sampler.session_id, ids, prompt, sequences, sim.state.clock())
         return SamplePayload(result, ids, body.target_prompt_logprobs)
 
     tokens_cost = model_input_length(body.prompt) + max(body.num_samples, 1) * max(max_tokens, 0)
     record, is_new = sim.queue.submit(
         lane,
         "Sample",
-        Job(compute=_sample_compute(sim, sampler, body, max_tokens), commit=commit, tokens=tokens_cost),
+        Job(compute=_sample_compute(sim, sampler, body, max_tokens, stability), commit=commit, tokens=tokens_cost),
         seq_id=body.seq_id,
         ordered=False,
         extra={"sampler_id": lane, "clone": (body.seq_id or 0) // CLONE_STRIDE},
@@ -152,9 +159,11 @@ async def asample(sim: SimCore, request: Request) -> Response:
 
 
 def _sample_compute(
-    sim: SimCore, sampler: SamplerRecord, body: t.SampleRequest, max_tokens: int
+    sim: SimCore, sampler: SamplerRecord, body: t.SampleRequest, max_tokens: int, stability: list[Recorded]
 ) -> Callable[[], SampleResult]:
-    """The work of one asample future: the model's sample, an invalid request failing it with category "user"."""
+    """The work of one asample future: the model's sample, an invalid request failing it with category "user".
+
+    With ``record_stability_info`` it also appends to ``stability`` what the commit records (`_stability_info`)."""
     params = body.sampling_params
     stop_tokens, stop_sequences = stop_spec(params.stop, sim.config.model.vocab_size)
     seed = params.seed
@@ -173,7 +182,7 @@ def _sample_compute(
             )
             with sampler.lock:
                 model = state.sampler_model(sampler)
-                return model.sample(
+                result = model.sample(
                     prompt,
                     num_samples=body.num_samples,
                     max_tokens=max_tokens,
@@ -190,7 +199,32 @@ def _sample_compute(
                     prompt_alt_tokens_k=body.prompt_alt_tokens_k,
                     prompt_logprobs_last_n=body.prompt_logprobs_last_n,
                 )
+                if body.record_stability_info:
+                    stability.append(_stability_info(model, prompt, result, params))
+                return result
         except (SimUserError, ValueError) as exc:
             raise FutureError(str(exc), "user") from None
 
     return compute
+
+
+Recorded = tuple[npt.NDArray[np.int64], list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]]]
+"""What ``record_stability_info`` keeps of one sample request: the prompt and ``(tokens, sampling_logprobs)`` per
+sequence."""
+
+
+def _stability_info(
+    model: LoraModel, prompt: npt.NDArray[np.int64], result: SampleResult, params: t.SamplingParams
+) -> Recorded:
+    """Each sequence's tokens with the log-probability the sampler drew them with (`LoraModel.sampling_logprobs`)."""
+    last = int(prompt[-1])
+    sequences = [
+        (
+            seq.tokens,
+            model.sampling_logprobs(
+                last, seq.tokens, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p
+            ),
+        )
+        for seq in result.sequences
+    ]
+    return prompt, sequences

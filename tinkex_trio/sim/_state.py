@@ -30,6 +30,7 @@ import trio
 from tinkex_trio import types as t
 from tinkex_trio.sim._model import LoraModel
 from tinkex_trio.sim._model_types import ModelConfig, OptimizerFamily, SimUserError
+from tinkex_trio.sim._stability import StabilityStore
 
 __all__ = [
     "CheckpointKind",
@@ -246,6 +247,8 @@ class SimState:
         self.telemetry_events: int = 0
         self.telemetry_batches: int = 0
         self.issued_jwts: int = 0
+        self.copies: dict[str, str] = {}
+        """copy_weights answers by idempotency key: a retried copy is made once."""
         self._base_models: dict[tuple[str, ModelConfig], LoraModel] = {}
         self._base_lock = threading.Lock()
         self._sampled: OrderedDict[int, LoraModel] = OrderedDict()
@@ -256,6 +259,8 @@ class SimState:
         self._next_expiry: datetime | None = None
         """The earliest ``expires_at`` of any checkpoint (or earlier), so that purging is cheap when nothing is due."""
         self.expired_checkpoints = 0
+        self.stability = StabilityStore()
+        """Sequences sampled with ``record_stability_info``, for ``stable_reinforce`` (expiring by ``clock``)."""
 
     # -- ids --------------------------------------------------------------------------------------------------------
 

@@ -24,9 +24,18 @@ from tinkex_trio.sim._core import (
     submit_model_op,
     supported,
 )
+from tinkex_trio.sim._losses import RECORDED_INPUTS
 from tinkex_trio.sim._model import LoraModel
-from tinkex_trio.sim._model_types import AdamParams, DimuonParams, FwdBwdResult, SimUserError
+from tinkex_trio.sim._model_types import (
+    AdamParams,
+    DatumArrays,
+    DimuonParams,
+    FwdBwdResult,
+    SimUserError,
+    as_tokens,
+)
 from tinkex_trio.sim._queue import FutureError, Job
+from tinkex_trio.sim._stability import resolve_provenance
 
 
 class _FwdBwdInput(msgspec.Struct, kw_only=True):
@@ -170,14 +179,39 @@ def _decode_fwdbwd(request: Request) -> _FwdBwdWork:
     )
 
 
+def _resolve_recorded(sim: SimCore, session_id: str, work: _FwdBwdWork) -> list[DatumArrays] | SimUserError:
+    """The datums with the inputs the server derives from its sampling records (``stable_reinforce``), or the user
+    error that fails the request. Runs on the trio thread, which owns the records, when the request arrives."""
+    vocab = sim.config.model.vocab_size
+    now = sim.state.clock()
+    out: list[DatumArrays] = []
+    try:
+        for i, d in enumerate(work.data):
+            arrays = datum_arrays(i, d)
+            targets = arrays.loss_fn_inputs.get("target_tokens")
+            if targets is None:
+                raise SimUserError(f"datum {i}: missing loss_fn_inputs ['target_tokens']")
+            tokens = as_tokens(arrays.tokens, f"datum {i}: model input", vocab)
+            target_ids = as_tokens(targets, f"datum {i}: target_tokens", vocab)
+            recorded = resolve_provenance(sim.state.stability, session_id, i, d, tokens, target_ids, vocab, now)
+            out.append(DatumArrays(arrays.tokens, arrays.loss_fn_inputs, recorded))
+    except SimUserError as exc:
+        return exc
+    return out
+
+
 async def forward_backward(sim: SimCore, request: Request) -> Response:
     work = _decode_fwdbwd(request)
     note_seq(request, work.model_id, work.seq_id)
     model = sim.state.model(work.model_id)
     tokens = sum(model_input_length(d.model_input) for d in work.data)
 
+    resolved = _resolve_recorded(sim, model.session_id, work) if work.loss_fn in RECORDED_INPUTS else None
+
     def compute(lora: LoraModel) -> FwdBwdResult:
-        arrays = [datum_arrays(i, d) for i, d in enumerate(work.data)]
+        if isinstance(resolved, SimUserError):
+            raise resolved
+        arrays = resolved if resolved is not None else [datum_arrays(i, d) for i, d in enumerate(work.data)]
         return lora.forward_backward(arrays, work.loss_fn, work.loss_fn_config, forward_only=work.forward_only)
 
     def commit(result: FwdBwdResult) -> FwdBwdPayload:

@@ -251,3 +251,39 @@ async def weights_info(sim: SimCore, request: Request) -> Response:
             optimizer_config=optimizer_config,
         )
     )
+
+
+async def copy_weights(sim: SimCore, request: Request) -> Response:
+    """A copy of a checkpoint in a new session's new training run (which holds no trainable model); answered
+    directly, once per idempotency key."""
+    body = decode_body(request, t.CopyWeightsRequest)
+    key = request.header("x-idempotency-key")
+    if key and (done := sim.state.copies.get(key)) is not None:
+        return json_response(t.CopyWeightsResponse(tinker_path=done))
+    check_ttl(body.ttl_seconds)
+    source = find_checkpoint(sim, body.source_path)
+    session = sim.state.create_session(
+        tags=["copy_weights"],
+        user_metadata={"copied_from": source.tinker_path},
+        sdk_version="",
+        project_id=body.destination_project_id,
+        display_name=None,
+    )
+    run = sim.state.add_model(
+        session=session,
+        model_seq_id=0,
+        base_model=source.base_model,
+        lora_rank=source.lora_rank,
+        optimizer=source.optimizer,
+        lora_flags=source.lora_flags,
+        user_metadata={"copied_from": source.tinker_path},
+    )
+    run.failed = "a copy of weights: it cannot be trained on"
+    copy = sim.state.make_checkpoint(
+        run, source.kind, source.name, source.data, ttl_seconds=body.ttl_seconds, user_metadata=source.user_metadata
+    )
+    run.checkpoints[copy.checkpoint_id] = copy
+    sim.state.note_expiry(copy.expires_at)
+    if key:
+        sim.state.copies[key] = copy.tinker_path
+    return json_response(t.CopyWeightsResponse(tinker_path=copy.tinker_path))

@@ -1,0 +1,258 @@
+"""What a user of the official SDK reaches for: client-side custom losses, the weights operations (save_state's
+overwrite and metadata, save_weights_external, copy_weights, load_state_with_optimizer), and whoami; each against the
+simulator in process under trio's MockClock, with the server's state checked."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from _simkit import API_KEY, BASE_URL, Reply, SimStack, sim_config, sim_stack
+
+from tinkex_trio import types as t
+from tinkex_trio._rest import whoami_from_jwt
+from tinkex_trio._session import Session
+from tinkex_trio._training import TrainingClient
+from tinkex_trio.errors import ConflictError, InvalidArgumentError, NotFoundError, RequestFailedError
+
+BASE = "Qwen/Qwen3-8B"
+PATTERN = [1, 2, 3, 4, 5, 6, 7, 8] * 3
+
+
+def data(n: int = 3) -> list[t.Datum]:
+    out: list[t.Datum] = []
+    for i in range(n):
+        tokens = PATTERN[i : i + 9 + 2 * i]
+        out.append(t.datum(tokens[:-1], target_tokens=tokens[1:], weights=[1.0] * (len(tokens) - 1)))
+    return out
+
+
+def weights_of(datum: t.Datum) -> np.ndarray[Any, Any]:
+    return datum.loss_fn_inputs["weights"].to_numpy()
+
+
+@pytest.fixture
+async def sim() -> AsyncGenerator[SimStack]:
+    # pytest-trio takes the clock from the test's own arguments: tests using this fixture also ask for autojump_clock.
+    async with sim_stack(sim_config()) as stack:
+        yield stack
+
+
+async def _trainer(session: Session, seed: int = 3) -> TrainingClient:
+    return await session.create_lora_training_client(BASE, rank=4, seed=seed)
+
+
+def cross_entropy_as_custom(batch: list[t.Datum], logprobs: list[np.ndarray[Any, Any]]) -> Any:
+    """The built-in cross_entropy, written as a custom loss: C = -sum(w * logprobs), dC/dlogprobs = -w."""
+    loss = -sum(float(np.sum(weights_of(d) * lp)) for d, lp in zip(batch, logprobs, strict=True))
+    grads = [-weights_of(d) for d in batch]
+    return loss, {"custom:mean": 1.5}, grads
+
+
+async def test_a_custom_loss_equal_to_cross_entropy_trains_as_cross_entropy(
+    sim: SimStack, autojump_clock: object
+) -> None:
+    adam = t.AdamParams(learning_rate=0.05)
+    async with sim.session() as session:
+        builtin, custom = await _trainer(session), await _trainer(session)
+        expected = await builtin.forward_backward(data(), "cross_entropy")
+        got = await custom.forward_backward_custom(data(), cross_entropy_as_custom)
+        # loss:sum is the custom loss; the server's surrogate (the same here) is kept beside it.
+        assert got.metrics["loss:sum"] == pytest.approx(expected.metrics["loss:sum"], rel=1e-5)
+        assert got.metrics["surrogate_loss:sum"] == pytest.approx(expected.metrics["loss:sum"], rel=1e-5)
+        assert got.metrics["custom:mean"] == 1.5
+        await builtin.optim_step(adam)
+        await custom.optim_step(adam)
+        # Same gradients, same step: the two models now agree.
+        after_builtin = await builtin.forward(data(), "cross_entropy")
+        after_custom = await custom.forward(data(), "cross_entropy")
+        assert after_custom.metrics["loss:sum"] == pytest.approx(after_builtin.metrics["loss:sum"], rel=1e-5)
+        assert after_custom.metrics["loss:sum"] < expected.metrics["loss:sum"]
+    # Two calls to the server per custom loss: a forward (zero weights), then the fwd/bwd with weights = -grad.
+    fwdbwd = [s for s in sim.rec.seen if s.endpoint == "forward_backward"]
+    assert len(fwdbwd) == 2 + 1 + 2  # builtin, custom (two), and the two forwards at the end
+
+
+async def test_a_nonlinear_custom_loss_sends_its_gradient_as_weights(sim: SimStack, autojump_clock: object) -> None:
+    seen: list[list[np.ndarray[Any, Any]]] = []
+
+    def squared(batch: list[t.Datum], logprobs: list[np.ndarray[Any, Any]]) -> Any:
+        seen.append([lp.copy() for lp in logprobs])
+        return sum(float(np.sum(lp**2)) for lp in logprobs), {}, [2 * lp for lp in logprobs]
+
+    async with sim.session() as session:
+        trainer = await _trainer(session)
+        reference = await trainer.forward(data(), "cross_entropy")
+        out = await trainer.forward_backward_custom(data(), squared)
+    logprobs = [o["logprobs"].to_numpy() for o in reference.loss_fn_outputs]
+    for got, want in zip(seen[0], logprobs, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert out.metrics["loss:sum"] == pytest.approx(sum(float(np.sum(lp**2)) for lp in logprobs), rel=1e-5)
+    assert out.metrics["surrogate_loss:sum"] == pytest.approx(
+        sum(float(np.sum(2 * lp * lp)) for lp in logprobs), rel=1e-4
+    )  # cross-entropy with weights -2 lp: -sum(-2 lp * lp)
+
+
+@pytest.mark.parametrize(
+    ("returned", "message"),
+    [
+        (lambda b, lp: (1.0, {}), "must return \\(loss, metrics, grads\\)"),
+        (lambda b, lp: (1.0, {}, [g[:-1] for g in lp]), "has shape"),
+        (lambda b, lp: (float("nan"), {}, lp), "not finite"),
+        (lambda b, lp: (1.0, {}, lp[:-1]), "gradients for"),
+        (lambda b, lp: (1.0, {"m": "x"}, lp), "not a number"),
+    ],
+)
+async def test_a_bad_custom_loss_is_refused_before_the_second_call(
+    sim: SimStack, returned: Any, message: str, autojump_clock: object
+) -> None:
+    async with sim.session() as session:
+        trainer = await _trainer(session)
+        with pytest.raises(InvalidArgumentError, match=message):
+            await trainer.forward_backward_custom(data(), returned)
+        # Only the forward went out, nothing waits on the server: the model goes on.
+        assert len([s for s in sim.rec.seen if s.endpoint == "forward_backward"]) == 1
+        await trainer.forward_backward(data(), "cross_entropy")
+        await trainer.optim_step(t.AdamParams(learning_rate=0.01))
+        model = sim.app.state.models[trainer.model_id]
+        assert model.steps_applied == 1 and model.forward_backward_applied == 1
+
+
+async def test_an_exception_in_the_custom_loss_is_raised_as_itself(sim: SimStack, autojump_clock: object) -> None:
+    def broken(batch: list[t.Datum], logprobs: list[np.ndarray[Any, Any]]) -> Any:
+        raise ZeroDivisionError("bug in the loss")
+
+    async with sim.session() as session:
+        trainer = await _trainer(session)
+        with pytest.raises(ZeroDivisionError, match="bug in the loss"):
+            await trainer.forward_backward_custom(data(), broken)
+        assert (await trainer.forward_backward(data(), "cross_entropy")).metrics["loss:sum"] > 0
+
+
+async def test_submit_custom_then_optim_step_is_pipelined_in_order(sim: SimStack, autojump_clock: object) -> None:
+    async with sim.session() as session:
+        trainer = await _trainer(session)
+        future = await trainer.submit_forward_backward_custom(data(), cross_entropy_as_custom)
+        step = await trainer.submit_optim_step(t.AdamParams(learning_rate=0.05))
+        out, _ = await future.result(), await step.result()
+        assert out.metrics["loss:sum"] > 0
+        model = sim.app.state.models[trainer.model_id]
+        assert model.steps_applied == 1 and model.forward_backward_applied == 1 and model.forward_applied == 1
+
+
+async def test_custom_loss_arguments_are_checked(sim: SimStack, autojump_clock: object) -> None:
+    async with sim.session() as session:
+        trainer = await _trainer(session)
+        with pytest.raises(InvalidArgumentError, match="autograd"):
+            await trainer.forward_backward_custom(data(), cross_entropy_as_custom, autograd="jax")  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match="loss_fn must be a function"):
+            await trainer.forward_backward_custom(data(), "cross_entropy")  # type: ignore[arg-type]
+        no_targets = [t.Datum(model_input=t.ModelInput.from_ints([1, 2]), loss_fn_inputs={"weights": [1.0, 1.0]})]
+        with pytest.raises(InvalidArgumentError, match="target_tokens"):
+            await trainer.forward_backward_custom(no_targets, cross_entropy_as_custom)
+        with pytest.raises(InvalidArgumentError, match="PyTorch"):
+            await trainer.forward_backward_custom(data(), cross_entropy_as_custom, autograd="torch")
+    assert not [s for s in sim.rec.seen if s.endpoint == "forward_backward"][1:]  # at most the torch one's forward
+
+
+async def test_save_state_overwrite_and_user_metadata(sim: SimStack, autojump_clock: object) -> None:
+    async with sim.session() as session:
+        trainer = await _trainer(session)
+        path = await trainer.save_state("ckpt", user_metadata={"step": "1"})
+        with pytest.raises((ConflictError, RequestFailedError)):
+            await trainer.save_state("ckpt")
+        assert await trainer.save_state("ckpt", overwrite=True, user_metadata={"step": "2"}) == path
+        listed = await session.rest.list_checkpoints(trainer.model_id)
+        (checkpoint,) = [c for c in listed.checkpoints if c.tinker_path == path]
+        assert checkpoint.user_metadata == {"step": "2"}
+        with pytest.raises(InvalidArgumentError, match="user_metadata"):
+            await trainer.save_state("other", user_metadata={"step": 3})  # type: ignore[dict-item]
+
+
+async def test_save_weights_external_and_its_urls(sim: SimStack, autojump_clock: object) -> None:
+    async with sim.session() as session:
+        trainer = await _trainer(session)
+        saved = await trainer.save_weights_external("export", ttl_seconds=7200)
+        assert saved.path == f"tinker://{trainer.model_id}/external_weights/export" and (saved.size_bytes or 0) > 0
+        urls = await session.rest.get_external_weights_urls(saved.path)
+        assert urls.urls
+        with pytest.raises(InvalidArgumentError, match="recipients"):
+            await trainer.save_weights_external("x", age_encryption_recipients=[])
+
+
+async def test_copy_weights_makes_one_copy_in_a_new_run(sim: SimStack, autojump_clock: object) -> None:
+    async with sim.session() as session:
+        trainer = await _trainer(session)
+        await trainer.forward_backward(data(), "cross_entropy")
+        await trainer.optim_step(t.AdamParams(learning_rate=0.05))
+        source = await trainer.save_state("to-copy")
+        copied = await trainer.copy_weights("to-copy", ttl_seconds=3600)
+        assert copied != source and copied.endswith("/weights/to-copy")
+        run_id = t.TinkerPath.parse(copied).model_id
+        assert run_id != trainer.model_id
+        copy = sim.app.state.find_checkpoint(copied)
+        assert copy.data == sim.app.state.find_checkpoint(source).data and copy.expires_at is not None
+        # A model loaded from the copy has the source's weights.
+        loaded = await session.create_training_client_from_state(copied)
+        a = await trainer.forward(data(), "cross_entropy")
+        b = await loaded.forward(data(), "cross_entropy")
+        assert a.metrics["loss:sum"] == pytest.approx(b.metrics["loss:sum"], rel=1e-6)
+        with pytest.raises(NotFoundError):
+            await session.rest.copy_weights("tinker://nope:train:0/weights/x")
+    requests = [s for s in sim.rec.seen if s.endpoint == "copy_weights"]
+    assert requests[0].headers["x-idempotency-key"] and "x-tinker-weights-access-token" not in requests[0].headers
+
+
+async def test_copy_weights_retried_keeps_its_key_and_the_server_copies_once(
+    sim: SimStack, autojump_clock: object
+) -> None:
+    async with sim.session() as session:
+        trainer = await _trainer(session)
+        source = await trainer.save_state("once")
+        runs_before = len(sim.app.state.models)
+        sim.rec.script("copy_weights", Reply(status=503, body={"detail": "busy"}))
+        copied = await session.rest.copy_weights(source)
+    requests = sim.rec.requests("copy_weights")
+    assert len(requests) == 2 and len({r.headers["x-idempotency-key"] for r in requests}) == 1
+    assert len(sim.app.state.models) == runs_before + 1
+    # The server side: the same key again is answered from the first copy, nothing copied twice.
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim.app), base_url=BASE_URL) as raw:
+        again = await raw.post(
+            "/api/v1/copy_weights",
+            json={"source_path": source},
+            headers={"X-API-Key": API_KEY, "X-Idempotency-Key": requests[0].headers["x-idempotency-key"]},
+        )
+    assert again.json() == {"tinker_path": copied} and len(sim.app.state.models) == runs_before + 1
+
+
+async def test_load_state_with_optimizer_is_load_state_with_both(sim: SimStack, autojump_clock: object) -> None:
+    async with sim.session() as session:
+        trainer = await _trainer(session)
+        path = await trainer.save_state("both")
+        await trainer.load_state_with_optimizer(path)
+    loads = [s.json() for s in sim.rec.seen if s.endpoint == "load_weights"]
+    assert loads[-1]["optimizer"] is True and loads[-1]["path"] == path
+
+
+async def test_whoami_reads_the_identity_token(autojump_clock: object) -> None:
+    config = sim_config()
+    config.jwt_auth_enabled = True
+    async with sim_stack(config) as stack, stack.session() as session:
+        me = await session.rest.whoami()
+    assert me.user_urn.startswith("sim-user-") and me.org_urn == "sim-org" and me.email
+    async with sim_stack(sim_config()) as stack, stack.session() as session:
+        with pytest.raises(NotFoundError):
+            await session.rest.whoami()
+
+
+def test_whoami_of_a_jwt_key_needs_no_request() -> None:
+    claims = base64.urlsafe_b64encode(json.dumps({"sub": "urn:u", "org_id": "urn:o"}).encode()).rstrip(b"=").decode()
+    me = whoami_from_jwt(f"eyJhbGciOiJub25lIn0.{claims}.sig")
+    assert (me.user_urn, me.org_urn, me.email) == ("urn:u", "urn:o", None)
+    with pytest.raises(Exception, match="claims"):
+        whoami_from_jwt("eyJ.not-json.x")
