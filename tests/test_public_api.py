@@ -182,6 +182,7 @@ EXPECTED_TYPES = {
     "TensorDtype",
     "TinkerPath",
     "TopkEntry",
+    "TopkLogprobs",
     "TrainingRun",
     "TrainingRunsResponse",
     "TryAgainResponse",

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy.typing as npt
+
 import tinkex_trio as _async
 import tinkex_trio.types as types
 from tinkex_trio import CircuitBreaker, Config, Metrics, TelemetryBus
@@ -450,6 +452,10 @@ class SamplingClient:
         *,
         include_prompt_logprobs: bool = False,
         topk_prompt_logprobs: int = 0,
+        topk_sample_logprobs: int = 0,
+        target_prompt_logprobs: types.TensorData | npt.ArrayLike | None = None,
+        prompt_alt_tokens_k: int = 0,
+        prompt_logprobs_last_n: int | None = None,
     ) -> types.SampleResponse:
         """Generate ``num_samples`` continuations of ``prompt``.
 
@@ -459,11 +465,29 @@ class SamplingClient:
             sampling_params: ``max_tokens``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``stop``; the
                 defaults when ``None``.
             include_prompt_logprobs: also score the prompt: ``prompt_logprobs[i]`` is the logprob of prompt token
-                ``i`` (``None`` for the first, which has no context).
+                ``i`` (``None`` for the first, which has no context; ``prompt_logprobs_np`` holds NaN there).
             topk_prompt_logprobs: also return the ``k`` most likely tokens (``(token, logprob)`` pairs) at each prompt
-                position.
+                position (``topk_prompt_logprobs_np``: dense ``(len(prompt), k)`` matrices).
+            topk_sample_logprobs: also return the ``k`` most likely tokens at each sampled position, in each
+                sequence's ``topk_logprobs`` (``topk_logprobs_np``: dense ``(len(tokens), k)`` matrices).
+            target_prompt_logprobs: token ids to score at each prompt position: an int64 TensorData (or an integer
+                array) of shape ``[len(prompt) - 1, K]``, whose row ``i`` names ids scored at prompt position
+                ``i + 1``; ``-1`` marks a cell not asked for. Dense, or sparse CSR
+                (``TensorData.sparse_from_numpy(ids, pad_value=-1)``: only the listed cells are asked for, and the
+                answer comes back in the same layout). At least one id. The answer, ``target_prompt_logprobs``, has
+                the same shape and layout, 0.0 where nothing was asked (``target_prompt_logprobs_np``: dense).
+            prompt_alt_tokens_k: draw ``k`` tokens, independently and at the request's temperature, from the model's
+                next-token distribution at every prompt position after the first: ``prompt_alt_tokens.tokens`` (int64)
+                and ``.logprobs`` (float32), both ``[len(prompt) - 1, k]``, row ``i`` for prompt position ``i + 1``.
+            prompt_logprobs_last_n: score only the last ``n`` prompt tokens (the earlier entries of
+                ``prompt_logprobs`` and ``topk_prompt_logprobs`` are ``None``), which lets the server serve the prefix
+                from its cache. Needs ``include_prompt_logprobs``; between 1 and ``len(prompt) - 1``. It does not
+                affect ``target_prompt_logprobs`` or ``prompt_alt_tokens_k``.
 
         Returns the sequences (tokens, logprobs, stop reason, ``sequence_id``) and the prompt scores asked for.
+        Arguments are checked before anything is sent (:class:`~tinkex_trio.errors.InvalidArgumentError`). A result
+        without a field that was asked for (a server that ignores the option), or that scores prompt tokens before
+        ``prompt_logprobs_last_n``, raises :class:`~tinkex_trio.errors.ResponseValidationError` naming the field.
         Backpressure and transient failures are retried (see the module docstring); other errors are raised at once.
         """
         return self._portal.call(
@@ -473,14 +497,24 @@ class SamplingClient:
             sampling_params,
             include_prompt_logprobs=include_prompt_logprobs,
             topk_prompt_logprobs=topk_prompt_logprobs,
+            topk_sample_logprobs=topk_sample_logprobs,
+            target_prompt_logprobs=target_prompt_logprobs,
+            prompt_alt_tokens_k=prompt_alt_tokens_k,
+            prompt_logprobs_last_n=prompt_logprobs_last_n,
         )
 
     def compute_logprobs(
         self,
         prompt: types.ModelInput,
+        *,
+        prompt_logprobs_last_n: int | None = None,
     ) -> list[float | None]:
-        """The logprob of every prompt token given the tokens before it (``None`` for the first token)."""
-        return self._portal.call(self._inner.compute_logprobs, prompt)
+        """The logprob of every prompt token given the tokens before it (``None`` for the first token).
+
+        With ``prompt_logprobs_last_n``, only the last ``n`` tokens are scored (``None`` before them); it must be
+        between 1 and ``len(prompt) - 1``.
+        """
+        return self._portal.call(self._inner.compute_logprobs, prompt, prompt_logprobs_last_n=prompt_logprobs_last_n)
 
 
 class RestClient:

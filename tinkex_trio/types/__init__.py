@@ -78,6 +78,7 @@ from ._sampling import (
     SamplingParams,
     StopReason,
     TopkEntry,
+    TopkLogprobs,
 )
 from ._session import (
     AuthTokenRequest,
@@ -271,6 +272,7 @@ __all__ = [
     "TensorDtype",
     "TinkerPath",
     "TopkEntry",
+    "TopkLogprobs",
     "TrainingRun",
     "TrainingRunsResponse",
     "TryAgainResponse",
