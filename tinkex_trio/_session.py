@@ -26,7 +26,7 @@ import ssl
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import cached_property, partial
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgspec
 import trio
@@ -180,7 +180,7 @@ class Session:
         ``optimizer`` fixes the model's optimizer family for good: ``types.AdamOptimizerConfig()`` (AdamW, the
         default; step with ``AdamParams``) or ``types.DimuonOptimizerConfig()`` (step with ``DimuonParams``)."""
         check_create_lora(base_model, rank, seed, train_mlp, train_attn, train_unembed, user_metadata)
-        given: object = optimizer  # a caller may pass anything
+        given = cast("object", optimizer)  # a caller may pass anything
         if given is not None and not isinstance(given, _types.AdamOptimizerConfig | _types.DimuonOptimizerConfig):
             raise InvalidArgumentTypeError(
                 "optimizer must be types.AdamOptimizerConfig() or types.DimuonOptimizerConfig(), "
