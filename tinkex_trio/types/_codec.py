@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import ResponseValidationError
+from ._base import use_to_builtins
 from ._sampling import TopkLogprobs
 
 __all__ = [
@@ -74,6 +75,9 @@ def encode(obj: Any) -> bytes:
 def to_builtins(obj: Any) -> Any:
     """The JSON value of ``obj`` as Python builtins (dict/list/str/...), with the same field rules as ``encode``."""
     return msgspec.to_builtins(obj, enc_hook=_enc_hook)
+
+
+use_to_builtins(to_builtins)
 
 
 def decoder_for(type_: type[T]) -> msgspec.json.Decoder[T]:
