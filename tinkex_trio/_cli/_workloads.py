@@ -44,8 +44,8 @@ from tinkex_trio._session import open_session
 
 __all__ = [
     "API_KEY",
-    "OP_HISTOGRAM",
     "BASE_MODEL",
+    "OP_HISTOGRAM",
     "PROMPT",
     "SAMPLE_MAX_TOKENS",
     "Meter",
