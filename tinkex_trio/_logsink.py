@@ -101,16 +101,12 @@ class ResilienceLog:
         new = str(meta.get("to"))
         level = logging.WARNING if new == "open" else logging.INFO
         retry_after = event.measurements.get("retry_after_s")
+        reason = str(meta.get("reason"))
+        if reason == "failure_threshold":
+            reason = f"{int(event.measurements.get('consecutive_failures', 0))} failures in a row"
         tail = f"; calls fail fast for {retry_after:.1f} s" if new == "open" and retry_after else ""
         self.log.log(
-            level,
-            "circuit breaker for %s: %s -> %s (%s, %d consecutive failures)%s",
-            meta.get("base_url"),
-            meta.get("from"),
-            new,
-            meta.get("reason"),
-            int(event.measurements.get("consecutive_failures", 0)),
-            tail,
+            level, "circuit breaker for %s: %s -> %s (%s)%s", meta.get("base_url"), meta.get("from"), new, reason, tail
         )
 
     def _rejected(self, event: TelemetryEvent) -> None:

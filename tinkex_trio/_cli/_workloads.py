@@ -41,6 +41,7 @@ import trio
 from tinkex_trio import types
 from tinkex_trio._metrics import Metrics
 from tinkex_trio._session import open_session
+from tinkex_trio._telemetry import CIRCUIT_BREAKER_STATE_CHANGE
 
 __all__ = [
     "API_KEY",
@@ -105,6 +106,7 @@ class Meter:
         self.extra: dict[str, Any] = {}
         self.count_requests: Callable[[], dict[str, float]] | None = None
         self.session_metrics: Any = None
+        self.breaker_transitions: list[int] | None = None
         self.requests0: dict[str, float] = {}
         self.retries0 = 0.0
         self.profile_path: str | None = None
@@ -154,6 +156,7 @@ class Meter:
             "latency_ms_mean": statistics.fmean(lat) * 1e3 if lat else None,
             "max_rss_mb": ru.ru_maxrss / 1024,
             "op_latency_ms": self.ops_metrics.get_histogram(OP_HISTOGRAM),
+            "latencies_ms": [round(x * 1e3, 4) for x in lat],
         }
         if self.count_requests is not None:
             after = self.count_requests()
@@ -163,6 +166,8 @@ class Meter:
         if self.session_metrics is not None:
             out["retries"] = self.session_metrics.counter_total("tinkex_retries_total") - self.retries0
             out["request_latency_ms"] = self.session_metrics.summary("tinkex_request_duration_ms")
+        if self.breaker_transitions is not None:
+            out["breaker_transitions"] = len(self.breaker_transitions)
         out.update(self.extra)
         return out
 
@@ -270,6 +275,11 @@ async def ours_child(side: str, workload: str, url: str, params: dict[str, Any],
     async with open_session(api_key=params.get("api_key") or API_KEY, base_url=url) as session:
         meter.count_requests = partial(requests_by_endpoint, session.metrics)
         meter.session_metrics = session.metrics
+        transitions: list[int] = []
+        meter.breaker_transitions = transitions
+        session.telemetry.attach(
+            "tinkex_trio.bench", CIRCUIT_BREAKER_STATE_CHANGE, lambda event: transitions.append(int(event.time))
+        )
         if workload.startswith("train") or workload in ("idle", "fwdbwd_batch"):
             trainer = await session.create_lora_training_client(BASE_MODEL, rank=8, seed=0)
             if workload == "idle":
