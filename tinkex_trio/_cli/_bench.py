@@ -563,8 +563,12 @@ def select(only: str | None, target_embedded: bool) -> tuple[list[str], dict[str
     return names, skipped
 
 
-async def run_bench(args: argparse.Namespace, report: BenchReport, progress: Progress) -> None:
-    """Run the selected scenarios into ``report`` (filled as they go: on cancellation it holds what was measured)."""
+async def run_bench(
+    args: argparse.Namespace, report: BenchReport, progress: Progress, stop: trio.CancelScope | None = None
+) -> None:
+    """Run the selected scenarios into ``report`` (filled as they go: on cancellation it holds what was measured).
+
+    ``stop`` cancels the scenarios only: the embedded simulator keeps serving while their sessions finish."""
     started = time.perf_counter()
     size = report.size
     with_sdk = report.sdk is not None
@@ -577,20 +581,27 @@ async def run_bench(args: argparse.Namespace, report: BenchReport, progress: Pro
                 report.skipped["sdk"] = reason
             # The scenarios inject failures on purpose: the table reports them, the resilience log would only repeat it.
             logging.getLogger("tinkex_trio.resilience").setLevel(logging.ERROR)
-            for name in names:
-                params = dict(PARAMS[name][size])
-                result = ScenarioResult(name, params)
-                report.scenarios[name] = result
-                if name in ("train", "sample"):
-                    await scenario_side_by_side(name, target, params, result, progress, with_sdk)
-                elif name == "batch":
-                    await scenario_batch(target, params, result, progress)
-                elif name == "breaker":
-                    await scenario_breaker(target, params, result, progress)
-                else:
-                    await scenario_faults(target, params, result, progress)
+            with stop if stop is not None else trio.CancelScope():
+                await _run_scenarios(names, size, target, report, progress, with_sdk)
     finally:
         report.elapsed_s = round(time.perf_counter() - started, 2)
+
+
+async def _run_scenarios(
+    names: list[str], size: str, target: Target, report: BenchReport, progress: Progress, with_sdk: bool
+) -> None:
+    for name in names:
+        params = dict(PARAMS[name][size])
+        result = ScenarioResult(name, params)
+        report.scenarios[name] = result
+        if name in ("train", "sample"):
+            await scenario_side_by_side(name, target, params, result, progress, with_sdk)
+        elif name == "batch":
+            await scenario_batch(target, params, result, progress)
+        elif name == "breaker":
+            await scenario_breaker(target, params, result, progress)
+        else:
+            await scenario_faults(target, params, result, progress)
 
 
 def fmt_ms(value: float | None) -> str:

@@ -60,18 +60,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     report = BenchReport(target="", size=size, sdk=None if args.no_sdk else sdk_version())
 
     async def main() -> int:
+        stop = trio.CancelScope()
         with trio.open_signal_receiver(signal.SIGINT) as signals, open_progress(plain=args.plain) as progress:
             async with trio.open_nursery() as nursery:
 
                 async def on_ctrl_c() -> None:
+                    # The first Ctrl-C stops the scenarios (their sessions finish, the simulator serves until
+                    # then); a second one stops everything at once.
                     async for _ in signals:
+                        if report.interrupted:
+                            nursery.cancel_scope.cancel()
+                            return
                         report.interrupted = True
-                        nursery.cancel_scope.cancel()
-                        return
+                        stop.cancel()
 
                 async def bench() -> None:
                     try:
-                        await run_bench(args, report, progress)
+                        await run_bench(args, report, progress, stop)
                     except ChildInterrupted:
                         report.interrupted = True
                     nursery.cancel_scope.cancel()
