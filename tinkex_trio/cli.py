@@ -53,12 +53,13 @@ def _add_serve_parser(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``tinkex-trio`` command."""
-    from tinkex_trio._cli import _bench_cmd
+    from tinkex_trio._cli import _bench_cmd, _demo
 
     parser = argparse.ArgumentParser(prog="tinkex-trio", description="Trio-native client for the Tinker API.")
     parser.add_argument("--version", action="version", version=f"tinkex-trio {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _bench_cmd.add_parser(sub)
+    _demo.add_parser(sub)
     p_version = sub.add_parser("version", help="print the version and exit")
     p_version.add_argument("--json", action="store_true", help="as JSON")
     p_version.set_defaults(func=_cmd_version)
