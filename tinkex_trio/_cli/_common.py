@@ -19,6 +19,7 @@ from typing import Any, Final
 import trio
 
 from tinkex_trio._config import Config
+from tinkex_trio._groups import lone_exception
 from tinkex_trio.errors import (
     APIConnectionError,
     APIError,
@@ -170,7 +171,12 @@ def run_command(name: str, main: Callable[[], Awaitable[int]], base_url: str | N
     except KeyboardInterrupt:
         print(f"tinkex-trio {name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BaseExceptionGroup as group:
+        lone = lone_exception(group)
+        if lone is None or not isinstance(lone, Exception):
+            raise
+        code, line = _line_for(lone, base_url)
     except Exception as exc:
         code, line = _line_for(exc, base_url)
-        print(f"tinkex-trio {name}: {redact(line)}", file=sys.stderr)
-        return code
+    print(f"tinkex-trio {name}: {redact(line)}", file=sys.stderr)
+    return code

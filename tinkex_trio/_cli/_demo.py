@@ -132,9 +132,8 @@ async def _demo(args: argparse.Namespace, session: Any) -> int:
         f"p50 {summary['p50_ms']:.1f} ms / p99 {summary['p99_ms']:.1f} ms, circuit breaker {summary['breaker']}"
     )
     for endpoint, stats in summary["by_endpoint"].items():
-        print(
-            f"  {endpoint:<28} {stats['count']:>5.0f} requests  p50 {stats['p50']:>7.1f} ms  p99 {stats['p99']:>7.1f} ms"
-        )
+        name = endpoint.removeprefix("/api/v1/")
+        print(f"  {name:<26} {stats['count']:>5.0f} requests  p50 {stats['p50']:>7.1f} ms  p99 {stats['p99']:>7.1f} ms")
     if args.json is not None:
         dump_json(
             {
@@ -152,7 +151,7 @@ async def _demo(args: argparse.Namespace, session: Any) -> int:
 
 def _metrics_summary(session: Any) -> dict[str, Any]:
     metrics = session.metrics
-    overall = metrics.summary("tinkex_request_duration_ms") or {}
+    overall: dict[str, float] = metrics.summary("tinkex_request_duration_ms") or {}
     by_endpoint: dict[str, dict[str, float]] = {}
     histograms: dict[str, dict[str, float]] = metrics.get_all_metrics()["histograms"]
     for key, stats in histograms.items():
