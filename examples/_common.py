@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Awaitable, Callable
+
+import trio
 
 SIM_API_KEY = "tml-example-key"  # any tml- key works for the simulator
 
@@ -33,3 +36,12 @@ async def run(train: Train, args: argparse.Namespace) -> None:
             print(f"simulated Tinker server at {server.base_url}")
             await train(server.base_url, SIM_API_KEY, args)
     print(f"done in {time.monotonic() - started:.1f} s")
+
+
+def main(train: Train, args: argparse.Namespace) -> None:
+    """Run the example; Ctrl-C ends it with one line and exit status 130, not a traceback."""
+    try:
+        trio.run(run, train, args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -94,3 +94,27 @@ async def test_ray_rollouts_on_a_local_ray() -> None:
     assert len(re.findall(r"^iteration \d  rollouts 8  mean reward [0-9.]+$", out, re.MULTILINE)) == 2, out
     merged = re.search(r"^actors' requests: (\d+), p50 [0-9.]+ ms, p99 [0-9.]+ ms \(merged exactly from 2", out, re.M)
     assert merged is not None and int(merged[1]) > 0, out
+
+
+def test_ctrl_c_ends_an_example_with_one_line() -> None:
+    """SIGINT mid-run (as Ctrl-C sends it): exit status 130 and one line on stderr, no traceback or group."""
+    import signal
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINKER_")}
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "sl_loop.py"), "--steps", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if re.match(r"step\s+3\s", line):
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=RUN_LIMIT_S)
+    assert proc.returncode == 130, err
+    assert err.strip() == "interrupted", err

@@ -38,6 +38,7 @@ from tinkex_trio._context import SessionContext
 from tinkex_trio._endpoints import API_PREFIX as _API
 from tinkex_trio._futures import FutureManager
 from tinkex_trio._groups import is_interruption, lone_exception, original, reraise
+from tinkex_trio._logsink import ResilienceLog
 from tinkex_trio._metrics import Metrics, MetricsFeed
 from tinkex_trio._models import create_client_from_state, create_lora_client
 from tinkex_trio._rest import RestClient
@@ -510,6 +511,8 @@ async def open_session(
         transport_factory=transport_factory,
         breaker=breaker_for_config(cfg),
     )
+    # Attached before the bootstrap: a session retrying an unreachable service says so from its first retries.
+    ResilienceLog().attach(transport.telemetry)
     try:
         client_config, dynamic_config, session_id = await _bootstrap(transport, cfg, user_metadata)
         try:
