@@ -293,3 +293,29 @@ async def test_create_lora_training_client_with_the_dimuon_optimizer(autojump_cl
         await trainer.optim_step(t.DimuonParams(learning_rate=0.01))
         with pytest.raises(InvalidArgumentError, match="optimizer"):
             await session.create_lora_training_client(BASE, optimizer="adam")  # type: ignore[arg-type]
+
+
+async def test_search_sessions_filters_pages_and_reports_status(autojump_clock: object) -> None:
+    async with sim_stack(sim_config()) as stack:
+        for name, metadata in (("nightly run a", {"team": "rl"}), ("nightly run b", {"team": "sl"}), ("adhoc", {})):
+            async with stack.session(user_metadata=metadata) as finished:
+                stack.app.state.sessions[finished.session_id].display_name = name
+        async with stack.session() as session:
+            rest = session.rest
+            nightly = await rest.search_sessions(t.SessionSearchRequest(display_name="NIGHTLY"))
+            assert sorted(s.display_name or "" for s in nightly.sessions) == ["nightly run a", "nightly run b"]
+            rl = await rest.search_sessions(t.SessionSearchRequest(user_metadata={"team": "rl"}))
+            assert [s.display_name for s in rl.sessions] == ["nightly run a"]
+            assert isinstance(rl.sessions[0].status, t.ClientSessionFinished)
+            assert rl.sessions[0].status.reason.type == "success"
+            active = await rest.search_sessions(t.SessionSearchRequest(statuses=[t.ActiveSessionStatusQuery()]))
+            assert [s.session_id for s in active.sessions] == [session.session_id]
+            # Pages of 2 through the cursor: every session once, newest first.
+            walked = [s.session_id async for s in rest.iter_search_sessions(t.SessionSearchRequest(limit=2))]
+            assert len(walked) == len(set(walked)) == 4 and walked[0] == session.session_id
+            nobody = t.SessionSearchRequest(owner=t.UserSearchOwner(owner_urns=["urn:someone-else"]))
+            assert (await rest.search_sessions(nobody)).sessions == []
+            with pytest.raises(InvalidArgumentError, match="limit"):
+                await rest.search_sessions(t.SessionSearchRequest(limit=500))
+    searches = stack.rec.requests("sessions/search")
+    assert searches[0].json()["owner"] == {"type": "own"} and searches[0].json()["display_name"] == "NIGHTLY"

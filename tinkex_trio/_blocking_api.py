@@ -725,6 +725,23 @@ class RestClient:
         """Every session id, fetched ``page_size`` at a time (the listing has no cursor: a short page ends it)."""
         return self._portal.iterate(self._inner.iter_sessions(page_size=page_size, access_scope=access_scope))
 
+    def search_sessions(
+        self,
+        request: types.SessionSearchRequest | None = None,
+    ) -> types.SessionSearchResponse:
+        """One page of a session search, newest first (default: your own sessions, 50 a page). Pass the page's
+        ``next_cursor`` as the next request's ``cursor`` (``msgspec.structs.replace(request, cursor=...)``), or walk
+        every page with :meth:`iter_search_sessions`. Experimental on the service's side, as in the official SDK.
+        """
+        return self._portal.call(self._inner.search_sessions, request)
+
+    def iter_search_sessions(
+        self,
+        request: types.SessionSearchRequest | None = None,
+    ) -> Iterator[types.SessionSummary]:
+        """Every session a search matches, a page at a time (following ``next_cursor``)."""
+        return self._portal.iterate(self._inner.iter_search_sessions(request))
+
     def get_session(
         self,
         session_id: str,
