@@ -319,3 +319,40 @@ async def test_search_sessions_filters_pages_and_reports_status(autojump_clock: 
                 await rest.search_sessions(t.SessionSearchRequest(limit=500))
     searches = stack.rec.requests("sessions/search")
     assert searches[0].json()["owner"] == {"type": "own"} and searches[0].json()["display_name"] == "NIGHTLY"
+
+
+def test_torch_conversions_say_what_they_need(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as on a machine without PyTorch
+    tensor = t.TensorData.from_numpy(np.arange(4, dtype=np.float32))
+    with pytest.raises(ImportError, match="PyTorch"):
+        tensor.to_torch()
+    with pytest.raises(ImportError, match="PyTorch"):
+        t.TensorData.from_torch(object())
+
+
+def test_torch_conversions_round_trip_through_a_tensor_like(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types as pytypes
+
+    class FakeTensor:  # what from_torch uses of a torch tensor
+        def __init__(self, array: np.ndarray[Any, Any]) -> None:
+            self.array = array
+
+        def detach(self) -> FakeTensor:
+            return self
+
+        def cpu(self) -> FakeTensor:
+            return self
+
+        def numpy(self) -> np.ndarray[Any, Any]:
+            return self.array
+
+    fake = pytypes.ModuleType("torch")
+    fake.from_numpy = FakeTensor  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    tensor = t.TensorData.from_torch(FakeTensor(np.array([[1, 2], [3, 4]], dtype=np.int64)))
+    assert tensor.dtype == "int64" and tensor.shape == [2, 2]
+    back = tensor.to_torch()
+    assert isinstance(back, FakeTensor) and back.array.tolist() == [[1, 2], [3, 4]]

@@ -207,6 +207,18 @@ class TensorData(WireStruct, gc=False):
     # -- construction -----------------------------------------------------------------------------------------
 
     @classmethod
+    def from_torch(cls, tensor: Any, dtype: TensorDtype | None = None) -> TensorData:
+        """A dense TensorData from a torch tensor (detached, moved to the CPU), as :meth:`from_numpy`. Needs
+        PyTorch, imported only here."""
+        _torch()
+        return cls.from_numpy(tensor.detach().cpu().numpy(), dtype)
+
+    def to_torch(self, pad_value: int | float = 0) -> Any:
+        """The dense tensor as a torch tensor (sharing :meth:`to_numpy`'s memory where it can). Needs PyTorch."""
+        torch = _torch()
+        return torch.from_numpy(np.ascontiguousarray(self.to_numpy(pad_value)))
+
+    @classmethod
     def from_numpy(cls, array: npt.ArrayLike, dtype: TensorDtype | None = None) -> TensorData:
         """A dense TensorData from an array. Floats become float32, integers (and bools) int64, unless ``dtype``.
 
@@ -395,3 +407,11 @@ def loss_fn_input(key: str, value: object) -> TensorData:
         return TensorData.from_numpy(arr, wire)
     except ValueError as exc:
         raise InvalidArgumentError(f"{argument}: {exc}", argument=argument) from None
+
+
+def _torch() -> Any:
+    try:
+        import torch  # pyright: ignore[reportMissingImports]
+    except ImportError:
+        raise ImportError("TensorData.from_torch / to_torch need PyTorch (pip install torch)") from None
+    return torch  # pyright: ignore[reportUnknownVariableType]
