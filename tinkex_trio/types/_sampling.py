@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, cast, overload
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -139,46 +139,6 @@ def _topk_np(stored: object) -> TopkLogprobs | None:
     return TopkLogprobs.from_lists(cast("list[TopkEntry]", stored))  # the list form is the only other storage
 
 
-class _NumpyBackedField:
-    """The descriptor of a list field whose storage may be a numpy-side value (an array, a :class:`TopkLogprobs`).
-
-    As :class:`~tinkex_trio.types._tensor.ArrayBackedList` does for plain arrays: reading the field turns a stored
-    ``kind`` value into the list form once (``to_list``) and stores that; :meth:`raw` reads the storage as it is.
-    """
-
-    __slots__ = ("_kind", "_name", "_slot", "_to_list")
-
-    def __init__(self, owner: type, name: str, kind: type, to_list: Callable[[Any], Any]) -> None:
-        self._name = name
-        self._kind = kind
-        self._to_list = to_list
-        self._slot: Any = owner.__dict__[name]  # the member descriptor msgspec made for the field's slot
-        setattr(owner, name, self)
-
-    @overload
-    def __get__(self, obj: None, owner: type | None = None) -> _NumpyBackedField: ...
-    @overload
-    def __get__(self, obj: object, owner: type | None = None) -> Any: ...
-    def __get__(self, obj: object | None, owner: type | None = None) -> Any:
-        if obj is None:
-            return self
-        value = self._slot.__get__(obj, owner)
-        if type(value) is self._kind:
-            value = self._to_list(value)
-            self._slot.__set__(obj, value)
-        return value
-
-    def __set__(self, obj: object, value: object) -> None:
-        self._slot.__set__(obj, value)
-
-    def raw(self, obj: object) -> Any:
-        """The field's storage as it is."""
-        return self._slot.__get__(obj, type(obj))
-
-    def __repr__(self) -> str:
-        return f"<numpy-backed list field {self._name!r}>"
-
-
 class SamplingParams(WireStruct):
     """``stop``: a string, a list of strings or a list of token ids; ``None`` (left out) stops at EOS, ``[]`` never
     stops before ``max_tokens``."""
@@ -286,7 +246,7 @@ class SampledSequence(WireStruct, gc=False):
 
 _TOKENS = ArrayBackedList(SampledSequence, "tokens")
 _LOGPROBS = ArrayBackedList(SampledSequence, "logprobs")
-_TOPK = _NumpyBackedField(SampledSequence, "topk_logprobs", TopkLogprobs, TopkLogprobs.to_lists)
+_TOPK = ArrayBackedList(SampledSequence, "topk_logprobs", TopkLogprobs, TopkLogprobs.to_lists)
 
 
 def _same_values(a: object, b: object) -> bool:
@@ -407,8 +367,8 @@ class SampleResponse(WireStruct):
         return equal if equal is NotImplemented else not equal
 
 
-_PROMPT_LOGPROBS = _NumpyBackedField(SampleResponse, "prompt_logprobs", np.ndarray, _nan_to_none)
-_TOPK_PROMPT = _NumpyBackedField(SampleResponse, "topk_prompt_logprobs", TopkLogprobs, TopkLogprobs.to_lists)
+_PROMPT_LOGPROBS = ArrayBackedList(SampleResponse, "prompt_logprobs", np.ndarray, _nan_to_none)
+_TOPK_PROMPT = ArrayBackedList(SampleResponse, "topk_prompt_logprobs", TopkLogprobs, TopkLogprobs.to_lists)
 
 
 def stored_prompt_logprobs(resp: SampleResponse) -> list[float | None] | npt.NDArray[Any] | None:
