@@ -5,7 +5,8 @@ medians and ratios and writes JSON to ``benchmarks/results/bench_client-<timesta
 
 The simulator runs in a subprocess (``python -m tinkex_trio serve --port 0``, plain HTTP on 127.0.0.1, no faults:
 ``serve`` has no knob for the service time, so each request keeps the simulator's default 2 ms plus the numpy work).
-Every sample of every workload runs in a fresh child process of this script (``--child SIDE``), so the SDK's asyncio
+Every sample of every workload runs in a fresh child process (``python -m tinkex_trio._cli._child``, shared with
+``tinkex-trio bench``; the workloads live in ``tinkex_trio/_cli/_workloads.py``), so the SDK's asyncio
 and its background thread never share a process with trio, and a side's imports, connection pool and caches do not
 leak into the other's numbers. The child sets up (session, model, sampler, data), warms up, then measures the
 workload only: wall time (``perf_counter``), client CPU (``time.process_time``, all threads; user/system from
@@ -40,30 +41,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import cProfile
 import json
 import os
 import platform
 import pstats
-import resource
 import signal
 import statistics
 import subprocess
 import sys
 import time
 import timeit
-import warnings
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from functools import partial
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from _report import REPO, RESULTS_DIR, write_report  # benchmarks/ is on sys.path when run
 
-API_KEY = "tml-bench-0123456789"
-BASE_MODEL = "meta-llama/Llama-3.2-1B"
+# The workloads and the child process that runs one side of one are shared with `tinkex-trio bench`.
+
 CHILD_TIMEOUT_S = 600.0
 
 # name -> (sides, full parameters, --quick parameters)
@@ -96,277 +92,6 @@ WORKLOADS: dict[str, tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]] = {
     "idle": (("sdk", "ours"), {"seconds": 5.0}, {"seconds": 1.0}),
 }
 GROUPS = {"train": ["train_small", "train_large"], "sample": ["sample_c200", "sample_c2000"]}
-PROMPT = [5, 17, 42, 99, 7, 13, 21, 34, 55, 89, 3, 1, 4, 1, 5, 9]
-SAMPLE_MAX_TOKENS = 16
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds (Linux /proc; 0.0 if unreadable)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def tokens_for(i: int, n: int) -> list[int]:
-    """n + 1 tokens (n inputs and n targets), different per datum."""
-    return [(i * 7 + j * 13) % 250 + 1 for j in range(n + 1)]
-
-
-# -- measuring (in a child) ---------------------------------------------------------------------------------------
-
-
-class Meter:
-    """Wall time, client CPU (all threads) and server CPU around a workload."""
-
-    def __init__(self, server_pid: int) -> None:
-        self.server_pid = server_pid
-        self.latencies: list[float] = []
-        self.extra: dict[str, Any] = {}
-        self.count_requests: Callable[[], dict[str, float]] | None = None
-        self.requests0: dict[str, float] = {}
-        self.profile_path: str | None = None
-        self.profiler: cProfile.Profile | None = None
-
-    def start(self) -> None:
-        if self.profile_path is not None:
-            self.profiler = cProfile.Profile()
-            self.profiler.enable()
-        if self.count_requests is not None:
-            self.requests0 = self.count_requests()
-        self.srv0 = cpu_seconds(self.server_pid)
-        self.ru0 = resource.getrusage(resource.RUSAGE_SELF)
-        self.cpu0 = time.process_time()
-        self.wall0 = time.perf_counter()
-
-    def stop(self, ops: int) -> dict[str, Any]:
-        if self.profiler is not None:
-            self.profiler.disable()
-            self.profiler.dump_stats(str(self.profile_path))
-        wall = time.perf_counter() - self.wall0
-        cpu = time.process_time() - self.cpu0
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        srv = cpu_seconds(self.server_pid) - self.srv0
-        lat = self.latencies
-        out: dict[str, Any] = {
-            "ops": ops,
-            "wall_s": wall,
-            "cpu_s": cpu,
-            "user_s": ru.ru_utime - self.ru0.ru_utime,
-            "sys_s": ru.ru_stime - self.ru0.ru_stime,
-            "server_cpu_s": srv,
-            "cpu_us_per_op": cpu / ops * 1e6 if ops else None,
-            "server_cpu_us_per_op": srv / ops * 1e6 if ops else None,
-            "ops_per_s": ops / wall if wall > 0 else None,
-            "latency_ms_p50": pct(lat, 0.50) * 1e3 if lat else None,
-            "latency_ms_p99": pct(lat, 0.99) * 1e3 if lat else None,
-            "latency_ms_mean": statistics.fmean(lat) * 1e3 if lat else None,
-            "max_rss_mb": ru.ru_maxrss / 1024,
-        }
-        if self.count_requests is not None:
-            after = self.count_requests()
-            delta = {k: v - self.requests0.get(k, 0) for k, v in sorted(after.items())}
-            out["requests"] = sum(delta.values())
-            out["requests_by_endpoint"] = {k: v for k, v in delta.items() if v}
-        out.update(self.extra)
-        return out
-
-
-# -- the official SDK (asyncio) -----------------------------------------------------------------------------------
-
-
-async def timed_steps(step: Callable[[], Awaitable[None]], params: dict[str, Any], meter: Meter) -> dict[str, Any]:
-    """``params["warmup"]`` untimed steps, then ``params["steps"]`` measured ones, each one's latency recorded (any
-    event loop: it only awaits)."""
-    for _ in range(params["warmup"]):
-        await step()
-    meter.start()
-    for _ in range(params["steps"]):
-        t0 = time.perf_counter()
-        await step()
-        meter.latencies.append(time.perf_counter() - t0)
-    return meter.stop(params["steps"])
-
-
-async def sdk_child(workload: str, url: str, params: dict[str, Any], meter: Meter) -> dict[str, Any]:
-    import tinker
-    from tinker import types as st
-
-    warnings.simplefilter("ignore")  # deprecation notices of the SDK are not the benchmark's business
-    service = tinker.ServiceClient(base_url=url, api_key=API_KEY)
-    try:
-        if workload in ("train_small", "train_large", "idle"):
-            training = await service.create_lora_training_client(base_model=BASE_MODEL, rank=8, seed=0)
-            if workload == "idle":
-                meter.start()
-                await asyncio.sleep(params["seconds"])
-                return meter.stop(1)
-            data = [
-                st.Datum(
-                    model_input=st.ModelInput.from_ints(toks[:-1]),
-                    loss_fn_inputs={"target_tokens": toks[1:], "weights": [1.0] * (len(toks) - 1)},
-                )
-                for toks in (tokens_for(i, params["tokens"]) for i in range(params["datums"]))
-            ]
-            adam = st.AdamParams(learning_rate=1e-3)
-
-            async def step() -> None:
-                fwdbwd = training.forward_backward(data, "cross_entropy")
-                optim = training.optim_step(adam)
-                await fwdbwd
-                await optim
-
-            return await timed_steps(step, params, meter)
-
-        sampler = await service.create_sampling_client(base_model=BASE_MODEL)
-        prompt = st.ModelInput.from_ints(PROMPT)
-        sampling_params = st.SamplingParams(max_tokens=SAMPLE_MAX_TOKENS, temperature=1.0)
-
-        async def one() -> None:
-            await sampler.sample(prompt=prompt, num_samples=1, sampling_params=sampling_params)
-
-        await asyncio_concurrent(one, params["warmup"], min(params["concurrency"], params["warmup"]), None)
-        meter.start()
-        await asyncio_concurrent(one, params["samples"], params["concurrency"], meter.latencies)
-        return meter.stop(params["samples"])
-    finally:
-        await service.close("success", detail="bench_client")
-
-
-def shared_worker(
-    call: Callable[[], Awaitable[None]], total: int, latencies: list[float] | None
-) -> Callable[[], Awaitable[None]]:
-    """A worker coroutine function; any number of copies run concurrently make ``total`` calls between them, each
-    one's latency recorded (any event loop: it only awaits)."""
-    remaining = total
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            t0 = time.perf_counter()
-            await call()
-            if latencies is not None:
-                latencies.append(time.perf_counter() - t0)
-
-    return worker
-
-
-async def asyncio_concurrent(
-    call: Callable[[], Awaitable[None]], total: int, concurrency: int, latencies: list[float] | None
-) -> None:
-    worker = shared_worker(call, total, latencies)
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-
-# -- tinkex_trio (trio) -------------------------------------------------------------------------------------------
-
-
-async def ours_child(side: str, workload: str, url: str, params: dict[str, Any], meter: Meter) -> dict[str, Any]:
-    import trio
-
-    import tinkex_trio as tx
-    from tinkex_trio import types
-
-    async with tx.open_session(api_key=API_KEY, base_url=url) as session:
-        meter.count_requests = partial(requests_by_endpoint, session.metrics)
-        if workload in ("train_small", "train_large", "idle", "fwdbwd_batch"):
-            trainer = await session.create_lora_training_client(BASE_MODEL, rank=8, seed=0)
-            if workload == "idle":
-                meter.start()
-                await trio.sleep(params["seconds"])
-                return meter.stop(1)
-            data = [
-                types.datum(toks[:-1], target_tokens=toks[1:], weights=[1.0] * (len(toks) - 1))
-                for toks in (tokens_for(i, params["tokens"]) for i in range(params["datums"]))
-            ]
-            adam = types.AdamParams(learning_rate=1e-3)
-            if workload == "fwdbwd_batch":
-                return await ours_fwdbwd_batch(side, trainer, data, params, meter)
-
-            async def step() -> None:
-                fwdbwd = await trainer.submit_forward_backward(data, "cross_entropy")
-                optim = await trainer.submit_optim_step(adam)
-                await fwdbwd.result()
-                await optim.result()
-
-            return await timed_steps(step, params, meter)
-
-        sampler = await session.create_sampling_client(base_model=BASE_MODEL)
-        prompt = types.ModelInput.from_ints(PROMPT)
-        sampling_params = types.SamplingParams(max_tokens=SAMPLE_MAX_TOKENS, temperature=1.0)
-
-        async def one() -> None:
-            await sampler.sample(prompt, 1, sampling_params)
-
-        await trio_concurrent(one, params["warmup"], min(params["concurrency"], params["warmup"]), None)
-        meter.start()
-        await trio_concurrent(one, params["samples"], params["concurrency"], meter.latencies)
-        return meter.stop(params["samples"])
-
-
-async def ours_fwdbwd_batch(
-    side: str, trainer: Any, data: list[Any], params: dict[str, Any], meter: Meter
-) -> dict[str, Any]:
-    items = [(data, "cross_entropy", None)] * params["items"]
-
-    async def run() -> None:
-        if side == "ours-batch":
-            await trainer.forward_backward_batch(items)
-        else:
-            for item in items:
-                await trainer.forward_backward(*item)
-
-    for _ in range(params["warmup"]):
-        await run()
-    meter.start()
-    t0 = time.perf_counter()
-    await run()
-    meter.latencies.append(time.perf_counter() - t0)
-    return meter.stop(1)
-
-
-def requests_by_endpoint(metrics: Any) -> dict[str, float]:
-    """``tinkex_requests_total`` summed by endpoint label, from ``Metrics.get_all_metrics()``."""
-    out: dict[str, float] = {}
-    for key, value in metrics.get_all_metrics().get("counters", {}).items():
-        if not str(key).startswith("tinkex_requests_total"):
-            continue
-        endpoint = str(key).split("endpoint=", 1)[1].split(",", 1)[0].strip("\"'}") if "endpoint=" in key else "?"
-        out[endpoint] = out.get(endpoint, 0) + float(value)
-    return out
-
-
-async def trio_concurrent(
-    call: Callable[[], Awaitable[None]], total: int, concurrency: int, latencies: list[float] | None
-) -> None:
-    import trio
-
-    worker = shared_worker(call, total, latencies)
-    async with trio.open_nursery() as nursery:
-        for _ in range(concurrency):
-            nursery.start_soon(worker)
-
-
-def child_main(args: argparse.Namespace) -> int:
-    params: dict[str, Any] = json.loads(args.params)
-    meter = Meter(args.server_pid)
-    meter.profile_path = args.profile
-    if args.child == "sdk":
-        result = asyncio.run(sdk_child(args.workload, args.url, params, meter))
-    else:
-        import trio
-
-        result = trio.run(ours_child, args.child, args.workload, args.url, params, meter)
-    print("RESULT " + json.dumps(result), flush=True)
-    return 0
 
 
 # -- the simulator and the children (parent) ----------------------------------------------------------------------
@@ -414,7 +139,7 @@ def child_env() -> dict[str, str]:
 def run_child(
     side: str, workload: str, params: dict[str, Any], url: str, server_pid: int, extra: list[str] | None = None
 ) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--workload", workload]
+    cmd = [sys.executable, "-m", "tinkex_trio._cli._child", "--side", side, "--workload", workload]
     cmd += ["--url", url, "--server-pid", str(server_pid), "--params", json.dumps(params), *(extra or [])]
     proc = subprocess.run(cmd, capture_output=True, env=child_env(), cwd=REPO, timeout=CHILD_TIMEOUT_S, check=False)
     out = proc.stdout.decode(errors="replace")
@@ -899,14 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of the benchmark: run each selected workload once per tinkex_trio side under cProfile (the "
         "measured part only), write results/bench_client-<workload>-<side>.prof and print the TOP functions",
     )
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--workload", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--url", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--server-pid", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--params", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.child:
-        return child_main(args)
     reps = args.reps if args.reps is not None else (1 if args.quick else 5)
     names, micro = selected(args.only)
     if args.profile is not None:

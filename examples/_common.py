@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+
+import trio
 
 SIM_API_KEY = "tml-example-key"  # any tml- key works for the simulator
 
@@ -33,3 +37,26 @@ async def run(train: Train, args: argparse.Namespace) -> None:
             print(f"simulated Tinker server at {server.base_url}")
             await train(server.base_url, SIM_API_KEY, args)
     print(f"done in {time.monotonic() - started:.1f} s")
+
+
+def main(train: Train, args: argparse.Namespace) -> None:
+    """Run the example; Ctrl-C ends it with one line and exit status 130, not a traceback."""
+    try:
+        trio.run(run, train, args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+@contextlib.contextmanager
+def service_or_simulator(args: argparse.Namespace) -> Iterator[tuple[str, str | None]]:
+    """For the blocking examples: ``(base_url, api_key)`` of ``--base-url`` (key from TINKER_API_KEY), else of a
+    simulator served from a thread of its own for the duration of the ``with`` block."""
+    if args.base_url:
+        yield args.base_url, None
+        return
+    from tinkex_trio.sim import SimConfig, sim_server_in_thread  # needs the `sim` extra
+
+    with sim_server_in_thread(SimConfig(seed=args.seed)) as server:
+        print(f"simulated Tinker server at {server.base_url}")
+        yield server.base_url, SIM_API_KEY

@@ -13,10 +13,9 @@ from __future__ import annotations
 import contextlib
 import time
 
-from _common import SIM_API_KEY, base_parser
+from _common import base_parser, service_or_simulator
 
 from tinkex_trio import blocking, types
-from tinkex_trio.sim import SimConfig, sim_server_in_thread
 
 PATTERN = [11, 27, 42, 5, 63, 88, 19, 70]
 
@@ -32,12 +31,7 @@ def main() -> None:
         tokens = [PATTERN[(start + i) % len(PATTERN)] for i in range(33)]
         data.append(types.datum(tokens[:-1], target_tokens=tokens[1:], weights=[1.0] * 32))
     with contextlib.ExitStack() as stack:
-        if args.base_url:
-            base_url, api_key = args.base_url, None
-        else:
-            server = stack.enter_context(sim_server_in_thread(SimConfig(seed=args.seed)))
-            base_url, api_key = server.base_url, SIM_API_KEY
-            print(f"simulated Tinker server at {base_url}")
+        base_url, api_key = stack.enter_context(service_or_simulator(args))
         session = stack.enter_context(blocking.open_session(api_key, base_url, tags=["example", "blocking"]))
         trainer = session.create_lora_training_client(args.base_model, rank=args.rank, seed=args.seed)
         adam = types.AdamParams(learning_rate=args.learning_rate)

@@ -14,11 +14,10 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 
-from _common import SIM_API_KEY, base_parser
+from _common import base_parser, service_or_simulator
 
 import tinkex_trio as tx
 from tinkex_trio import blocking, types
-from tinkex_trio.sim import SimConfig, sim_server_in_thread
 
 LATENCY = "tinkex_request_duration_ms"
 
@@ -38,12 +37,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20)
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
-        if args.base_url:
-            base_url, api_key = args.base_url, None
-        else:
-            server = stack.enter_context(sim_server_in_thread(SimConfig(seed=args.seed)))
-            base_url, api_key = server.base_url, SIM_API_KEY
-            print(f"simulated Tinker server at {base_url}")
+        base_url, api_key = stack.enter_context(service_or_simulator(args))
         jobs = [(i, base_url, api_key, args.base_model, args.samples) for i in range(args.workers)]
         with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
             blobs = pool.map(worker, jobs)

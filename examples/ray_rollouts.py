@@ -17,11 +17,10 @@ import contextlib
 import os
 from typing import Any
 
-from _common import SIM_API_KEY, base_parser
+from _common import base_parser, service_or_simulator
 
 import tinkex_trio as tx
 from tinkex_trio import blocking, types
-from tinkex_trio.sim import SimConfig, sim_server_in_thread
 
 TARGET = 42
 PROMPT = [1, 2, 3]
@@ -68,12 +67,8 @@ def main() -> None:
         raise SystemExit("this example needs Ray: pip install -e '.[ray]'") from None
 
     with contextlib.ExitStack() as stack:
-        if args.base_url:
-            base_url, api_key = args.base_url, os.environ.get("TINKER_API_KEY")
-        else:
-            server = stack.enter_context(sim_server_in_thread(SimConfig(seed=args.seed)))
-            base_url, api_key = server.base_url, SIM_API_KEY
-            print(f"simulated Tinker server at {base_url}")
+        base_url, api_key = stack.enter_context(service_or_simulator(args))
+        api_key = api_key or os.environ.get("TINKER_API_KEY")  # the actors may not share this environment
         ray.init(address=args.address, include_dashboard=False, log_to_driver=False, num_cpus=args.actors)
         stack.callback(ray.shutdown)
         actor_class = make_actor_class(ray)

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import argparse
 
-import trio
-from _common import base_parser, run
+from _common import base_parser, main
 
 import tinkex_trio as tx
 from tinkex_trio import types
@@ -99,4 +98,4 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    trio.run(run, train, parse_args())
+    main(train, parse_args())

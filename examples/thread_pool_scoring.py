@@ -15,10 +15,9 @@ import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from _common import SIM_API_KEY, base_parser
+from _common import base_parser, service_or_simulator
 
 from tinkex_trio import blocking, types
-from tinkex_trio.sim import SimConfig, sim_server_in_thread
 
 TARGET = 42  # the reward: how often the model says 42
 
@@ -36,12 +35,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=128)
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
-        if args.base_url:
-            base_url, api_key = args.base_url, None
-        else:
-            server = stack.enter_context(sim_server_in_thread(SimConfig(seed=args.seed)))
-            base_url, api_key = server.base_url, SIM_API_KEY
-            print(f"simulated Tinker server at {base_url}")
+        base_url, api_key = stack.enter_context(service_or_simulator(args))
         session = stack.enter_context(blocking.open_session(api_key, base_url, tags=["example", "threads"]))
         sampler = session.create_sampling_client(base_model=args.base_model)
         started = time.monotonic()

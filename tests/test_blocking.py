@@ -72,6 +72,8 @@ def test_train_and_sample_from_the_main_thread(server: SimServer) -> None:
         assert isinstance(sampler, blocking.SamplingClient)
         result = sampler.sample(t.ModelInput.from_ints([1, 2, 3]), 2, t.SamplingParams(max_tokens=4, seed=3))
         assert len(result.sequences) == 2 and all(len(s.tokens) <= 4 for s in result.sequences)
+        detach = session.on_queue_state_change(lambda state, reason: None)  # a plain method, run in the thread
+        assert detach() is True
         runs = list(session.rest.iter_training_runs(page_size=1))
         assert any(run.training_run_id == trainer.get_info().model_id for run in runs)
         session_id = session.session_id

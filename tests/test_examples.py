@@ -125,3 +125,27 @@ async def test_breaker_demo_opens_fails_fast_and_recovers() -> None:
     assert re.search(r"^forced\s+CircuitOpenError, failed fast \(retry_after inf s\)", out, re.M), out
     assert re.search(r"^reset\s+ok", out, re.M), out
     assert "breaker state: closed" in out, out
+
+
+def test_ctrl_c_ends_an_example_with_one_line() -> None:
+    """SIGINT mid-run (as Ctrl-C sends it): exit status 130 and one line on stderr, no traceback or group."""
+    import signal
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINKER_")}
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "sl_loop.py"), "--steps", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if re.match(r"step\s+3\s", line):
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=RUN_LIMIT_S)
+    assert proc.returncode == 130, err
+    assert err.strip() == "interrupted", err

@@ -158,3 +158,65 @@ def test_sampled_sequence_from_arrays() -> None:
         encode_sample_response(
             tt.SampleResponse(sequences=[tt.SampledSequence(stop_reason="stop", tokens=np.array([2**40]))])
         )
+
+
+def test_decoded_prompt_scores_and_topk_are_numpy_backed_and_bit_equal_to_the_sdk() -> None:
+    nan = float("nan")
+    listed = tt.SampleResponse(
+        sequences=[
+            tt.SampledSequence(
+                stop_reason="length", tokens=[5, 6], topk_logprobs=[[(9, -0.5), (4, -1.5)], [(1, -0.25)]]
+            )
+        ],
+        prompt_logprobs=[None, -1.5, -0.25],
+        topk_prompt_logprobs=[None, [(4, -0.375)], [(5, -0.125), (6, -3.0)]],
+    )
+    body = encode_sample_response(listed)
+    ours = decode_sample_response(body, ["s"])
+    theirs = response_conv.deserialize_sample_response(body)
+    # Stored as arrays, handed out without a copy, with the SDK's bytes.
+    plp = ours.prompt_logprobs_np
+    assert plp is not None and plp.dtype == np.float32 and plp.flags.writeable and plp is ours.prompt_logprobs_np
+    assert theirs.prompt_logprobs_np is not None
+    assert plp.tobytes() == theirs.prompt_logprobs_np.tobytes() and np.isnan(plp[0]) and nan != plp[0]
+    for mine, sdk in (
+        (ours.topk_prompt_logprobs_np, theirs.topk_prompt_logprobs_np),
+        (ours.sequences[0].topk_logprobs_np, theirs.sequences[0].topk_logprobs_np),
+    ):
+        assert mine is not None and sdk is not None
+        assert mine.token_ids.dtype == np.int32 and mine.logprobs.dtype == np.float32
+        assert mine.token_ids.tobytes() == sdk.token_ids.tobytes()
+        assert mine.logprobs.tobytes() == sdk.logprobs.tobytes()
+        assert mine.token_ids.shape == (mine.length, mine.k) == sdk.token_ids.shape
+    topk = ours.topk_prompt_logprobs_np
+    assert topk is not None and topk.k == 2 and topk.to_lists() == theirs.topk_prompt_logprobs
+    assert topk.token_ids[0].tolist() == [0, 0] and topk.logprobs[0].tolist() == [-99999.0, -99999.0]
+    # Equal to the list-built response, and encoded to the same bytes (protobuf and JSON), before the lists are read.
+    assert decode_sample_response(body) == listed
+    assert encode_sample_response(decode_sample_response(body)) == body
+    assert tt.encode(decode_sample_response(body)) == tt.encode(listed)
+    assert pickle.loads(pickle.dumps(decode_sample_response(body))) == listed
+    # The lists, once read, are the storage; the numpy accessors still answer (converted back).
+    assert ours.prompt_logprobs == [None, -1.5, -0.25] and ours.topk_prompt_logprobs == listed.topk_prompt_logprobs
+    assert ours.sequences[0].topk_logprobs == [[(9, -0.5), (4, -1.5)], [(1, -0.25)]]
+    again = ours.topk_prompt_logprobs_np
+    assert again is not None and again == topk
+    assert ours.prompt_logprobs_np is not None and ours.prompt_logprobs_np.tobytes() == plp.tobytes()
+    # Nothing asked for: None everywhere.
+    bare = decode_sample_response(encode_sample_response(tt.SampleResponse(sequences=[])))
+    assert bare.prompt_logprobs_np is None and bare.topk_prompt_logprobs_np is None
+    assert bare.target_prompt_logprobs_np is None
+
+
+def test_topk_logprobs_from_and_to_lists() -> None:
+    pair = tt.TopkLogprobs.from_lists([[(3, -0.5)], None, [(1, -1.0), (2, -2.0)]], k=3)
+    assert pair.token_ids.tolist() == [[3, 0, 0], [0, 0, 0], [1, 2, 0]]
+    assert pair.to_lists() == [[(3, -0.5)], None, [(1, -1.0), (2, -2.0)]]
+    assert repr(pair) == "TopkLogprobs(length=3, k=3)" and pair != tt.TopkLogprobs.from_lists([None])
+    assert tt.TopkLogprobs.from_lists([]).to_lists() == []
+    with pytest.raises(ValueError, match="more than k=1"):
+        tt.TopkLogprobs.from_lists([[(1, -1.0), (2, -2.0)]], k=1)
+    with pytest.raises(ValueError, match="2-D"):
+        tt.TopkLogprobs(np.zeros(3, np.int32), np.zeros(3, np.float32))
+    with pytest.raises(TypeError, match="integers"):
+        tt.TopkLogprobs(np.zeros((1, 1)), np.zeros((1, 1)))

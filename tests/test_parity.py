@@ -256,3 +256,103 @@ def test_whoami_of_a_jwt_key_needs_no_request() -> None:
     assert (me.user_urn, me.org_urn, me.email) == ("urn:u", "urn:o", None)
     with pytest.raises(Exception, match="claims"):
         whoami_from_jwt("eyJ.not-json.x")
+
+
+async def test_on_queue_state_change_reports_paused_and_active(autojump_clock: object) -> None:
+    config = sim_config()
+    async with sim_stack(config) as stack, stack.session() as session:
+        seen: list[tuple[str, str | None]] = []
+        detach = session.on_queue_state_change(lambda state, reason: seen.append((state, reason)))
+        trainer = await _trainer(session)
+        stack.rec.script(
+            "retrieve_future",
+            Reply(body={"type": "try_again", "request_id": "x", "queue_state": "paused_capacity"}),
+            Reply(body={"type": "try_again", "request_id": "x", "queue_state": "active"}),
+        )
+        await trainer.forward_backward(data(), "cross_entropy")
+        assert seen == [("paused_capacity", None), ("active", None)]
+        assert session.metrics.counter_total("tinkex_future_queue_state_changes_total") == 2
+        assert detach() is True
+        with pytest.raises(InvalidArgumentError):
+            session.on_queue_state_change("not callable")  # type: ignore[arg-type]
+
+
+def test_to_dict_is_the_wire_form_as_plain_data() -> None:
+    datum = data(1)[0]
+    plain = datum.to_dict()
+    assert plain["model_input"]["chunks"][0]["tokens"] == PATTERN[:8]
+    assert plain["loss_fn_inputs"]["weights"]["data"] == [1.0] * 8
+    assert json.loads(json.dumps(plain)) == plain
+
+
+async def test_create_lora_training_client_with_the_dimuon_optimizer(autojump_clock: object) -> None:
+    async with sim_stack(sim_config()) as stack, stack.session() as session:
+        trainer = await session.create_lora_training_client(BASE, rank=4, optimizer=t.DimuonOptimizerConfig())
+        assert stack.app.state.models[trainer.model_id].optimizer == "dimuon"
+        await trainer.forward_backward(data(), "cross_entropy")
+        await trainer.optim_step(t.DimuonParams(learning_rate=0.01))
+        with pytest.raises(InvalidArgumentError, match="optimizer"):
+            await session.create_lora_training_client(BASE, optimizer="adam")  # type: ignore[arg-type]
+
+
+async def test_search_sessions_filters_pages_and_reports_status(autojump_clock: object) -> None:
+    async with sim_stack(sim_config()) as stack:
+        for name, metadata in (("nightly run a", {"team": "rl"}), ("nightly run b", {"team": "sl"}), ("adhoc", {})):
+            async with stack.session(user_metadata=metadata) as finished:
+                stack.app.state.sessions[finished.session_id].display_name = name
+        async with stack.session() as session:
+            rest = session.rest
+            nightly = await rest.search_sessions(t.SessionSearchRequest(display_name="NIGHTLY"))
+            assert sorted(s.display_name or "" for s in nightly.sessions) == ["nightly run a", "nightly run b"]
+            rl = await rest.search_sessions(t.SessionSearchRequest(user_metadata={"team": "rl"}))
+            assert [s.display_name for s in rl.sessions] == ["nightly run a"]
+            assert isinstance(rl.sessions[0].status, t.ClientSessionFinished)
+            assert rl.sessions[0].status.reason.type == "success"
+            active = await rest.search_sessions(t.SessionSearchRequest(statuses=[t.ActiveSessionStatusQuery()]))
+            assert [s.session_id for s in active.sessions] == [session.session_id]
+            # Pages of 2 through the cursor: every session once, newest first.
+            walked = [s.session_id async for s in rest.iter_search_sessions(t.SessionSearchRequest(limit=2))]
+            assert len(walked) == len(set(walked)) == 4 and walked[0] == session.session_id
+            nobody = t.SessionSearchRequest(owner=t.UserSearchOwner(owner_urns=["urn:someone-else"]))
+            assert (await rest.search_sessions(nobody)).sessions == []
+            with pytest.raises(InvalidArgumentError, match="limit"):
+                await rest.search_sessions(t.SessionSearchRequest(limit=500))
+    searches = stack.rec.requests("sessions/search")
+    assert searches[0].json()["owner"] == {"type": "own"} and searches[0].json()["display_name"] == "NIGHTLY"
+
+
+def test_torch_conversions_say_what_they_need(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as on a machine without PyTorch
+    tensor = t.TensorData.from_numpy(np.arange(4, dtype=np.float32))
+    with pytest.raises(ImportError, match="PyTorch"):
+        tensor.to_torch()
+    with pytest.raises(ImportError, match="PyTorch"):
+        t.TensorData.from_torch(object())
+
+
+def test_torch_conversions_round_trip_through_a_tensor_like(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types as pytypes
+
+    class FakeTensor:  # what from_torch uses of a torch tensor
+        def __init__(self, array: np.ndarray[Any, Any]) -> None:
+            self.array = array
+
+        def detach(self) -> FakeTensor:
+            return self
+
+        def cpu(self) -> FakeTensor:
+            return self
+
+        def numpy(self) -> np.ndarray[Any, Any]:
+            return self.array
+
+    fake = pytypes.ModuleType("torch")
+    fake.from_numpy = FakeTensor  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    tensor = t.TensorData.from_torch(FakeTensor(np.array([[1, 2], [3, 4]], dtype=np.int64)))
+    assert tensor.dtype == "int64" and tensor.shape == [2, 2]
+    back = tensor.to_torch()
+    assert isinstance(back, FakeTensor) and back.array.tolist() == [[1, 2], [3, 4]]

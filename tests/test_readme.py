@@ -1,44 +1,73 @@
-"""The README's usage example runs as written against the simulator (over TLS loopback)."""
+"""Every snippet of the README runs as written: each python block in a fresh interpreter, the faults.toml block through
+FaultConfig, and the quick start's two commands are the ones .ci/run and a new user type."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
-import trio
 
-import tinkex_trio as tx
-from tinkex_trio.sim import SimConfig, open_sim_server
+from tinkex_trio.sim import FaultConfig
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-
-
-def _usage_block() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert blocks, "README has no python example"
-    code: str = blocks[0]
-    assert code.rstrip().endswith("trio.run(main)")
-    return code.rstrip().removesuffix("trio.run(main)")
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+TEXT = README.read_text()
+PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", TEXT, flags=re.S)
 
 
-async def test_readme_usage_example_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    namespace: dict[str, Any] = {}
-    exec(compile(_usage_block(), str(README), "exec"), namespace)
-    async with open_sim_server(SimConfig(seed=1), tls=True) as server:
-        monkeypatch.setenv("TINKER_API_KEY", "tml-readme-key")
-        monkeypatch.setenv("TINKER_BASE_URL", server.base_url)
-        # the example relies on the environment for key and URL; the CA comes from the simulator
-        original = tx.open_session
+def _env() -> dict[str, str]:
+    # As a new user's shell: no TINKER_* settings, this checkout importable.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TINKER_", "TINKEX_"))}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    return env
 
-        def with_ca(*args: Any, **kwargs: Any) -> Any:
-            return original(*args, ssl_context=server.client_ssl_context(), **kwargs)
 
-        public = {n: getattr(tx, n) for n in tx.__all__}
-        namespace["tx"] = type("tx", (), {**public, "open_session": staticmethod(with_ca)})
-        with trio.fail_after(60):
-            await namespace["main"]()
-    out = capsys.readouterr().out
-    assert float(out.splitlines()[0]) > 0  # the printed loss:sum
-    assert server.app.state.models  # the example created a model on this server
+def test_the_readme_has_its_snippets() -> None:
+    assert len(PYTHON_BLOCKS) >= 3
+    assert any("open_session" in block for block in PYTHON_BLOCKS)
+    assert any("Config.create" in block for block in PYTHON_BLOCKS)
+
+
+@pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)), ids=lambda i: f"python-block-{i + 1}")
+def test_python_block_runs_as_written(index: int) -> None:
+    code = PYTHON_BLOCKS[index]
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=120, check=False
+    )
+    assert proc.returncode == 0, f"README python block {index + 1} failed:\n{code}\n{proc.stderr[-3000:]}"
+    if "trio.run(main)" in code:
+        lines = proc.stdout.splitlines()
+        assert float(lines[0]) > 0  # the printed loss:sum
+        assert any(":train:" in line for line in lines[1:])  # the training run listed through session.rest
+
+
+def test_faults_toml_block_is_a_valid_fault_config(tmp_path: Path) -> None:
+    (block,) = re.findall(r"```toml\n(.*?)```", TEXT, flags=re.S)
+    path = tmp_path / "faults.toml"
+    path.write_text(block)
+    faults = FaultConfig.from_toml(str(path))
+    assert faults.seed == 7 and faults.error_rates == {503: 0.1, 429: 0.05}
+
+
+def test_quick_start_commands() -> None:
+    commands = re.findall(r"```sh\n(.*?)```", TEXT[TEXT.index("## Quick start") :], flags=re.S)[:2]
+    assert commands[0].strip() == "python -m pip install -e '.[sim]' && tinkex-trio bench --quick"
+    assert commands[1].strip() == "python -m pip install -e '.[dev]' && python -m pytest"
+    ci = (REPO / ".ci" / "run").read_text() if (REPO / ".ci" / "run").exists() else None
+    if ci is not None:
+        assert ".[dev]" in ci
+
+
+def test_readme_and_docs_stay_inside_the_repository() -> None:
+    for path in [README, *(REPO / "docs").glob("*.md")]:
+        text = path.read_text()
+        for target in re.findall(r"\]\(([^)#]+)\)", text):
+            if target.startswith(("http://", "https://")):
+                continue
+            assert (path.parent / target).resolve().is_relative_to(REPO), f"{path.name} links outside: {target}"
+        assert "../shared" not in text, path.name

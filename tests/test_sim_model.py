@@ -276,6 +276,12 @@ USER_ERROR_CASES: list[tuple[Callable[[LoraModel], object], str]] = [
     (lambda m: m.sample([1], top_p=1.5), "top_p"),
     (lambda m: m.sample([1], max_tokens=40000), "context window"),
     (lambda m: m.sample([1, 2], target_prompt_logprobs=np.zeros((2, 1), np.int64)), "target_prompt_logprobs"),
+    (lambda m: m.sample([1, 2, 3], target_prompt_logprobs=np.full((2, 2), -1, np.int64)), "names no token id"),
+    (lambda m: m.sample([1, 2, 3], target_prompt_logprobs=np.full((2, 1), -2, np.int64)), ">= 0, or -1"),
+    (lambda m: m.sample([1, 2, 3], prompt_logprobs=True, prompt_logprobs_last_n=3), "between 1 and len"),
+    (lambda m: m.sample([1, 2, 3], prompt_logprobs=True, prompt_logprobs_last_n=0), "between 1 and len"),
+    (lambda m: m.sample([1], prompt_logprobs=True, prompt_logprobs_last_n=1), "between 1 and len"),
+    (lambda m: m.sample([1, 2, 3], prompt_logprobs_last_n=1), "needs prompt_logprobs"),
 ]
 
 

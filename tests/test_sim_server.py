@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -168,6 +169,32 @@ async def test_body_exception_propagates_unwrapped() -> None:
     with pytest.raises(KeyError, match="from the body"):
         async with open_sim_server(app=ok_app, tls=False):
             raise KeyError("from the body")
+
+
+async def test_ctrl_c_in_a_server_task_leaves_as_a_lone_keyboard_interrupt() -> None:
+    """Ctrl-C lands in whichever task runs: in a connection handler it must still leave the block as a plain
+    KeyboardInterrupt (a program's ``except KeyboardInterrupt`` works), never as a nested BaseExceptionGroup."""
+
+    async def interrupting_app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        async with open_sim_server(app=interrupting_app) as server, client_for(server) as client:
+            with contextlib.suppress(httpx.TransportError):
+                print((await client.get("/api/v1/healthz")).status_code)
+            await trio.sleep_forever()  # cancelled by the handler's failure
+    assert type(info.value) is KeyboardInterrupt
+
+
+async def test_default_is_plain_http_that_open_session_reaches() -> None:
+    import tinkex_trio as tx
+
+    async with open_sim_server() as server:
+        assert not server.tls and server.base_url.startswith("http://127.0.0.1:")
+        with trio.fail_after(30):
+            async with tx.open_session(api_key="tml-default-http", base_url=server.base_url) as session:
+                assert session.session_id
 
 
 async def test_exit_cancels_busy_requests_after_the_grace_period(autojump_clock: trio.testing.MockClock) -> None:

@@ -345,6 +345,77 @@ SAMPLER_CASES: dict[str, tuple[SamplerCall, type[InvalidArgumentError], str]] = 
     ),
     "topk-negative": (lambda s: s.sample(PROMPT, topk_prompt_logprobs=-1), VALUE, "topk_prompt_logprobs"),
     "compute-logprobs-str": (lambda s: s.compute_logprobs("abc"), TYPE, "prompt"),  # pyright: ignore[reportArgumentType]
+    # The official SDK's sampling options (PROMPT has 3 tokens: targets have 2 rows, last_n is at most 2).
+    "topk-sample-negative": (lambda s: s.sample(PROMPT, topk_sample_logprobs=-1), VALUE, "topk_sample_logprobs"),
+    "topk-sample-float": (lambda s: s.sample(PROMPT, topk_sample_logprobs=2.0), TYPE, "topk_sample_logprobs"),  # pyright: ignore[reportArgumentType]
+    "alt-k-negative": (lambda s: s.sample(PROMPT, prompt_alt_tokens_k=-2), VALUE, "prompt_alt_tokens_k"),
+    "alt-k-bool": (lambda s: s.sample(PROMPT, prompt_alt_tokens_k=True), TYPE, "prompt_alt_tokens_k"),
+    "last-n-zero": (
+        lambda s: s.sample(PROMPT, include_prompt_logprobs=True, prompt_logprobs_last_n=0),
+        VALUE,
+        "prompt_logprobs_last_n",
+    ),
+    "last-n-past-prompt": (
+        lambda s: s.sample(PROMPT, include_prompt_logprobs=True, prompt_logprobs_last_n=3),
+        VALUE,
+        "prompt_logprobs_last_n",
+    ),
+    "last-n-without-prompt-logprobs": (
+        lambda s: s.sample(PROMPT, prompt_logprobs_last_n=1),
+        VALUE,
+        "prompt_logprobs_last_n",
+    ),
+    "last-n-str": (
+        lambda s: s.sample(PROMPT, include_prompt_logprobs=True, prompt_logprobs_last_n="1"),  # pyright: ignore[reportArgumentType]
+        TYPE,
+        "prompt_logprobs_last_n",
+    ),
+    "compute-logprobs-last-n": (
+        lambda s: s.compute_logprobs(PROMPT, prompt_logprobs_last_n=5),
+        VALUE,
+        "prompt_logprobs_last_n",
+    ),
+    "target-float-tensor": (
+        lambda s: s.sample(PROMPT, target_prompt_logprobs=t.TensorData.from_numpy(np.ones((2, 1)))),
+        VALUE,
+        "target_prompt_logprobs",
+    ),
+    "target-float-array": (
+        lambda s: s.sample(PROMPT, target_prompt_logprobs=np.ones((2, 1))),
+        TYPE,
+        "target_prompt_logprobs",
+    ),
+    "target-1d": (lambda s: s.sample(PROMPT, target_prompt_logprobs=np.ones(2, int)), VALUE, "target_prompt_logprobs"),
+    "target-rows": (
+        lambda s: s.sample(PROMPT, target_prompt_logprobs=np.ones((3, 1), int)),
+        VALUE,
+        "target_prompt_logprobs",
+    ),
+    "target-no-id": (
+        lambda s: s.sample(PROMPT, target_prompt_logprobs=np.full((2, 2), -1)),
+        VALUE,
+        "target_prompt_logprobs",
+    ),
+    "target-below-minus-one": (
+        lambda s: s.sample(PROMPT, target_prompt_logprobs=np.array([[1], [-3]])),
+        VALUE,
+        "target_prompt_logprobs",
+    ),
+    "target-ragged": (
+        lambda s: s.sample(PROMPT, target_prompt_logprobs=[[1, 2], [3]]),
+        VALUE,
+        "target_prompt_logprobs",
+    ),
+    "target-bad-csr": (
+        lambda s: s.sample(
+            PROMPT,
+            target_prompt_logprobs=t.TensorData(
+                data=[1], dtype="int64", shape=[2, 2], sparse_crow_indices=[0, 1, 1], sparse_col_indices=[5]
+            ),
+        ),
+        VALUE,
+        "target_prompt_logprobs",
+    ),
 }
 
 

@@ -6,8 +6,10 @@ for it in the calling thread. See :mod:`tinkex_trio.blocking`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, overload
+
+import numpy.typing as npt
 
 import tinkex_trio as _async
 import tinkex_trio.types as types
@@ -63,6 +65,20 @@ class Session:
         """A :class:`~tinkex_trio.RestClient` on this session's connections (made on first use)."""
         return RestClient(self._portal, self._inner.rest)
 
+    def on_queue_state_change(
+        self,
+        callback: Callable[[str, str | None], object],
+    ) -> Callable[[], bool]:
+        """Call ``callback(queue_state, queue_state_reason)`` whenever a request of this session changes queue state
+        on the server: ``"paused_capacity"`` (the service is short of capacity), ``"paused_rate_limit"`` (a limit of
+        yours was hit) and back to ``"active"``, as the official SDK's ``on_queue_state_change`` reports them.
+
+        Called inline, from the session's trio thread: keep it quick (a callback that raises is logged and
+        detached). The same changes are ``tinkex.future.queue_state`` telemetry events and the counter
+        ``tinkex_future_queue_state_changes_total``. Returns a function that detaches the callback.
+        """
+        return self._portal.call_sync(self._inner.on_queue_state_change, callback)
+
     def get_server_capabilities(
         self,
     ) -> types.GetServerCapabilitiesResponse:
@@ -79,8 +95,13 @@ class Session:
         train_attn: bool = True,
         train_unembed: bool = True,
         user_metadata: Mapping[str, Any] | None = None,
+        optimizer: types.OptimizerConfig | None = None,
     ) -> TrainingClient:
-        """Create a LoRA model of ``base_model`` and return its :class:`~tinkex_trio.TrainingClient`."""
+        """Create a LoRA model of ``base_model`` and return its :class:`~tinkex_trio.TrainingClient`.
+
+        ``optimizer`` fixes the model's optimizer family for good: ``types.AdamOptimizerConfig()`` (AdamW, the
+        default; step with ``AdamParams``) or ``types.DimuonOptimizerConfig()`` (step with ``DimuonParams``).
+        """
         return TrainingClient(
             self._portal,
             self._portal.call(
@@ -92,6 +113,7 @@ class Session:
                 train_attn=train_attn,
                 train_unembed=train_unembed,
                 user_metadata=user_metadata,
+                optimizer=optimizer,
             ),
         )
 
@@ -505,6 +527,10 @@ class SamplingClient:
         *,
         include_prompt_logprobs: bool = False,
         topk_prompt_logprobs: int = 0,
+        topk_sample_logprobs: int = 0,
+        target_prompt_logprobs: types.TensorData | npt.ArrayLike | None = None,
+        prompt_alt_tokens_k: int = 0,
+        prompt_logprobs_last_n: int | None = None,
     ) -> types.SampleResponse:
         """Generate ``num_samples`` continuations of ``prompt``.
 
@@ -514,11 +540,29 @@ class SamplingClient:
             sampling_params: ``max_tokens``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``stop``; the
                 defaults when ``None``.
             include_prompt_logprobs: also score the prompt: ``prompt_logprobs[i]`` is the logprob of prompt token
-                ``i`` (``None`` for the first, which has no context).
+                ``i`` (``None`` for the first, which has no context; ``prompt_logprobs_np`` holds NaN there).
             topk_prompt_logprobs: also return the ``k`` most likely tokens (``(token, logprob)`` pairs) at each prompt
-                position.
+                position (``topk_prompt_logprobs_np``: dense ``(len(prompt), k)`` matrices).
+            topk_sample_logprobs: also return the ``k`` most likely tokens at each sampled position, in each
+                sequence's ``topk_logprobs`` (``topk_logprobs_np``: dense ``(len(tokens), k)`` matrices).
+            target_prompt_logprobs: token ids to score at each prompt position: an int64 TensorData (or an integer
+                array) of shape ``[len(prompt) - 1, K]``, whose row ``i`` names ids scored at prompt position
+                ``i + 1``; ``-1`` marks a cell not asked for. Dense, or sparse CSR
+                (``TensorData.sparse_from_numpy(ids, pad_value=-1)``: only the listed cells are asked for, and the
+                answer comes back in the same layout). At least one id. The answer, ``target_prompt_logprobs``, has
+                the same shape and layout, 0.0 where nothing was asked (``target_prompt_logprobs_np``: dense).
+            prompt_alt_tokens_k: draw ``k`` tokens, independently and at the request's temperature, from the model's
+                next-token distribution at every prompt position after the first: ``prompt_alt_tokens.tokens`` (int64)
+                and ``.logprobs`` (float32), both ``[len(prompt) - 1, k]``, row ``i`` for prompt position ``i + 1``.
+            prompt_logprobs_last_n: score only the last ``n`` prompt tokens (the earlier entries of
+                ``prompt_logprobs`` and ``topk_prompt_logprobs`` are ``None``), which lets the server serve the prefix
+                from its cache. Needs ``include_prompt_logprobs``; between 1 and ``len(prompt) - 1``. It does not
+                affect ``target_prompt_logprobs`` or ``prompt_alt_tokens_k``.
 
         Returns the sequences (tokens, logprobs, stop reason, ``sequence_id``) and the prompt scores asked for.
+        Arguments are checked before anything is sent (:class:`~tinkex_trio.errors.InvalidArgumentError`). A result
+        without a field that was asked for (a server that ignores the option), or that scores prompt tokens before
+        ``prompt_logprobs_last_n``, raises :class:`~tinkex_trio.errors.ResponseValidationError` naming the field.
         Backpressure and transient failures are retried (see the module docstring); other errors are raised at once.
         """
         return self._portal.call(
@@ -528,14 +572,24 @@ class SamplingClient:
             sampling_params,
             include_prompt_logprobs=include_prompt_logprobs,
             topk_prompt_logprobs=topk_prompt_logprobs,
+            topk_sample_logprobs=topk_sample_logprobs,
+            target_prompt_logprobs=target_prompt_logprobs,
+            prompt_alt_tokens_k=prompt_alt_tokens_k,
+            prompt_logprobs_last_n=prompt_logprobs_last_n,
         )
 
     def compute_logprobs(
         self,
         prompt: types.ModelInput,
+        *,
+        prompt_logprobs_last_n: int | None = None,
     ) -> list[float | None]:
-        """The logprob of every prompt token given the tokens before it (``None`` for the first token)."""
-        return self._portal.call(self._inner.compute_logprobs, prompt)
+        """The logprob of every prompt token given the tokens before it (``None`` for the first token).
+
+        With ``prompt_logprobs_last_n``, only the last ``n`` tokens are scored (``None`` before them); it must be
+        between 1 and ``len(prompt) - 1``.
+        """
+        return self._portal.call(self._inner.compute_logprobs, prompt, prompt_logprobs_last_n=prompt_logprobs_last_n)
 
 
 class RestClient:
@@ -745,6 +799,23 @@ class RestClient:
     ) -> Iterator[str]:
         """Every session id, fetched ``page_size`` at a time (the listing has no cursor: a short page ends it)."""
         return self._portal.iterate(self._inner.iter_sessions(page_size=page_size, access_scope=access_scope))
+
+    def search_sessions(
+        self,
+        request: types.SessionSearchRequest | None = None,
+    ) -> types.SessionSearchResponse:
+        """One page of a session search, newest first (default: your own sessions, 50 a page). Pass the page's
+        ``next_cursor`` as the next request's ``cursor`` (``msgspec.structs.replace(request, cursor=...)``), or walk
+        every page with :meth:`iter_search_sessions`. Experimental on the service's side, as in the official SDK.
+        """
+        return self._portal.call(self._inner.search_sessions, request)
+
+    def iter_search_sessions(
+        self,
+        request: types.SessionSearchRequest | None = None,
+    ) -> Iterator[types.SessionSummary]:
+        """Every session a search matches, a page at a time (following ``next_cursor``)."""
+        return self._portal.iterate(self._inner.iter_search_sessions(request))
 
     def get_session(
         self,

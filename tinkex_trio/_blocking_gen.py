@@ -183,8 +183,8 @@ def _method(name: str, fn: Callable[..., Any], imports: _Imports) -> list[str]:
         body = f"return self._portal.iterate({target}({args}))"
     elif inspect.iscoroutinefunction(fn):
         body = f"return {invoke}"
-    else:
-        raise RuntimeError(f"{fn.__qualname__}: a public sync method the generator does not know how to twin")
+    else:  # a plain method: run it in the session's thread too, where its object lives
+        body = f"return self._portal.call_sync({target}{', ' + args if args else ''})"
     out = [*_overloads(name, fn, imports), f"    def {name}(", *params, f"    ) -> {blocking_return}:"]
     out.extend(_docstring(fn, "        "))
     out.append(f"        {body}")

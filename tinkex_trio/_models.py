@@ -34,6 +34,7 @@ async def create_lora_client(
     train_attn: bool,
     train_unembed: bool,
     user_metadata: Mapping[str, Any] | None,
+    optimizer: types.OptimizerConfig | None = None,
 ) -> TrainingClient:
     """Create a LoRA model (create_model with the session's next ``model_seq_id``), wait for it, fetch its info."""
     ctx.check_alive()
@@ -46,7 +47,7 @@ async def create_lora_client(
         lora_config=types.LoraConfig(
             rank=rank, seed=seed, train_unembed=train_unembed, train_mlp=train_mlp, train_attn=train_attn
         ),
-        optimizer_config=types.AdamOptimizerConfig(),
+        optimizer_config=optimizer if optimizer is not None else types.AdamOptimizerConfig(),
     )
     reply, roundtrip = await _post_future(
         ctx, "create_model", types.encode(request), _JSON, "Session.create_lora_training_client"

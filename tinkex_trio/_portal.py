@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Final, Generic, TypeVar
@@ -145,6 +146,15 @@ class Portal:
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """``await fn(*args, **kwargs)`` in the trio thread, waiting for it here."""
         return self.submit(fn, *args, **kwargs).result()
+
+    def call_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` (a plain function) in the trio thread, waiting for it here."""
+        if self._closed or self._token is None:
+            raise SessionClosedError("the blocking session is closed")
+        try:
+            return trio.from_thread.run_sync(functools.partial(fn, *args, **kwargs), trio_token=self._token)
+        except trio.RunFinishedError:
+            raise SessionClosedError("the blocking session is closed") from None
 
     def iterate(self, iterator: AsyncIterator[T]) -> Iterator[T]:
         """The items of an async iterator, each fetched in the trio thread."""

@@ -24,8 +24,10 @@ import json as _json
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Generic, TypeVar
+from typing import Final, Generic, TypeVar
 from urllib.parse import quote
+
+import msgspec
 
 from tinkex_trio import types as t
 from tinkex_trio._endpoints import API_PREFIX as _API
@@ -361,6 +363,38 @@ class RestClient:
 
         return _Pages(fetch)
 
+    async def search_sessions(self, request: t.SessionSearchRequest | None = None) -> t.SessionSearchResponse:
+        """One page of a session search, newest first (default: your own sessions, 50 a page). Pass the page's
+        ``next_cursor`` as the next request's ``cursor`` (``msgspec.structs.replace(request, cursor=...)``), or walk
+        every page with :meth:`iter_search_sessions`. Experimental on the service's side, as in the official SDK."""
+        body = t.SessionSearchRequest() if request is None else request
+        if not isinstance(body, t.SessionSearchRequest):  # pyright: ignore[reportUnnecessaryIsInstance]
+            raise InvalidArgumentError(
+                f"request must be a types.SessionSearchRequest, got {type(body).__name__}", argument="request"
+            )
+        if not 1 <= body.limit <= _MAX_SEARCH_LIMIT:
+            raise InvalidArgumentError(f"limit must be 1 to {_MAX_SEARCH_LIMIT}, got {body.limit}", argument="limit")
+        return await self._transport.request_json(
+            t.SessionSearchResponse,
+            PoolKind.TRAINING,
+            "POST",
+            f"{_API}/sessions/search",
+            json=body,
+            sdk_method="RestClient.search_sessions",
+        )
+
+    def iter_search_sessions(self, request: t.SessionSearchRequest | None = None) -> AsyncIterator[t.SessionSummary]:
+        """Every session a search matches, a page at a time (following ``next_cursor``)."""
+        current = [t.SessionSearchRequest() if request is None else request]
+
+        async def fetch(_offset: int) -> tuple[list[t.SessionSummary], bool]:
+            page = await self.search_sessions(current[0])
+            if page.next_cursor is not None:
+                current[0] = msgspec.structs.replace(current[0], cursor=page.next_cursor)
+            return page.sessions, page.next_cursor is None
+
+        return _Pages(fetch)
+
     async def get_session(self, session_id: str, access_scope: t.AccessScope = "owned") -> t.GetSessionResponse:
         """A session's training runs, samplers and metadata."""
         path = f"{_API}/sessions/{_segment(session_id, 'session_id')}"
@@ -370,6 +404,9 @@ class RestClient:
         """A sampling session: its base model and, for one made from a checkpoint, the checkpoint's path."""
         path = f"{_API}/samplers/{_segment(sampler_id, 'sampler_id')}"
         return await self._get(t.GetSamplerResponse, path, "get_sampler")
+
+
+_MAX_SEARCH_LIMIT: Final = 200
 
 
 def whoami_from_jwt(token: str) -> t.WhoamiResponse:

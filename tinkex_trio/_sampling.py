@@ -6,6 +6,12 @@ training client (``await trainer.save_weights_and_get_sampling_client()``)::
     res = await sampler.sample(prompt, num_samples=4, sampling_params=tx.SamplingParams(max_tokens=32))
     lps = await sampler.compute_logprobs(prompt)      # one logprob per prompt token (None for the first)
 
+The options of the official SDK's ``sample`` are keyword arguments (``include_prompt_logprobs``,
+``topk_prompt_logprobs``, ``topk_sample_logprobs``, ``target_prompt_logprobs``, ``prompt_alt_tokens_k``,
+``prompt_logprobs_last_n``); their results have numpy accessors (``prompt_logprobs_np``, ``topk_prompt_logprobs_np``,
+``target_prompt_logprobs_np``, ``SampledSequence.topk_logprobs_np``, ``PromptAltTokens.tokens_np``), and a result
+without what was asked for is refused (:func:`check_sample_response`).
+
 Each sample is one ``asample`` submission plus the polling of its future. Every submission attempt takes the next
 ``seq_id`` of this client (0, 1, 2, …), with two exceptions that keep it:
 
@@ -28,6 +34,8 @@ from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 import trio
 
 from tinkex_trio import types
@@ -38,10 +46,16 @@ from tinkex_trio._results import SampleDecoder
 from tinkex_trio._retry import RetryPolicy, outcome_from_exception, sample_retry_delay
 from tinkex_trio._telemetry import RETRY
 from tinkex_trio._transport import PoolKind
-from tinkex_trio._validation import check_model_input, check_sample
+from tinkex_trio._validation import (
+    SampleOptions,
+    check_model_input,
+    check_prompt_logprobs_last_n,
+    check_sample,
+    prompt_length,
+)
 from tinkex_trio.errors import APIStatusError, RateLimitError, ResponseValidationError
 
-__all__ = ["SamplingClient", "create_sampling_client"]
+__all__ = ["SamplingClient", "check_sample_response", "create_sampling_client"]
 
 logger = logging.getLogger("tinkex_trio.sampling")
 
@@ -189,6 +203,10 @@ class SamplingClient:
         *,
         include_prompt_logprobs: bool = False,
         topk_prompt_logprobs: int = 0,
+        topk_sample_logprobs: int = 0,
+        target_prompt_logprobs: types.TensorData | npt.ArrayLike | None = None,
+        prompt_alt_tokens_k: int = 0,
+        prompt_logprobs_last_n: int | None = None,
     ) -> types.SampleResponse:
         """Generate ``num_samples`` continuations of ``prompt``.
 
@@ -198,33 +216,78 @@ class SamplingClient:
             sampling_params: ``max_tokens``, ``temperature``, ``top_k``, ``top_p``, ``seed``, ``stop``; the
                 defaults when ``None``.
             include_prompt_logprobs: also score the prompt: ``prompt_logprobs[i]`` is the logprob of prompt token
-                ``i`` (``None`` for the first, which has no context).
+                ``i`` (``None`` for the first, which has no context; ``prompt_logprobs_np`` holds NaN there).
             topk_prompt_logprobs: also return the ``k`` most likely tokens (``(token, logprob)`` pairs) at each prompt
-                position.
+                position (``topk_prompt_logprobs_np``: dense ``(len(prompt), k)`` matrices).
+            topk_sample_logprobs: also return the ``k`` most likely tokens at each sampled position, in each
+                sequence's ``topk_logprobs`` (``topk_logprobs_np``: dense ``(len(tokens), k)`` matrices).
+            target_prompt_logprobs: token ids to score at each prompt position: an int64 TensorData (or an integer
+                array) of shape ``[len(prompt) - 1, K]``, whose row ``i`` names ids scored at prompt position
+                ``i + 1``; ``-1`` marks a cell not asked for. Dense, or sparse CSR
+                (``TensorData.sparse_from_numpy(ids, pad_value=-1)``: only the listed cells are asked for, and the
+                answer comes back in the same layout). At least one id. The answer, ``target_prompt_logprobs``, has
+                the same shape and layout, 0.0 where nothing was asked (``target_prompt_logprobs_np``: dense).
+            prompt_alt_tokens_k: draw ``k`` tokens, independently and at the request's temperature, from the model's
+                next-token distribution at every prompt position after the first: ``prompt_alt_tokens.tokens`` (int64)
+                and ``.logprobs`` (float32), both ``[len(prompt) - 1, k]``, row ``i`` for prompt position ``i + 1``.
+            prompt_logprobs_last_n: score only the last ``n`` prompt tokens (the earlier entries of
+                ``prompt_logprobs`` and ``topk_prompt_logprobs`` are ``None``), which lets the server serve the prefix
+                from its cache. Needs ``include_prompt_logprobs``; between 1 and ``len(prompt) - 1``. It does not
+                affect ``target_prompt_logprobs`` or ``prompt_alt_tokens_k``.
 
         Returns the sequences (tokens, logprobs, stop reason, ``sequence_id``) and the prompt scores asked for.
+        Arguments are checked before anything is sent (:class:`~tinkex_trio.errors.InvalidArgumentError`). A result
+        without a field that was asked for (a server that ignores the option), or that scores prompt tokens before
+        ``prompt_logprobs_last_n``, raises :class:`~tinkex_trio.errors.ResponseValidationError` naming the field.
         Backpressure and transient failures are retried (see the module docstring); other errors are raised at once.
         """
-        check_sample(prompt, num_samples, sampling_params, include_prompt_logprobs, topk_prompt_logprobs)
+        options = check_sample(
+            prompt,
+            num_samples,
+            sampling_params,
+            include_prompt_logprobs,
+            topk_prompt_logprobs,
+            topk_sample_logprobs,
+            target_prompt_logprobs,
+            prompt_alt_tokens_k,
+            prompt_logprobs_last_n,
+        )
         self._ctx.check_alive()
         request = types.SampleRequest(
             prompt=prompt,
             sampling_params=sampling_params if sampling_params is not None else types.SamplingParams(),
             num_samples=num_samples,
             sampling_session_id=self.sampling_session_id,
-            prompt_logprobs=include_prompt_logprobs,
-            topk_prompt_logprobs=topk_prompt_logprobs,
+            prompt_logprobs=options.include_prompt_logprobs,
+            topk_prompt_logprobs=options.topk_prompt_logprobs,
+            topk_sample_logprobs=options.topk_sample_logprobs,
+            target_prompt_logprobs=options.target_prompt_logprobs,
+            prompt_alt_tokens_k=options.prompt_alt_tokens_k,
+            prompt_logprobs_last_n=options.prompt_logprobs_last_n,
             record_stability_info=True if self.record_stability_info else None,
         )
-        return await self._sample_with_retries(request)
+        response = await self._sample_with_retries(request)
+        check_sample_response(response, options, prompt_length(prompt))
+        return response
 
-    async def compute_logprobs(self, prompt: types.ModelInput) -> list[float | None]:
-        """The logprob of every prompt token given the tokens before it (``None`` for the first token)."""
+    async def compute_logprobs(
+        self, prompt: types.ModelInput, *, prompt_logprobs_last_n: int | None = None
+    ) -> list[float | None]:
+        """The logprob of every prompt token given the tokens before it (``None`` for the first token).
+
+        With ``prompt_logprobs_last_n``, only the last ``n`` tokens are scored (``None`` before them); it must be
+        between 1 and ``len(prompt) - 1``.
+        """
         prompt = check_model_input(prompt)
+        check_prompt_logprobs_last_n(prompt_logprobs_last_n, True, prompt_length(prompt))
         response = await self.sample(
-            prompt, num_samples=1, sampling_params=types.SamplingParams(max_tokens=1), include_prompt_logprobs=True
+            prompt,
+            num_samples=1,
+            sampling_params=types.SamplingParams(max_tokens=1),
+            include_prompt_logprobs=True,
+            prompt_logprobs_last_n=prompt_logprobs_last_n,
         )
-        if response.prompt_logprobs is None:
+        if response.prompt_logprobs is None:  # pragma: no cover - sample() refuses such an answer
             raise ResponseValidationError(
                 "asample answered without the prompt_logprobs asked for", field="$.prompt_logprobs"
             )
@@ -327,6 +390,66 @@ class SamplingClient:
         raise RateLimitError(  # pragma: no cover - the budget ends the loop long before
             "asample: too many backpressure rounds", status_code=429
         )
+
+
+def _missing(what: str, option: str, field: str) -> ResponseValidationError:
+    return ResponseValidationError(
+        f"{option} was asked for but the asample result has no {what}; the server may predate this option",
+        field=field,
+    )
+
+
+def check_sample_response(response: types.SampleResponse, options: SampleOptions, prompt_len: int | None) -> None:
+    """Refuse a result that lacks what the request asked for, as the official SDK does (it raises for missing
+    ``prompt_alt_tokens`` and for prompt logprobs scored before ``prompt_logprobs_last_n``; here every requested field
+    is checked): a server that does not know an option ignores it and answers without it."""
+    if options.include_prompt_logprobs and response.prompt_logprobs_np is None:
+        raise _missing("prompt_logprobs", "include_prompt_logprobs", "$.prompt_logprobs")
+    if options.topk_prompt_logprobs > 0 and response.topk_prompt_logprobs_np is None:
+        raise _missing(
+            "topk_prompt_logprobs", f"topk_prompt_logprobs={options.topk_prompt_logprobs}", "$.topk_prompt_logprobs"
+        )
+    if options.topk_sample_logprobs > 0:
+        for i, seq in enumerate(response.sequences):
+            if seq.topk_logprobs_np is None and seq.tokens_np.size > 0:
+                raise _missing(
+                    "topk_logprobs",
+                    f"topk_sample_logprobs={options.topk_sample_logprobs}",
+                    f"$.sequences[{i}].topk_logprobs",
+                )
+    target = options.target_prompt_logprobs
+    if target is not None:
+        got = response.target_prompt_logprobs
+        if got is None:
+            raise _missing("target_prompt_logprobs", "target_prompt_logprobs", "$.target_prompt_logprobs")
+        if got.shape != target.shape:
+            raise ResponseValidationError(
+                f"target_prompt_logprobs has shape {got.shape}, the request's has {target.shape}",
+                field="$.target_prompt_logprobs",
+            )
+    k = options.prompt_alt_tokens_k
+    if k > 0:
+        alt = response.prompt_alt_tokens
+        if alt is None:
+            raise _missing("prompt_alt_tokens", f"prompt_alt_tokens_k={k}", "$.prompt_alt_tokens")
+        rows = None if prompt_len is None else prompt_len - 1
+        for name, tensor in (("tokens", alt.tokens), ("logprobs", alt.logprobs)):
+            shape = tensor.shape
+            if shape is None or len(shape) != 2 or shape[1] != k or (rows is not None and shape[0] != rows):
+                raise ResponseValidationError(
+                    f"prompt_alt_tokens.{name} has shape {shape}, expected [{'L-1' if rows is None else rows}, {k}]",
+                    field=f"$.prompt_alt_tokens.{name}",
+                )
+    last_n = options.prompt_logprobs_last_n
+    scores = response.prompt_logprobs_np
+    if last_n is not None and scores is not None:
+        excluded = scores[: max(scores.size - last_n, 0)]
+        if bool((~np.isnan(excluded)).any()):
+            raise ResponseValidationError(
+                f"prompt_logprobs_last_n={last_n} was asked for but the asample result scores prompt tokens before "
+                "that suffix; the server may predate this option",
+                field="$.prompt_logprobs",
+            )
 
 
 async def create_sampling_client(

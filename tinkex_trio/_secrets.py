@@ -214,6 +214,8 @@ LOGGER_NAMES: tuple[str, ...] = (
     "tinkex_trio.breaker",
     "tinkex_trio.futures",
     "tinkex_trio.metrics",
+    "tinkex_trio.resilience",
+    "tinkex_trio.cli",
     "tinkex_trio.sampling",
     "tinkex_trio.session",
     "tinkex_trio.telemetry",

@@ -20,12 +20,13 @@ ExceptionGroup is unwrapped when it holds a single exception (a user's error, or
 
 from __future__ import annotations
 
+import itertools
 import logging
 import ssl
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import cached_property, partial
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgspec
 import trio
@@ -37,11 +38,12 @@ from tinkex_trio._context import SessionContext
 from tinkex_trio._endpoints import API_PREFIX as _API
 from tinkex_trio._futures import FutureManager
 from tinkex_trio._groups import is_interruption, lone_exception, original, reraise
+from tinkex_trio._logsink import ResilienceLog
 from tinkex_trio._metrics import Metrics, MetricsFeed
 from tinkex_trio._models import create_client_from_state, create_lora_client
 from tinkex_trio._rest import RestClient
 from tinkex_trio._sampling import SamplingClient, create_sampling_client
-from tinkex_trio._telemetry import SESSION_HEARTBEAT, TelemetryBus
+from tinkex_trio._telemetry import FUTURE_QUEUE_STATE, SESSION_HEARTBEAT, TelemetryBus, TelemetryEvent
 from tinkex_trio._training import TrainingClient
 from tinkex_trio._transport import PoolKind, Transport, TransportFactory
 from tinkex_trio._validation import (
@@ -56,6 +58,7 @@ from tinkex_trio.errors import (
     APIError,
     APIStatusError,
     GoneError,
+    InvalidArgumentTypeError,
     NotFoundError,
     redact,
 )
@@ -63,6 +66,7 @@ from tinkex_trio.errors import (
 __all__ = ["SDK_VERSION", "Session", "open_session"]
 
 logger = logging.getLogger("tinkex_trio.session")
+_HOOK_IDS: Final = itertools.count(1)
 
 SDK_VERSION: Final = __version__
 """The ``sdk_version`` sent in ``client/config``, ``dynamic_config`` and ``create_session``."""
@@ -128,6 +132,27 @@ class Session:
             self._rest = RestClient(self._transport)
         return self._rest
 
+    def on_queue_state_change(self, callback: Callable[[str, str | None], object]) -> Callable[[], bool]:
+        """Call ``callback(queue_state, queue_state_reason)`` whenever a request of this session changes queue state
+        on the server: ``"paused_capacity"`` (the service is short of capacity), ``"paused_rate_limit"`` (a limit of
+        yours was hit) and back to ``"active"``, as the official SDK's ``on_queue_state_change`` reports them.
+
+        Called inline, from the session's trio thread: keep it quick (a callback that raises is logged and
+        detached). The same changes are ``tinkex.future.queue_state`` telemetry events and the counter
+        ``tinkex_future_queue_state_changes_total``. Returns a function that detaches the callback."""
+        if not callable(callback):
+            raise InvalidArgumentTypeError(
+                f"callback must be callable, got {type(callback).__name__}", argument="callback"
+            )
+        handler_id = f"on_queue_state_change-{next(_HOOK_IDS)}"
+
+        def handler(event: TelemetryEvent) -> None:
+            state, reason = event.metadata.get("queue_state"), event.metadata.get("queue_state_reason")
+            callback(str(state), reason if isinstance(reason, str) else None)
+
+        self.telemetry.attach(handler_id, FUTURE_QUEUE_STATE, handler)
+        return partial(self.telemetry.detach, handler_id)
+
     async def get_server_capabilities(self) -> _types.GetServerCapabilitiesResponse:
         """The models the server supports (``GET /get_server_capabilities``)."""
         self._check_alive()
@@ -149,9 +174,20 @@ class Session:
         train_attn: bool = True,
         train_unembed: bool = True,
         user_metadata: Mapping[str, Any] | None = None,
+        optimizer: _types.OptimizerConfig | None = None,
     ) -> TrainingClient:
-        """Create a LoRA model of ``base_model`` and return its :class:`~tinkex_trio.TrainingClient`."""
+        """Create a LoRA model of ``base_model`` and return its :class:`~tinkex_trio.TrainingClient`.
+
+        ``optimizer`` fixes the model's optimizer family for good: ``types.AdamOptimizerConfig()`` (AdamW, the
+        default; step with ``AdamParams``) or ``types.DimuonOptimizerConfig()`` (step with ``DimuonParams``)."""
         check_create_lora(base_model, rank, seed, train_mlp, train_attn, train_unembed, user_metadata)
+        given = cast("object", optimizer)  # a caller may pass anything
+        if given is not None and not isinstance(given, _types.AdamOptimizerConfig | _types.DimuonOptimizerConfig):
+            raise InvalidArgumentTypeError(
+                "optimizer must be types.AdamOptimizerConfig() or types.DimuonOptimizerConfig(), "
+                f"got {type(given).__name__}",
+                argument="optimizer",
+            )
         self._check_alive()
         return await create_lora_client(
             self._ctx,
@@ -162,6 +198,7 @@ class Session:
             train_attn=train_attn,
             train_unembed=train_unembed,
             user_metadata=user_metadata,
+            optimizer=optimizer,
         )
 
     async def create_training_client_from_state(
@@ -480,6 +517,8 @@ async def open_session(
         transport_factory=transport_factory,
         breaker=breaker_for_config(cfg),
     )
+    # Attached before the bootstrap: a session retrying an unreachable service says so from its first retries.
+    ResilienceLog().attach(transport.telemetry)
     try:
         client_config, dynamic_config, session_id = await _bootstrap(transport, cfg, user_metadata)
         try:

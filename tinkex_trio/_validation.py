@@ -19,12 +19,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final, cast
 
 import msgspec
+import numpy as np
 
 from tinkex_trio import types
 from tinkex_trio.errors import InvalidArgumentError, InvalidArgumentTypeError
 from tinkex_trio.types._training import check_step_params
 
 __all__ = [
+    "SampleOptions",
     "check_bool",
     "check_create_lora",
     "check_data",
@@ -41,11 +43,14 @@ __all__ = [
     "check_optional_int",
     "check_path",
     "check_positive_int",
+    "check_prompt_logprobs_last_n",
     "check_sample",
     "check_sampling_client_source",
     "check_sampling_params",
     "check_str",
+    "check_target_prompt_logprobs",
     "check_ttl",
+    "prompt_length",
 ]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -357,16 +362,111 @@ def check_sampling_params(value: object, name: str = "sampling_params") -> types
     return value
 
 
+def prompt_length(prompt: types.ModelInput) -> int | None:
+    """The prompt's token count, or ``None`` when a chunk's length is unknown here (an image without
+    ``expected_tokens``): the server then checks what depends on it."""
+    try:
+        return prompt.length
+    except (ValueError, TypeError):
+        return None
+
+
+def check_target_prompt_logprobs(
+    value: object, prompt_len: int | None, name: str = "target_prompt_logprobs"
+) -> types.TensorData | None:
+    """``None``, or the token ids to score as an int64 TensorData ``[len(prompt) - 1, K]`` (dense, or sparse CSR
+    whose unlisted cells are -1): each id >= 0, or -1 for a cell not asked for, and at least one id. A numpy array
+    (or nested list) of integers is taken as the dense tensor."""
+    if value is None:
+        return None
+    tensor: types.TensorData
+    if isinstance(value, types.TensorData):
+        tensor = value
+        if tensor.dtype != "int64":
+            raise InvalidArgumentError(
+                f"{name} must be an int64 tensor of token ids, got {tensor.dtype}", argument=name
+            )
+    else:
+        try:
+            arr = np.asarray(value)
+        except ValueError:
+            raise InvalidArgumentError(f"{name} must be a rectangular array of token ids", argument=name) from None
+        if arr.dtype.kind not in "iu":
+            raise InvalidArgumentTypeError(
+                f"{name} must be a TensorData or an integer array of token ids, got {_kind(value)} of {arr.dtype}",
+                argument=name,
+            )
+        tensor = types.TensorData.from_numpy(arr, "int64")
+    if tensor.shape is None or len(tensor.shape) != 2:
+        raise InvalidArgumentError(f"{name} must be 2-D, [len(prompt) - 1, K], got shape {tensor.shape}", argument=name)
+    if prompt_len is not None and tensor.shape[0] != prompt_len - 1:
+        raise InvalidArgumentError(
+            f"{name} must have len(prompt) - 1 = {prompt_len - 1} rows, got shape {tensor.shape}", argument=name
+        )
+    try:
+        ids = tensor.to_numpy(pad_value=-1)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{name}: {exc}", argument=name) from None
+    if bool(np.any(ids < -1)):
+        raise InvalidArgumentError(f"{name} holds token ids >= 0, or -1 for a cell not asked for", argument=name)
+    if not bool(np.any(ids >= 0)):
+        raise InvalidArgumentError(f"{name} names no token id (every cell is -1)", argument=name)
+    return tensor
+
+
+def check_prompt_logprobs_last_n(
+    value: object, include_prompt_logprobs: bool, prompt_len: int | None, name: str = "prompt_logprobs_last_n"
+) -> int | None:
+    """``None`` (score the whole prompt), or the number of trailing prompt tokens to score: between 1 and
+    ``len(prompt) - 1``, with ``include_prompt_logprobs``."""
+    last_n = check_optional_int(value, name, minimum=1)
+    if last_n is None:
+        return None
+    if not include_prompt_logprobs:
+        raise InvalidArgumentError(
+            f"{name} applies to prompt logprobs: it needs include_prompt_logprobs=True", argument=name
+        )
+    if prompt_len is not None and last_n > prompt_len - 1:
+        raise InvalidArgumentError(
+            f"{name} must be at most len(prompt) - 1 = {prompt_len - 1}, got {last_n}", argument=name
+        )
+    return last_n
+
+
+class SampleOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """The checked prompt-scoring and top-k options of one SamplingClient.sample call."""
+
+    include_prompt_logprobs: bool
+    topk_prompt_logprobs: int
+    topk_sample_logprobs: int
+    target_prompt_logprobs: types.TensorData | None
+    prompt_alt_tokens_k: int
+    prompt_logprobs_last_n: int | None
+
+
 def check_sample(
     prompt: object,
     num_samples: object,
     sampling_params: object,
     include_prompt_logprobs: object,
     topk_prompt_logprobs: object,
-) -> None:
-    """The arguments of SamplingClient.sample."""
-    check_model_input(prompt)
+    topk_sample_logprobs: object = 0,
+    target_prompt_logprobs: object = None,
+    prompt_alt_tokens_k: object = 0,
+    prompt_logprobs_last_n: object = None,
+) -> SampleOptions:
+    """The arguments of SamplingClient.sample; returns the options to send (``target_prompt_logprobs`` as a
+    TensorData)."""
+    model_input = check_model_input(prompt)
     check_positive_int(num_samples, "num_samples")
     check_sampling_params(sampling_params)
-    check_bool(include_prompt_logprobs, "include_prompt_logprobs")
-    check_int(topk_prompt_logprobs, "topk_prompt_logprobs", minimum=0)
+    include = check_bool(include_prompt_logprobs, "include_prompt_logprobs")
+    length = prompt_length(model_input)
+    return SampleOptions(
+        include_prompt_logprobs=include,
+        topk_prompt_logprobs=check_int(topk_prompt_logprobs, "topk_prompt_logprobs", minimum=0),
+        topk_sample_logprobs=check_int(topk_sample_logprobs, "topk_sample_logprobs", minimum=0),
+        target_prompt_logprobs=check_target_prompt_logprobs(target_prompt_logprobs, length),
+        prompt_alt_tokens_k=check_int(prompt_alt_tokens_k, "prompt_alt_tokens_k", minimum=0),
+        prompt_logprobs_last_n=check_prompt_logprobs_last_n(prompt_logprobs_last_n, include, length),
+    )

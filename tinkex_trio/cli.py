@@ -10,8 +10,14 @@ from typing import Any
 from tinkex_trio._version import __version__
 
 
-def _cmd_version(_args: argparse.Namespace) -> int:
-    print(f"tinkex-trio {__version__}")
+def _cmd_version(args: argparse.Namespace) -> int:
+    if args.json:
+        import json
+        import platform
+
+        print(json.dumps({"tinkex_trio": __version__, "python": platform.python_version()}))
+    else:
+        print(f"tinkex-trio {__version__}")
     return 0
 
 
@@ -53,9 +59,16 @@ def _add_serve_parser(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``tinkex-trio`` command."""
+    from tinkex_trio._cli import _bench_cmd, _demo, _manage
+
     parser = argparse.ArgumentParser(prog="tinkex-trio", description="Trio-native client for the Tinker API.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"tinkex-trio {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _bench_cmd.add_parser(sub)
+    _demo.add_parser(sub)
+    _manage.add_parsers(sub)
     p_version = sub.add_parser("version", help="print the version and exit")
+    p_version.add_argument("--json", action="store_true", help="as JSON")
     p_version.set_defaults(func=_cmd_version)
     _add_serve_parser(sub)
     return parser

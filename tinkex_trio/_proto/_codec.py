@@ -22,8 +22,10 @@ Conventions shared with the official SDK, so that either side can talk to the ot
   (so a 0-d output comes back as shape ``[1]``); BF16 is widened to float32 and INT32 to int64;
 - an ArrayRecord with ``num_datums == 0`` holds as many datums as its first field's offsets say (per record);
 - empty ``logprobs`` / ``prompt_logprobs`` bytes read as "not requested" (``None``);
-- top-k lists are dense ``(n, k)`` matrices padded with token 0 / logprob ``-99999.0``; a row that is all padding
-  reads as ``None``, and ``n == 0`` or ``k == 0`` reads as ``None``.
+- top-k lists are dense ``(n, k)`` matrices padded with token 0 / logprob ``-99999.0``, decoded as a
+  :class:`~tinkex_trio.types.TopkLogprobs`; as a list, a row that is all padding reads as ``None``; ``n == 0`` or
+  ``k == 0`` reads as ``None``;
+- ``prompt_logprobs`` is decoded as a float32 array, NaN where unscored (``None`` in its list form).
 """
 
 from __future__ import annotations
@@ -55,7 +57,16 @@ from ..types import (
     TensorData,
     TopkEntry,
 )
-from ..types._sampling import stored_logprobs, stored_tokens
+from ..types._sampling import (
+    TOPK_PAD_LOGPROB,
+    TOPK_PAD_TOKEN,
+    TopkLogprobs,
+    stored_logprobs,
+    stored_prompt_logprobs,
+    stored_tokens,
+    stored_topk,
+    stored_topk_prompt,
+)
 from . import tinkex_wire_pb2 as pb
 from ._arrays import (
     F32,
@@ -96,9 +107,6 @@ __all__ = [
 #: The content type of every protobuf body (request and result).
 PROTOBUF_CONTENT_TYPE: Final = "application/x-protobuf"
 
-#: Padding of the dense top-k matrices (protocol §4): token id 0 with this logprob.
-TOPK_PAD_TOKEN: Final = 0
-TOPK_PAD_LOGPROB: Final = -99999.0
 
 _STOP_TO_WIRE: Final[dict[str, pb.StopReason]] = {
     "stop": pb.STOP_REASON_STOP,
@@ -444,8 +452,14 @@ def decode_forward_backward_output(body: Body) -> ForwardBackwardOutput:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _write_topk(msg: pb.TopkLogprobs, entries: Sequence[TopkEntry], what: str) -> None:
-    """Dense ``(n, k)`` matrices, ``k`` the longest entry (at least 1), padded with the sentinel pair."""
+def _write_topk(msg: pb.TopkLogprobs, entries: Sequence[TopkEntry] | TopkLogprobs, what: str) -> None:
+    """Dense ``(n, k)`` matrices: a :class:`TopkLogprobs` as it is; a list with ``k`` the longest entry (at least 1),
+    padded with the sentinel pair."""
+    if isinstance(entries, TopkLogprobs):
+        msg.token_ids = entries.token_ids.astype(I32, copy=False).tobytes()
+        msg.logprobs = entries.logprobs.astype(F32, copy=False).tobytes()
+        msg.length, msg.k = entries.token_ids.shape
+        return
     n = len(entries)
     lengths = np.fromiter((len(e) if e is not None else 0 for e in entries), dtype=np.int64, count=n)
     k = max(1, int(lengths.max())) if n else 1
@@ -473,7 +487,8 @@ def _write_topk(msg: pb.TopkLogprobs, entries: Sequence[TopkEntry], what: str) -
     msg.length = n
 
 
-def _read_topk(msg: pb.TopkLogprobs, path: str) -> list[TopkEntry] | None:
+def _read_topk(msg: pb.TopkLogprobs, path: str) -> TopkLogprobs | None:
+    """The dense matrices as they are (writable copies); they read as lists, ``None`` for a padding row."""
     n, k = msg.length, msg.k
     if n == 0 or k == 0:
         return None
@@ -481,13 +496,7 @@ def _read_topk(msg: pb.TopkLogprobs, path: str) -> list[TopkEntry] | None:
     lps = frombuffer(msg.logprobs, F32, f"{path}.logprobs")
     if ids.size != n * k or lps.size != n * k:
         raise ProtoDecodeError(f"top-k arrays need length * k = {n * k} values, got {ids.size} and {lps.size}", path)
-    ids2 = ids.reshape(n, k)
-    lps2 = lps.reshape(n, k)
-    real = (ids2 != TOPK_PAD_TOKEN) | (lps2 != np.float32(TOPK_PAD_LOGPROB))
-    # Row length: up to the last real pair (trailing padding dropped); 0 -> None.
-    lengths: list[int] = np.where(real.any(axis=1), k - np.argmax(real[:, ::-1], axis=1), 0).tolist()
-    pairs = list(zip(ids.tolist(), lps.tolist(), strict=True))
-    return [pairs[i * k : i * k + length] if length else None for i, length in enumerate(lengths)]
+    return TopkLogprobs(ids.reshape(n, k).copy(), lps.reshape(n, k).copy())
 
 
 def encode_sample_response(resp: SampleResponse) -> bytes:
@@ -503,12 +512,15 @@ def encode_sample_response(resp: SampleResponse) -> bytes:
         logprobs = stored_logprobs(seq)
         if logprobs is not None:
             out.logprobs = float32_bytes(logprobs, f"{what}.logprobs")
-        if seq.topk_logprobs is not None:
-            _write_topk(out.topk_sampled_logprobs, seq.topk_logprobs, f"{what}.topk_logprobs")
-    if resp.prompt_logprobs is not None:
-        msg.prompt_logprobs = float32_bytes(resp.prompt_logprobs, "prompt_logprobs")
-    if resp.topk_prompt_logprobs is not None:
-        _write_topk(msg.topk_prompt_logprobs, resp.topk_prompt_logprobs, "topk_prompt_logprobs")
+        topk = stored_topk(seq)
+        if topk is not None:
+            _write_topk(out.topk_sampled_logprobs, topk, f"{what}.topk_logprobs")
+    prompt_logprobs = stored_prompt_logprobs(resp)
+    if prompt_logprobs is not None:
+        msg.prompt_logprobs = float32_bytes(prompt_logprobs, "prompt_logprobs")
+    topk_prompt = stored_topk_prompt(resp)
+    if topk_prompt is not None:
+        _write_topk(msg.topk_prompt_logprobs, topk_prompt, "topk_prompt_logprobs")
     if resp.target_prompt_logprobs is not None:
         write_tensor(
             msg.target_prompt_logprobs, resp.target_prompt_logprobs, "target_prompt_logprobs", always_shape=True
@@ -518,13 +530,6 @@ def encode_sample_response(resp: SampleResponse) -> bytes:
         write_tensor(alt.tokens, resp.prompt_alt_tokens.tokens, "prompt_alt_tokens.tokens", always_shape=True)
         write_tensor(alt.logprobs, resp.prompt_alt_tokens.logprobs, "prompt_alt_tokens.logprobs", always_shape=True)
     return msg.SerializeToString()
-
-
-def _nan_to_none(values: AnyArray) -> list[float | None]:
-    out: list[float | None] = values.tolist()
-    for i in np.flatnonzero(np.isnan(values)).tolist():
-        out[i] = None
-    return out
 
 
 def _decode_sample(msg: pb.SampleResponse, sequence_ids: Sequence[str] | None) -> SampleResponse:
@@ -556,9 +561,8 @@ def _decode_sample(msg: pb.SampleResponse, sequence_ids: Sequence[str] | None) -
                 topk_logprobs=topk,
             )
         )
-    prompt_logprobs = (
-        _nan_to_none(frombuffer(msg.prompt_logprobs, F32, "$.prompt_logprobs")) if msg.prompt_logprobs else None
-    )
+    # Kept as the float32 array (NaN where unscored), as the official SDK does; it reads as a list with None.
+    prompt_logprobs = owned(frombuffer(msg.prompt_logprobs, F32, "$.prompt_logprobs")) if msg.prompt_logprobs else None
     topk_prompt = (
         _read_topk(msg.topk_prompt_logprobs, "$.topk_prompt_logprobs") if msg.HasField("topk_prompt_logprobs") else None
     )

@@ -7,7 +7,6 @@ handlers render them as JSON or protobuf with `fwdbwd_output` and `sample_respon
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tinkex_trio import types as t
-from tinkex_trio.sim._model_types import MASK_LOGPROB, DatumArrays, FwdBwdResult, SampleResult, SimUserError, TopK
+from tinkex_trio.sim._model_types import DatumArrays, FwdBwdResult, SampleResult, SimUserError, TopK
 
 __all__ = [
     "FwdBwdPayload",
@@ -38,6 +37,8 @@ class FwdBwdPayload:
 class SamplePayload:
     result: SampleResult
     sequence_ids: list[str]
+    target_layout: t.TensorData | None = None
+    """The request's ``target_prompt_logprobs``: a sparse one is answered in its own sparse layout."""
 
 
 def model_input_length(model_input: t.ModelInput) -> int:
@@ -99,12 +100,25 @@ def fwdbwd_output(result: FwdBwdResult) -> t.ForwardBackwardOutput:
     )
 
 
-def _topk_entries(topk: TopK) -> list[list[tuple[int, float]] | None]:
-    entries: list[list[tuple[int, float]] | None] = []
-    for ids_row, lp_row in zip(topk.token_ids.tolist(), topk.logprobs.tolist(), strict=True):
-        pairs = [(int(i), float(lp)) for i, lp in zip(ids_row, lp_row, strict=True) if lp > MASK_LOGPROB]
-        entries.append(pairs if pairs else None)
-    return entries
+def _topk(topk: TopK) -> t.TopkLogprobs:
+    """The model's dense ``(n, k)`` matrices as they are: ``k`` is the width asked for, padding included."""
+    return t.TopkLogprobs(topk.token_ids, topk.logprobs)
+
+
+def _target_tensor(values: npt.NDArray[np.float32], layout: t.TensorData | None) -> t.TensorData:
+    """The target logprobs, dense, or in the sparse CSR layout of the request (only the cells it listed)."""
+    if layout is None or layout.sparse_crow_indices is None or layout.sparse_col_indices is None:
+        return t.TensorData.from_numpy(values, "float32")
+    crow = np.asarray(layout.sparse_crow_indices, dtype=np.int64)
+    cols = np.asarray(layout.sparse_col_indices, dtype=np.int64)
+    rows = np.repeat(np.arange(crow.size - 1), np.diff(crow))
+    return t.TensorData(
+        data=values[rows, cols],
+        dtype="float32",
+        shape=list(values.shape),
+        sparse_crow_indices=list(layout.sparse_crow_indices),
+        sparse_col_indices=list(layout.sparse_col_indices),
+    )
 
 
 def sample_response(payload: SamplePayload) -> t.SampleResponse:
@@ -118,12 +132,9 @@ def sample_response(payload: SamplePayload) -> t.SampleResponse:
                 tokens=seq.tokens,  # numpy-backed: the codecs write the arrays in bulk
                 sequence_id=sequence_id,
                 logprobs=seq.logprobs,
-                topk_logprobs=_topk_entries(seq.topk) if seq.topk is not None else None,
+                topk_logprobs=_topk(seq.topk) if seq.topk is not None else None,
             )
         )
-    prompt_logprobs: list[float | None] | None = None
-    if result.prompt_logprobs is not None:
-        prompt_logprobs = [None if math.isnan(x) else float(x) for x in result.prompt_logprobs.tolist()]
     alt: t.PromptAltTokens | None = None
     if result.prompt_alt_tokens is not None and result.prompt_alt_logprobs is not None:
         alt = t.PromptAltTokens(
@@ -132,10 +143,10 @@ def sample_response(payload: SamplePayload) -> t.SampleResponse:
         )
     return t.SampleResponse(
         sequences=sequences,
-        prompt_logprobs=prompt_logprobs,
-        topk_prompt_logprobs=_topk_entries(result.topk_prompt) if result.topk_prompt is not None else None,
+        prompt_logprobs=result.prompt_logprobs,  # float32, NaN where unscored: null in JSON
+        topk_prompt_logprobs=_topk(result.topk_prompt) if result.topk_prompt is not None else None,
         target_prompt_logprobs=(
-            t.TensorData.from_numpy(result.target_prompt_logprobs, "float32")
+            _target_tensor(result.target_prompt_logprobs, payload.target_layout)
             if result.target_prompt_logprobs is not None
             else None
         ),

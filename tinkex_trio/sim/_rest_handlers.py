@@ -17,6 +17,7 @@ from tinkex_trio.sim._model_types import SimUserError
 from tinkex_trio.sim._state import (
     CheckpointRecord,
     ModelRecord,
+    SessionRecord,
     parse_tinker_path,
 )
 
@@ -144,3 +145,78 @@ async def set_session_project(sim: SimCore, request: Request) -> Response:
     body = decode_body(request, _ProjectBody)
     session.project_id = body.project_id
     return json_response({})
+
+
+def _status(record: SessionRecord) -> t.SessionStatus:
+    if record.finished in ("success", "errored", "interrupted"):
+        return t.ClientSessionFinished(reason=t.ClientFinishReason(type=record.finished), detail=record.finish_detail)
+    return t.SessionActive()
+
+
+def _status_matches(status: t.SessionStatus, queries: list[t.SessionStatusQuery] | None) -> bool:
+    if queries is None:
+        return True
+    for query in queries:
+        if isinstance(query, t.ActiveSessionStatusQuery) and isinstance(status, t.SessionActive):
+            return True
+        if (
+            isinstance(query, t.ClientFinishedSessionStatusQuery)
+            and isinstance(status, t.ClientSessionFinished)
+            and (query.reasons is None or status.reason.type in query.reasons)
+        ):
+            return True
+    return False  # the simulator never fails nor cancels a session
+
+
+def _matches(sim: SimCore, record: SessionRecord, body: t.SessionSearchRequest) -> bool:
+    if isinstance(body.owner, t.UserSearchOwner) and sim.config.owner not in body.owner.owner_urns:
+        return False
+    if body.project_ids is not None and (record.project_id or _DEFAULT_PROJECT) not in body.project_ids:
+        return False
+    if body.session_id is not None or body.display_name is not None:
+        by_id = body.session_id is not None and record.session_id == body.session_id
+        name = (record.display_name or "").lower()
+        by_name = body.display_name is not None and all(w in name for w in body.display_name.lower().split())
+        if not (by_id or by_name):
+            return False
+    metadata = {str(k): str(v) for k, v in record.user_metadata.items()}
+    if any(metadata.get(k) != v for k, v in body.user_metadata.items()):
+        return False
+    return _status_matches(_status(record), body.statuses)
+
+
+_DEFAULT_PROJECT = "default"
+
+
+async def search_sessions(sim: SimCore, request: Request) -> Response:
+    body = decode_body(request, t.SessionSearchRequest)
+    if not 1 <= body.limit <= 200:
+        raise HTTPError(422, f"limit must be 1 to 200, got {body.limit}")
+    if isinstance(body.owner, t.UserSearchOwner) and not 1 <= len(body.owner.owner_urns) <= 10:
+        raise HTTPError(422, "owner_urns must hold 1 to 10 URNs")
+    if body.display_name == "":
+        raise HTTPError(422, "display_name must not be empty")
+    found = [r for r in sim.state.sessions.values() if _matches(sim, r, body)]
+    found.sort(key=lambda r: (r.created_at, r.session_id), reverse=True)  # newest first
+    if body.cursor is not None:
+        after = (body.cursor.last_created_at, body.cursor.last_session_id)
+        found = [r for r in found if (r.created_at, r.session_id) < after]
+    page = found[: body.limit]
+    summaries = [
+        t.SessionSummary(
+            session_id=r.session_id,
+            created_at=r.created_at,
+            owner=sim.config.owner,
+            project_id=r.project_id or _DEFAULT_PROJECT,
+            checkpoints_count=sum(len(sim.state.models[m].checkpoints) for m in r.model_ids if m in sim.state.models),
+            status=_status(r),
+            display_name=r.display_name,
+            user_metadata={str(k): str(v) for k, v in r.user_metadata.items()} or None,
+        )
+        for r in page
+    ]
+    cursor = None
+    if len(found) > body.limit:
+        last = page[-1]
+        cursor = t.SessionSearchCursor(last_created_at=last.created_at, last_session_id=last.session_id)
+    return json_response(t.SessionSearchResponse(sessions=summaries, next_cursor=cursor))

@@ -82,6 +82,7 @@ ROUTES: tuple[Route, ...] = (
     _route("GET", f"{_CHECKPOINT}/external_weights_urls", rest.external_weights_urls),
     _route("GET", "sessions", rest.list_sessions),
     _route("GET", "sessions/{id}", rest.get_session),
+    _route("POST", "sessions/search", rest.search_sessions),
     _route("PUT", "sessions/{id}/project", rest.set_session_project),
 )
 """Every endpoint the simulator serves."""

@@ -155,8 +155,21 @@ def prompt_outputs(
     prompt_logprobs_last_n: int | None,
     alt_seed: np.random.SeedSequence,
 ) -> SampleResult:
-    """``sequences`` with the prompt-side outputs that were asked for (see `SampleResult`)."""
+    """``sequences`` with the prompt-side outputs that were asked for (see `SampleResult`).
+
+    ``prompt_logprobs_last_n`` (with ``prompt_logprobs``, between 1 and ``len(prompt) - 1``) scores only the last n
+    prompt tokens, for ``prompt_logprobs`` and ``topk_prompt_logprobs``; it does not affect the target logprobs or the
+    alternative tokens.
+    """
     length = prompt.shape[0]
+    if prompt_logprobs_last_n is not None:
+        if not prompt_logprobs:
+            raise SimUserError("prompt_logprobs_last_n applies to prompt logprobs: it needs prompt_logprobs")
+        if not 1 <= prompt_logprobs_last_n <= length - 1:
+            raise SimUserError(
+                f"prompt_logprobs_last_n must be between 1 and len(prompt) - 1 = {length - 1}, "
+                f"got {prompt_logprobs_last_n}"
+            )
     scored_from = 1 if prompt_logprobs_last_n is None else max(1, length - prompt_logprobs_last_n)
     prompt_lp: F32 | None = None
     if prompt_logprobs:
@@ -195,6 +208,8 @@ def _target_logprobs(logsm: F64, prompt: I64, target: npt.NDArray[Any]) -> F32:
     ids = raw.astype(np.int64)
     if bool(np.any(ids < -1)):
         raise SimUserError("target_prompt_logprobs ids must be >= 0, or -1 to skip")
+    if not bool(np.any(ids >= 0)):
+        raise SimUserError("target_prompt_logprobs names no token id (every cell is -1)")
     skip = ids == -1
     gathered = logsm[prompt[:-1, None], np.mod(np.where(skip, 0, ids), logsm.shape[1])]
     return np.where(skip, 0.0, gathered).astype(np.float32)

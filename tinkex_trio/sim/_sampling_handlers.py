@@ -141,7 +141,7 @@ async def asample(sim: SimCore, request: Request) -> Response:
         if stability:
             prompt, sequences = stability[0]
             sim.state.stability.record(sampler.session_id, ids, prompt, sequences, sim.state.clock())
-        return SamplePayload(result, ids)
+        return SamplePayload(result, ids, body.target_prompt_logprobs)
 
     tokens_cost = model_input_length(body.prompt) + max(body.num_samples, 1) * max(max_tokens, 0)
     record, is_new = sim.queue.submit(

@@ -29,6 +29,7 @@ from typing import Any, cast
 
 import trio
 
+from tinkex_trio._groups import is_interruption, leaves, reraise
 from tinkex_trio.sim._app import create_app
 from tinkex_trio.sim._asgi import ASGIApp, Message, Receive, Scope, Send
 from tinkex_trio.sim._config import SimConfig
@@ -416,7 +417,16 @@ class _ServerManager:
                 await self._lifespan.shutdown(limit_s=self._graceful_timeout)
             nursery.cancel_scope.cancel()
         # The body's exception (if any) is not the nursery's business: it propagates unwrapped.
-        await self._close_nursery(None)
+        try:
+            await self._close_nursery(None)
+        except BaseExceptionGroup as group:
+            # Ctrl-C lands in whichever task runs, often one of ours (a connection handler): it leaves as the one
+            # KeyboardInterrupt a program expects, never as a nested group of them.
+            if not is_interruption(group) or not any(isinstance(e, KeyboardInterrupt) for e in leaves(group)):
+                raise
+            if isinstance(exc, KeyboardInterrupt):
+                reraise(exc)
+            raise KeyboardInterrupt from None
         return False
 
 
@@ -433,7 +443,7 @@ class _HypercornApp:
 def open_sim_server(
     config: SimConfig | None = None,
     *,
-    tls: bool = True,
+    tls: bool = False,
     host: str = "127.0.0.1",
     port: int = 0,
     http2: bool = True,
@@ -444,7 +454,8 @@ def open_sim_server(
 ) -> contextlib.AbstractAsyncContextManager[SimServer]:
     """Serve the simulator on a real socket for the duration of an ``async with`` block (trio only).
 
-    ``port=0`` picks a free port (see `SimServer.port` / `SimServer.base_url`). With ``tls`` the server presents a
+    ``port=0`` picks a free port (see `SimServer.port` / `SimServer.base_url`). By default it serves plain HTTP, so
+    ``open_session(api_key="tml-...", base_url=server.base_url)`` works as is. With ``tls`` the server presents a
     certificate from a fresh trustme CA (trust it with `SimServer.client_ssl_context` or
     ``SSL_CERT_FILE=<SimServer.ca_pem_path>``), and offers HTTP/2 through ALPN when ``http2``; without TLS it speaks
     HTTP/1.1 (and HTTP/2 with prior knowledge). ``app`` serves another ASGI app instead of ``create_app(config)``,

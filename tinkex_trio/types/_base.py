@@ -9,7 +9,8 @@ only values ever omitted are ``None`` defaults. Containers get a fresh copy per 
 from __future__ import annotations
 
 import copy
-from typing import TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -20,6 +21,21 @@ T = TypeVar("T")
 
 class WireStruct(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Base of every wire message: keyword-only, ``None`` fields omitted, non-null defaults sent."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """This message as plain Python data (dicts, lists, str, numbers), as it goes on the wire: for logging
+        and JSON (the official SDK's ``model_dump()``). Numpy-backed fields become lists."""
+        out: dict[str, Any] = _TO_BUILTINS[0](self)
+        return out
+
+
+_TO_BUILTINS: list[Callable[[Any], Any]] = [msgspec.to_builtins]
+"""What :meth:`WireStruct.to_dict` converts with: ``types._codec.to_builtins`` once that module is imported (it
+knows the numpy-backed fields; it imports this module, so it registers itself: :func:`use_to_builtins`)."""
+
+
+def use_to_builtins(convert: Callable[[Any], Any]) -> None:
+    _TO_BUILTINS[0] = convert
 
 
 def _is_mutable(value: object) -> bool:

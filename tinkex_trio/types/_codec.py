@@ -10,12 +10,15 @@
 from __future__ import annotations
 
 import re
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 import msgspec
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import ResponseValidationError
+from ._base import use_to_builtins
+from ._sampling import TopkLogprobs
 
 __all__ = [
     "JSONBytes",
@@ -36,9 +39,20 @@ JSONBytes = bytes | bytearray | memoryview | str
 
 
 def _enc_hook(obj: Any) -> Any:
-    # Numpy-backed fields (TensorData.data, SampledSequence.tokens / logprobs) go out as the lists they stand for.
+    # Numpy-backed fields (TensorData.data, SampledSequence.tokens / logprobs, SampleResponse.prompt_logprobs) go out
+    # as the lists they stand for (a NaN, "unscored" in prompt_logprobs, is written as null); a top-k pair of
+    # matrices (TopkLogprobs) as its list of entries.
     if isinstance(obj, np.ndarray):
-        return obj.tolist()  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+        arr = cast("npt.NDArray[Any]", obj)
+        values: list[Any] = arr.tolist()
+        if arr.ndim == 1 and arr.dtype.kind == "f":
+            # JSON has no NaN: null, as msgspec writes it (to_builtins would otherwise keep a float nan).
+            nan_at: list[int] = np.flatnonzero(np.isnan(arr)).tolist()
+            for i in nan_at:
+                values[i] = None
+        return values
+    if isinstance(obj, TopkLogprobs):
+        return obj.to_lists()
     raise NotImplementedError(f"Encoding objects of type {type(obj).__name__} is unsupported")
 
 
@@ -61,6 +75,9 @@ def encode(obj: Any) -> bytes:
 def to_builtins(obj: Any) -> Any:
     """The JSON value of ``obj`` as Python builtins (dict/list/str/...), with the same field rules as ``encode``."""
     return msgspec.to_builtins(obj, enc_hook=_enc_hook)
+
+
+use_to_builtins(to_builtins)
 
 
 def decoder_for(type_: type[T]) -> msgspec.json.Decoder[T]:

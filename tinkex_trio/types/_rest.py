@@ -12,17 +12,38 @@ from ._training import AdamOptimizerConfig, OptimizerConfig
 
 __all__ = [
     "AccessScope",
+    "AccessibleSearchOwner",
+    "ActiveSessionStatusQuery",
+    "CancelledSessionStatusQuery",
     "Checkpoint",
     "CheckpointType",
     "CheckpointsListResponse",
+    "ClientFinishReason",
+    "ClientFinishReasonType",
+    "ClientFinishedSessionStatusQuery",
+    "ClientSessionFinished",
     "Cursor",
     "ExternalWeightsUrlsResponse",
+    "FailedSessionStatusQuery",
     "GetSessionResponse",
     "ListSessionsResponse",
+    "OwnSearchOwner",
+    "SearchOwner",
+    "SessionActive",
+    "SessionCancelled",
+    "SessionFailed",
+    "SessionFailedReason",
+    "SessionSearchCursor",
+    "SessionSearchRequest",
+    "SessionSearchResponse",
+    "SessionStatus",
+    "SessionStatusQuery",
+    "SessionSummary",
     "SetCheckpointTtlRequest",
     "TinkerPath",
     "TrainingRun",
     "TrainingRunsResponse",
+    "UserSearchOwner",
     "WeightsInfoRequest",
     "WeightsInfoResponse",
     "WhoamiResponse",
@@ -146,3 +167,128 @@ class WhoamiResponse(WireStruct):
     user_urn: str
     org_urn: str
     email: str | None = None
+
+
+# -- session search (POST /api/v1/sessions/search) ---------------------------------------------------------------------
+
+
+class OwnSearchOwner(WireStruct, tag_field="type", tag="own"):
+    """The caller's own sessions (the default)."""
+
+
+class AccessibleSearchOwner(WireStruct, tag_field="type", tag="accessible"):
+    """Every owner's sessions the caller may list."""
+
+
+class UserSearchOwner(WireStruct, tag_field="type", tag="user"):
+    """The sessions of the listed owners (1 to 10 URNs)."""
+
+    owner_urns: list[str]
+
+
+SearchOwner: TypeAlias = OwnSearchOwner | AccessibleSearchOwner | UserSearchOwner
+ClientFinishReasonType: TypeAlias = Literal["success", "errored", "interrupted"]
+
+
+class ActiveSessionStatusQuery(WireStruct, tag_field="type", tag="active"):
+    """Sessions still running."""
+
+
+class CancelledSessionStatusQuery(WireStruct, tag_field="type", tag="cancelled"):
+    """Sessions cancelled from the console."""
+
+
+class FailedSessionStatusQuery(WireStruct, tag_field="type", tag="failed"):
+    """Sessions failed by a request, training run or sampling session."""
+
+
+class ClientFinishedSessionStatusQuery(WireStruct, tag_field="type", tag="client_finished"):
+    """Sessions whose client finished them; ``reasons`` narrows to those finish reasons."""
+
+    reasons: list[ClientFinishReasonType] | None = None
+
+
+SessionStatusQuery: TypeAlias = (
+    ActiveSessionStatusQuery | CancelledSessionStatusQuery | FailedSessionStatusQuery | ClientFinishedSessionStatusQuery
+)
+
+
+class SessionSearchCursor(WireStruct):
+    """Where the next page starts: pass a response's ``next_cursor`` back unchanged."""
+
+    last_created_at: datetime
+    last_session_id: str
+
+
+class SessionSearchRequest(WireStruct):
+    """A search over the sessions the caller may list, newest first. ``session_id`` (exact) and ``display_name``
+    (case-insensitive; every word must appear) match either; ``user_metadata`` pairs must all hold; ``statuses``
+    match any; ``limit`` 1 to 200."""
+
+    session_id: str | None = None
+    project_ids: list[str] | None = None
+    user_metadata: dict[str, str] = sent({})
+    display_name: str | None = None
+    owner: SearchOwner = sent(OwnSearchOwner())
+    statuses: list[SessionStatusQuery] | None = None
+    limit: int = sent(50)
+    cursor: SessionSearchCursor | None = None
+
+
+class SessionActive(WireStruct, tag_field="type", tag="active"):
+    pass
+
+
+class ClientFinishReason(WireStruct):
+    type: ClientFinishReasonType
+
+
+class ClientSessionFinished(WireStruct, tag_field="type", tag="client_finished"):
+    """The client finished the session (``POST .../finish``) with ``reason``."""
+
+    reason: ClientFinishReason
+    detail: str | None = None
+
+
+class SessionFailedReason(WireStruct):
+    """What failed the session: a ``request`` (``request_id``, ``request_type``), a ``training_run`` or a
+    ``sampling_session`` (its id)."""
+
+    type: Literal["request", "training_run", "sampling_session"]
+    request_id: str | None = None
+    request_type: str | None = None
+    training_run_id: str | None = None
+    sampling_session_id: str | None = None
+
+
+class SessionFailed(WireStruct, tag_field="type", tag="failed"):
+    category: Literal["user", "internal"]
+    reason: SessionFailedReason
+    message: str
+
+
+class SessionCancelled(WireStruct, tag_field="type", tag="cancelled"):
+    detail: str | None = None
+
+
+SessionStatus: TypeAlias = SessionActive | ClientSessionFinished | SessionFailed | SessionCancelled
+
+
+class SessionSummary(WireStruct):
+    session_id: str
+    created_at: datetime
+    owner: str
+    project_id: str
+    checkpoints_count: int
+    status: SessionStatus | None = None
+    """None when the session neither finished nor is known to be running."""
+    display_name: str | None = None
+    user_metadata: dict[str, str] | None = None
+    checkpoint_storage_bytes: int | None = None
+
+
+class SessionSearchResponse(WireStruct):
+    """One page of results, newest first; ``next_cursor`` is None once they are exhausted."""
+
+    sessions: list[SessionSummary]
+    next_cursor: SessionSearchCursor | None = None

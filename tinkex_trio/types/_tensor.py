@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast, overload
 
 import numpy as np
@@ -52,20 +52,30 @@ def _is_integral(arr: npt.NDArray[Any]) -> bool:
     return bool(np.all(np.isfinite(arr))) and bool(np.array_equal(arr, np.trunc(arr)))
 
 
+def _array_to_list(value: Any) -> Any:
+    return value.tolist()
+
+
 class ArrayBackedList:
-    """The descriptor of a Struct field that holds a Python list *or* a 1-D numpy array (the field's storage).
+    """The descriptor of a Struct field that holds a Python list *or* a numpy-side value (the field's storage): a
+    1-D numpy array by default, or another ``kind`` (e.g. :class:`~tinkex_trio.types.TopkLogprobs`) with its own
+    ``to_list``.
 
     msgspec reads and writes a field through its slot directly (``__init__``, encoding, ``replace``, ``asdict``,
     pickling), never through the class attribute; this descriptor replaces the class attribute, so that only
-    Python attribute access goes through it. Reading the field turns an array into a list once (``tolist``) and
-    stores that list, so that the field then behaves as a plain list field (reads are free, mutations stick).
-    :meth:`raw` reads the storage as it is, list or array, without converting it.
+    Python attribute access goes through it. Reading the field turns a stored ``kind`` value into its list form once
+    (``to_list``) and stores that list, so that the field then behaves as a plain list field (reads are free,
+    mutations stick). :meth:`raw` reads the storage as it is, list or array, without converting it.
     """
 
-    __slots__ = ("_name", "_slot")
+    __slots__ = ("_kind", "_name", "_slot", "_to_list")
 
-    def __init__(self, owner: type, name: str) -> None:
+    def __init__(
+        self, owner: type, name: str, kind: type = np.ndarray, to_list: Callable[[Any], Any] = _array_to_list
+    ) -> None:
         self._name = name
+        self._kind = kind
+        self._to_list = to_list
         self._slot: Any = owner.__dict__[name]  # the member descriptor msgspec made for the field's slot
         setattr(owner, name, self)
 
@@ -77,8 +87,8 @@ class ArrayBackedList:
         if obj is None:
             return self
         value = self._slot.__get__(obj, owner)
-        if type(value) is np.ndarray:
-            value = value.tolist()
+        if type(value) is self._kind:
+            value = self._to_list(value)
             self._slot.__set__(obj, value)
         return value
 
@@ -205,6 +215,18 @@ class TensorData(WireStruct, gc=False):
         return equal if equal is NotImplemented else not equal
 
     # -- construction -----------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_torch(cls, tensor: Any, dtype: TensorDtype | None = None) -> TensorData:
+        """A dense TensorData from a torch tensor (detached, moved to the CPU), as :meth:`from_numpy`. Needs
+        PyTorch, imported only here."""
+        _torch()
+        return cls.from_numpy(tensor.detach().cpu().numpy(), dtype)
+
+    def to_torch(self, pad_value: int | float = 0) -> Any:
+        """The dense tensor as a torch tensor (sharing :meth:`to_numpy`'s memory where it can). Needs PyTorch."""
+        torch = _torch()
+        return torch.from_numpy(np.ascontiguousarray(self.to_numpy(pad_value)))
 
     @classmethod
     def from_numpy(cls, array: npt.ArrayLike, dtype: TensorDtype | None = None) -> TensorData:
@@ -395,3 +417,11 @@ def loss_fn_input(key: str, value: object) -> TensorData:
         return TensorData.from_numpy(arr, wire)
     except ValueError as exc:
         raise InvalidArgumentError(f"{argument}: {exc}", argument=argument) from None
+
+
+def _torch() -> Any:
+    try:
+        import torch  # pyright: ignore[reportMissingImports]
+    except ImportError:
+        raise ImportError("TensorData.from_torch / to_torch need PyTorch (pip install torch)") from None
+    return torch  # pyright: ignore[reportUnknownVariableType]
