@@ -217,7 +217,7 @@ def test_bench_end_to_end_every_scenario_reports_percentiles(tmp_path: Path) -> 
         plotting = True
     except ImportError:
         plotting = False
-    args = ["bench", "--tiny", "--plain", "--json", str(out)] + (["--plot", str(plot)] if plotting else [])
+    args = ["bench", "--quick", "--plain", "--json", str(out)] + (["--plot", str(plot)] if plotting else [])
     proc = cli(*args)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
