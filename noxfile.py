@@ -1,4 +1,4 @@
-"""Nox sessions: tests (one per supported Python), ray, lint, typecheck, bench, proto."""
+"""Nox sessions: tests (one per supported Python), ray, torch, lint, typecheck, bench, proto."""
 
 from __future__ import annotations
 
@@ -29,6 +29,14 @@ def ray(session: nox.Session) -> None:
     install for one example."""
     session.install("-e", ".[test,ray]")
     session.run("pytest", "tests/test_examples.py", "-k", "ray", *session.posargs)
+
+
+@nox.session(python="3.11")
+def torch(session: nox.Session) -> None:
+    """Custom losses against the official SDK's (tests/test_equivalence_custom_loss.py): the SDK's need PyTorch, a
+    multi-GB install that CI's default run skips."""
+    session.install("-e", ".[test]", "torch")
+    session.run("pytest", "tests/test_equivalence_custom_loss.py", *session.posargs)
 
 
 @nox.session
