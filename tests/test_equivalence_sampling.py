@@ -14,13 +14,12 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import trio
+from _sdkrun import run_sdk_script
 from equivalence_sampling_sdk_script import render
 
 from tinkex_trio import types
@@ -106,23 +105,7 @@ def _target(spec: dict[str, Any] | None) -> types.TensorData | None:
 
 
 async def run_sdk(spec: dict[str, Any]) -> list[Any]:
-    async with open_sim_server(SimConfig(seed=SIM_SEED), tls=False) as server:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TINKER_")}
-        env["TINKER_TELEMETRY"] = "0"
-        with trio.fail_after(RUN_LIMIT_S):
-            proc = await trio.run_process(
-                [sys.executable, str(SCRIPT), server.base_url, json.dumps(spec)],
-                capture_stdout=True,
-                capture_stderr=True,
-                check=False,
-                env=env,
-            )
-    stdout = proc.stdout.decode(errors="replace")
-    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, f"no result (rc={proc.returncode})\n{stdout[-3000:]}\n{proc.stderr.decode()[-3000:]}"
-    result: dict[str, Any] = json.loads(lines[-1].removeprefix("RESULT "))
-    assert proc.returncode == 0, result.get("traceback", result)
-    out: list[Any] = result["results"]
+    out: list[Any] = (await run_sdk_script(SCRIPT, spec, sim_seed=SIM_SEED))["results"]
     return out
 
 

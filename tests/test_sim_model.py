@@ -9,24 +9,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from _modelkit import F64, SMALL, TINY, randomised
 
 from tinkex_trio.sim._model import LoraModel
 from tinkex_trio.sim._model_types import MASK_LOGPROB, AdamParams, DatumArrays, DimuonParams, ModelConfig, SimUserError
-
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
-
-TINY = ModelConfig(vocab_size=7, hidden=5, seed=3)
-SMALL = ModelConfig(vocab_size=16, hidden=8, seed=1)
-
-
-def _randomised(cfg: ModelConfig = TINY, rank: int = 3, seed: int = 0) -> LoraModel:
-    """A model whose LoRA B is non-zero, so that every parameter gets a non-trivial gradient."""
-    model = LoraModel("tiny-base", rank, seed, cfg)
-    rng = np.random.default_rng(seed + 100)
-    params = model.get_parameters()
-    model.set_parameters({"lora_A": params["lora_A"], "lora_B": rng.standard_normal(params["lora_B"].shape)})
-    return model
 
 
 def _close(actual: float, expected: float, rel: float = 1e-9, abs_tol: float = 0.0) -> bool:
@@ -105,7 +91,7 @@ LOSS_CASES: list[tuple[str, dict[str, float]]] = [
 @pytest.mark.parametrize("two_d", [False, True])
 @pytest.mark.parametrize(("loss_fn", "conf"), LOSS_CASES)
 def test_finite_difference_gradients(loss_fn: str, conf: dict[str, float], two_d: bool) -> None:
-    model = _randomised()
+    model = randomised()
     data = [DatumArrays(d.tokens, _loss_inputs(loss_fn, d)) for d in _rl_data(model, 7, two_d)]
     config: dict[str, float | str] = dict(conf)
     model.forward_backward(data, loss_fn, config)
@@ -148,7 +134,7 @@ def test_finite_difference_gradients(loss_fn: str, conf: dict[str, float], two_d
 @pytest.mark.parametrize("two_d", [False, True])
 @pytest.mark.parametrize(("loss_fn", "conf"), LOSS_CASES)
 def test_logprobs_and_loss_match_formulas(loss_fn: str, conf: dict[str, float], two_d: bool) -> None:
-    model = _randomised()
+    model = randomised()
     data = [DatumArrays(d.tokens, _loss_inputs(loss_fn, d)) for d in _rl_data(model, 11, two_d)]
     result = model.forward(data, loss_fn, dict(conf))
     table = _log_softmax(model.logit_table())
@@ -167,7 +153,7 @@ def test_logprobs_and_loss_match_formulas(loss_fn: str, conf: dict[str, float], 
 
 
 def test_ppo_gradient_vanishes_where_clipped() -> None:
-    model = _randomised()
+    model = randomised()
     tokens = np.array([2, 4])
     table = _log_softmax(model.logit_table())
     targets = np.array([1, 6])
@@ -183,13 +169,13 @@ def test_ppo_gradient_vanishes_where_clipped() -> None:
 
 
 def test_gradients_are_additive() -> None:
-    data = _rl_data(_randomised(), 5) + _rl_data(_randomised(), 6)
+    data = _rl_data(randomised(), 5) + _rl_data(randomised(), 6)
     part_a, part_b = data[:2], data[2:]
     for loss_fn in ("cross_entropy", "ppo", "dro"):
-        split = _randomised()
+        split = randomised()
         loss_a = split.forward_backward(part_a, loss_fn).metrics["loss:sum"]
         loss_b = split.forward_backward(part_b, loss_fn).metrics["loss:sum"]
-        joint = _randomised()
+        joint = randomised()
         loss_ab = joint.forward_backward(part_a + part_b, loss_fn).metrics["loss:sum"]
         assert _close(loss_ab, loss_a + loss_b, rel=1e-12)
         for name, grad in joint.gradients().items():
@@ -198,7 +184,7 @@ def test_gradients_are_additive() -> None:
 
 
 def test_forward_only_does_not_accumulate() -> None:
-    model = _randomised()
+    model = randomised()
     data = _rl_data(model, 3)
     model.forward(data, "cross_entropy")
     assert all(float(np.max(np.abs(g))) == 0.0 for g in model.gradients().values())
@@ -212,7 +198,7 @@ def test_forward_only_does_not_accumulate() -> None:
 
 
 def test_empty_request_and_empty_datum() -> None:
-    model = _randomised()
+    model = randomised()
     assert model.forward_backward([], "cross_entropy").metrics == {"loss:sum": 0.0}
     empty = DatumArrays(np.zeros(0, dtype=np.int64), {"target_tokens": np.zeros(0, np.int64), "weights": np.zeros(0)})
     result = model.forward_backward([empty], "cross_entropy")
@@ -221,7 +207,7 @@ def test_empty_request_and_empty_datum() -> None:
 
 
 def test_token_ids_are_reduced_modulo_vocab() -> None:
-    model = _randomised()
+    model = randomised()
     weights = np.ones(3)
     wrapped = DatumArrays(np.array([7, 15, -1]), {"target_tokens": np.array([8, 2, 13]), "weights": weights})
     plain = DatumArrays(np.array([0, 1, 6]), {"target_tokens": np.array([1, 2, 6]), "weights": weights})
@@ -287,13 +273,13 @@ USER_ERROR_CASES: list[tuple[Callable[[LoraModel], object], str]] = [
 
 @pytest.mark.parametrize(("call", "message"), USER_ERROR_CASES)
 def test_user_errors(call: Callable[[LoraModel], object], message: str) -> None:
-    model = _randomised()
+    model = randomised()
     with pytest.raises(SimUserError, match=message):
         call(model)
 
 
 def test_failed_request_leaves_gradients_untouched() -> None:
-    model = _randomised()
+    model = randomised()
     with pytest.raises(SimUserError, match="datum 1"):
         model.forward_backward([_ce([1, 2], [2, 3]), _ce([1, 2], [2])], "cross_entropy")
     assert all(float(np.max(np.abs(g))) == 0.0 for g in model.gradients().values())
@@ -334,7 +320,7 @@ def test_fresh_model_is_its_base_and_deterministic() -> None:
 
 
 def test_adamw_matches_hand_computed_updates() -> None:
-    model = _randomised()
+    model = randomised()
     data = _rl_data(model, 2)
     hp = AdamParams(learning_rate=0.05, beta1=0.8, beta2=0.9, eps=1e-3, weight_decay=0.2)
     p = model.get_parameters()
@@ -360,7 +346,7 @@ def test_adamw_matches_hand_computed_updates() -> None:
 
 
 def test_weight_decay_alone_shrinks_parameters() -> None:
-    model = _randomised()
+    model = randomised()
     before = model.get_parameters()
     model.optim_step(AdamParams(learning_rate=0.1, weight_decay=0.5))  # no gradients accumulated
     for k, value in model.get_parameters().items():
@@ -422,7 +408,7 @@ def _assert_freqs(freqs: F64, probs: F64, n: int) -> None:
 
 
 def test_sampling_frequencies_match_softmax() -> None:
-    model = _randomised(SMALL, 4, 9)
+    model = randomised(SMALL, 4, 9)
     n = 20000
     for temperature in (1.0, 0.6):
         probs = _probs(model, 5, temperature)
@@ -431,7 +417,7 @@ def test_sampling_frequencies_match_softmax() -> None:
 
 
 def test_top_k_and_top_p_truncate_and_renormalise() -> None:
-    model = _randomised(SMALL, 4, 9)
+    model = randomised(SMALL, 4, 9)
     n = 20000
     probs = _probs(model, 5)
     order = np.argsort(-probs, kind="stable")
@@ -446,7 +432,7 @@ def test_top_k_and_top_p_truncate_and_renormalise() -> None:
 
 
 def test_greedy_variants_agree() -> None:
-    model = _randomised(SMALL, 4, 9)
+    model = randomised(SMALL, 4, 9)
     table = model.logit_table()
     expected: list[int] = []
     prev = 5
@@ -462,7 +448,7 @@ def test_greedy_variants_agree() -> None:
 
 
 def test_seed_reproducibility() -> None:
-    model = _randomised(SMALL, 4, 9)
+    model = randomised(SMALL, 4, 9)
     kwargs: dict[str, object] = {"num_samples": 4, "max_tokens": 20, "stop_tokens": [], "top_k": 8, "top_p": 0.95}
     a = model.sample([1, 2], seed=42, **kwargs)  # pyright: ignore[reportArgumentType]
     b = model.sample([1, 2], seed=42, **kwargs)  # pyright: ignore[reportArgumentType]
@@ -477,7 +463,7 @@ def test_seed_reproducibility() -> None:
 
 
 def test_sampled_logprobs_are_raw_model_logprobs() -> None:
-    model = _randomised(SMALL, 4, 9)
+    model = randomised(SMALL, 4, 9)
     result = model.sample([7], num_samples=3, max_tokens=15, stop_tokens=[], seed=0, temperature=0.7)
     for seq in result.sequences:
         assert seq.tokens.dtype == np.int64
@@ -488,7 +474,7 @@ def test_sampled_logprobs_are_raw_model_logprobs() -> None:
 
 
 def test_topk_sample_logprobs_and_padding() -> None:
-    model = _randomised()  # vocab 7
+    model = randomised()  # vocab 7
     result = model.sample([2], max_tokens=4, stop_tokens=[], seed=0, topk_sample_logprobs=9)
     seq = result.sequences[0]
     assert seq.topk is not None
@@ -506,7 +492,7 @@ def test_topk_sample_logprobs_and_padding() -> None:
 
 
 def test_prompt_logprobs_topk_target_and_alt_tokens() -> None:
-    model = _randomised(SMALL, 4, 9)
+    model = randomised(SMALL, 4, 9)
     prompt = [3, 9, 1, 14, 2]
     table = _log_softmax(model.logit_table())
     targets = np.array([[1, -1], [4, 5], [-1, -1], [0, 15]])
@@ -572,7 +558,7 @@ def _train(model: LoraModel, data: list[DatumArrays], steps: int) -> None:
 
 
 def test_checkpoint_round_trip_continues_identically() -> None:
-    model = _randomised(SMALL, 4, 2)
+    model = randomised(SMALL, 4, 2)
     data = _rl_data(model, 8)
     _train(model, data, 3)
     blob = model.to_bytes(with_optimizer=True)
@@ -589,7 +575,7 @@ def test_checkpoint_round_trip_continues_identically() -> None:
     for name, value in model.get_parameters().items():
         np.testing.assert_array_equal(restored.get_parameters()[name], value)
     # In place, into a model with other weights.
-    other = _randomised(SMALL, 4, 2)
+    other = randomised(SMALL, 4, 2)
     other.load_bytes(blob, with_optimizer=True)
     _train(other, data, 3)
     for name, value in model.get_parameters().items():
@@ -597,7 +583,7 @@ def test_checkpoint_round_trip_continues_identically() -> None:
 
 
 def test_checkpoint_without_optimizer_resets_it() -> None:
-    model = _randomised(SMALL, 4, 2)
+    model = randomised(SMALL, 4, 2)
     data = _rl_data(model, 8)
     _train(model, data, 3)
     weights_only = model.to_bytes(with_optimizer=False)
@@ -615,7 +601,7 @@ def test_checkpoint_without_optimizer_resets_it() -> None:
 
 
 def test_checkpoint_mismatch_and_garbage() -> None:
-    model = _randomised(SMALL, 4, 2)
+    model = randomised(SMALL, 4, 2)
     blob = model.to_bytes()
     with pytest.raises(SimUserError, match="base_model"):
         LoraModel("other-base", 4, 0, SMALL).load_bytes(blob, with_optimizer=False)
@@ -626,7 +612,7 @@ def test_checkpoint_mismatch_and_garbage() -> None:
 
 
 def test_snapshot_is_independent() -> None:
-    model = _randomised(SMALL, 4, 2)
+    model = randomised(SMALL, 4, 2)
     snap = model.snapshot()
     table = snap.logit_table().copy()
     _train(model, _rl_data(model, 8), 2)
@@ -691,7 +677,7 @@ def test_pattern_changes_what_the_base_produces(pattern_model: tuple[LoraModel, 
 
 
 def test_sampling_follows_weight_updates() -> None:
-    model = _randomised(SMALL, 4, 9)
+    model = randomised(SMALL, 4, 9)
     kwargs: dict[str, object] = {"num_samples": 4, "max_tokens": 8, "stop_tokens": [], "seed": 3, "temperature": 0.8}
     before = model.sample([1], **kwargs)  # pyright: ignore[reportArgumentType]
     _train(model, [_ce([1] * 8, [6] * 8)], 5)  # push the model towards 1 -> 6

@@ -11,26 +11,12 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-import numpy.typing as npt
 import pytest
+from _modelkit import F64, SMALL, TINY, randomised
 
 from tinkex_trio._losses import loss_and_grad
 from tinkex_trio.sim._model import LoraModel
-from tinkex_trio.sim._model_types import DatumArrays, ModelConfig, SimUserError
-
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
-
-TINY = ModelConfig(vocab_size=7, hidden=5, seed=3)
-SMALL = ModelConfig(vocab_size=16, hidden=8, seed=1)
-
-
-def _randomised(cfg: ModelConfig = TINY, rank: int = 3, seed: int = 0) -> LoraModel:
-    model = LoraModel("tiny-base", rank, seed, cfg)
-    rng = np.random.default_rng(seed + 100)
-    params = model.get_parameters()
-    model.set_parameters({"lora_A": params["lora_A"], "lora_B": rng.standard_normal(params["lora_B"].shape)})
-    return model
+from tinkex_trio.sim._model_types import DatumArrays, SimUserError
 
 
 def _log_softmax(x: F64) -> F64:
@@ -98,7 +84,7 @@ def _gspo_reference(lp: F64, q: F64, adv: F64, mask: F64, lo: float, hi: float) 
 def test_gspo_loss_and_lp_gradient_match_an_independent_implementation(
     conf: dict[str, float], offsets: list[float], two_d: bool
 ) -> None:
-    model = _randomised()
+    model = randomised()
     data = _gspo_data(model, 3, offsets, two_d)
     lo, hi = conf.get("clip_low_threshold", 0.8), conf.get("clip_high_threshold", 1.2)
     result = model.forward(data, "gspo", dict(conf))
@@ -120,7 +106,7 @@ def test_gspo_loss_and_lp_gradient_match_an_independent_implementation(
 def test_gspo_clips_whole_sequences() -> None:
     """A sequence whose ratio is far outside the range on the clipped side has no gradient at all, whatever its tokens'
     own ratios; one inside the range has a gradient at every position with an advantage."""
-    model = _randomised()
+    model = randomised()
     outside, inside = _gspo_data(model, 5, [0.6, 0.0])
     outside.loss_fn_inputs["advantages"][:] = 1.0  # s = e^0.6 > 1.2 with A > 0: the clipped branch everywhere
     model.forward_backward([outside], "gspo")
@@ -130,7 +116,7 @@ def test_gspo_clips_whole_sequences() -> None:
 
 
 def test_gspo_ratio_is_per_datum_and_ignores_unmasked_positions() -> None:
-    model = _randomised()
+    model = randomised()
     data = _gspo_data(model, 9, [0.3, -0.4, 0.1])
     joint = model.forward(data, "gspo").metrics["loss:sum"]
     alone = sum(model.forward([d], "gspo").metrics["loss:sum"] for d in data)
@@ -177,7 +163,7 @@ def _sr_reference(lp: F64, q_star: F64, sampled: F64, adv: F64, cap: float) -> f
 
 @pytest.mark.parametrize("cap", [2.0, 1.1])
 def test_stable_reinforce_loss_matches_an_independent_implementation(cap: float) -> None:
-    model = _randomised()
+    model = randomised()
     data = _sr_data(model, 4)
     conf: dict[str, float | str] = {} if cap == 2.0 else {"clip_high_threshold": cap}
     result = model.forward(data, "stable_reinforce", conf)
@@ -203,7 +189,7 @@ def test_parameter_gradients_by_finite_differences(
 ) -> None:
     """The parameter gradient is the finite-difference gradient of ``sum(c · lp(θ))`` with the per-position
     coefficient c = dL/dlp frozen at its current value -- c computed by the independent references above."""
-    model = _randomised()
+    model = randomised()
     data = make(model)
     model.forward_backward(data, loss_fn)
     analytic = model.gradients()
@@ -245,7 +231,7 @@ def test_parameter_gradients_by_finite_differences(
 
 
 def test_stable_reinforce_trains_only_sampled_positions() -> None:
-    model = _randomised()
+    model = randomised()
     datum = _sr_data(model, 2)[0]
     prompt_only = DatumArrays(
         datum.tokens, datum.loss_fn_inputs, {"sampled": np.zeros(6), "sampler_logprobs": np.zeros(6)}
@@ -267,7 +253,7 @@ def test_stable_reinforce_trains_only_sampled_positions() -> None:
     ],
 )
 def test_stable_reinforce_refuses_bad_recorded_inputs(recorded: dict[str, F64], message: str) -> None:
-    model = _randomised()
+    model = randomised()
     datum = DatumArrays(np.array([1, 2]), {"target_tokens": np.array([2, 3]), "advantages": np.ones(2)}, recorded)
     with pytest.raises(SimUserError, match=message):
         model.forward_backward([datum], "stable_reinforce")
@@ -307,7 +293,7 @@ def _sampling_distribution(model: LoraModel, prev: int, temperature: float, top_
     ("temperature", "top_k", "top_p"), [(1.0, -1, 1.0), (0.7, 5, 1.0), (1.3, -1, 0.8), (0.9, 6, 0.9)]
 )
 def test_sampling_logprobs_are_the_sampling_distribution(temperature: float, top_k: int, top_p: float) -> None:
-    model = _randomised(SMALL, 4, 9)
+    model = randomised(SMALL, 4, 9)
     result = model.sample(
         [3, 5], num_samples=6, max_tokens=8, stop_tokens=[], seed=11, temperature=temperature, top_k=top_k, top_p=top_p
     )
@@ -325,7 +311,7 @@ def test_sampling_logprobs_are_the_sampling_distribution(temperature: float, top
 
 
 def test_sampling_logprobs_edge_cases() -> None:
-    model = _randomised(SMALL, 4, 9)
+    model = randomised(SMALL, 4, 9)
     greedy = model.sample([5], max_tokens=5, stop_tokens=[], temperature=0.0).sequences[0]
     assert model.sampling_logprobs(5, greedy.tokens, temperature=0.0, top_k=-1, top_p=1.0).tolist() == [0.0] * 5
     worst = int(np.argmin(model.logit_table()[5]))
