@@ -33,10 +33,16 @@ def ray(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def torch(session: nox.Session) -> None:
-    """Custom losses against the official SDK's (tests/test_equivalence_custom_loss.py): the SDK's need PyTorch, a
-    multi-GB install that CI's default run skips."""
+    """Custom losses with PyTorch: against the official SDK's (tests/test_equivalence_custom_loss.py) and by handle
+    (tests/test_loss_handles.py). PyTorch is a multi-GB install that CI's default run skips."""
     session.install("-e", ".[test]", "torch")
-    session.run("pytest", "tests/test_equivalence_custom_loss.py", *session.posargs)
+    session.run(
+        "pytest",
+        "tests/test_equivalence_custom_loss.py",
+        "tests/test_loss_handles.py",
+        "tests/test_parity.py",
+        *session.posargs,
+    )
 
 
 @nox.session

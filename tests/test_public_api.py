@@ -38,6 +38,7 @@ EXPECTED = {
     "ForwardBackwardOutput",
     "ImageChunk",
     "LoraConfig",
+    "LossHandle",
     "Metrics",
     "MetricsCollector",
     "MetricsConfig",

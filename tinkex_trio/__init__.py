@@ -43,6 +43,7 @@ from tinkex_trio._config import (
     TimeoutsConfig,
 )
 from tinkex_trio._futures import APIFuture
+from tinkex_trio._loss_handles import LossHandle
 from tinkex_trio._metrics import Metrics, MetricsCollector, serve_metrics
 from tinkex_trio._rest import RestClient
 from tinkex_trio._sampling import SamplingClient
@@ -85,6 +86,7 @@ __all__ = [
     "ForwardBackwardOutput",
     "ImageChunk",
     "LoraConfig",
+    "LossHandle",
     "Metrics",
     "MetricsCollector",
     "MetricsConfig",

@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 import tinkex_trio as _async
 import tinkex_trio.types as types
-from tinkex_trio import CircuitBreaker, Config, Metrics, TelemetryBus
+from tinkex_trio import CircuitBreaker, Config, LossHandle, Metrics, TelemetryBus
 from tinkex_trio._custom_loss import Autograd, CustomLossFn
 from tinkex_trio._portal import Future, Portal
 from tinkex_trio._training import FwdBwdItem, LossFn, LossFnConfig
@@ -64,6 +64,23 @@ class Session:
     def rest(self) -> RestClient:
         """A :class:`~tinkex_trio.RestClient` on this session's connections (made on first use)."""
         return RestClient(self._portal, self._inner.rest)
+
+    def create_custom_loss(
+        self,
+        fn: Callable[..., Any],
+        input_ranks: Mapping[str, int],
+    ) -> LossHandle:
+        """Create a custom loss once for this session; pass the handle to ``TrainingClient.forward_backward_custom``.
+
+        ``fn(logprobs, *inputs) -> (loss, metrics)`` is a per-datum loss written with torch (PyTorch needed); the
+        per-datum losses are summed. ``input_ranks`` gives the rank of each parameter (0 scalar, 1 ``[T]``, 2
+        ``[T, K]``; ``logprobs`` has the rank of ``target_tokens``). It is traced with ``torch.fx`` and checked as
+        the official SDK's ``create_custom_loss`` does (torch / math / operator calls only, metrics keyed
+        ``custom/<name>:sum`` or ``:mean``; :mod:`tinkex_trio._loss_handles`). When the server runs custom losses
+        (``custom_loss_server_side`` in its client config) the graph is uploaded and the loss runs there in one
+        forward_backward; otherwise it runs here, in the two calls of a client-side custom loss.
+        """
+        return self._portal.call(self._inner.create_custom_loss, fn, input_ranks)
 
     def on_queue_state_change(
         self,
@@ -227,7 +244,7 @@ class TrainingClient:
     def forward_backward_custom(
         self,
         data: Sequence[types.Datum],
-        loss_fn: CustomLossFn,
+        loss_fn: CustomLossFn | LossHandle,
         *,
         autograd: Autograd = "numpy",
     ) -> types.ForwardBackwardOutput:
@@ -242,13 +259,16 @@ class TrainingClient:
 
         Both calls are made in this client's turn: nothing else is submitted between them, and nothing is left
         waiting on the server if your function fails (its error is raised; the model is unchanged).
+
+        ``loss_fn`` may also be a :class:`LossHandle` from ``Session.create_custom_loss``: one forward_backward with
+        ``loss_fn="custom"`` when the server holds it (``handle.loss_id``), else the two calls with it run here.
         """
         return self._portal.call(self._inner.forward_backward_custom, data, loss_fn, autograd=autograd)
 
     def submit_forward_backward_custom(
         self,
         data: Sequence[types.Datum],
-        loss_fn: CustomLossFn,
+        loss_fn: CustomLossFn | LossHandle,
         *,
         autograd: Autograd = "numpy",
     ) -> Future[types.ForwardBackwardOutput]:

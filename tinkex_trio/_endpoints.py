@@ -116,6 +116,7 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
         "telemetry",
         "sessions/search",
         "copy_weights",
+        "create_custom_loss",
     ),
     *_static("GET", "get_server_capabilities", "healthz", "training_runs", "checkpoints", "sessions"),
     Endpoint("GET", f"{API_PREFIX}/sessions/{{session_id}}"),

@@ -6,7 +6,8 @@ The session calls these; each takes the session's next ``model_seq_id``, waits f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import trio
@@ -14,6 +15,7 @@ import trio
 from tinkex_trio import types
 from tinkex_trio._context import SessionContext
 from tinkex_trio._endpoints import API_PREFIX as _API
+from tinkex_trio._loss_handles import LossHandle, encode_graph, trace_loss
 from tinkex_trio._results import fetch_info, json_decoder
 from tinkex_trio._training import TrainingClient
 from tinkex_trio._transport import PoolKind
@@ -95,6 +97,31 @@ async def create_client_from_state(
         )
     info = await fetch_info(ctx.transport, model_id)
     return TrainingClient(ctx, model_id, model_seq_id=model_seq_id, info=info)
+
+
+async def create_custom_loss(ctx: SessionContext, fn: Callable[..., Any], input_ranks: Mapping[str, int]) -> LossHandle:
+    """Trace ``fn`` into a handle; upload it (create_custom_loss, with the session's next ``custom_loss_seq_id``) when
+    the server runs custom losses itself, and return the handle with the server's ``loss_id``."""
+    ctx.check_alive()
+    handle = trace_loss(fn, input_ranks, ctx.session_id)
+    if not ctx.client_config.custom_loss_server_side:
+        await trio.lowlevel.checkpoint()
+        return handle
+    request = types.CreateCustomLossRequest(
+        session_id=ctx.session_id,
+        custom_loss_seq_id=ctx.next_custom_loss_seq_id(),
+        name=handle.name,
+        inputs=list(handle.inputs),
+        graph=encode_graph(handle),
+    )
+    reply, roundtrip = await _post_future(
+        ctx, "create_custom_loss", types.encode(request), _JSON, "Session.create_custom_loss"
+    )
+    future = ctx.futures.track(
+        reply, "CreateCustomLoss", json_decoder(types.CreateCustomLossResponse), create_roundtrip_s=roundtrip
+    )
+    created = await future.result()
+    return dataclasses.replace(handle, loss_id=created.loss_id)
 
 
 async def _post_future(

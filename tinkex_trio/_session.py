@@ -39,8 +39,9 @@ from tinkex_trio._endpoints import API_PREFIX as _API
 from tinkex_trio._futures import FutureManager
 from tinkex_trio._groups import is_interruption, lone_exception, original, reraise
 from tinkex_trio._logsink import ResilienceLog
+from tinkex_trio._loss_handles import LossHandle
 from tinkex_trio._metrics import Metrics, MetricsFeed
-from tinkex_trio._models import create_client_from_state, create_lora_client
+from tinkex_trio._models import create_client_from_state, create_custom_loss, create_lora_client
 from tinkex_trio._rest import RestClient
 from tinkex_trio._sampling import SamplingClient, create_sampling_client
 from tinkex_trio._telemetry import FUTURE_QUEUE_STATE, SESSION_HEARTBEAT, TelemetryBus, TelemetryEvent
@@ -131,6 +132,19 @@ class Session:
         if self._rest is None:
             self._rest = RestClient(self._transport)
         return self._rest
+
+    async def create_custom_loss(self, fn: Callable[..., Any], input_ranks: Mapping[str, int]) -> LossHandle:
+        """Create a custom loss once for this session; pass the handle to ``TrainingClient.forward_backward_custom``.
+
+        ``fn(logprobs, *inputs) -> (loss, metrics)`` is a per-datum loss written with torch (PyTorch needed); the
+        per-datum losses are summed. ``input_ranks`` gives the rank of each parameter (0 scalar, 1 ``[T]``, 2
+        ``[T, K]``; ``logprobs`` has the rank of ``target_tokens``). It is traced with ``torch.fx`` and checked as
+        the official SDK's ``create_custom_loss`` does (torch / math / operator calls only, metrics keyed
+        ``custom/<name>:sum`` or ``:mean``; :mod:`tinkex_trio._loss_handles`). When the server runs custom losses
+        (``custom_loss_server_side`` in its client config) the graph is uploaded and the loss runs there in one
+        forward_backward; otherwise it runs here, in the two calls of a client-side custom loss."""
+        self._check_alive()
+        return await create_custom_loss(self._ctx, fn, input_ranks)
 
     def on_queue_state_change(self, callback: Callable[[str, str | None], object]) -> Callable[[], bool]:
         """Call ``callback(queue_state, queue_state_reason)`` whenever a request of this session changes queue state

@@ -75,6 +75,7 @@ from tinkex_trio._custom_loss import (
     logprobs_of,
     merge_metrics,
 )
+from tinkex_trio._loss_handles import LossHandle, check_loss_inputs, run_handle
 from tinkex_trio._proto._codec import (
     PROTOBUF_CONTENT_TYPE,
     encode_forward_backward_request,
@@ -232,7 +233,7 @@ class TrainingClient:
         return await self._submit_fwdbwd(data, loss_fn, loss_fn_config, forward_only=False)
 
     async def forward_backward_custom(
-        self, data: Sequence[types.Datum], loss_fn: CustomLossFn, *, autograd: Autograd = "numpy"
+        self, data: Sequence[types.Datum], loss_fn: CustomLossFn | LossHandle, *, autograd: Autograd = "numpy"
     ) -> types.ForwardBackwardOutput:
         """Run a loss of your own on ``data`` and accumulate its gradients; wait for the result.
 
@@ -245,16 +246,30 @@ class TrainingClient:
 
         Both calls are made in this client's turn: nothing else is submitted between them, and nothing is left
         waiting on the server if your function fails (its error is raised; the model is unchanged).
+
+        ``loss_fn`` may also be a :class:`LossHandle` from ``Session.create_custom_loss``: one forward_backward with
+        ``loss_fn="custom"`` when the server holds it (``handle.loss_id``), else the two calls with it run here.
         """
         future = await self.submit_forward_backward_custom(data, loss_fn, autograd=autograd)
         return await future.result()
 
     async def submit_forward_backward_custom(
-        self, data: Sequence[types.Datum], loss_fn: CustomLossFn, *, autograd: Autograd = "numpy"
+        self, data: Sequence[types.Datum], loss_fn: CustomLossFn | LossHandle, *, autograd: Autograd = "numpy"
     ) -> APIFuture[types.ForwardBackwardOutput]:
         """:meth:`forward_backward_custom`, returning once the second call was accepted (after the first one's
         result and your loss): an optim_step submitted next applies its gradients."""
         checked = check_data(data)
+        if isinstance(loss_fn, LossHandle):
+            if loss_fn.session_id != self._ctx.session_id:
+                raise InvalidArgumentError(
+                    f"loss {loss_fn.name!r} was created in session {loss_fn.session_id}: only that session's "
+                    "clients may use it",
+                    argument="loss_fn",
+                )
+            check_loss_inputs(loss_fn, checked)
+            if loss_fn.loss_id is not None:  # held by the server: one forward_backward, the data as they are
+                return await self.submit_forward_backward(checked, "custom", {"loss_id": loss_fn.loss_id})
+            loss_fn, autograd = partial(run_handle, loss_fn), "torch"
         if not callable(loss_fn):
             raise InvalidArgumentTypeError(
                 f"loss_fn must be a function (data, logprobs) -> ..., got {type(loss_fn).__name__}", argument="loss_fn"
