@@ -14,16 +14,19 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 import tinkex_trio as tx
 from tinkex_trio import _blocking_gen, blocking
 from tinkex_trio import types as t
+from tinkex_trio._portal import Portal
 from tinkex_trio.errors import InvalidArgumentError, NotFoundError, RequestFailedError, SessionClosedError
 from tinkex_trio.sim import Latency, SimConfig, SimServer, sim_server_in_thread
 
@@ -250,3 +253,34 @@ def test_the_readme_blocking_snippet_runs_as_written(capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("loss ") and float(out[0].split()[1]) > 0
     assert out[1].startswith("[") and _session_threads() == []
+
+
+def test_a_session_that_ends_on_its_own_says_why() -> None:
+    """A failure inside the session's own tasks ends its block: later calls fail with SessionClosedError naming it."""
+
+    @asynccontextmanager
+    async def crashing() -> AsyncIterator[trio.Event]:
+        trigger = trio.Event()
+
+        async def background() -> None:
+            await trigger.wait()
+            raise ValueError("a background task failed")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(background)
+            yield trigger
+
+    portal = Portal(crashing, name="tinkex-trio-session")
+    trigger: trio.Event = portal.session
+
+    async def pull() -> None:
+        trigger.set()
+
+    portal.call(pull)
+    portal.thread.join(timeout=10)  # the failure ends the run
+    assert not portal.thread.is_alive()
+    with pytest.raises(SessionClosedError, match="ValueError: a background task failed") as info:
+        portal.call(pull)
+    assert isinstance(info.value.__cause__, ValueError)
+    portal.close()
+    assert not portal.thread.is_alive()

@@ -20,11 +20,12 @@ import contextlib
 import functools
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar, cast
 
 import trio
 
 from tinkex_trio._apifuture import APIFuture
+from tinkex_trio._groups import lone_exception
 from tinkex_trio.errors import SessionClosedError
 
 __all__ = ["CallerError", "Future", "Portal"]
@@ -65,6 +66,7 @@ class Portal:
         self._stop_event: trio.Event | None = None
         self._stop: _Stop | None = None
         self._closed = False
+        self._ended_with: BaseException | None = None
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -85,7 +87,20 @@ class Portal:
         except BaseException as exc:  # the thread's end: everything goes to a waiting caller, or nowhere
             if not self._ready.done():
                 self._ready.set_exception(exc)
-            # An interruption we raised ourselves (close after Ctrl-C) or the caller's error carrier: expected.
+            elif self._stop is None:  # the session ended on its own (expired, a background failure): say why
+                self._ended_with = exc
+            # Otherwise an interruption we raised ourselves (close after Ctrl-C) or the caller's error carrier.
+
+    def _closed_error(self) -> SessionClosedError:
+        ended = self._ended_with
+        if ended is None:
+            return SessionClosedError("the blocking session is closed")
+        if isinstance(ended, BaseExceptionGroup):
+            group = cast("BaseExceptionGroup[BaseException]", ended)
+            ended = lone_exception(group) or group
+        error = SessionClosedError(f"the blocking session ended: {type(ended).__name__}: {ended}")
+        error.__cause__ = ended
+        return error
 
     async def _main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
@@ -126,21 +141,25 @@ class Portal:
             raise RuntimeError("a blocking session was called from its own trio thread: use the async API there")
         done: concurrent.futures.Future[T] = concurrent.futures.Future()
 
-        def start() -> None:  # in the trio thread
-            if self._calls is None or self._stop is not None:
-                if done.set_running_or_notify_cancel():
-                    done.set_exception(SessionClosedError("the blocking session is closed"))
-                return
-            self._calls.start_soon(self._run_call, done, fn, (args, kwargs))
+        def start() -> None:  # in the trio thread, as a run_sync_soon callback: it must not raise
+            if self._calls is not None and self._stop is None:
+                try:
+                    self._calls.start_soon(self._run_call, done, fn, (args, kwargs))
+                    return
+                except RuntimeError:  # the nursery closed: the session ended on its own
+                    pass
+            if done.set_running_or_notify_cancel():
+                done.set_exception(self._closed_error())
 
         token = self._token
         with self._lock:
             if self._closed or token is None:
-                raise SessionClosedError("the blocking session is closed")
+                raise self._closed_error()
             try:
                 token.run_sync_soon(start)
             except trio.RunFinishedError:
-                raise SessionClosedError("the blocking session is closed") from None
+                error = self._closed_error()
+                raise error from error.__cause__
         return done
 
     def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
@@ -150,11 +169,12 @@ class Portal:
     def call_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` (a plain function) in the trio thread, waiting for it here."""
         if self._closed or self._token is None:
-            raise SessionClosedError("the blocking session is closed")
+            raise self._closed_error()
         try:
             return trio.from_thread.run_sync(functools.partial(fn, *args, **kwargs), trio_token=self._token)
         except trio.RunFinishedError:
-            raise SessionClosedError("the blocking session is closed") from None
+            error = self._closed_error()
+            raise error from error.__cause__
 
     def iterate(self, iterator: AsyncIterator[T]) -> Iterator[T]:
         """The items of an async iterator, each fetched in the trio thread."""
