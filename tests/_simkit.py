@@ -246,3 +246,15 @@ class JsonOnly:
             headers = [(k, b"application/json" if k.lower() == b"accept" else v) for k, v in scope["headers"]]
             scope = dict(scope, headers=headers)
         await self.app(scope, receive, send)
+
+
+PATTERN = [1, 2, 3, 4, 5, 6, 7, 8] * 3
+
+
+def pattern_batch(n: int = 3) -> list[t.Datum]:
+    """``n`` cross-entropy datums of different lengths cut from one repeating pattern."""
+    out: list[t.Datum] = []
+    for i in range(n):
+        tokens = PATTERN[i : i + 9 + 2 * i]
+        out.append(t.datum(tokens[:-1], target_tokens=tokens[1:], weights=[1.0] * (len(tokens) - 1)))
+    return out

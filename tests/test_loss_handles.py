@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 import pytest
-from _simkit import Reply, sim_config, sim_stack
+from _simkit import Reply, pattern_batch, sim_config, sim_stack
 
 import tinkex_trio as tx
 from tinkex_trio import types as t
@@ -18,15 +18,9 @@ from tinkex_trio._proto import _codec
 from tinkex_trio.errors import InvalidArgumentError, RequestFailedError
 
 BASE = "Qwen/Qwen3-8B"
-PATTERN = [1, 2, 3, 4, 5, 6, 7, 8] * 3
 
 
-def data(n: int = 3) -> list[t.Datum]:
-    out: list[t.Datum] = []
-    for i in range(n):
-        tokens = PATTERN[i : i + 9 + 2 * i]
-        out.append(t.datum(tokens[:-1], target_tokens=tokens[1:], weights=[1.0] * (len(tokens) - 1)))
-    return out
+data = pattern_batch
 
 
 def neg_ll(logprobs: Any, weights: Any) -> Any:

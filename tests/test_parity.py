@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from _simkit import API_KEY, BASE_URL, Reply, SimStack, sim_config, sim_stack
+from _simkit import API_KEY, BASE_URL, PATTERN, Reply, SimStack, pattern_batch, sim_config, sim_stack
 
 from tinkex_trio import types as t
 from tinkex_trio._rest import whoami_from_jwt
@@ -22,15 +22,9 @@ from tinkex_trio._training import TrainingClient
 from tinkex_trio.errors import ConflictError, InvalidArgumentError, NotFoundError, RequestFailedError
 
 BASE = "Qwen/Qwen3-8B"
-PATTERN = [1, 2, 3, 4, 5, 6, 7, 8] * 3
 
 
-def data(n: int = 3) -> list[t.Datum]:
-    out: list[t.Datum] = []
-    for i in range(n):
-        tokens = PATTERN[i : i + 9 + 2 * i]
-        out.append(t.datum(tokens[:-1], target_tokens=tokens[1:], weights=[1.0] * (len(tokens) - 1)))
-    return out
+data = pattern_batch
 
 
 def weights_of(datum: t.Datum) -> np.ndarray[Any, Any]:
