@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from _modelkit import F64, SMALL, TINY, randomised
+from _modelkit import F64, SMALL, TINY, assert_parameter_gradients, randomised
 
 from tinkex_trio.sim._model import LoraModel
 from tinkex_trio.sim._model_types import MASK_LOGPROB, AdamParams, DatumArrays, DimuonParams, ModelConfig, SimUserError
@@ -116,19 +116,7 @@ def test_finite_difference_gradients(loss_fn: str, conf: dict[str, float], two_d
         probe.set_parameters(params)
         return probe.forward(fd_data, fd_loss, fd_config).metrics["loss:sum"]
 
-    step = 1e-6
-    for name, value in base.items():
-        numeric = np.zeros_like(value)
-        for idx in np.ndindex(value.shape):
-            plus = {k: v.copy() for k, v in base.items()}
-            minus = {k: v.copy() for k, v in base.items()}
-            plus[name][idx] += step
-            minus[name][idx] -= step
-            numeric[idx] = (loss_at(plus) - loss_at(minus)) / (2 * step)
-        scale = float(np.max(np.abs(numeric)))
-        assert scale > 1e-3, f"{loss_fn}: the gradient of {name} is trivially zero"
-        error = float(np.max(np.abs(numeric - analytic[name]))) / scale
-        assert error < 1e-6, f"{loss_fn} {name}: relative error {error:.2e}"
+    assert_parameter_gradients(loss_fn, base, analytic, loss_at)
 
 
 @pytest.mark.parametrize("two_d", [False, True])

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from _modelkit import F64, SMALL, TINY, randomised
+from _modelkit import F64, SMALL, TINY, assert_parameter_gradients, randomised
 
 from tinkex_trio._losses import loss_and_grad
 from tinkex_trio.sim._model import LoraModel
@@ -215,19 +215,7 @@ def test_parameter_gradients_by_finite_differences(
         probe.set_parameters(params)
         return probe.forward(surrogate, "cross_entropy").metrics["loss:sum"]
 
-    step = 1e-6
-    for name, value in base.items():
-        numeric = np.zeros_like(value)
-        for idx in np.ndindex(value.shape):
-            plus = {k: v.copy() for k, v in base.items()}
-            minus = {k: v.copy() for k, v in base.items()}
-            plus[name][idx] += step
-            minus[name][idx] -= step
-            numeric[idx] = (loss_at(plus) - loss_at(minus)) / (2 * step)
-        scale = float(np.max(np.abs(numeric)))
-        assert scale > 1e-3, f"{loss_fn}: the gradient of {name} is trivially zero"
-        error = float(np.max(np.abs(numeric - analytic[name]))) / scale
-        assert error < 1e-6, f"{loss_fn} {name}: relative error {error:.2e}"
+    assert_parameter_gradients(loss_fn, base, analytic, loss_at)
 
 
 def test_stable_reinforce_trains_only_sampled_positions() -> None:
