@@ -27,7 +27,13 @@ import tinkex_trio as tx
 from tinkex_trio import _blocking_gen, blocking
 from tinkex_trio import types as t
 from tinkex_trio._portal import Portal
-from tinkex_trio.errors import InvalidArgumentError, NotFoundError, RequestFailedError, SessionClosedError
+from tinkex_trio.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    RequestFailedError,
+    SessionClosedError,
+    TrainingHaltedError,
+)
 from tinkex_trio.sim import Latency, SimConfig, SimServer, sim_server_in_thread
 
 API_KEY = "tml-blocking-test-key"
@@ -96,6 +102,23 @@ def test_errors_are_the_same_types_in_the_calling_thread(server: SimServer) -> N
         with pytest.raises(InvalidArgumentError):
             trainer.forward_backward([], "cross_entropy")
         assert trainer.get_info().model_id  # the session goes on after an error
+
+
+def test_a_failed_custom_loss_halts_the_blocking_twin_until_resume(server: SimServer) -> None:
+    def broken(data: list[t.Datum], logprobs: list[Any]) -> Any:
+        raise ZeroDivisionError("bug in the loss")
+
+    with blocking.open_session(API_KEY, server.base_url) as session:
+        trainer = session.create_lora_training_client(MODEL, rank=4)
+        with pytest.raises(ZeroDivisionError):
+            trainer.forward_backward_custom([_datum([1, 2, 3])], broken)
+        assert trainer.halted
+        with pytest.raises(TrainingHaltedError) as halted:
+            trainer.optim_step(t.AdamParams(learning_rate=0.01))
+        assert isinstance(halted.value.__cause__, ZeroDivisionError)
+        trainer.resume()
+        assert not trainer.halted
+        assert isinstance(trainer.optim_step(t.AdamParams(learning_rate=0.01)), t.OptimStepResponse)
 
 
 def test_an_exception_in_the_block_finishes_errored_and_is_raised_as_itself(server: SimServer) -> None:

@@ -13,13 +13,23 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import trio
+import trio.testing
 from _simkit import API_KEY, BASE_URL, PATTERN, Reply, SimStack, pattern_batch, sim_config, sim_stack
 
 from tinkex_trio import types as t
+from tinkex_trio._config import Config, RetryConfig
 from tinkex_trio._rest import whoami_from_jwt
 from tinkex_trio._session import Session
 from tinkex_trio._training import TrainingClient
-from tinkex_trio.errors import ConflictError, InvalidArgumentError, NotFoundError, RequestFailedError
+from tinkex_trio.errors import (
+    ConflictError,
+    InvalidArgumentError,
+    NotFoundError,
+    RequestFailedError,
+    SequenceInDoubtError,
+    TrainingHaltedError,
+)
 
 BASE = "Qwen/Qwen3-8B"
 
@@ -110,23 +120,121 @@ async def test_a_bad_custom_loss_is_refused_before_the_second_call(
         trainer = await _trainer(session)
         with pytest.raises(InvalidArgumentError, match=message):
             await trainer.forward_backward_custom(data(), returned)
-        # Only the forward went out, nothing waits on the server: the model goes on.
+        # Only the forward went out, nothing waits on the server; the client is halted until resumed.
         assert len([s for s in sim.rec.seen if s.endpoint == "forward_backward"]) == 1
+        assert trainer.halted
+        trainer.resume()
         await trainer.forward_backward(data(), "cross_entropy")
         await trainer.optim_step(t.AdamParams(learning_rate=0.01))
         model = sim.app.state.models[trainer.model_id]
         assert model.steps_applied == 1 and model.forward_backward_applied == 1
 
 
-async def test_an_exception_in_the_custom_loss_is_raised_as_itself(sim: SimStack, autojump_clock: object) -> None:
-    def broken(batch: list[t.Datum], logprobs: list[np.ndarray[Any, Any]]) -> Any:
-        raise ZeroDivisionError("bug in the loss")
+def broken(batch: list[t.Datum], logprobs: list[np.ndarray[Any, Any]]) -> Any:
+    raise ZeroDivisionError("bug in the loss")
+
+
+async def test_a_failed_custom_loss_halts_the_client_until_resume(sim: SimStack, autojump_clock: object) -> None:
+    async with sim.session() as session:
+        trainer, other = await _trainer(session), await _trainer(session)
+        await trainer.forward_backward(data(), "cross_entropy")  # accumulated before the failure: kept
+        assert not trainer.halted
+        with pytest.raises(ZeroDivisionError, match="bug in the loss"):
+            await trainer.forward_backward_custom(data(), broken)
+        assert trainer.halted and not other.halted
+        sent = len(sim.rec.seen)
+        for call in (
+            lambda: trainer.optim_step(t.AdamParams(learning_rate=0.05)),
+            lambda: trainer.forward_backward(data(), "cross_entropy"),
+            lambda: trainer.forward_backward_custom(data(), cross_entropy_as_custom),
+            lambda: trainer.forward_backward_batch([(data(), "cross_entropy", None)]),
+            lambda: trainer.save_state("halted"),
+        ):
+            with pytest.raises(TrainingHaltedError, match=r"trainer\.resume\(\)") as halted:
+                await call()
+            assert isinstance(halted.value.__cause__, ZeroDivisionError)
+            assert "ZeroDivisionError: bug in the loss" in str(halted.value)
+            assert halted.value.model_id == trainer.model_id
+            assert halted.value.operation == "forward_backward_custom"
+        assert len(sim.rec.seen) == sent  # nothing was sent while halted
+        await other.forward_backward(data(), "cross_entropy")  # another model of the session goes on
+        model = sim.app.state.models[trainer.model_id]
+        assert (model.forward_applied, model.forward_backward_applied, model.steps_applied) == (1, 1, 0)
+
+        trainer.resume()
+        assert not trainer.halted
+        trainer.resume()  # nothing to resume: a no-op
+        await trainer.optim_step(t.AdamParams(learning_rate=0.05))
+        # The server holds what the client says: the first forward_backward's gradients applied by one step, and the
+        # failed call's forward (no gradients); no seq_id was skipped.
+        assert (model.forward_applied, model.forward_backward_applied, model.steps_applied) == (1, 1, 1)
+        assert model.applied_seq_ids == [1, 2, 3]
+
+
+async def test_work_queued_behind_a_failed_custom_loss_is_refused(sim: SimStack, autojump_clock: object) -> None:
+    outcomes: dict[str, BaseException | object] = {}
+
+    async def run(name: str, call: Any) -> None:
+        try:
+            outcomes[name] = await call()
+        except Exception as exc:
+            outcomes[name] = exc
 
     async with sim.session() as session:
         trainer = await _trainer(session)
-        with pytest.raises(ZeroDivisionError, match="bug in the loss"):
-            await trainer.forward_backward_custom(data(), broken)
-        assert (await trainer.forward_backward(data(), "cross_entropy")).metrics["loss:sum"] > 0
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, "custom", lambda: trainer.forward_backward_custom(data(), broken))
+            await trio.testing.wait_all_tasks_blocked()  # the custom loss holds the turn, its forward in flight
+            nursery.start_soon(run, "step", lambda: trainer.optim_step(t.AdamParams(learning_rate=0.05)))
+            nursery.start_soon(run, "submit", lambda: trainer.submit_forward_backward(data(), "cross_entropy"))
+        assert isinstance(outcomes["custom"], ZeroDivisionError)
+        # The optim_step was written to apply the custom loss's gradients: it is refused, not run without them.
+        assert isinstance(outcomes["step"], TrainingHaltedError)
+        assert isinstance(outcomes["submit"], TrainingHaltedError)
+        model = sim.app.state.models[trainer.model_id]
+        assert (model.steps_applied, model.forward_backward_applied) == (0, 0)
+        assert sim.rec.requests("optim_step") == []
+
+
+async def test_a_custom_loss_cancelled_between_its_calls_halts_the_client(
+    sim: SimStack, autojump_clock: object
+) -> None:
+    async with sim.session() as session:
+        trainer = await _trainer(session)
+        with trio.move_on_after(0.5) as scope:  # the forward takes 1 s on the simulator
+            await trainer.forward_backward_custom(data(), cross_entropy_as_custom)
+        assert scope.cancelled_caught  # the cancellation went through, not swallowed
+        assert trainer.halted
+        with pytest.raises(TrainingHaltedError, match="it was cancelled") as halted:
+            await trainer.optim_step(t.AdamParams(learning_rate=0.05))
+        assert halted.value.__cause__ is None
+        trainer.resume()
+        await trainer.optim_step(t.AdamParams(learning_rate=0.05))
+        model = sim.app.state.models[trainer.model_id]
+        assert (model.forward_applied, model.forward_backward_applied, model.steps_applied) == (1, 0, 1)
+
+
+async def test_a_custom_loss_whose_second_call_is_in_doubt_is_settled_by_resend_not_halted(
+    sim: SimStack, autojump_clock: object
+) -> None:
+    def outage_after_forward(batch: list[t.Datum], logprobs: list[np.ndarray[Any, Any]]) -> Any:
+        # The service goes down between the two calls: every try of the second one gets a 503.
+        sim.rec.script("forward_backward", *[Reply(503, {"detail": "down"})] * 3)
+        return cross_entropy_as_custom(batch, logprobs)
+
+    quick = Config(api_key=API_KEY, base_url=BASE_URL, retry=RetryConfig(max_retries=2))
+    async with sim.session(config=quick) as session:
+        trainer = await _trainer(session)
+        with pytest.raises(SequenceInDoubtError):
+            await trainer.forward_backward_custom(data(), outage_after_forward)
+        # Its gradients may or may not be on the server: the sequence's own guard, not a halt.
+        assert not trainer.halted and trainer.in_doubt == (2,)
+        resent = await trainer.resend_in_doubt()
+        assert resent is not None
+        await resent.result()
+        await trainer.optim_step(t.AdamParams(learning_rate=0.05))
+        model = sim.app.state.models[trainer.model_id]
+        assert (model.forward_applied, model.forward_backward_applied, model.steps_applied) == (1, 1, 1)
 
 
 async def test_submit_custom_then_optim_step_is_pipelined_in_order(sim: SimStack, autojump_clock: object) -> None:

@@ -259,6 +259,7 @@ EXPECTED_ERRORS = {
     "SessionExpiredError",
     "TLSError",
     "TinkexError",
+    "TrainingHaltedError",
     "UnprocessableEntityError",
     "redact",
     "status_error_class",

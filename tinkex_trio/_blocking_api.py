@@ -258,7 +258,11 @@ class TrainingClient:
         (the server's surrogate is ``surrogate_loss:sum``), with your metrics added.
 
         Both calls are made in this client's turn: nothing else is submitted between them, and nothing is left
-        waiting on the server if your function fails (its error is raised; the model is unchanged).
+        waiting on the server if your function fails. A failure after the first call was sent (your function raises
+        or returns something unusable, the second call is refused, the call is cancelled) is raised as itself and
+        halts the client, as the official SDK does: work submitted behind it (an ``optim_step`` queued by another task)
+        expected its gradients, so every later training request raises
+        :class:`~tinkex_trio.errors.TrainingHaltedError` and sends nothing until :meth:`resume`.
 
         ``loss_fn`` may also be a :class:`LossHandle` from ``Session.create_custom_loss``: one forward_backward with
         ``loss_fn="custom"`` when the server holds it (``handle.loss_id``), else the two calls with it run here.
@@ -524,6 +528,24 @@ class TrainingClient:
         """
         future = self._portal.call(self._inner.resend_in_doubt)
         return None if future is None else Future(self._portal, future)
+
+    @property
+    def halted(self) -> bool:
+        """Whether the client refuses training requests because a custom loss failed between its two calls (see
+        :class:`~tinkex_trio.errors.TrainingHaltedError` and :meth:`resume`).
+        """
+        return self._inner.halted
+
+    def resume(
+        self,
+    ) -> None:
+        """Go on after a failed custom loss halted the client, with the model as the server holds it.
+
+        The failed :meth:`forward_backward_custom` accumulated no gradients (its second call never reached the
+        server); gradients accumulated before it are still there, and the next ``optim_step`` applies them. Requests
+        refused while halted were not sent: submit again what you still want. Does nothing when not halted.
+        """
+        return self._portal.call_sync(self._inner.resume)
 
 
 class SamplingClient:

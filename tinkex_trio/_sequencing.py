@@ -10,8 +10,9 @@ once, and the client's view must equal the server's. :class:`ModelSequence` keep
 
 A delivery is one operation: one request, or one per chunk of a forward_backward. Its life:
 
-* **Refused locally** (an earlier operation is in doubt, or the circuit breaker is open): nothing is sent and no id
-  is taken. Bad arguments and bodies that cannot be encoded are refused before a delivery exists.
+* **Refused locally** (an earlier operation is in doubt, the model is halted, or the circuit breaker is open):
+  nothing is sent and no id is taken. Bad arguments and bodies that cannot be encoded are refused before a delivery
+  exists.
 * **Sent**: each request is *committed* (:meth:`~tinkex_trio._transport.Transport.request_committed`): retried with
   the same id and idempotency key, not cut short by the breaker, an unreadable answer re-sent. It ends
   *accepted* (a future reply), *refused* (the server's 4xx verdict, which uses the id up on the server as well) or
@@ -19,6 +20,9 @@ A delivery is one operation: one request, or one per chunk of a forward_backward
 * **In doubt**: an unknown request, or a cancellation while sending. The sequence refuses every later operation with
   :class:`~tinkex_trio.errors.SequenceInDoubtError` until :meth:`ModelSequence.resend_in_doubt` re-sends the same
   requests and settles them: nothing ever waits silently on a hole.
+* **Halted**: a custom loss failed between its two calls (:meth:`ModelSequence.halt`). The sequence refuses every
+  later operation with :class:`~tinkex_trio.errors.TrainingHaltedError` until :meth:`ModelSequence.resume`: work
+  queued behind the failed call was written to follow its gradients. A re-send of an operation in doubt still goes.
 * **Concluded**: all accepted, the operation's future; all refused, the server's error as itself; some of each (a
   chunked forward_backward), :class:`~tinkex_trio.errors.PartiallyAppliedError` naming the datum ranges.
 """
@@ -39,7 +43,7 @@ from tinkex_trio._groups import lone_exception, reraise
 from tinkex_trio._guard import BreakerGuard
 from tinkex_trio._http_errors import delivery_known
 from tinkex_trio._transport import PoolKind, Transport
-from tinkex_trio.errors import PartiallyAppliedError, SequenceInDoubtError, TinkexError
+from tinkex_trio.errors import PartiallyAppliedError, SequenceInDoubtError, TinkexError, TrainingHaltedError
 
 if TYPE_CHECKING:
     from tinkex_trio._futures import APIFuture
@@ -103,6 +107,8 @@ class ModelSequence:
         self.model_id = model_id
         self.next_seq_id = 1  # seq 0 is the model's creation (create_model / create-via-load)
         self._in_doubt: Delivery[Any] | None = None
+        # Why the model is halted: (operation, the failure described, the failure when it is an Exception).
+        self._halt: tuple[str, str, Exception | None] | None = None
 
     @property
     def in_doubt(self) -> tuple[int, ...]:
@@ -117,10 +123,41 @@ class ModelSequence:
         if self._in_doubt is not None:
             raise self._in_doubt_error(self._in_doubt, refusing=True)
 
+    @property
+    def halted(self) -> bool:
+        """Whether later operations are refused because a custom loss failed between its two calls."""
+        return self._halt is not None
+
+    def halt(self, operation: str, failure: BaseException | None) -> None:
+        """Refuse every later operation until :meth:`resume`. ``failure`` (None for a cancellation) is described in
+        each refusal, and is its ``__cause__`` when it is an Exception. The first halt is kept."""
+        if self._halt is None:
+            what = "it was cancelled" if failure is None else f"{type(failure).__name__}: {failure}"
+            self._halt = (operation, what, failure if isinstance(failure, Exception) else None)
+
+    def resume(self) -> None:
+        """Let later operations go again."""
+        self._halt = None
+
+    def refuse_if_halted(self) -> None:
+        """Raise TrainingHaltedError while the model is halted."""
+        if self._halt is None:
+            return
+        operation, what, failure = self._halt
+        raise TrainingHaltedError(
+            f"model {self.model_id!r} is halted: its {operation} failed before its gradients reached the server "
+            f"({what}), and work submitted after it was written to follow them, so nothing more is sent. Call "
+            "`trainer.resume()` to go on with the model as the server holds it (without that call's gradients), or "
+            "continue from a checkpoint",
+            model_id=self.model_id,
+            operation=operation,
+        ) from failure
+
     async def deliver_new(self, delivery: Delivery[T]) -> APIFuture[T]:
-        """Refuse ``delivery`` while an earlier one is in doubt, pass the circuit breaker, take its seq_ids, send it,
-        and return its future (see the module docstring for every other ending)."""
+        """Refuse ``delivery`` while an earlier one is in doubt or the model is halted, pass the circuit breaker, take
+        its seq_ids, send it, and return its future (see the module docstring for every other ending)."""
         self.refuse_if_in_doubt()
+        self.refuse_if_halted()
         guard = self._admit(delivery)  # CircuitOpenError: nothing sent, no seq_id taken
         try:
             delivery.seq_ids = list(range(self.next_seq_id, self.next_seq_id + len(delivery.bodies)))

@@ -24,7 +24,10 @@ and an answer that cannot be read is re-sent rather than reported. It ends *acce
 server's 4xx verdict, which uses its id up on the server too), or *in doubt*: its retries ended without a verdict, or
 the caller was cancelled while it was being sent. In doubt, the client refuses every later call with
 :class:`~tinkex_trio.errors.SequenceInDoubtError` (nothing is sent, nothing silently waits on the hole) until
-:meth:`TrainingClient.resend_in_doubt` re-sends the same ids and settles them.
+:meth:`TrainingClient.resend_in_doubt` re-sends the same ids and settles them. A client-side custom loss
+(``forward_backward_custom``: a forward, your function, then the forward_backward with its gradients) that fails between
+its two calls *halts* the client: work queued behind it expected its gradients, so every later call raises
+:class:`~tinkex_trio.errors.TrainingHaltedError` until :meth:`TrainingClient.resume`.
 
 Chunking. forward / forward_backward split their data (``client_config.fwdbwd_max_chunk_len`` datums and
 ``fwdbwd_max_chunk_bytes_count`` estimated bytes per chunk); each chunk gets its own ``seq_id`` and future, chunks are
@@ -245,7 +248,11 @@ class TrainingClient:
         (the server's surrogate is ``surrogate_loss:sum``), with your metrics added.
 
         Both calls are made in this client's turn: nothing else is submitted between them, and nothing is left
-        waiting on the server if your function fails (its error is raised; the model is unchanged).
+        waiting on the server if your function fails. A failure after the first call was sent (your function raises
+        or returns something unusable, the second call is refused, the call is cancelled) is raised as itself and
+        halts the client, as the official SDK does: work submitted behind it (an ``optim_step`` queued by another task)
+        expected its gradients, so every later training request raises
+        :class:`~tinkex_trio.errors.TrainingHaltedError` and sends nothing until :meth:`resume`.
 
         ``loss_fn`` may also be a :class:`LossHandle` from ``Session.create_custom_loss``: one forward_backward with
         ``loss_fn="custom"`` when the server holds it (``handle.loss_id``), else the two calls with it run here.
@@ -279,9 +286,20 @@ class TrainingClient:
         first = forward_data(checked)
         self._ctx.check_alive()
         async with self._ordered_turn():
-            forward = await self._send_fwdbwd(first, "cross_entropy", None, True)
-            result = evaluate(loss_fn, checked, logprobs_of(await forward.result(), len(checked)), autograd)
-            backward = await self._send_fwdbwd(backward_data(checked, result), "cross_entropy", None, False)
+            backward_sent = False
+            try:
+                forward = await self._send_fwdbwd(first, "cross_entropy", None, True)
+                result = evaluate(loss_fn, checked, logprobs_of(await forward.result(), len(checked)), autograd)
+                backward_sent = True
+                backward = await self._send_fwdbwd(backward_data(checked, result), "cross_entropy", None, False)
+            except BaseException as exc:
+                # Work queued behind this call follows its gradients: any failure before they reached the server halts
+                # the model. Not the second call's own unknown delivery (retries without a verdict, or cancelled while
+                # sending): resend_in_doubt applies it exactly once, and the sequence refuses everything else
+                # meanwhile. (The first call succeeded in this turn, so any doubt now is the second call's.)
+                if not (backward_sent and self._sequence.in_doubt):
+                    self._sequence.halt("forward_backward_custom", None if isinstance(exc, trio.Cancelled) else exc)
+                raise
         return self._ctx.futures.combine(
             [backward], lambda outputs: merge_metrics(outputs[0], result), request_type="ForwardBackwardCustom"
         )
@@ -779,6 +797,22 @@ class TrainingClient:
         self._ctx.check_alive()
         async with self._ordered_turn():
             return await self._sequence.resend_in_doubt()
+
+    @property
+    def halted(self) -> bool:
+        """Whether the client refuses training requests because a custom loss failed between its two calls (see
+        :class:`~tinkex_trio.errors.TrainingHaltedError` and :meth:`resume`)."""
+        return self._sequence.halted
+
+    def resume(self) -> None:
+        """Go on after a failed custom loss halted the client, with the model as the server holds it.
+
+        The failed :meth:`forward_backward_custom` accumulated no gradients (its second call never reached the
+        server); gradients accumulated before it are still there, and the next ``optim_step`` applies them. Requests
+        refused while halted were not sent: submit again what you still want. Does nothing when not halted.
+        """
+        self._ctx.check_alive()
+        self._sequence.resume()
 
     def _take_ticket(self) -> int:
         self._last_ticket += 1

@@ -31,9 +31,11 @@ before they are stored.
     ├── SessionClosedError                 the session's ``async with`` block has ended
     ├── SequenceInDoubtError               a training request's delivery is unknown: its model is stopped
     ├── PartiallyAppliedError              a chunked forward_backward was applied in part
+    ├── TrainingHaltedError                a custom loss failed between its two calls: its model is stopped
     ├── ConfigError                        bad configuration, raised before any request (also a ValueError)
     └── InvalidArgumentError               a bad argument to a public method, raised before any request (ValueError)
-        └── InvalidArgumentTypeError       the argument has the wrong type (also a TypeError)
+        ├── InvalidArgumentTypeError       the argument has the wrong type (also a TypeError)
+        └── BatchItemTooLargeError         a batch item holds a datum over the server's per-request limit
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ __all__ = [
     "SessionExpiredError",
     "TLSError",
     "TinkexError",
+    "TrainingHaltedError",
     "UnprocessableEntityError",
     "redact",
     "status_error_class",
@@ -497,6 +500,32 @@ class SequenceInDoubtError(TinkexError):
         super().__init__(message)
         self.model_id = model_id
         self.seq_ids = seq_ids
+        self.operation = operation
+
+
+class TrainingHaltedError(TinkexError):
+    """A custom loss failed after its forward pass and before its gradients reached the server, and its model is
+    stopped, as the official SDK stops it.
+
+    :meth:`TrainingClient.forward_backward_custom` makes two calls: a forward for the log-probabilities, then the
+    forward_backward carrying your loss's gradients. If anything fails in between (your function raises or returns
+    something unusable, the second call is refused, the call is cancelled), work submitted behind it on the same
+    client, such as an ``optim_step`` queued from another task, would run without the gradients it was written to
+    apply. So the client refuses every later training request with this error (``__cause__`` is the original failure,
+    when there was one) and sends nothing, until :meth:`TrainingClient.resume` accepts the model as the server holds
+    it: the failed call's gradients are not accumulated, anything accumulated before it still is.
+
+    Attributes:
+        model_id: the model.
+        operation: the call that failed, ``"forward_backward_custom"``.
+    """
+
+    model_id: str
+    operation: str
+
+    def __init__(self, message: str, *, model_id: str, operation: str) -> None:
+        super().__init__(message)
+        self.model_id = model_id
         self.operation = operation
 
 
