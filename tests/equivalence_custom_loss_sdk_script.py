@@ -1,6 +1,8 @@
 """The official SDK's half of tests/test_equivalence_custom_loss.py: a client-side custom loss (torch), trained for a
 few steps. Usage: ``python tests/equivalence_custom_loss_sdk_script.py BASE_URL``; prints ``RESULT <json>`` with
-``losses`` (the custom ``loss:sum`` of each step), ``surrogate`` (``surrogate_loss:sum``) and ``final_logprobs``."""
+``losses`` (the custom ``loss:sum`` of each step), ``surrogate`` (``surrogate_loss:sum``), ``final_logprobs``, and
+``halted``: the model of a loss that raised, and what it and the optim_step behind it met (``"applied"`` or an error's
+class name)."""
 
 from __future__ import annotations
 
@@ -34,6 +36,25 @@ def squared(batch: list[types.Datum], logprobs: list[torch.Tensor]) -> tuple[tor
     return loss, {"custom:sum": float(loss.item())}
 
 
+def broken(batch: list[types.Datum], logprobs: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    raise ZeroDivisionError("bug in the loss")
+
+
+def halted(service: tinker.ServiceClient) -> dict[str, str]:
+    """A loss that raises, then an optim_step submitted behind it: does it run without the loss's gradients?"""
+    training = service.create_lora_training_client(base_model="meta-llama/Llama-3.2-1B", rank=4, seed=8).result()
+    custom = training.forward_backward_custom(data(), broken)
+    step = training.optim_step(types.AdamParams(learning_rate=0.02))
+    outcomes = []
+    for future in (custom, step):
+        try:
+            future.result()
+            outcomes.append("applied")
+        except Exception as exc:
+            outcomes.append(type(exc).__name__)
+    return {"model_id": training.model_id, "custom": outcomes[0], "step": outcomes[1]}
+
+
 def main() -> None:
     service = tinker.ServiceClient(base_url=sys.argv[1], api_key=API_KEY)
     training = service.create_lora_training_client(base_model="meta-llama/Llama-3.2-1B", rank=4, seed=7).result()
@@ -45,7 +66,8 @@ def main() -> None:
         training.optim_step(types.AdamParams(learning_rate=0.02)).result()
     final = training.forward(data(), "cross_entropy").result()
     logprobs = [[float(x) for x in o["logprobs"].tolist()] for o in final.loss_fn_outputs]
-    print("RESULT " + json.dumps({"losses": losses, "surrogate": surrogate, "final_logprobs": logprobs}))
+    result = {"losses": losses, "surrogate": surrogate, "final_logprobs": logprobs, "halted": halted(service)}
+    print("RESULT " + json.dumps(result))
     service.close("success").result()
 
 

@@ -212,6 +212,8 @@ def test_twins_have_the_async_signatures() -> None:
         (tx.RestClient, blocking.RestClient),
     ]
     for async_cls, twin in pairs:
+        for name in inspect.get_annotations(async_cls):  # instance attributes (model_id, sampling_session_id, ...)
+            assert name.startswith("_") or isinstance(getattr(twin, name, None), property), f"{twin.__name__}.{name}"
         for name, member in vars(async_cls).items():
             if name.startswith("_"):
                 continue

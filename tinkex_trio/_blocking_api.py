@@ -187,6 +187,10 @@ class TrainingClient:
     def __repr__(self) -> str:
         return f"<blocking {self._inner!r}>"
 
+    @property
+    def model_id(self) -> str:
+        return self._inner.model_id
+
     def get_info(
         self,
     ) -> types.GetInfoResponse:
@@ -560,6 +564,22 @@ class SamplingClient:
 
     def __repr__(self) -> str:
         return f"<blocking {self._inner!r}>"
+
+    @property
+    def sampling_session_id(self) -> str:
+        return self._inner.sampling_session_id
+
+    @property
+    def base_model(self) -> str | None:
+        return self._inner.base_model
+
+    @property
+    def model_path(self) -> str | None:
+        return self._inner.model_path
+
+    @property
+    def record_stability_info(self) -> bool:
+        return self._inner.record_stability_info
 
     def sample(
         self,

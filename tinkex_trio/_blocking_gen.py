@@ -229,7 +229,7 @@ def render() -> str:
         lines.append("")
         lines.append("    def __repr__(self) -> str:")
         lines.append('        return f"<blocking {self._inner!r}>"')
-        for attribute, annotation in _ATTRIBUTES.get(twin, ()):
+        for attribute, annotation in _attributes(twin, cls):
             if annotation in _ATTRIBUTE_IMPORTS:
                 imports.lines[annotation] = f"from {_ATTRIBUTE_IMPORTS[annotation]} import {annotation}"
             lines.append("")
@@ -279,6 +279,17 @@ def _ruff(source: str) -> str:
             raise RuntimeError(f"ruff {args[0]} failed on the generated blocking API: {done.stderr.strip()}")
         source = done.stdout
     return source
+
+
+def _attributes(twin: str, cls: type) -> list[tuple[str, str]]:
+    """The public instance attributes of ``cls`` to read through: those its class body annotates (``model_id: str``),
+    then those only its ``__init__`` sets (``_ATTRIBUTES``)."""
+    found: dict[str, str] = {}
+    for name, annotation in inspect.get_annotations(cls).items():
+        if not name.startswith("_") and not hasattr(cls, name):
+            found[name] = annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+    found.update(_ATTRIBUTES.get(twin, ()))
+    return list(found.items())
 
 
 def _is_cached_property(member: Any) -> bool:
