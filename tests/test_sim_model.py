@@ -221,6 +221,7 @@ USER_ERROR_CASES: list[tuple[Callable[[LoraModel], object], str]] = [
     (lambda m: m.forward([_rl([1, 2], [2, 3])], "gspo"), r"missing loss_fn_inputs \['sequence_ratio_mask'\]"),
     (lambda m: m.forward([_rl([1, 2], [2, 3])], "stable_reinforce"), "sampling records"),
     (lambda m: m.forward([_rl([1, 2], [2, 3])], "stable_reinforce", {"clip_high_threshold": 0.0}), "> 0"),
+    (lambda m: m.forward([_rl([1, 2], [2, 3])], "stable_reinforce", {"kl_coeff": -0.1}), "kl_coeff must be >= 0"),
     (lambda m: m.forward([_rl([1, 2], [2, 3])], "stable_reinforce", {"clip_low_threshold": 0.5}), "unknown"),
     (
         lambda m: m.forward([DatumArrays(np.array([1]), {"target_tokens": np.array([2])})], "cross_entropy"),

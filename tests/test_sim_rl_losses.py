@@ -156,23 +156,36 @@ def _sr_data(model: LoraModel, seed: int) -> list[DatumArrays]:
     return data
 
 
-def _sr_reference(lp: F64, q_star: F64, sampled: F64, adv: F64, cap: float) -> float:
-    weight = np.where(sampled != 0, np.minimum(np.exp(lp - q_star), cap), 0.0)
-    return float(-np.sum(weight * adv * lp))
+def _sr_reference(lp: F64, q_star: F64, sampled: F64, adv: F64, cap: float, kl: float = 0.0) -> tuple[float, F64]:
+    """stable_reinforce's loss and its coefficient dL/dlp (the importance weight frozen), written out per element."""
+    loss, coef = 0.0, np.zeros_like(lp)
+    for i in range(lp.shape[0]):
+        if sampled[i] == 0:
+            continue
+        ratio = math.exp(lp[i] - q_star[i])
+        weight = min(ratio, cap)
+        loss += -weight * adv[i] * lp[i] + kl * (ratio - 1.0 - math.log(ratio))
+        coef[i] = -weight * adv[i] + kl * (ratio - 1.0)
+    return loss, coef
 
 
-@pytest.mark.parametrize("cap", [2.0, 1.1])
-def test_stable_reinforce_loss_matches_an_independent_implementation(cap: float) -> None:
+@pytest.mark.parametrize(("cap", "kl"), [(2.0, 0.0), (1.1, 0.0), (2.0, 0.3)])
+def test_stable_reinforce_loss_matches_an_independent_implementation(cap: float, kl: float) -> None:
     model = randomised()
     data = _sr_data(model, 4)
-    conf: dict[str, float | str] = {} if cap == 2.0 else {"clip_high_threshold": cap}
+    conf: dict[str, float | str] = {}
+    if cap != 2.0:
+        conf["clip_high_threshold"] = cap
+    if kl:
+        conf["kl_coeff"] = kl
     result = model.forward(data, "stable_reinforce", conf)
     total = 0.0
     for datum, output in zip(data, result.loss_fn_outputs, strict=True):
         lp = _learner_lp(model, datum)
         np.testing.assert_allclose(output["logprobs"], lp, rtol=1e-6)
         rec = datum.recorded
-        total += _sr_reference(lp, rec["sampler_logprobs"], rec["sampled"], datum.loss_fn_inputs["advantages"], cap)
+        adv = datum.loss_fn_inputs["advantages"]
+        total += _sr_reference(lp, rec["sampler_logprobs"], rec["sampled"], adv, cap, kl)[0]
     assert math.isclose(result.metrics["loss:sum"], total, rel_tol=1e-12)
 
 
@@ -182,6 +195,7 @@ def test_stable_reinforce_loss_matches_an_independent_implementation(cap: float)
         ("gspo", lambda m: _gspo_data(m, 7, [0.05, 0.5, -0.5])),
         ("gspo", lambda m: _gspo_data(m, 8, [0.1, -0.3], two_d=True)),
         ("stable_reinforce", lambda m: _sr_data(m, 7)),
+        ("stable_reinforce+kl", lambda m: _sr_data(m, 9)),
     ],
 )
 def test_parameter_gradients_by_finite_differences(
@@ -191,7 +205,9 @@ def test_parameter_gradients_by_finite_differences(
     coefficient c = dL/dlp frozen at its current value -- c computed by the independent references above."""
     model = randomised()
     data = make(model)
-    model.forward_backward(data, loss_fn)
+    kl = 0.4 if loss_fn.endswith("+kl") else 0.0
+    loss_fn = loss_fn.removesuffix("+kl")
+    model.forward_backward(data, loss_fn, {"kl_coeff": kl} if kl else None)
     analytic = model.gradients()
     base = model.get_parameters()
     coefs: list[F64] = []
@@ -202,8 +218,7 @@ def test_parameter_gradients_by_finite_differences(
             _, coef = _gspo_reference(lp, inp["logprobs"], inp["advantages"], inp["sequence_ratio_mask"], 0.8, 1.2)
         else:
             rec = datum.recorded
-            weight = np.where(rec["sampled"] != 0, np.minimum(np.exp(lp - rec["sampler_logprobs"]), 2.0), 0.0)
-            coef = -weight * inp["advantages"]
+            _, coef = _sr_reference(lp, rec["sampler_logprobs"], rec["sampled"], inp["advantages"], 2.0, kl)
         coefs.append(coef)
     surrogate = [
         DatumArrays(d.tokens, {"target_tokens": d.loss_fn_inputs["target_tokens"], "weights": -c})

@@ -91,11 +91,16 @@ def loss_and_grad(
         return -lp * w, -w
     adv = inputs["advantages"]
     if loss_fn == "stable_reinforce":
-        # Truncated importance-weighted REINFORCE against the sampler's recorded distribution:
-        #   -sum_sampled sg(min(exp(lp - q*), c)) * A * lp
+        # Truncated importance-weighted REINFORCE against the sampler's recorded distribution q*, plus kl_coeff times
+        # the k3 estimate of KL(q* || p) from the sampler's own draws (d = lp - q*):
+        #   sum_sampled [ -sg(min(exp(d), c)) * A * lp + kl_coeff * (exp(d) - 1 - d) ]
+        # Our definition: the service's formula is not public in full; the official SDK names kl_coeff as its config.
         sampled = inputs["sampled"]
-        weight = np.minimum(np.exp(lp - inputs["sampler_logprobs"]), conf["clip_high_threshold"]) * sampled
-        return -weight * adv * lp, -weight * adv
+        diff = lp - inputs["sampler_logprobs"]
+        ratio = np.exp(diff)
+        weight = np.minimum(ratio, conf["clip_high_threshold"]) * sampled
+        kl = conf.get("kl_coeff", 0.0) * sampled
+        return -weight * adv * lp + kl * (ratio - 1.0 - diff), -weight * adv + kl * (ratio - 1.0)
     q = inputs["logprobs"]
     if loss_fn == "dro":
         beta = conf["beta"]

@@ -4,16 +4,16 @@ The formulas (each loss and its exact gradient) are :mod:`tinkex_trio._losses`, 
 
 All summed over every position of every datum, never averaged: ``cross_entropy``, ``importance_sampling``, ``ppo``,
 ``cispo``, ``dro``, ``gspo``, ``stable_reinforce``. ``target_tokens`` may be 1-D ``(N,)`` or 2-D ``(N, K)`` (K targets
-per position, e.g. distillation; the other loss inputs then have the same ``(N, K)`` shape and the returned
-``logprobs`` too); ``stable_reinforce`` takes 1-D targets only (its provenance runs tile them). ``custom`` raises
-`SimUserError` ("unsupported"). Required inputs: ``target_tokens`` and ``weights`` for cross_entropy (weights are not
-optional); ``target_tokens``, ``logprobs`` and ``advantages`` for importance_sampling, ppo, cispo and dro; those and
-``sequence_ratio_mask`` for gspo; ``target_tokens`` and ``advantages`` for stable_reinforce, whose sampler logprobs
-come from the server's own sampling records through the datum's provenance spans (its ``logprobs`` input, if any, is
+per position, e.g. distillation; the other loss inputs then have the same ``(N, K)`` shape and the returned ``logprobs``
+too); ``stable_reinforce`` takes 1-D targets only (its provenance runs tile them). ``custom`` raises `SimUserError`
+("unsupported"). Required inputs: ``target_tokens`` and ``weights`` for cross_entropy (weights are not optional);
+``target_tokens``, ``logprobs`` and ``advantages`` for importance_sampling, ppo, cispo and dro; those and
+``sequence_ratio_mask`` for gspo; ``target_tokens`` and ``advantages`` for stable_reinforce, whose sampler logprobs come
+from the server's own sampling records through the datum's provenance spans (its ``logprobs`` input, if any, is
 ignored). Other keys are ignored. ``loss_fn_config`` keys: ``clip_low_threshold`` (0.8) and ``clip_high_threshold``
 (1.2) for ppo, cispo and gspo, ``beta`` (0.05) for dro, ``clip_high_threshold`` (2.0, the truncation of the importance
-weight) for stable_reinforce, none for the rest; an unknown key, a non-number, a NaN/inf input or a shape mismatch
-raises `SimUserError` before anything is accumulated.
+weight) and ``kl_coeff`` (0.0, the weight of its KL penalty toward the sampler) for stable_reinforce, none for the rest;
+an unknown key, a non-number, a NaN/inf input or a shape mismatch raises `SimUserError` before anything is accumulated.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ _LOSS_CONFIG_DEFAULTS: Final[Mapping[str, Mapping[str, float]]] = {
     "cispo": _CLIP_DEFAULTS,
     "dro": {"beta": 0.05},
     "gspo": _CLIP_DEFAULTS,
-    "stable_reinforce": {"clip_high_threshold": 2.0},
+    "stable_reinforce": {"clip_high_threshold": 2.0, "kl_coeff": 0.0},
 }
 
 
@@ -80,8 +80,9 @@ def loss_config(loss_fn: str, loss_fn_config: Mapping[str, float | str] | None) 
             raise SimUserError(f"need 0 <= clip_low_threshold <= clip_high_threshold, got {lo} and {hi}")
     elif conf.get("clip_high_threshold", 1.0) <= 0.0:
         raise SimUserError(f"clip_high_threshold must be > 0, got {conf['clip_high_threshold']}")
-    if conf.get("beta", 0.0) < 0.0:
-        raise SimUserError("beta must be >= 0")
+    for name in ("beta", "kl_coeff"):
+        if conf.get(name, 0.0) < 0.0:
+            raise SimUserError(f"{name} must be >= 0, got {conf[name]}")
     return conf
 
 
