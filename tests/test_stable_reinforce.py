@@ -133,6 +133,34 @@ async def test_the_official_way_to_build_the_datum_is_not_required(autojump_cloc
         assert split.metrics["loss:sum"] == joined.metrics["loss:sum"] != 0.0
 
 
+async def test_the_cookbooks_rl_loop_datum_trains(autojump_clock: trio.testing.MockClock) -> None:
+    """The official cookbook's RL loop (tinker_cookbook/recipes/rl_loop.py) pads the prompt rows of target_tokens,
+    logprobs and advantages with 0 while its loss spans name the prompt: the server takes it, and trains the sampled
+    rows exactly as the datum with the true prompt targets does."""
+    async with sim_stack(sim_config()) as sim, sim.session() as session:
+        trainer, response = await _setup(session)
+        seq = response.sequences[0]
+        sid = seq.sequence_id
+        assert sid is not None
+        sampled = [int(x) for x in seq.tokens]
+        ob_len = len(PROMPT) - 1
+        d = types.datum(
+            PROMPT + sampled[:-1],
+            target_tokens=[0] * ob_len + sampled,
+            logprobs=[0.0] * ob_len + [float(x) for x in seq.logprobs or []],
+            advantages=[0.0] * ob_len + [1.5] * len(sampled),
+        ).with_provenance(
+            [types.ProvenanceSpan.prompt(sid, len(PROMPT)), types.ProvenanceSpan.sampled(sid, len(sampled) - 1)],
+            [types.ProvenanceSpan.prompt(sid, ob_len, offset=1), types.ProvenanceSpan.sampled(sid, len(sampled))],
+        )
+        padded = await trainer.forward([d], "stable_reinforce")
+        true = await trainer.forward([_datum(seq, 1.5)], "stable_reinforce")
+        assert padded.metrics["loss:sum"] == true.metrics["loss:sum"] != 0.0
+        await trainer.forward_backward([d], "stable_reinforce")
+        model = sim.app.state.models[trainer.model_id].model
+        assert model is not None and any(float(np.max(np.abs(g))) > 0 for g in model.gradients().values())
+
+
 def _spans(
     d: types.Datum, model_input: list[types.ProvenanceSpan] | None, loss: list[types.ProvenanceSpan] | None
 ) -> Any:

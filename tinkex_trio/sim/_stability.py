@@ -168,7 +168,9 @@ def resolve_provenance(
     for sampled, run, start in _runs(datum.loss_fn_input_spans, target.shape[0], f"{where}: loss_fn_input_spans"):
         claimed, logprobs = _claimed(store, session_id, sampled, run, now, f"{where}: loss_fn_input_spans")
         stop = start + run.length
-        if not np.array_equal(np.mod(claimed, vocab), target[start:stop]):
+        # A prompt run's targets carry no loss, and are not compared: the official cookbook's RL loop pads them with
+        # 0 (its target_tokens are [0] * prompt + sampled) while naming the prompt. Sampled runs must be the tokens.
+        if sampled and not np.array_equal(np.mod(claimed, vocab), target[start:stop]):
             raise SimUserError(
                 f"{where}: target_tokens positions [{start}, {stop}) are not the tokens recorded for "
                 f"{run.sequence_id!r}"
