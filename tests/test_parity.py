@@ -18,7 +18,7 @@ import trio.testing
 from _simkit import API_KEY, BASE_URL, PATTERN, Reply, SimStack, pattern_batch, sim_config, sim_stack
 
 from tinkex_trio import types as t
-from tinkex_trio._config import Config, RetryConfig
+from tinkex_trio._config import BatchingConfig, Config, RetryConfig
 from tinkex_trio._rest import whoami_from_jwt
 from tinkex_trio._session import Session
 from tinkex_trio._training import TrainingClient
@@ -194,6 +194,34 @@ async def test_work_queued_behind_a_failed_custom_loss_is_refused(sim: SimStack,
         model = sim.app.state.models[trainer.model_id]
         assert (model.steps_applied, model.forward_backward_applied) == (0, 0)
         assert sim.rec.requests("optim_step") == []
+
+
+async def test_work_in_the_batch_window_behind_a_failed_custom_loss_is_refused(
+    sim: SimStack, autojump_clock: object
+) -> None:
+    outcomes: dict[str, BaseException | object] = {}
+
+    async def run(name: str, call: Any) -> None:
+        try:
+            outcomes[name] = await call()
+        except Exception as exc:
+            outcomes[name] = exc
+
+    window = Config(api_key=API_KEY, base_url=BASE_URL, batching=BatchingConfig(coalesce=True))
+    async with sim.session(config=window) as session:
+        trainer = await _trainer(session)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, "custom", lambda: trainer.forward_backward_custom(data(), broken))
+            await trio.testing.wait_all_tasks_blocked()
+            # Two forward_backward calls wait in the batch window, to be merged and sent after the custom loss.
+            nursery.start_soon(run, "a", lambda: trainer.forward_backward(data(), "cross_entropy"))
+            nursery.start_soon(run, "b", lambda: trainer.forward_backward(data(), "cross_entropy"))
+        assert isinstance(outcomes["custom"], ZeroDivisionError)
+        assert isinstance(outcomes["a"], TrainingHaltedError) and isinstance(outcomes["b"], TrainingHaltedError)
+        assert sim.app.state.models[trainer.model_id].forward_backward_applied == 0
+        trainer.resume()
+        await trainer.forward_backward(data(), "cross_entropy")  # the window goes on
+        assert sim.app.state.models[trainer.model_id].forward_backward_applied == 1
 
 
 async def test_a_custom_loss_cancelled_between_its_calls_halts_the_client(
