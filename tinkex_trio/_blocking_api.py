@@ -16,7 +16,7 @@ import tinkex_trio.types as types
 from tinkex_trio import CircuitBreaker, Config, LossHandle, Metrics, TelemetryBus
 from tinkex_trio._custom_loss import Autograd, CustomLossFn
 from tinkex_trio._portal import Future, Portal
-from tinkex_trio._training import FwdBwdItem, LossFn, LossFnConfig
+from tinkex_trio._submission import FwdBwdItem, LossFn, LossFnConfig
 from tinkex_trio.errors import TinkexError
 
 __all__ = ["RestClient", "SamplingClient", "Session", "TrainingClient"]
@@ -340,7 +340,8 @@ class TrainingClient:
         * raised while sending, nothing applied: the server's refusal (an ``APIStatusError`` 4xx: its seq_id is used
           up, the model goes on), :class:`~tinkex_trio.errors.CircuitOpenError` (not sent, no seq_id taken),
           :class:`~tinkex_trio.errors.SequenceInDoubtError` *refusing* the item because an earlier one is in doubt
-          (not sent), :class:`~tinkex_trio.errors.SessionClosedError` before it was sent;
+          (not sent), :class:`~tinkex_trio.errors.TrainingHaltedError` refusing it after a failed custom loss (not
+          sent), :class:`~tinkex_trio.errors.SessionClosedError` before it was sent;
         * :class:`~tinkex_trio.errors.SequenceInDoubtError` for the item whose own request went in doubt: unknown
           until :meth:`resend_in_doubt` settles it (it is then applied exactly once); every later item is refused;
         * :class:`~tinkex_trio.errors.PartiallyAppliedError` (an item sent alone, in chunks): its ``applied`` datum

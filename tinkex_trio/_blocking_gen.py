@@ -205,9 +205,9 @@ def _property(name: str, prop: Any, imports: _Imports) -> list[str]:
 
 _ALIASES: Final = {
     # Type aliases (no __qualname__ to find them by), from the modules that define them.
-    "LossFn": "from tinkex_trio._training import LossFn",
-    "LossFnConfig": "from tinkex_trio._training import LossFnConfig",
-    "FwdBwdItem": "from tinkex_trio._training import FwdBwdItem",
+    "LossFn": "from tinkex_trio._submission import LossFn",
+    "LossFnConfig": "from tinkex_trio._submission import LossFnConfig",
+    "FwdBwdItem": "from tinkex_trio._submission import FwdBwdItem",
     "CustomLossFn": "from tinkex_trio._custom_loss import CustomLossFn",
     "Autograd": "from tinkex_trio._custom_loss import Autograd",
 }

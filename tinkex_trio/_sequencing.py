@@ -118,11 +118,6 @@ class ModelSequence:
             return ()
         return tuple(delivery.seq_ids[i] for i in delivery.unsettled())
 
-    def refuse_if_in_doubt(self) -> None:
-        """Raise SequenceInDoubtError while an earlier operation is in doubt (not a checkpoint)."""
-        if self._in_doubt is not None:
-            raise self._in_doubt_error(self._in_doubt, refusing=True)
-
     @property
     def halted(self) -> bool:
         """Whether later operations are refused because a custom loss failed between its two calls."""
@@ -139,8 +134,11 @@ class ModelSequence:
         """Let later operations go again."""
         self._halt = None
 
-    def refuse_if_halted(self) -> None:
-        """Raise TrainingHaltedError while the model is halted."""
+    def refuse_if_stopped(self) -> None:
+        """Raise SequenceInDoubtError while an earlier operation is in doubt, else TrainingHaltedError while the model
+        is halted; do nothing when the model can go on."""
+        if self._in_doubt is not None:
+            raise self._in_doubt_error(self._in_doubt, refusing=True)
         if self._halt is None:
             return
         operation, what, failure = self._halt
@@ -156,8 +154,7 @@ class ModelSequence:
     async def deliver_new(self, delivery: Delivery[T]) -> APIFuture[T]:
         """Refuse ``delivery`` while an earlier one is in doubt or the model is halted, pass the circuit breaker, take
         its seq_ids, send it, and return its future (see the module docstring for every other ending)."""
-        self.refuse_if_in_doubt()
-        self.refuse_if_halted()
+        self.refuse_if_stopped()
         guard = self._admit(delivery)  # CircuitOpenError: nothing sent, no seq_id taken
         try:
             delivery.seq_ids = list(range(self.next_seq_id, self.next_seq_id + len(delivery.bodies)))

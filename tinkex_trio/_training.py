@@ -10,64 +10,25 @@ A TrainingClient is made by the session (``await session.create_lora_training_cl
     opt = await trainer.submit_optim_step(adam)                         # pipelined behind it
     out, step = await fwd.result(), await opt.result()
 
-Sequencing. Every operation on a model carries a ``seq_id`` (1, 2, 3, … per model; the model's creation is the
-implicit 0) and the server runs a model's operations in ``seq_id`` order. The client submits them strictly in that
-order: one submission at a time holds the client's turn (a FIFO lock), takes the next ids and returns the turn as
-soon as the server has *accepted* the request, not when its result is ready, so a forward_backward and the
-optim_step behind it are pipelined. Concurrent callers get increasing ids in the order they called.
-
-Sequence integrity (think like the server: it runs a model's ids in order and waits for a missing one). A call refused
-before it is sent (bad arguments, the circuit breaker, a body that cannot be encoded) takes no id; neither does a
-caller cancelled while it waits for its turn. Once sent, a request is *committed*: it is retried with the same id and
-idempotency key (the server answers a re-send from its first result), its retries are not cut short by the breaker,
-and an answer that cannot be read is re-sent rather than reported. It ends *accepted* (a future), *refused* (the
-server's 4xx verdict, which uses its id up on the server too), or *in doubt*: its retries ended without a verdict, or
-the caller was cancelled while it was being sent. In doubt, the client refuses every later call with
-:class:`~tinkex_trio.errors.SequenceInDoubtError` (nothing is sent, nothing silently waits on the hole) until
-:meth:`TrainingClient.resend_in_doubt` re-sends the same ids and settles them. A client-side custom loss
-(``forward_backward_custom``: a forward, your function, then the forward_backward with its gradients) that fails between
-its two calls *halts* the client: work queued behind it expected its gradients, so every later call raises
-:class:`~tinkex_trio.errors.TrainingHaltedError` until :meth:`TrainingClient.resume`.
-
-Chunking. forward / forward_backward split their data (``client_config.fwdbwd_max_chunk_len`` datums and
-``fwdbwd_max_chunk_bytes_count`` estimated bytes per chunk); each chunk gets its own ``seq_id`` and future, chunks are
-sent concurrently with the first chunk last when ``parallel_fwdbwd_chunks`` is on, and the results are combined
-(outputs concatenated in order, metrics merged by their ``name:reduction`` keys). The first chunk goes out whatever
-became of the others, so every id is settled; a call some chunks of which were applied and others not raises
-:class:`~tinkex_trio.errors.PartiallyAppliedError` naming both datum ranges.
-
-Batching (``config.batching``, :mod:`tinkex_trio._batching`). ``forward_backward_batch`` merges consecutive items with
-the same built-in loss and config into one request while they fit one chunk, and splits the result back per item
-(each with its own exact ``loss:sum``). With ``batching.coalesce`` (opt-in) concurrent ``forward_backward`` calls wait
-up to ``window_ms`` in a per-client batch window and are merged the same way. Every call takes a ticket when it is
-made, and the holder of the turn first submits the window's older calls, so nothing is reordered (never across an
-optim_step).
-
-Wire format. With ``config.wire_format == "proto"`` the forward_backward body is protobuf and results are asked for as
-protobuf (a JSON answer is still understood); with ``"json"`` both are JSON.
+Every call that reaches the server goes through the model's :class:`~tinkex_trio._submission.ModelSubmitter`: its
+turn orders the calls (``seq_id`` 1, 2, 3, … in the order they were made), its sequence keeps every id settled
+exactly once on the server (in doubt: :class:`~tinkex_trio.errors.SequenceInDoubtError` until
+:meth:`TrainingClient.resend_in_doubt`; halted by a custom loss that failed between its two calls:
+:class:`~tinkex_trio.errors.TrainingHaltedError` until :meth:`TrainingClient.resume`), and it chunks, batches and
+encodes. See :mod:`tinkex_trio._submission` for the rules.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager, asynccontextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
-import msgspec
 import trio
 
 from tinkex_trio import types
-from tinkex_trio._batching import (
-    BatchWindow,
-    PlannedRequest,
-    WindowRoutes,
-    WindowSlot,
-    WorkItem,
-    item_output,
-    plan_requests,
-)
-from tinkex_trio._chunking import combine_fwdbwd_outputs, datum_bytes, plan_chunks
+from tinkex_trio._batching import WorkItem
+from tinkex_trio._chunking import datum_bytes
 from tinkex_trio._context import SessionContext
 from tinkex_trio._custom_loss import (
     Autograd,
@@ -79,15 +40,11 @@ from tinkex_trio._custom_loss import (
     merge_metrics,
 )
 from tinkex_trio._loss_handles import LossHandle, check_loss_inputs, run_handle
-from tinkex_trio._proto._codec import (
-    PROTOBUF_CONTENT_TYPE,
-    encode_forward_backward_request,
-)
 from tinkex_trio._rest import RestClient
-from tinkex_trio._results import decode_fwdbwd, fetch_info, json_decoder
+from tinkex_trio._results import fetch_info
 from tinkex_trio._sampling import SamplingClient, create_sampling_client
-from tinkex_trio._sequencing import Delivery, ModelSequence, partial_results
-from tinkex_trio._telemetry import BATCH_FORWARD_BACKWARD, BATCH_OPTIM_STEP
+from tinkex_trio._submission import FwdBwdItem, LossFn, LossFnConfig, ModelSubmitter, settled
+from tinkex_trio._telemetry import BATCH_OPTIM_STEP
 from tinkex_trio._validation import (
     check_bool,
     check_data,
@@ -113,34 +70,6 @@ if TYPE_CHECKING:
     from tinkex_trio._futures import APIFuture
 
 __all__ = ["TrainingClient"]
-
-T = TypeVar("T")
-
-_JSON = "application/json"
-
-# Loss functions the server knows (spec §4); any other string is passed through for the server to judge.
-LossFn = types.LossFnType | str
-LossFnConfig = Mapping[str, float | str]
-#: One forward_backward_batch item: ``(data, loss_fn, loss_fn_config)``.
-FwdBwdItem = tuple[Sequence[types.Datum], LossFn, LossFnConfig | None]
-
-
-def _settled(results: list[T | Exception], return_exceptions: bool) -> list[T | TinkexError]:
-    """A batch's per-item outcomes, every request of it settled: the list (``return_exceptions``), or the first
-    failure raised. An exception that is not a TinkexError (a bug) is raised either way."""
-    for outcome in results:
-        if isinstance(outcome, Exception) and not isinstance(outcome, TinkexError):
-            raise outcome
-    if not return_exceptions:
-        for outcome in results:
-            if isinstance(outcome, Exception):
-                raise outcome
-    return cast("list[T | TinkexError]", results)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The client
-# --------------------------------------------------------------------------------------------------------------------
 
 
 class TrainingClient:
@@ -168,13 +97,7 @@ class TrainingClient:
         self.model_id = model_id
         self._model_seq_id = model_seq_id
         self._info = info
-        # The FIFO turn: whoever holds it takes the next seq_ids and submits; released once the POSTs returned.
-        self._turn = trio.StrictFIFOLock()
-        self._sequence = ModelSequence(ctx.transport, model_id)
-        # Every ordered call takes the next ticket when it is made; the turn submits calls in ticket order, so work
-        # waiting in the batch window is never reordered across a later call (see _ordered_turn).
-        self._last_ticket = 0
-        self._window: BatchWindow | None = None
+        self._submitter = ModelSubmitter(ctx, model_id)
 
     def __repr__(self) -> str:
         return f"<TrainingClient model_id={self.model_id!r}>"
@@ -214,7 +137,7 @@ class TrainingClient:
         data, loss_fn, loss_fn_config = check_fwdbwd(data, loss_fn, loss_fn_config)
         batching = self._ctx.config.batching
         if batching.enabled and batching.coalesce:
-            return await self._coalesced_forward_backward(data, loss_fn, loss_fn_config)
+            return await self._submitter.coalesced_forward_backward(data, loss_fn, loss_fn_config)
         future = await self.submit_forward_backward(data, loss_fn, loss_fn_config)
         return await future.result()
 
@@ -223,7 +146,7 @@ class TrainingClient:
     ) -> APIFuture[types.ForwardBackwardOutput]:
         """Submit a forward pass; return its future once the server accepted every chunk of it."""
         data, loss_fn, loss_fn_config = check_fwdbwd(data, loss_fn, loss_fn_config)
-        return await self._submit_fwdbwd(data, loss_fn, loss_fn_config, forward_only=True)
+        return await self._submitter.submit_fwdbwd(data, loss_fn, loss_fn_config, forward_only=True)
 
     async def submit_forward_backward(
         self, data: Sequence[types.Datum], loss_fn: LossFn, loss_fn_config: LossFnConfig | None = None
@@ -233,7 +156,7 @@ class TrainingClient:
         Later submissions on this client are ordered after it, so an optim_step submitted next applies its gradients.
         """
         data, loss_fn, loss_fn_config = check_fwdbwd(data, loss_fn, loss_fn_config)
-        return await self._submit_fwdbwd(data, loss_fn, loss_fn_config, forward_only=False)
+        return await self._submitter.submit_fwdbwd(data, loss_fn, loss_fn_config, forward_only=False)
 
     async def forward_backward_custom(
         self, data: Sequence[types.Datum], loss_fn: CustomLossFn | LossHandle, *, autograd: Autograd = "numpy"
@@ -285,20 +208,21 @@ class TrainingClient:
             raise InvalidArgumentError(f"autograd must be 'numpy' or 'torch', got {autograd!r}", argument="autograd")
         first = forward_data(checked)
         self._ctx.check_alive()
-        async with self._ordered_turn():
+        submitter = self._submitter
+        async with submitter.ordered_turn():
             backward_sent = False
             try:
-                forward = await self._send_fwdbwd(first, "cross_entropy", None, True)
+                forward = await submitter.send_fwdbwd(first, "cross_entropy", None, True)
                 result = evaluate(loss_fn, checked, logprobs_of(await forward.result(), len(checked)), autograd)
                 backward_sent = True
-                backward = await self._send_fwdbwd(backward_data(checked, result), "cross_entropy", None, False)
+                backward = await submitter.send_fwdbwd(backward_data(checked, result), "cross_entropy", None, False)
             except BaseException as exc:
                 # Work queued behind this call follows its gradients: any failure before they reached the server halts
                 # the model. Not the second call's own unknown delivery (retries without a verdict, or cancelled while
                 # sending): resend_in_doubt applies it exactly once, and the sequence refuses everything else
                 # meanwhile. (The first call succeeded in this turn, so any doubt now is the second call's.)
-                if not (backward_sent and self._sequence.in_doubt):
-                    self._sequence.halt("forward_backward_custom", None if isinstance(exc, trio.Cancelled) else exc)
+                if not (backward_sent and submitter.sequence.in_doubt):
+                    submitter.sequence.halt("forward_backward_custom", None if isinstance(exc, trio.Cancelled) else exc)
                 raise
         return self._ctx.futures.combine(
             [backward], lambda outputs: merge_metrics(outputs[0], result), request_type="ForwardBackwardCustom"
@@ -347,7 +271,8 @@ class TrainingClient:
         * raised while sending, nothing applied: the server's refusal (an ``APIStatusError`` 4xx: its seq_id is used
           up, the model goes on), :class:`~tinkex_trio.errors.CircuitOpenError` (not sent, no seq_id taken),
           :class:`~tinkex_trio.errors.SequenceInDoubtError` *refusing* the item because an earlier one is in doubt
-          (not sent), :class:`~tinkex_trio.errors.SessionClosedError` before it was sent;
+          (not sent), :class:`~tinkex_trio.errors.TrainingHaltedError` refusing it after a failed custom loss (not
+          sent), :class:`~tinkex_trio.errors.SessionClosedError` before it was sent;
         * :class:`~tinkex_trio.errors.SequenceInDoubtError` for the item whose own request went in doubt: unknown
           until :meth:`resend_in_doubt` settles it (it is then applied exactly once); every later item is refused;
         * :class:`~tinkex_trio.errors.PartiallyAppliedError` (an item sent alone, in chunks): its ``applied`` datum
@@ -377,37 +302,8 @@ class TrainingClient:
                         limit=limit,
                     )
         batching = ctx.config.batching
-        plan = self._plan_batch(work, max_items=batching.max_items if batching.enabled else 1)
-        counts = {"items": len(work), "requests": len(plan), "datums": sum(len(w.data) for w in work)}
-        with self._batch_span(BATCH_FORWARD_BACKWARD, counts):
-            # One turn for the whole batch: its requests get consecutive seq_ids, nothing is submitted between them.
-            sent: list[APIFuture[types.ForwardBackwardOutput] | Exception] = []
-            async with self._ordered_turn():
-                for request in plan:
-                    try:
-                        sent.append(
-                            await self._send_fwdbwd(request.data, request.loss_fn, request.loss_fn_config, False)
-                        )
-                    except Exception as exc:
-                        sent.append(exc)
-                        if not return_exceptions:
-                            break  # nothing more goes out after a failure
-            results: list[types.ForwardBackwardOutput | Exception] = []
-            for request, outcome in zip(plan, sent, strict=False):
-                if isinstance(outcome, Exception):
-                    results.extend([outcome] * len(request.items))
-                    continue
-                try:
-                    output = await outcome.result()
-                except Exception as exc:
-                    results.extend([exc] * len(request.items))
-                    continue
-                for position in range(len(request.items)):
-                    try:
-                        results.append(item_output(request, work, output, position))
-                    except Exception as exc:
-                        results.append(exc)
-            return _settled(results, return_exceptions)
+        max_items = batching.max_items if batching.enabled else 1
+        return await self._submitter.run_batch(work, max_items=max_items, return_exceptions=return_exceptions)
 
     @overload
     async def optim_step_batch(
@@ -443,7 +339,7 @@ class TrainingClient:
         if not steps:
             return []
         counts = {"items": len(steps), "requests": len(steps)}
-        with self._batch_span(BATCH_OPTIM_STEP, counts):
+        with self._submitter.batch_span(BATCH_OPTIM_STEP, counts):
             sent: list[APIFuture[types.OptimStepResponse] | Exception] = []
             for p in steps:
                 try:
@@ -461,99 +357,7 @@ class TrainingClient:
                     results.append(await outcome.result())
                 except Exception as exc:
                     results.append(exc)
-            return _settled(results, return_exceptions)
-
-    async def _submit_fwdbwd(
-        self,
-        data: Sequence[types.Datum],
-        loss_fn: LossFn,
-        loss_fn_config: LossFnConfig | None,
-        *,
-        forward_only: bool,
-    ) -> APIFuture[types.ForwardBackwardOutput]:
-        self._ctx.check_alive()
-        data = list(data)
-        if not data:
-            raise ValueError("forward/forward_backward needs at least one Datum")
-        async with self._ordered_turn():
-            return await self._send_fwdbwd(data, loss_fn, loss_fn_config, forward_only)
-
-    async def _send_fwdbwd(
-        self,
-        data: Sequence[types.Datum],
-        loss_fn: LossFn,
-        loss_fn_config: LossFnConfig | None,
-        forward_only: bool,
-    ) -> APIFuture[types.ForwardBackwardOutput]:
-        """Chunk, encode and POST one forward / forward_backward call; the caller holds the turn."""
-        ctx = self._ctx
-        ctx.check_alive()
-        config = dict(loss_fn_config) if loss_fn_config is not None else None
-        client_config = ctx.client_config
-        chunks = plan_chunks(
-            [datum_bytes(d) for d in data],
-            max(client_config.fwdbwd_max_chunk_len, 1),
-            max(client_config.fwdbwd_max_chunk_bytes_count, 1),
-        )
-        proto = ctx.config.wire_format == "proto"
-        request_type = "Forward" if forward_only else "ForwardBackward"
-        sdk_method = f"TrainingClient.{'forward' if forward_only else 'forward_backward'}"
-
-        # Encode every chunk before taking its id: data the wire cannot carry fails here and uses up no seq_id.
-        self._sequence.refuse_if_in_doubt()
-        first = self._sequence.next_seq_id
-        bodies = [
-            self._fwdbwd_body(first + i, data[r.start : r.stop], loss_fn, config, forward_only, proto)
-            for i, r in enumerate(chunks)
-        ]
-        counts = [len(r) for r in chunks]
-        futures_of = ctx.futures
-
-        def finish(replies: list[tuple[types.UntypedAPIFuture, float]]) -> APIFuture[types.ForwardBackwardOutput]:
-            futures = [
-                futures_of.track(reply, request_type, decode_fwdbwd, accept_proto=proto, create_roundtrip_s=roundtrip)
-                for reply, roundtrip in replies
-            ]
-            ranges = [(r.start, r.stop) for r in chunks]
-            return futures_of.combine(
-                futures,
-                lambda outputs: combine_fwdbwd_outputs(outputs, counts),
-                request_type=request_type,
-                failed=None if forward_only else partial(partial_results, self.model_id, ranges),
-            )
-
-        delivery = Delivery(
-            "forward" if forward_only else "forward_backward",
-            "forward_backward",
-            bodies,
-            PROTOBUF_CONTENT_TYPE if proto else _JSON,
-            sdk_method,
-            [(r.start, r.stop) for r in chunks],
-            finish,
-            parallel=client_config.parallel_fwdbwd_chunks,
-        )
-        return await self._sequence.deliver_new(delivery)
-
-    def _fwdbwd_body(
-        self,
-        seq_id: int,
-        data: Sequence[types.Datum],
-        loss_fn: LossFn,
-        config: dict[str, float | str] | None,
-        forward_only: bool,
-        proto: bool,
-    ) -> bytes:
-        if proto:
-            return encode_forward_backward_request(self.model_id, seq_id, data, loss_fn, config, forward_only)
-        request = types.ForwardBackwardRequest(
-            forward_backward_input=types.ForwardBackwardInput(
-                data=list(data), loss_fn=cast("types.LossFnType", loss_fn), loss_fn_config=config
-            ),
-            model_id=self.model_id,
-            seq_id=seq_id,
-            forward_only=True if forward_only else None,
-        )
-        return types.encode(request)
+            return settled(results, return_exceptions)
 
     # -- optimizer ------------------------------------------------------------------------------------------------
 
@@ -581,7 +385,7 @@ class TrainingClient:
             def build(seq_id: int) -> types.OptimStepRequest:
                 return types.OptimStepRequest(model_id=self.model_id, seq_id=seq_id, adam_params=adam)
 
-        return await self._submit_sequenced(
+        return await self._submitter.submit_sequenced(
             "optim_step", build, "TrainingClient.optim_step", "OptimStep", types.OptimStepResponse
         )
 
@@ -617,7 +421,7 @@ class TrainingClient:
                 user_metadata=metadata,
             )
 
-        future = await self._submit_sequenced(
+        future = await self._submitter.submit_sequenced(
             "save_weights", build, "TrainingClient.save_state", "SaveWeights", types.SaveWeightsResponse
         )
         return (await future.result()).path
@@ -633,7 +437,7 @@ class TrainingClient:
         def build(seq_id: int) -> types.LoadWeightsRequest:
             return types.LoadWeightsRequest(path=path, optimizer=with_optimizer, model_id=self.model_id, seq_id=seq_id)
 
-        future = await self._submit_sequenced(
+        future = await self._submitter.submit_sequenced(
             "load_weights", build, "TrainingClient.load_state", "LoadWeights", types.LoadWeightsResponse
         )
         await future.result()
@@ -663,7 +467,7 @@ class TrainingClient:
                 age_encryption_recipients=recipients,
             )
 
-        future = await self._submit_sequenced(
+        future = await self._submitter.submit_sequenced(
             "save_weights_external",
             build,
             "TrainingClient.save_weights_external",
@@ -701,7 +505,7 @@ class TrainingClient:
                 model_id=self.model_id, path=name, seq_id=seq_id, ttl_seconds=ttl_seconds
             )
 
-        future = await self._submit_sequenced(
+        future = await self._submitter.submit_sequenced(
             "save_weights_for_sampler",
             build,
             "TrainingClient.save_weights_for_sampler",
@@ -740,7 +544,7 @@ class TrainingClient:
                 kind="snapshot",
             )
 
-        future = await self._submit_sequenced(
+        future = await self._submitter.submit_sequenced(
             "save_weights_for_sampler",
             build,
             "TrainingClient.save_weights_and_get_sampling_client",
@@ -757,32 +561,12 @@ class TrainingClient:
             ctx, base_model=base_model, sampling_session_id=result.sampling_session_id, record_stability_info=record
         )
 
-    # -- submission -----------------------------------------------------------------------------------------------
-
-    async def _submit_sequenced(
-        self,
-        endpoint: str,
-        build: Callable[[int], msgspec.Struct],
-        sdk_method: str,
-        request_type: str,
-        result_type: type[T],
-    ) -> APIFuture[T]:
-        """Take the turn and the next seq_id, POST the request built for it, release the turn once it is accepted."""
-        async with self._ordered_turn():
-            body = types.encode(build(self._sequence.next_seq_id))
-            decode = json_decoder(result_type)
-
-            def finish(replies: list[tuple[types.UntypedAPIFuture, float]]) -> APIFuture[T]:
-                (reply, roundtrip) = replies[0]
-                return self._ctx.futures.track(reply, request_type, decode, create_roundtrip_s=roundtrip)
-
-            delivery = Delivery(endpoint, endpoint, [body], _JSON, sdk_method, [(0, 0)], finish)
-            return await self._sequence.deliver_new(delivery)
+    # -- the model's sequence -------------------------------------------------------------------------------------
 
     @property
     def in_doubt(self) -> tuple[int, ...]:
         """The seq_ids whose delivery is unknown (empty when the client can go on); see :meth:`resend_in_doubt`."""
-        return self._sequence.in_doubt
+        return self._submitter.sequence.in_doubt
 
     async def resend_in_doubt(self) -> APIFuture[Any] | None:
         """Settle the operation whose delivery is unknown, so that the client can go on.
@@ -794,15 +578,13 @@ class TrainingClient:
         :class:`~tinkex_trio.errors.SequenceInDoubtError` and the client stays in doubt; CircuitOpenError leaves it
         unchanged.
         """
-        self._ctx.check_alive()
-        async with self._ordered_turn():
-            return await self._sequence.resend_in_doubt()
+        return await self._submitter.resend_in_doubt()
 
     @property
     def halted(self) -> bool:
         """Whether the client refuses training requests because a custom loss failed between its two calls (see
         :class:`~tinkex_trio.errors.TrainingHaltedError` and :meth:`resume`)."""
-        return self._sequence.halted
+        return self._submitter.sequence.halted
 
     def resume(self) -> None:
         """Go on after a failed custom loss halted the client, with the model as the server holds it.
@@ -812,87 +594,4 @@ class TrainingClient:
         refused while halted were not sent: submit again what you still want. Does nothing when not halted.
         """
         self._ctx.check_alive()
-        self._sequence.resume()
-
-    def _take_ticket(self) -> int:
-        self._last_ticket += 1
-        return self._last_ticket
-
-    @asynccontextmanager
-    async def _ordered_turn(self) -> AsyncGenerator[None]:
-        """Take a ticket, then the turn; first submit the batch window's work queued before this call.
-
-        The ticket is taken and the FIFO lock queued for without a checkpoint in between, so holders of the turn come
-        in ticket order, and each one first submits the window's work with a smaller ticket: everything reaches the
-        server in the order it was called, and nothing queued later jumps ahead (e.g. across an optim_step).
-        """
-        ticket = self._take_ticket()
-        async with self._turn:
-            if self._window is not None:
-                await self._window.submit_before(ticket)
-            yield
-
-    # -- the batch window (opt-in: config.batching.coalesce) ------------------------------------------------------
-
-    def _batch_window(self) -> BatchWindow:
-        if self._window is None:
-            batching = self._ctx.config.batching
-            routes = WindowRoutes(
-                take_ticket=self._take_ticket,
-                turn=lambda: self._turn,
-                plan=partial(self._plan_batch, max_items=batching.max_items),
-                send=lambda r: self._send_fwdbwd(r.data, r.loss_fn, r.loss_fn_config, False),
-                span=partial(self._batch_span, BATCH_FORWARD_BACKWARD),
-            )
-            window = BatchWindow(
-                routes,
-                window_s=batching.window_ms / 1000.0,
-                max_items=batching.max_items,
-                closed_message=f"session {self._ctx.session_id!r} closed before the call was sent",
-            )
-            self._ctx.spawn(window.run, f"tinkex_trio.batch_window[{self.model_id}]")
-            self._window = window
-        return self._window
-
-    def _batch_span(self, prefix: str, counts: Mapping[str, int]) -> AbstractContextManager[object]:
-        """``tinkex.batch.*.start`` / ``.stop`` around a batch: its counts (items, requests, datums) as measurements,
-        the model as metadata, and the stop event's ``outcome``."""
-        measurements = {k: float(v) for k, v in counts.items()}
-        return self._ctx.telemetry.span(prefix, {"model_id": self.model_id}, measurements=measurements, outcome=True)
-
-    def _plan_batch(self, items: Sequence[WorkItem], *, max_items: int) -> list[PlannedRequest]:
-        """Plan merged requests within the server's chunk limits and ``config.batching``'s."""
-        batching = self._ctx.config.batching
-        client_config = self._ctx.client_config
-        return plan_requests(
-            items,
-            datum_bytes=datum_bytes,
-            max_len=max(min(client_config.fwdbwd_max_chunk_len, batching.max_batch_datums), 1),
-            max_bytes=max(min(client_config.fwdbwd_max_chunk_bytes_count, batching.max_batch_bytes), 1),
-            max_items=max_items,
-        )
-
-    async def _coalesced_forward_backward(
-        self, data: Sequence[types.Datum], loss_fn: LossFn, loss_fn_config: LossFnConfig | None
-    ) -> types.ForwardBackwardOutput:
-        """forward_backward through the batch window: queue the call, wait until its request is accepted, then for
-        its result, and take this call's share of it."""
-        self._ctx.check_alive()
-        item = WorkItem(list(data), loss_fn, dict(loss_fn_config) if loss_fn_config is not None else None)
-        if not item.data:
-            raise ValueError("forward/forward_backward needs at least one Datum")
-        window = self._batch_window()
-        slot = WindowSlot(self._take_ticket(), item, trio.current_time())
-        window.add(slot)
-        try:
-            await slot.done.wait()
-        except BaseException:
-            # Cancelled while queued: it never reaches the server. Once taken, it runs there anyway (as any submitted
-            # call does) and only this wait ends.
-            window.discard(slot)
-            raise
-        if slot.error is not None:
-            raise slot.error
-        assert slot.future is not None and slot.request is not None
-        output = await slot.future.result()
-        return item_output(slot.request, slot.batch, output, slot.position)
+        self._submitter.sequence.resume()
