@@ -79,6 +79,7 @@ EXPECTED_TYPES = {
     "ActiveSessionStatusQuery",
     "AdamOptimizerConfig",
     "AdamParams",
+    "AssignSessionProjectRequest",
     "AuthTokenRequest",
     "AuthTokenResponse",
     "CancelFutureRequest",

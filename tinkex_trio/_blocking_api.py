@@ -887,6 +887,20 @@ class RestClient:
         """A session's training runs, samplers and metadata."""
         return self._portal.call(self._inner.get_session, session_id, access_scope)
 
+    def assign_session_project(
+        self,
+        session_id: str,
+        project_id: str,
+    ) -> None:
+        """Move a session, with its training runs and samplers, into the project ``project_id`` (or from its
+        project to another one; a session cannot be taken out of every project).
+
+        Raises InvalidArgumentError for an empty or non-string id, before anything is sent; BadRequestError when the
+        server finds no project id in the request, PermissionDeniedError when the key may not use the project, and
+        NotFoundError for a session it does not know or may not see.
+        """
+        return self._portal.call(self._inner.assign_session_project, session_id, project_id)
+
     def get_sampler(
         self,
         sampler_id: str,

@@ -32,17 +32,26 @@ import msgspec
 from tinkex_trio import types as t
 from tinkex_trio._endpoints import API_PREFIX as _API
 from tinkex_trio._transport import PoolKind, Transport
-from tinkex_trio.errors import InvalidArgumentError, ResponseValidationError
+from tinkex_trio.errors import InvalidArgumentError, InvalidArgumentTypeError, ResponseValidationError
 
 __all__ = ["RestClient"]
 
 T = TypeVar("T")
 
 
+def _nonempty(value: str, what: str) -> str:
+    """``value``, checked to be a non-empty string (InvalidArgumentError, a ValueError, if not)."""
+    if not isinstance(value, str):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise InvalidArgumentTypeError(f"{what} must be a non-empty string, got {value!r}", argument=what)
+    if not value:
+        raise InvalidArgumentError(f"{what} must be a non-empty string, got {value!r}", argument=what)
+    return value
+
+
 def _segment(value: str, what: str) -> str:
-    """``value`` percent-encoded as one path segment (``ValueError`` if it could not be one)."""
-    if not isinstance(value, str) or not value or value in (".", ".."):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    """``value`` percent-encoded as one path segment (InvalidArgumentError, a ValueError, if it could not be one)."""
+    if _nonempty(value, what) in (".", ".."):
+        raise InvalidArgumentError(f"{what} must be a non-empty string other than '.' and '..'", argument=what)
     return quote(value, safe=":@")
 
 
@@ -399,6 +408,17 @@ class RestClient:
         """A session's training runs, samplers and metadata."""
         path = f"{_API}/sessions/{_segment(session_id, 'session_id')}"
         return await self._get(t.GetSessionResponse, path, "get_session", {"access_scope": access_scope})
+
+    async def assign_session_project(self, session_id: str, project_id: str) -> None:
+        """Move a session, with its training runs and samplers, into the project ``project_id`` (or from its
+        project to another one; a session cannot be taken out of every project).
+
+        Raises InvalidArgumentError for an empty or non-string id, before anything is sent; BadRequestError when the
+        server finds no project id in the request, PermissionDeniedError when the key may not use the project, and
+        NotFoundError for a session it does not know or may not see."""
+        path = f"{_API}/sessions/{_segment(session_id, 'session_id')}/project"
+        body = t.AssignSessionProjectRequest(project_id=_nonempty(project_id, "project_id"))
+        await self._send("PUT", path, "assign_session_project", json=body)
 
     async def get_sampler(self, sampler_id: str) -> t.GetSamplerResponse:
         """A sampling session: its base model and, for one made from a checkpoint, the checkpoint's path."""

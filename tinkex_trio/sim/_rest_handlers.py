@@ -141,8 +141,12 @@ async def get_session(sim: SimCore, request: Request) -> Response:
 
 
 async def set_session_project(sim: SimCore, request: Request) -> Response:
-    session = sim.state.session(request.params["session_id"])
+    """Move a session into a project: 400 without a project id (a session cannot leave every project), 404 for an
+    unknown session. The simulator has no projects of its own, so any id is one the caller may use."""
     body = decode_body(request, _ProjectBody)
+    if not body.project_id:
+        raise HTTPError(400, "project_id is required (a session cannot be taken out of its project)")
+    session = sim.state.session(request.params["session_id"])
     session.project_id = body.project_id
     return json_response({})
 

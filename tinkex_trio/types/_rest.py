@@ -14,6 +14,7 @@ __all__ = [
     "AccessScope",
     "AccessibleSearchOwner",
     "ActiveSessionStatusQuery",
+    "AssignSessionProjectRequest",
     "CancelledSessionStatusQuery",
     "Checkpoint",
     "CheckpointType",
@@ -161,6 +162,12 @@ class SetCheckpointTtlRequest(WireStruct):
 class ExternalWeightsUrlsResponse(WireStruct):
     urls: dict[str, str]
     expires: datetime
+
+
+class AssignSessionProjectRequest(WireStruct):
+    """``PUT /api/v1/sessions/{id}/project``: the project to move the session (its training runs and samplers) to."""
+
+    project_id: str
 
 
 class WhoamiResponse(WireStruct):
