@@ -179,6 +179,8 @@ _rest = st.tuples(
             "sessions/{a}",
             "sessions/{a}/finish",
             "sessions/{a}/project",
+            "sessions/{a}/trace_export",
+            "trace_exports/{a}",
             "samplers/{a}",
             "{a}",
             "get_server_capabilities",

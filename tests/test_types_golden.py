@@ -15,6 +15,9 @@ from typing import Any
 import msgspec
 import pytest
 from tinker import types as sdk
+from tinker.lib.public_interfaces.rest_client import (
+    _SessionTraceExportPollResponse as SdkTraceExportPoll,  # pyright: ignore[reportPrivateUsage]
+)
 from tinker.types.try_again_response import TryAgainResponse as SdkTryAgainResponse
 
 import tinkex_trio.types as tt
@@ -333,6 +336,22 @@ GOLDEN: list[tuple[str, type[Any], dict[str, Any], Any, dict[str, Any]]] = [
         sdk.GetSessionResponse,
         {"sampler_ids": ["s1:sample:0"], "user_metadata": None},
     ),
+    ("trace_export_pending", tt.SessionTraceExportResponse, {"status": "pending"}, SdkTraceExportPoll, {"url": None}),
+    (
+        "trace_export_ready",
+        tt.SessionTraceExportResponse,
+        {"status": "ready", "url": "https://storage.example/t.pftrace?sig=1"},
+        SdkTraceExportPoll,
+        {"url": "https://storage.example/t.pftrace?sig=1"},
+    ),
+    (
+        "trace_export_failed",
+        tt.SessionTraceExportResponse,
+        {"status": "failed", "error": "out of space"},
+        SdkTraceExportPoll,
+        {"error": "out of space"},
+    ),
+    ("trace_export_building", tt.SessionTraceExportResponse, {"status": "building"}, None, {"status": "building"}),
     (
         "external_weights_urls",
         tt.ExternalWeightsUrlsResponse,

@@ -901,6 +901,25 @@ class RestClient:
         """
         return self._portal.call(self._inner.assign_session_project, session_id, project_id)
 
+    def export_session_trace(
+        self,
+        session_id: str,
+    ) -> str:
+        """Have the server build a trace of the session's training and sampling requests (a timeline to open in
+        https://ui.perfetto.dev), wait until it is ready, and return its signed download URL: a plain GET, with no
+        credentials, fetches the file. The URL expires (on the Tinker service, after about an hour); call again for
+        a fresh one (a trace that is up to date is not rebuilt).
+
+        The export job is polled: again after 1 s, then at intervals doubling up to 5 s, for at most 30 minutes
+        (wrap the call in ``trio.move_on_after`` or ``trio.fail_after`` for less). Each poll is one request, retried
+        by the transport's policy; cancelling the call cancels only the wait, never the server's job.
+
+        Raises InvalidArgumentError for an empty session id, before anything is sent; NotFoundError for a session the
+        server does not know; TraceExportError when the job fails (``.error`` is the server's reason) or is still
+        not ready after 30 minutes; ResponseValidationError for a ``"ready"`` answer without a URL.
+        """
+        return self._portal.call(self._inner.export_session_trace, session_id)
+
     def get_sampler(
         self,
         sampler_id: str,

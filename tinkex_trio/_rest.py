@@ -28,11 +28,17 @@ from typing import Final, Generic, TypeVar
 from urllib.parse import quote
 
 import msgspec
+import trio
 
 from tinkex_trio import types as t
 from tinkex_trio._endpoints import API_PREFIX as _API
 from tinkex_trio._transport import PoolKind, Transport
-from tinkex_trio.errors import InvalidArgumentError, InvalidArgumentTypeError, ResponseValidationError
+from tinkex_trio.errors import (
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    ResponseValidationError,
+    TraceExportError,
+)
 
 __all__ = ["RestClient"]
 
@@ -420,6 +426,45 @@ class RestClient:
         body = t.AssignSessionProjectRequest(project_id=_nonempty(project_id, "project_id"))
         await self._send("PUT", path, "assign_session_project", json=body)
 
+    async def export_session_trace(self, session_id: str) -> str:
+        """Have the server build a trace of the session's training and sampling requests (a timeline to open in
+        https://ui.perfetto.dev), wait until it is ready, and return its signed download URL: a plain GET, with no
+        credentials, fetches the file. The URL expires (on the Tinker service, after about an hour); call again for
+        a fresh one (a trace that is up to date is not rebuilt).
+
+        The export job is polled: again after 1 s, then at intervals doubling up to 5 s, for at most 30 minutes
+        (wrap the call in ``trio.move_on_after`` or ``trio.fail_after`` for less). Each poll is one request, retried
+        by the transport's policy; cancelling the call cancels only the wait, never the server's job.
+
+        Raises InvalidArgumentError for an empty session id, before anything is sent; NotFoundError for a session the
+        server does not know; TraceExportError when the job fails (``.error`` is the server's reason) or is still
+        not ready after 30 minutes; ResponseValidationError for a ``"ready"`` answer without a URL."""
+        path = f"{_API}/sessions/{_segment(session_id, 'session_id')}/trace_export"
+        deadline = trio.current_time() + _TRACE_EXPORT_LIMIT_S
+        delay = _TRACE_POLL_FIRST_S
+        while True:
+            reply = await self._get(t.SessionTraceExportResponse, path, "export_session_trace")
+            if reply.status == "ready":
+                if not reply.url:
+                    raise ResponseValidationError("trace export is ready but has no url", field="$.url")
+                return reply.url
+            if reply.status == "failed":
+                raise TraceExportError(
+                    f"trace export of session {session_id} failed: {reply.error or 'no reason given'}",
+                    session_id=session_id,
+                    status=reply.status,
+                    error=reply.error,
+                )
+            left = deadline - trio.current_time()
+            if left <= 0:
+                raise TraceExportError(
+                    f"trace export of session {session_id} still {reply.status!r} after {_TRACE_EXPORT_LIMIT_S:.0f} s",
+                    session_id=session_id,
+                    status=reply.status,
+                )
+            await trio.sleep(min(delay, left))
+            delay = min(2 * delay, _TRACE_POLL_MAX_S)
+
     async def get_sampler(self, sampler_id: str) -> t.GetSamplerResponse:
         """A sampling session: its base model and, for one made from a checkpoint, the checkpoint's path."""
         path = f"{_API}/samplers/{_segment(sampler_id, 'sampler_id')}"
@@ -427,6 +472,12 @@ class RestClient:
 
 
 _MAX_SEARCH_LIMIT: Final = 200
+_TRACE_POLL_FIRST_S: Final = 1.0
+"""Wait before the second poll of a trace export job; each later wait doubles, up to `_TRACE_POLL_MAX_S`."""
+_TRACE_POLL_MAX_S: Final = 5.0
+"""Longest wait between two polls of a trace export job (the official SDK polls every 5 s)."""
+_TRACE_EXPORT_LIMIT_S: Final = 1800.0
+"""How long `RestClient.export_session_trace` waits for the trace, from its first poll (the SDK waits forever)."""
 
 
 def whoami_from_jwt(token: str) -> t.WhoamiResponse:

@@ -31,6 +31,7 @@ from tinkex_trio import types as t
 from tinkex_trio.sim._model import LoraModel
 from tinkex_trio.sim._model_types import ModelConfig, OptimizerFamily, SimUserError
 from tinkex_trio.sim._stability import StabilityStore
+from tinkex_trio.sim._trace import TraceExport, TraceSpan
 
 __all__ = [
     "CheckpointKind",
@@ -45,6 +46,8 @@ __all__ = [
 
 MAX_CACHED_SAMPLERS = 64
 """Sampling weights that keep their cached tables; less recently sampled ones drop them (recomputed when needed)."""
+MAX_TRACE_SPANS = 50_000
+"""Finished requests a session keeps for its trace export (older ones are dropped)."""
 MAX_COMPLETIONS = 50_000
 """Completion events a sampling session keeps for ``retrieve_futures`` (older ones are dropped)."""
 
@@ -99,6 +102,16 @@ class SessionRecord:
     model_ids: list[str] = field(default_factory=list[str])
     sampler_ids: list[str] = field(default_factory=list[str])
     sampling_clients_joined: int = 0
+    trace: deque[TraceSpan] = field(default_factory=lambda: deque[TraceSpan](maxlen=MAX_TRACE_SPANS))
+    """The latest finished requests of the session's models and samplers, for its trace export."""
+    spans_recorded: int = 0
+    """Spans ever added to ``trace`` (it drops old ones: this keeps counting)."""
+    trace_export: TraceExport | None = None
+    """The session's latest trace export job."""
+
+    def record_span(self, span: TraceSpan) -> None:
+        self.trace.append(span)
+        self.spans_recorded += 1
 
 
 @dataclass
@@ -248,6 +261,8 @@ class SimState:
         self.telemetry_batches: int = 0
         self.issued_jwts: int = 0
         self.copies: dict[str, str] = {}
+        self.trace_exports: dict[str, TraceExport] = {}
+        """Every session's latest trace export job, by ``export_id`` (the key of its download URL)."""
         """copy_weights answers by idempotency key: a retried copy is made once."""
         self._base_models: dict[tuple[str, ModelConfig], LoraModel] = {}
         self._base_lock = threading.Lock()
