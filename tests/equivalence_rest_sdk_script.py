@@ -1,11 +1,14 @@
 """The official ``tinker`` SDK's half of tests/test_equivalence_rest.py: the RestClient calls a session-level user
-makes (assign_session_project, export_session_trace), against the simulator, answers as JSON.
+makes (assign_session_project, export_session_trace) and the admin reads of its AdminClient, against the
+simulator, answers as JSON.
 
 Usage: ``python tests/equivalence_rest_sdk_script.py BASE_URL SPEC_JSON``. SPEC_JSON holds ``base_model``, ``steps``
 (forward_backward + optim_step pairs to run before exporting) and ``project_id``. The SDK polls a trace export every
 5 s; the script shortens that module constant to 0.05 s so the test is quick (the polling loop is the SDK's own).
 Prints one line ``RESULT <json>``: ``session_id``, ``url``, ``trace`` (the downloaded file, parsed), ``errors`` (the
 SDK's exception for each bad call: class name and message); exits 1 with ``error`` set if anything else failed.
+With ``"admin": true`` (and ``day``, ``starting_on``, ``ending_before``) it saves a checkpoint and samples, then
+RESULT holds ``audit``, ``usage`` and ``storage``: the AdminClient's answers, dumped as JSON.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import sys
 import traceback
 import urllib.request
+from datetime import date
 from typing import Any
 
 import tinker
@@ -51,6 +55,9 @@ def run(base_url: str, spec: dict[str, Any], results: dict[str, Any]) -> None:
     if spec.get("only_export"):
         results["errors"] = {"export": _error(lambda: rest.export_session_trace(session_id).result())}
         return
+    if spec.get("admin"):
+        admin(base_url, spec, training, results)
+        return
 
     rest.assign_session_project(session_id, spec["project_id"]).result()
     url = rest.export_session_trace(session_id).result()
@@ -64,6 +71,25 @@ def run(base_url: str, spec: dict[str, Any], results: dict[str, Any]) -> None:
         "export_unknown_session": _error(lambda: rest.export_session_trace("sess-missing").result()),
     }
     service.close("success").result()
+
+
+def admin(base_url: str, spec: dict[str, Any], training: Any, results: dict[str, Any]) -> None:
+    """Leave a checkpoint and a sample in the record, then the three admin reads, each answer as its JSON dump."""
+    path = training.save_state("for-admin").result().path
+    sampler = training.save_weights_and_get_sampling_client()
+    sampler.sample(types.ModelInput.from_ints([1, 2, 3]), 2, types.SamplingParams(max_tokens=4)).result()
+    client = tinker.AdminClient(base_url=base_url, api_key=API_KEY)
+    audit = client.get_audit_log(day=date.fromisoformat(spec["day"])).result()
+    usage = client.get_billing_usage(spec["starting_on"], spec["ending_before"]).result()
+    storage = client.get_current_checkpoint_storage_usage().result()
+    results["checkpoint"] = path
+    results["audit"] = audit.model_dump(mode="json", exclude_none=True)
+    results["usage"] = usage.model_dump(mode="json", exclude_none=True)
+    results["storage"] = storage.model_dump(mode="json", exclude_none=True)
+    misaligned = spec["starting_on"].replace(":00:00Z", ":30:00Z")
+    results["errors"] = {
+        "usage_misaligned": _error(lambda: client.get_billing_usage(misaligned, spec["ending_before"]).result())
+    }
 
 
 def main() -> int:

@@ -1,6 +1,7 @@
-"""The official SDK's RestClient and ours against one simulator: the same calls leave the same state on the server and
-give the same answers (assign_session_project, export_session_trace and their errors). The SDK runs its own event
-loop, so it runs in a subprocess (tests/equivalence_rest_sdk_script.py); ours runs through the blocking API."""
+"""The official SDK's RestClient and AdminClient and ours against one simulator: the same calls leave the same state
+on the server and give the same answers (assign_session_project, export_session_trace, the admin reads, their
+errors). The SDK runs its own event loop, so it runs in a subprocess (tests/equivalence_rest_sdk_script.py); ours
+runs through the blocking API."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,7 +18,7 @@ import pytest
 
 from tinkex_trio import blocking
 from tinkex_trio import types as t
-from tinkex_trio.errors import NotFoundError, TraceExportError
+from tinkex_trio.errors import BadRequestError, NotFoundError, TraceExportError
 from tinkex_trio.sim import SimConfig, sim_server_in_thread
 from tinkex_trio.sim._app import SimApp
 
@@ -97,3 +99,39 @@ def test_a_failed_export_reports_the_servers_error_as_the_sdk_does() -> None:
     assert reason in failed["message"]
     assert info.value.error == reason and info.value.status == "failed"
     assert reason in str(info.value)
+
+
+def test_the_admin_reads_give_the_sdks_answers() -> None:
+    now = datetime(2026, 3, 2, 10, 17, 5, 250000, tzinfo=UTC)  # the simulator's wall clock, pinned
+    window = {"starting_on": "2026-03-02T09:00:00Z", "ending_before": "2026-03-02T11:00:00Z"}
+    spec = {**SPEC, "steps": 1, "admin": True, "day": now.date().isoformat(), **window}
+    with sim_server_in_thread(SimConfig(seed=0)) as server:
+        cast("SimApp", server.app).state.clock = lambda: now
+        sdk = theirs(server.base_url, spec)
+        with blocking.open_session(OUR_KEY, server.base_url) as session:
+            rest = session.rest
+            audit = rest.get_audit_log(day=now.date())
+            usage = rest.get_billing_usage(window["starting_on"], window["ending_before"])
+            storage = rest.get_current_checkpoint_storage_usage()
+            with pytest.raises(BadRequestError):
+                rest.get_billing_usage(window["starting_on"].replace(":00:00Z", ":30:00Z"), window["ending_before"])
+
+    # What the SDK parsed, put into our types, is what we parsed: the same answers, field for field.
+    assert t.convert(t.AuditLogResponse, sdk["audit"]) == audit
+    assert t.convert(t.BillingUsageResponse, sdk["usage"]) == usage
+    assert t.convert(t.CurrentCheckpointStorageUsageResponse, sdk["storage"]) == storage
+    # And they hold what the SDK's session did.
+    assert [(e.event, e.tinker_path, e.timestamp) for e in audit.entries] == [
+        ("checkpoint_create", sdk["checkpoint"], now)
+    ]
+    assert {e.bucket_start for e in usage.data} == {datetime(2026, 3, 2, 10, tzinfo=UTC)}
+    kinds = {type(e.event_info).__name__ for e in usage.data}
+    assert kinds == {
+        "TrainingBillingEvent",
+        "SamplingPrefillBillingEvent",
+        "SamplingSampleBillingEvent",
+        "CheckpointBillingEvent",
+    }
+    assert {e.session_id for e in usage.data} == {sdk["session_id"]}
+    assert [(i.checkpoint_count, i.project_id) for i in storage.data] == [(1, "default")]
+    assert sdk["errors"]["usage_misaligned"]["type"] == "BadRequestError"

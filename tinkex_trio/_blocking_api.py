@@ -7,6 +7,7 @@ for it in the calling thread. See :mod:`tinkex_trio.blocking`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import date, datetime
 from typing import Any, Literal, overload
 
 import numpy.typing as npt
@@ -926,3 +927,46 @@ class RestClient:
     ) -> types.GetSamplerResponse:
         """A sampling session: its base model and, for one made from a checkpoint, the checkpoint's path."""
         return self._portal.call(self._inner.get_sampler, sampler_id)
+
+    def get_audit_log(
+        self,
+        event_type: types.AuditEventType = "all",
+        day: date | None = None,
+    ) -> types.AuditLogResponse:
+        """The organization's audit log for one UTC day, midnight to midnight (default: today), oldest first: who
+        read, saved, published or deleted checkpoints, changed projects, teams or the organization. ``event_type``
+        keeps one resource's events (``"checkpoints"``, ``"projects"``, ``"teams"``, ``"organizations"``).
+
+        Needs the organization's admin role (PermissionDeniedError otherwise). Raises InvalidArgumentError for an
+        unknown ``event_type`` and InvalidArgumentTypeError for a ``day`` that is not a ``datetime.date`` (a
+        ``datetime`` is refused: its day depends on its time zone), before anything is sent.
+        """
+        return self._portal.call(self._inner.get_audit_log, event_type, day)
+
+    def get_billing_usage(
+        self,
+        starting_on: datetime | str,
+        ending_before: datetime | str,
+    ) -> types.BillingUsageResponse:
+        """The organization's usage, in one event per UTC hour, kind of usage, base model and session, from
+        ``starting_on`` (inclusive) to ``ending_before`` (exclusive): tokens trained on, prompt tokens and sampled
+        tokens, checkpoints saved, storage. Each event's ``event_info`` says what it counts (match on its class);
+        costs are gross estimates, not amounts due. The service's figures may lag by a few hours.
+
+        Both bounds are datetimes with a time zone, or RFC 3339 strings (``"2026-07-13T00:00:00Z"``), sent in UTC.
+        The service wants them on whole UTC hours, ``starting_on`` not in the future and at most 14 days apart
+        (BadRequestError otherwise), and the billing view role (PermissionDeniedError). Raises InvalidArgumentError,
+        before anything is sent, for a bound without a time zone, one that is not a date-time, or ``ending_before``
+        not after ``starting_on``.
+        """
+        return self._portal.call(self._inner.get_billing_usage, starting_on, ending_before)
+
+    def get_current_checkpoint_storage_usage(
+        self,
+        project_id: str | None = None,
+    ) -> types.CurrentCheckpointStorageUsageResponse:
+        """The checkpoints the organization holds now (or those of ``project_id``), grouped by project and session
+        owner: how many, their size, and what keeping them for 720 hours would cost at the current rate (a gross
+        estimate). The service's figures may lag by an hour or two. Needs the billing view role.
+        """
+        return self._portal.call(self._inner.get_current_checkpoint_storage_usage, project_id)

@@ -119,6 +119,7 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
         "create_custom_loss",
     ),
     *_static("GET", "get_server_capabilities", "healthz", "training_runs", "checkpoints", "sessions"),
+    *_static("GET", "audit", "billing/usage/events", "billing/usage/checkpoints/current"),
     Endpoint("GET", f"{API_PREFIX}/sessions/{{session_id}}"),
     Endpoint("POST", f"{API_PREFIX}/sessions/{{session_id}}/finish"),
     Endpoint("PUT", f"{API_PREFIX}/sessions/{{session_id}}/project"),

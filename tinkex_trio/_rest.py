@@ -24,7 +24,8 @@ import json as _json
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Final, Generic, TypeVar
+from datetime import UTC, date, datetime
+from typing import Final, Generic, TypeVar, get_args
 from urllib.parse import quote
 
 import msgspec
@@ -93,6 +94,25 @@ def _page_args(limit: int, offset: int) -> dict[str, str | int]:
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:  # pyright: ignore[reportUnnecessaryIsInstance]
         raise ValueError(f"offset must be an int >= 0, got {offset!r}")
     return {"limit": limit, "offset": offset}
+
+
+def _utc_instant(value: datetime | str, what: str) -> tuple[datetime, str]:
+    """``value`` (a datetime with a time zone, or an RFC 3339 string) and its RFC 3339 form in UTC."""
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidArgumentError(f"{what} must be an RFC 3339 date-time, got {value!r}", argument=what) from None
+    elif isinstance(value, datetime):  # pyright: ignore[reportUnnecessaryIsInstance]
+        moment = value
+    else:
+        raise InvalidArgumentTypeError(f"{what} must be a datetime or an RFC 3339 string, got {value!r}", argument=what)
+    if moment.utcoffset() is None:
+        raise InvalidArgumentError(
+            f"{what} must carry a time zone (a 'Z' or '+00:00' suffix, or tzinfo=UTC), got {value!r}", argument=what
+        )
+    moment = moment.astimezone(UTC)
+    return moment, moment.isoformat().replace("+00:00", "Z")
 
 
 class _Pages(AsyncIterator[T], Generic[T]):
@@ -470,8 +490,68 @@ class RestClient:
         path = f"{_API}/samplers/{_segment(sampler_id, 'sampler_id')}"
         return await self._get(t.GetSamplerResponse, path, "get_sampler")
 
+    # -- admin reads (the official SDK's AdminClient) ---------------------------------------------------------------
+
+    async def get_audit_log(self, event_type: t.AuditEventType = "all", day: date | None = None) -> t.AuditLogResponse:
+        """The organization's audit log for one UTC day, midnight to midnight (default: today), oldest first: who
+        read, saved, published or deleted checkpoints, changed projects, teams or the organization. ``event_type``
+        keeps one resource's events (``"checkpoints"``, ``"projects"``, ``"teams"``, ``"organizations"``).
+
+        Needs the organization's admin role (PermissionDeniedError otherwise). Raises InvalidArgumentError for an
+        unknown ``event_type`` and InvalidArgumentTypeError for a ``day`` that is not a ``datetime.date`` (a
+        ``datetime`` is refused: its day depends on its time zone), before anything is sent."""
+        if event_type not in _AUDIT_EVENT_TYPES:
+            raise InvalidArgumentError(
+                f"event_type must be one of {sorted(_AUDIT_EVENT_TYPES)}, got {event_type!r}", argument="event_type"
+            )
+        params: dict[str, str | int] = {"event_type": event_type}
+        if day is not None:
+            if isinstance(day, datetime) or not isinstance(day, date):  # pyright: ignore[reportUnnecessaryIsInstance]
+                raise InvalidArgumentTypeError(f"day must be a datetime.date, got {day!r}", argument="day")
+            params["day"] = day.isoformat()
+        return await self._get(t.AuditLogResponse, f"{_API}/audit", "get_audit_log", params)
+
+    async def get_billing_usage(
+        self, starting_on: datetime | str, ending_before: datetime | str
+    ) -> t.BillingUsageResponse:
+        """The organization's usage, in one event per UTC hour, kind of usage, base model and session, from
+        ``starting_on`` (inclusive) to ``ending_before`` (exclusive): tokens trained on, prompt tokens and sampled
+        tokens, checkpoints saved, storage. Each event's ``event_info`` says what it counts (match on its class);
+        costs are gross estimates, not amounts due. The service's figures may lag by a few hours.
+
+        Both bounds are datetimes with a time zone, or RFC 3339 strings (``"2026-07-13T00:00:00Z"``), sent in UTC.
+        The service wants them on whole UTC hours, ``starting_on`` not in the future and at most 14 days apart
+        (BadRequestError otherwise), and the billing view role (PermissionDeniedError). Raises InvalidArgumentError,
+        before anything is sent, for a bound without a time zone, one that is not a date-time, or ``ending_before``
+        not after ``starting_on``."""
+        start, start_text = _utc_instant(starting_on, "starting_on")
+        end, end_text = _utc_instant(ending_before, "ending_before")
+        if end <= start:
+            raise InvalidArgumentError(
+                f"ending_before ({end_text}) must be after starting_on ({start_text})", argument="ending_before"
+            )
+        params: dict[str, str | int] = {"starting_on": start_text, "ending_before": end_text}
+        return await self._get(t.BillingUsageResponse, f"{_API}/billing/usage/events", "get_billing_usage", params)
+
+    async def get_current_checkpoint_storage_usage(
+        self, project_id: str | None = None
+    ) -> t.CurrentCheckpointStorageUsageResponse:
+        """The checkpoints the organization holds now (or those of ``project_id``), grouped by project and session
+        owner: how many, their size, and what keeping them for 720 hours would cost at the current rate (a gross
+        estimate). The service's figures may lag by an hour or two. Needs the billing view role."""
+        params: dict[str, str | int] = {}
+        if project_id is not None:
+            params["project_id"] = _nonempty(project_id, "project_id")
+        return await self._get(
+            t.CurrentCheckpointStorageUsageResponse,
+            f"{_API}/billing/usage/checkpoints/current",
+            "get_current_checkpoint_storage_usage",
+            params,
+        )
+
 
 _MAX_SEARCH_LIMIT: Final = 200
+_AUDIT_EVENT_TYPES: Final = frozenset[str](get_args(t.AuditEventType))
 _TRACE_POLL_FIRST_S: Final = 1.0
 """Wait before the second poll of a trace export job; each later wait doubles, up to `_TRACE_POLL_MAX_S`."""
 _TRACE_POLL_MAX_S: Final = 5.0

@@ -14,8 +14,8 @@ found while running a request (unknown loss, missing loss input, shape mismatch)
 ``"user"``.
 
 The handlers live in one module per area (``_session_handlers``, ``_training_handlers``, ``_weights_handlers``,
-``_sampling_handlers``, ``_future_handlers``, ``_rest_handlers``, ``_trace_handlers``); `tinkex_trio.sim._routes`
-says which answers what.
+``_sampling_handlers``, ``_future_handlers``, ``_rest_handlers``, ``_trace_handlers``, ``_admin_handlers``);
+`tinkex_trio.sim._routes` says which answers what.
 """
 
 from __future__ import annotations

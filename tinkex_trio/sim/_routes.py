@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from tinkex_trio import _endpoints
 from tinkex_trio._endpoints import Endpoint
+from tinkex_trio.sim import _admin_handlers as admin
 from tinkex_trio.sim import _future_handlers as futures
 from tinkex_trio.sim import _rest_handlers as rest
 from tinkex_trio.sim import _sampling_handlers as sampling
@@ -87,6 +88,10 @@ ROUTES: tuple[Route, ...] = (
     _route("PUT", "sessions/{id}/project", rest.set_session_project),
     _route("GET", "sessions/{id}/trace_export", trace.trace_export),
     _route("GET", "trace_exports/{id}", trace.download_trace),
+    # admin reads
+    _route("GET", "audit", admin.audit_log),
+    _route("GET", "billing/usage/events", admin.billing_usage),
+    _route("GET", "billing/usage/checkpoints/current", admin.checkpoint_storage),
 )
 """Every endpoint the simulator serves."""
 
