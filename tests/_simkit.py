@@ -63,6 +63,7 @@ class Seen:
     body: bytes
     status: int | None = None
     scripted: bool = False
+    query: str = ""
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
@@ -97,6 +98,7 @@ class Recorder:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path: str = scope["path"]
         seen = Seen(trio.current_time(), scope["method"], path.removeprefix("/api/v1/"), headers, body)
+        seen.query = scope.get("query_string", b"").decode("latin-1")
         self.seen.append(seen)
         if len(self.seen) > self.max_requests:
             # A client in a tight loop would hang a MockClock test (time never advances): fail it instead.

@@ -104,6 +104,7 @@ def test_bad_arguments_exit_2_with_a_usage_line(args: tuple[str, ...]) -> None:
         (("checkpoint", "set-ttl", DEMO_STATE), "exactly one of --ttl"),
         (("checkpoint", "delete", DEMO_STATE), "--yes"),
         (("run", "info", "no-such-run"), "404"),
+        (("session", "export-trace", "no-such-session"), "404"),
         (("bench", "--only", "nope"), "unknown scenario"),
         (("run", "list", "--base-url", "http://127.0.0.1:9"), "needs a key"),
         (("run", "list", "--api-key", "tml-x"), "--api-key needs --base-url"),
@@ -154,6 +155,33 @@ def test_management_commands_on_the_embedded_simulator() -> None:
     assert sessions == [DEMO_RUN.split(":")[0]]
     session = ok_json("session", "info", sessions[0])
     assert session["training_run_ids"] == [DEMO_RUN] and session["session_id"] == sessions[0]
+
+
+def test_session_export_trace_downloads_the_trace(tmp_path: Path) -> None:
+    session_id = DEMO_RUN.split(":")[0]
+    out = tmp_path / "traces" / "demo.json"
+    done = ok_json("session", "export-trace", session_id, "--output", str(out))
+    assert done == {"session_id": session_id, "destination": str(out), "file_size_bytes": out.stat().st_size}
+    trace = json.loads(out.read_text())
+    names = [e["name"] for e in trace["traceEvents"] if e["ph"] == "X"]
+    assert names == ["CreateModel", "SaveWeights", "SaveWeightsForSampler"]  # the demo run's requests
+    # Without --output: ./<session id>.json (the simulator's trace is JSON; the service's is .pftrace).
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinkex_trio", "session", "export-trace", session_id],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=LIMIT_S,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / f"{session_id}.json").stat().st_size > 0
+    assert "size" in proc.stdout
+    url_only = cli("session", "export-trace", session_id, "--url-only")
+    assert url_only.returncode == 0, url_only.stderr
+    (line,) = url_only.stdout.splitlines()
+    assert line.startswith("http://127.0.0.1:") and "/api/v1/trace_exports/" in line
 
 
 def test_table_output_without_json() -> None:

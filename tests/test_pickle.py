@@ -63,6 +63,7 @@ ERROR_SAMPLES: list[e.TinkexError] = [
     e.SequenceInDoubtError("in doubt", model_id="m", seq_ids=(4, 5), operation="forward_backward"),
     e.PartiallyAppliedError("partly", applied=((0, 8),), failed=(((8, 16), e.APITimeoutError()),)),
     e.TrainingHaltedError("halted", model_id="m", operation="forward_backward_custom"),
+    e.TraceExportError("export failed", session_id="s", status="failed", error="no space left"),
     e.BatchItemTooLargeError("too large", index=3, datum_index=1, size=9_000_000, limit=5_000_000),
     e.CircuitOpenError.rejected(float("inf"), "svc"),
 ]

@@ -16,7 +16,14 @@ from tinkex_trio._config import Config
 from tinkex_trio._rest import RestClient, _Pages  # pyright: ignore[reportPrivateUsage]
 from tinkex_trio._session import open_session
 from tinkex_trio._transport import PoolKind, Transport
-from tinkex_trio.errors import InternalServerError, NotFoundError, UnprocessableEntityError
+from tinkex_trio.errors import (
+    BadRequestError,
+    InternalServerError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    NotFoundError,
+    UnprocessableEntityError,
+)
 from tinkex_trio.sim import EndpointFaults, FaultConfig, FaultMiddleware
 from tinkex_trio.sim._app import SimApp, create_app
 from tinkex_trio.sim._config import ServiceTime, SimConfig
@@ -428,6 +435,45 @@ async def test_iter_sessions_full_last_page_needs_one_more_request(world: World)
     sessions = [await world.new_session() for _ in range(4)]
     assert await collect(world.rest.iter_sessions(page_size=2)) == sessions
     assert world.count("sessions") == 3  # 2, 2, then an empty page
+
+
+async def test_assign_session_project_moves_the_session(world: World) -> None:
+    moved, stays = await world.new_session(), await world.new_session()
+
+    await world.rest.assign_session_project(moved, "proj-a")
+
+    in_project = await world.rest.search_sessions(t.SessionSearchRequest(project_ids=["proj-a"]))
+    assert [s.session_id for s in in_project.sessions] == [moved]
+    await world.rest.assign_session_project(moved, "proj-b")  # from one project to another
+    assert world.app.state.sessions[moved].project_id == "proj-b"
+    assert world.app.state.sessions[stays].project_id is None
+    sent = [r for r in world.requests if r.url.path.endswith("/project")]
+    assert [(r.method, r.url.path, r.content) for r in sent] == [
+        ("PUT", f"/api/v1/sessions/{moved}/project", b'{"project_id":"proj-a"}'),
+        ("PUT", f"/api/v1/sessions/{moved}/project", b'{"project_id":"proj-b"}'),
+    ]
+    assert sent[0].headers["x-sdk-method"] == "RestClient.assign_session_project"
+
+
+async def test_assign_session_project_errors(world: World) -> None:
+    session = await world.new_session()
+    with pytest.raises(NotFoundError):
+        await world.rest.assign_session_project("sess-missing", "proj-a")
+    # The server's own checks, as the official SDK documents them: 400 without a project id (also for null or "").
+    for body in ({}, {"project_id": None}, {"project_id": ""}):
+        with pytest.raises(BadRequestError, match="project_id"):
+            await world.transport.request(PoolKind.TRAINING, "PUT", f"/api/v1/sessions/{session}/project", json=body)
+    assert world.app.state.sessions[session].project_id is None
+    before = len(world.requests)
+    with pytest.raises(InvalidArgumentError) as info:
+        await world.rest.assign_session_project(session, "")
+    assert info.value.argument == "project_id"
+    with pytest.raises(InvalidArgumentError) as info:
+        await world.rest.assign_session_project("", "proj-a")
+    assert info.value.argument == "session_id"
+    with pytest.raises(InvalidArgumentTypeError):
+        await world.rest.assign_session_project(session, 7)  # pyright: ignore[reportArgumentType]
+    assert len(world.requests) == before  # refused before anything was sent
 
 
 async def test_get_sampler(world: World) -> None:

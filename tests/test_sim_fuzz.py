@@ -179,6 +179,11 @@ _rest = st.tuples(
             "sessions/{a}",
             "sessions/{a}/finish",
             "sessions/{a}/project",
+            "sessions/{a}/trace_export",
+            "trace_exports/{a}",
+            "audit",
+            "billing/usage/events",
+            "billing/usage/checkpoints/current",
             "samplers/{a}",
             "{a}",
             "get_server_capabilities",
@@ -187,7 +192,13 @@ _rest = st.tuples(
     _segment,
     st.one_of(st.sampled_from(["weights", "sampler_weights", "external_weights"]), _segment),
     _segment,
-    st.dictionaries(st.sampled_from(["limit", "offset", "access_scope", "x"]), _query_value, max_size=3),
+    st.dictionaries(
+        st.sampled_from(
+            ["limit", "offset", "access_scope", "x", "event_type", "day", "starting_on", "ending_before", "project_id"]
+        ),
+        _query_value,
+        max_size=3,
+    ),
     _body,
 )
 

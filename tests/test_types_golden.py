@@ -15,6 +15,9 @@ from typing import Any
 import msgspec
 import pytest
 from tinker import types as sdk
+from tinker.lib.public_interfaces.rest_client import (
+    _SessionTraceExportPollResponse as SdkTraceExportPoll,  # pyright: ignore[reportPrivateUsage]
+)
 from tinker.types.try_again_response import TryAgainResponse as SdkTryAgainResponse
 
 import tinkex_trio.types as tt
@@ -333,6 +336,106 @@ GOLDEN: list[tuple[str, type[Any], dict[str, Any], Any, dict[str, Any]]] = [
         sdk.GetSessionResponse,
         {"sampler_ids": ["s1:sample:0"], "user_metadata": None},
     ),
+    ("trace_export_pending", tt.SessionTraceExportResponse, {"status": "pending"}, SdkTraceExportPoll, {"url": None}),
+    (
+        "trace_export_ready",
+        tt.SessionTraceExportResponse,
+        {"status": "ready", "url": "https://storage.example/t.pftrace?sig=1"},
+        SdkTraceExportPoll,
+        {"url": "https://storage.example/t.pftrace?sig=1"},
+    ),
+    (
+        "trace_export_failed",
+        tt.SessionTraceExportResponse,
+        {"status": "failed", "error": "out of space"},
+        SdkTraceExportPoll,
+        {"error": "out of space"},
+    ),
+    ("trace_export_building", tt.SessionTraceExportResponse, {"status": "building"}, None, {"status": "building"}),
+    (
+        "audit_log",
+        tt.AuditLogResponse,
+        {
+            "entries": [
+                {
+                    "timestamp": "2026-03-02T10:17:05Z",
+                    "event": "checkpoint_read",
+                    "event_details": {"actor": "urn:u", "purpose": "sampling", "bytes": 10},
+                    "model_id": "s1:train:0",
+                    "tinker_path": "tinker://s1:train:0/weights/a",
+                    "purpose": "sampling",
+                },
+                {"timestamp": "2026-03-02T11:00:00Z", "event": "project_grant_set"},
+            ]
+        },
+        sdk.AuditLogResponse,
+        {"entries[0].event_details.bytes": 10, "entries[1].event_details": {}, "entries[1].model_id": None},
+    ),
+    (
+        "billing_usage",
+        tt.BillingUsageResponse,
+        {
+            "data": [
+                {
+                    "bucket_start": "2026-03-02T10:00:00Z",
+                    "bucket_end": "2026-03-02T11:00:00Z",
+                    "base_model": "Qwen/Qwen3-8B",
+                    "user_id": "urn:u",
+                    "session_id": "s1",
+                    "project_id": "p1",
+                    "estimated_cost_usd": 0.5,
+                    "effective_rate_usd_per_million_tokens": 2.5,
+                    "event_info": {"type": "sampling_prefill", "cached": True, "token_count": 200000},
+                },
+                {
+                    "bucket_start": "2026-03-02T10:00:00Z",
+                    "bucket_end": "2026-03-02T11:00:00Z",
+                    "event_info": {"type": "storage", "gigabyte_hours": 1.5},
+                },
+                {
+                    "bucket_start": "2026-03-02T11:00:00Z",
+                    "bucket_end": "2026-03-02T12:00:00Z",
+                    "event_info": {"type": "checkpoint", "count": 2},
+                },
+            ],
+            "sessions": {"s1": {"user_metadata": {"team": "rl"}}},
+            "cost_data_through": "2026-03-01T00:00:00Z",
+        },
+        sdk.BillingUsageResponse,
+        {
+            "data[0].event_info": tt.SamplingPrefillBillingEvent(cached=True, token_count=200000),
+            "data[1].event_info": tt.StorageBillingEvent(gigabyte_hours=1.5, free=False),
+            "data[2].event_info.count": 2,
+            "sessions.s1.user_metadata": {"team": "rl"},
+        },
+    ),
+    (
+        "billing_usage_empty",
+        tt.BillingUsageResponse,
+        {"data": []},
+        sdk.BillingUsageResponse,
+        {"sessions": {}, "cost_data_through": None},
+    ),
+    (
+        "checkpoint_storage",
+        tt.CurrentCheckpointStorageUsageResponse,
+        {
+            "effective_rate_usd_per_gigabyte_month": 0.02,
+            "data": [
+                {
+                    "project_id": "p1",
+                    "org_user_urn": "urn:u",
+                    "user_email": "u@example.invalid",
+                    "checkpoint_count": 3,
+                    "size_bytes": 3000000000,
+                    "size_gigabytes": 3.0,
+                    "estimated_monthly_cost_usd": 0.06,
+                }
+            ],
+        },
+        sdk.CurrentCheckpointStorageUsageResponse,
+        {"data[0].size_bytes": 3000000000, "data[0].user_name": None},
+    ),
     (
         "external_weights_urls",
         tt.ExternalWeightsUrlsResponse,
@@ -517,6 +620,24 @@ def test_every_response_type_has_a_required_field_check() -> None:
             "$.completions[0].state",
         ),
         (tt.Checkpoint, {**CHECKPOINT, "time": "yesterday"}, "$.time"),
+        (
+            tt.BillingUsageResponse,
+            {"data": [{"bucket_start": "2026-03-02T10:00:00Z", "bucket_end": "x", "event_info": {"type": "training"}}]},
+            "$.data[0].bucket_end",
+        ),
+        (
+            tt.BillingUsageResponse,
+            {
+                "data": [
+                    {
+                        "bucket_start": "2026-03-02T10:00:00Z",
+                        "bucket_end": "2026-03-02T11:00:00Z",
+                        "event_info": {"type": "gpu"},
+                    }
+                ]
+            },
+            "$.data[0].event_info.type",
+        ),
         (tt.UntypedAPIFuture, {"request_id": "r", "sample_sequence_ids": ["a", 1]}, "$.sample_sequence_ids[1]"),
     ],
 )

@@ -7,6 +7,7 @@ for it in the calling thread. See :mod:`tinkex_trio.blocking`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import date, datetime
 from typing import Any, Literal, overload
 
 import numpy.typing as npt
@@ -888,9 +889,85 @@ class RestClient:
         """A session's training runs, samplers and metadata."""
         return self._portal.call(self._inner.get_session, session_id, access_scope)
 
+    def assign_session_project(
+        self,
+        session_id: str,
+        project_id: str,
+    ) -> None:
+        """Move a session, with its training runs and samplers, into the project ``project_id`` (or from its
+        project to another one; a session cannot be taken out of every project).
+
+        Raises InvalidArgumentError for an empty or non-string id, before anything is sent; BadRequestError when the
+        server finds no project id in the request, PermissionDeniedError when the key may not use the project, and
+        NotFoundError for a session it does not know or may not see.
+        """
+        return self._portal.call(self._inner.assign_session_project, session_id, project_id)
+
+    def export_session_trace(
+        self,
+        session_id: str,
+    ) -> str:
+        """Have the server build a trace of the session's training and sampling requests (a timeline to open in
+        https://ui.perfetto.dev), wait until it is ready, and return its signed download URL: a plain GET, with no
+        credentials, fetches the file. The URL expires (on the Tinker service, after about an hour); call again for
+        a fresh one (a trace that is up to date is not rebuilt).
+
+        The export job is polled: again after 1 s, then at intervals doubling up to 5 s, for at most 30 minutes
+        (wrap the call in ``trio.move_on_after`` or ``trio.fail_after`` for less). Each poll is one request, retried
+        by the transport's policy; cancelling the call cancels only the wait, never the server's job.
+
+        Raises InvalidArgumentError for an empty session id, before anything is sent; NotFoundError for a session the
+        server does not know; TraceExportError when the job fails (``.error`` is the server's reason) or is still
+        not ready after 30 minutes; ResponseValidationError for a ``"ready"`` answer without a URL.
+        """
+        return self._portal.call(self._inner.export_session_trace, session_id)
+
     def get_sampler(
         self,
         sampler_id: str,
     ) -> types.GetSamplerResponse:
         """A sampling session: its base model and, for one made from a checkpoint, the checkpoint's path."""
         return self._portal.call(self._inner.get_sampler, sampler_id)
+
+    def get_audit_log(
+        self,
+        event_type: types.AuditEventType = "all",
+        day: date | None = None,
+    ) -> types.AuditLogResponse:
+        """The organization's audit log for one UTC day, midnight to midnight (default: today), oldest first: who
+        read, saved, published or deleted checkpoints, changed projects, teams or the organization. ``event_type``
+        keeps one resource's events (``"checkpoints"``, ``"projects"``, ``"teams"``, ``"organizations"``).
+
+        Needs the organization's admin role (PermissionDeniedError otherwise). Raises InvalidArgumentError for an
+        unknown ``event_type`` and InvalidArgumentTypeError for a ``day`` that is not a ``datetime.date`` (a
+        ``datetime`` is refused: its day depends on its time zone), before anything is sent.
+        """
+        return self._portal.call(self._inner.get_audit_log, event_type, day)
+
+    def get_billing_usage(
+        self,
+        starting_on: datetime | str,
+        ending_before: datetime | str,
+    ) -> types.BillingUsageResponse:
+        """The organization's usage, in one event per UTC hour, kind of usage, base model and session, from
+        ``starting_on`` (inclusive) to ``ending_before`` (exclusive): tokens trained on, prompt tokens and sampled
+        tokens, checkpoints saved, storage. Each event's ``event_info`` says what it counts (match on its class);
+        costs are gross estimates, not amounts due. The service's figures may lag by a few hours.
+
+        Both bounds are datetimes with a time zone, or RFC 3339 strings (``"2026-07-13T00:00:00Z"``), sent in UTC.
+        The service wants them on whole UTC hours, ``starting_on`` not in the future and at most 14 days apart
+        (BadRequestError otherwise), and the billing view role (PermissionDeniedError). Raises InvalidArgumentError,
+        before anything is sent, for a bound without a time zone, one that is not a date-time, or ``ending_before``
+        not after ``starting_on``.
+        """
+        return self._portal.call(self._inner.get_billing_usage, starting_on, ending_before)
+
+    def get_current_checkpoint_storage_usage(
+        self,
+        project_id: str | None = None,
+    ) -> types.CurrentCheckpointStorageUsageResponse:
+        """The checkpoints the organization holds now (or those of ``project_id``), grouped by project and session
+        owner: how many, their size, and what keeping them for 720 hours would cost at the current rate (a gross
+        estimate). The service's figures may lag by an hour or two. Needs the billing view role.
+        """
+        return self._portal.call(self._inner.get_current_checkpoint_storage_usage, project_id)

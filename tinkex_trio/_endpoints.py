@@ -119,9 +119,13 @@ ENDPOINTS: Final[tuple[Endpoint, ...]] = (
         "create_custom_loss",
     ),
     *_static("GET", "get_server_capabilities", "healthz", "training_runs", "checkpoints", "sessions"),
+    *_static("GET", "audit", "billing/usage/events", "billing/usage/checkpoints/current"),
     Endpoint("GET", f"{API_PREFIX}/sessions/{{session_id}}"),
     Endpoint("POST", f"{API_PREFIX}/sessions/{{session_id}}/finish"),
     Endpoint("PUT", f"{API_PREFIX}/sessions/{{session_id}}/project"),
+    Endpoint("GET", f"{API_PREFIX}/sessions/{{session_id}}/trace_export"),
+    # Served by the simulator only: where its trace export URLs point (the service hands out signed storage URLs).
+    Endpoint("GET", f"{API_PREFIX}/trace_exports/{{export_id}}"),
     Endpoint("GET", f"{API_PREFIX}/samplers/{{sampler_id}}"),
     Endpoint("GET", _RUN),
     Endpoint("GET", f"{_RUN}/checkpoints"),

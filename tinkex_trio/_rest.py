@@ -24,25 +24,41 @@ import json as _json
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Final, Generic, TypeVar
+from datetime import UTC, date, datetime
+from typing import Final, Generic, TypeVar, get_args
 from urllib.parse import quote
 
 import msgspec
+import trio
 
 from tinkex_trio import types as t
 from tinkex_trio._endpoints import API_PREFIX as _API
 from tinkex_trio._transport import PoolKind, Transport
-from tinkex_trio.errors import InvalidArgumentError, ResponseValidationError
+from tinkex_trio.errors import (
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    ResponseValidationError,
+    TraceExportError,
+)
 
 __all__ = ["RestClient"]
 
 T = TypeVar("T")
 
 
+def _nonempty(value: str, what: str) -> str:
+    """``value``, checked to be a non-empty string (InvalidArgumentError, a ValueError, if not)."""
+    if not isinstance(value, str):  # pyright: ignore[reportUnnecessaryIsInstance]
+        raise InvalidArgumentTypeError(f"{what} must be a non-empty string, got {value!r}", argument=what)
+    if not value:
+        raise InvalidArgumentError(f"{what} must be a non-empty string, got {value!r}", argument=what)
+    return value
+
+
 def _segment(value: str, what: str) -> str:
-    """``value`` percent-encoded as one path segment (``ValueError`` if it could not be one)."""
-    if not isinstance(value, str) or not value or value in (".", ".."):  # pyright: ignore[reportUnnecessaryIsInstance]
-        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    """``value`` percent-encoded as one path segment (InvalidArgumentError, a ValueError, if it could not be one)."""
+    if _nonempty(value, what) in (".", ".."):
+        raise InvalidArgumentError(f"{what} must be a non-empty string other than '.' and '..'", argument=what)
     return quote(value, safe=":@")
 
 
@@ -78,6 +94,25 @@ def _page_args(limit: int, offset: int) -> dict[str, str | int]:
     if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:  # pyright: ignore[reportUnnecessaryIsInstance]
         raise ValueError(f"offset must be an int >= 0, got {offset!r}")
     return {"limit": limit, "offset": offset}
+
+
+def _utc_instant(value: datetime | str, what: str) -> tuple[datetime, str]:
+    """``value`` (a datetime with a time zone, or an RFC 3339 string) and its RFC 3339 form in UTC."""
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidArgumentError(f"{what} must be an RFC 3339 date-time, got {value!r}", argument=what) from None
+    elif isinstance(value, datetime):  # pyright: ignore[reportUnnecessaryIsInstance]
+        moment = value
+    else:
+        raise InvalidArgumentTypeError(f"{what} must be a datetime or an RFC 3339 string, got {value!r}", argument=what)
+    if moment.utcoffset() is None:
+        raise InvalidArgumentError(
+            f"{what} must carry a time zone (a 'Z' or '+00:00' suffix, or tzinfo=UTC), got {value!r}", argument=what
+        )
+    moment = moment.astimezone(UTC)
+    return moment, moment.isoformat().replace("+00:00", "Z")
 
 
 class _Pages(AsyncIterator[T], Generic[T]):
@@ -400,13 +435,129 @@ class RestClient:
         path = f"{_API}/sessions/{_segment(session_id, 'session_id')}"
         return await self._get(t.GetSessionResponse, path, "get_session", {"access_scope": access_scope})
 
+    async def assign_session_project(self, session_id: str, project_id: str) -> None:
+        """Move a session, with its training runs and samplers, into the project ``project_id`` (or from its
+        project to another one; a session cannot be taken out of every project).
+
+        Raises InvalidArgumentError for an empty or non-string id, before anything is sent; BadRequestError when the
+        server finds no project id in the request, PermissionDeniedError when the key may not use the project, and
+        NotFoundError for a session it does not know or may not see."""
+        path = f"{_API}/sessions/{_segment(session_id, 'session_id')}/project"
+        body = t.AssignSessionProjectRequest(project_id=_nonempty(project_id, "project_id"))
+        await self._send("PUT", path, "assign_session_project", json=body)
+
+    async def export_session_trace(self, session_id: str) -> str:
+        """Have the server build a trace of the session's training and sampling requests (a timeline to open in
+        https://ui.perfetto.dev), wait until it is ready, and return its signed download URL: a plain GET, with no
+        credentials, fetches the file. The URL expires (on the Tinker service, after about an hour); call again for
+        a fresh one (a trace that is up to date is not rebuilt).
+
+        The export job is polled: again after 1 s, then at intervals doubling up to 5 s, for at most 30 minutes
+        (wrap the call in ``trio.move_on_after`` or ``trio.fail_after`` for less). Each poll is one request, retried
+        by the transport's policy; cancelling the call cancels only the wait, never the server's job.
+
+        Raises InvalidArgumentError for an empty session id, before anything is sent; NotFoundError for a session the
+        server does not know; TraceExportError when the job fails (``.error`` is the server's reason) or is still
+        not ready after 30 minutes; ResponseValidationError for a ``"ready"`` answer without a URL."""
+        path = f"{_API}/sessions/{_segment(session_id, 'session_id')}/trace_export"
+        deadline = trio.current_time() + _TRACE_EXPORT_LIMIT_S
+        delay = _TRACE_POLL_FIRST_S
+        while True:
+            reply = await self._get(t.SessionTraceExportResponse, path, "export_session_trace")
+            if reply.status == "ready":
+                if not reply.url:
+                    raise ResponseValidationError("trace export is ready but has no url", field="$.url")
+                return reply.url
+            if reply.status == "failed":
+                raise TraceExportError(
+                    f"trace export of session {session_id} failed: {reply.error or 'no reason given'}",
+                    session_id=session_id,
+                    status=reply.status,
+                    error=reply.error,
+                )
+            left = deadline - trio.current_time()
+            if left <= 0:
+                raise TraceExportError(
+                    f"trace export of session {session_id} still {reply.status!r} after {_TRACE_EXPORT_LIMIT_S:.0f} s",
+                    session_id=session_id,
+                    status=reply.status,
+                )
+            await trio.sleep(min(delay, left))
+            delay = min(2 * delay, _TRACE_POLL_MAX_S)
+
     async def get_sampler(self, sampler_id: str) -> t.GetSamplerResponse:
         """A sampling session: its base model and, for one made from a checkpoint, the checkpoint's path."""
         path = f"{_API}/samplers/{_segment(sampler_id, 'sampler_id')}"
         return await self._get(t.GetSamplerResponse, path, "get_sampler")
 
+    # -- admin reads (the official SDK's AdminClient) ---------------------------------------------------------------
+
+    async def get_audit_log(self, event_type: t.AuditEventType = "all", day: date | None = None) -> t.AuditLogResponse:
+        """The organization's audit log for one UTC day, midnight to midnight (default: today), oldest first: who
+        read, saved, published or deleted checkpoints, changed projects, teams or the organization. ``event_type``
+        keeps one resource's events (``"checkpoints"``, ``"projects"``, ``"teams"``, ``"organizations"``).
+
+        Needs the organization's admin role (PermissionDeniedError otherwise). Raises InvalidArgumentError for an
+        unknown ``event_type`` and InvalidArgumentTypeError for a ``day`` that is not a ``datetime.date`` (a
+        ``datetime`` is refused: its day depends on its time zone), before anything is sent."""
+        if event_type not in _AUDIT_EVENT_TYPES:
+            raise InvalidArgumentError(
+                f"event_type must be one of {sorted(_AUDIT_EVENT_TYPES)}, got {event_type!r}", argument="event_type"
+            )
+        params: dict[str, str | int] = {"event_type": event_type}
+        if day is not None:
+            if isinstance(day, datetime) or not isinstance(day, date):  # pyright: ignore[reportUnnecessaryIsInstance]
+                raise InvalidArgumentTypeError(f"day must be a datetime.date, got {day!r}", argument="day")
+            params["day"] = day.isoformat()
+        return await self._get(t.AuditLogResponse, f"{_API}/audit", "get_audit_log", params)
+
+    async def get_billing_usage(
+        self, starting_on: datetime | str, ending_before: datetime | str
+    ) -> t.BillingUsageResponse:
+        """The organization's usage, in one event per UTC hour, kind of usage, base model and session, from
+        ``starting_on`` (inclusive) to ``ending_before`` (exclusive): tokens trained on, prompt tokens and sampled
+        tokens, checkpoints saved, storage. Each event's ``event_info`` says what it counts (match on its class);
+        costs are gross estimates, not amounts due. The service's figures may lag by a few hours.
+
+        Both bounds are datetimes with a time zone, or RFC 3339 strings (``"2026-07-13T00:00:00Z"``), sent in UTC.
+        The service wants them on whole UTC hours, ``starting_on`` not in the future and at most 14 days apart
+        (BadRequestError otherwise), and the billing view role (PermissionDeniedError). Raises InvalidArgumentError,
+        before anything is sent, for a bound without a time zone, one that is not a date-time, or ``ending_before``
+        not after ``starting_on``."""
+        start, start_text = _utc_instant(starting_on, "starting_on")
+        end, end_text = _utc_instant(ending_before, "ending_before")
+        if end <= start:
+            raise InvalidArgumentError(
+                f"ending_before ({end_text}) must be after starting_on ({start_text})", argument="ending_before"
+            )
+        params: dict[str, str | int] = {"starting_on": start_text, "ending_before": end_text}
+        return await self._get(t.BillingUsageResponse, f"{_API}/billing/usage/events", "get_billing_usage", params)
+
+    async def get_current_checkpoint_storage_usage(
+        self, project_id: str | None = None
+    ) -> t.CurrentCheckpointStorageUsageResponse:
+        """The checkpoints the organization holds now (or those of ``project_id``), grouped by project and session
+        owner: how many, their size, and what keeping them for 720 hours would cost at the current rate (a gross
+        estimate). The service's figures may lag by an hour or two. Needs the billing view role."""
+        params: dict[str, str | int] = {}
+        if project_id is not None:
+            params["project_id"] = _nonempty(project_id, "project_id")
+        return await self._get(
+            t.CurrentCheckpointStorageUsageResponse,
+            f"{_API}/billing/usage/checkpoints/current",
+            "get_current_checkpoint_storage_usage",
+            params,
+        )
+
 
 _MAX_SEARCH_LIMIT: Final = 200
+_AUDIT_EVENT_TYPES: Final = frozenset[str](get_args(t.AuditEventType))
+_TRACE_POLL_FIRST_S: Final = 1.0
+"""Wait before the second poll of a trace export job; each later wait doubles, up to `_TRACE_POLL_MAX_S`."""
+_TRACE_POLL_MAX_S: Final = 5.0
+"""Longest wait between two polls of a trace export job (the official SDK polls every 5 s)."""
+_TRACE_EXPORT_LIMIT_S: Final = 1800.0
+"""How long `RestClient.export_session_trace` waits for the trace, from its first poll (the SDK waits forever)."""
 
 
 def whoami_from_jwt(token: str) -> t.WhoamiResponse:

@@ -32,6 +32,7 @@ before they are stored.
     ├── SequenceInDoubtError               a training request's delivery is unknown: its model is stopped
     ├── PartiallyAppliedError              a chunked forward_backward was applied in part
     ├── TrainingHaltedError                a custom loss failed between its two calls: its model is stopped
+    ├── TraceExportError                   a session's trace export failed, or was not ready in time
     ├── ConfigError                        bad configuration, raised before any request (also a ValueError)
     └── InvalidArgumentError               a bad argument to a public method, raised before any request (ValueError)
         ├── InvalidArgumentTypeError       the argument has the wrong type (also a TypeError)
@@ -76,6 +77,7 @@ __all__ = [
     "SessionExpiredError",
     "TLSError",
     "TinkexError",
+    "TraceExportError",
     "TrainingHaltedError",
     "UnprocessableEntityError",
     "redact",
@@ -527,6 +529,28 @@ class TrainingHaltedError(TinkexError):
         super().__init__(message)
         self.model_id = model_id
         self.operation = operation
+
+
+class TraceExportError(TinkexError):
+    """:meth:`RestClient.export_session_trace` got no download URL: the server's export job failed (``status`` is
+    ``"failed"`` and ``error`` the server's reason), or the trace was still being built when the wait's bound ran
+    out (``status`` is the last one the server reported, ``error`` is None).
+
+    Attributes:
+        session_id: the session whose trace was asked for.
+        status: the export job's last status.
+        error: the server's reason for a failed job (scrubbed of credentials), else None.
+    """
+
+    session_id: str
+    status: str
+    error: str | None
+
+    def __init__(self, message: str, *, session_id: str, status: str, error: str | None = None) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        self.status = status
+        self.error = None if error is None else redact(error)
 
 
 class PartiallyAppliedError(TinkexError):

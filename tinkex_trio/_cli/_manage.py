@@ -1,5 +1,5 @@
 """The management commands, named as the official ``tinker`` CLI names them where they overlap:
-``checkpoint list|info|delete|set-ttl``, ``run list|info``, ``session list|info``.
+``checkpoint list|info|delete|set-ttl``, ``run list|info``, ``session list|info|export-trace``.
 
 They talk to the service through a :class:`~tinkex_trio.RestClient` on a bare transport (no session is created on
 the service, no heartbeat runs), with few, quick retries (:func:`~tinkex_trio._cli._common.quick_config`). Without
@@ -13,13 +13,16 @@ import argparse
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Final, TextIO
 
+import httpx
 import msgspec
 import trio
 
 from tinkex_trio import types
 from tinkex_trio._cli._common import (
+    CommandError,
     Target,
     UsageError,
     add_target_arguments,
@@ -181,6 +184,46 @@ async def session_info(rest: RestClient, args: argparse.Namespace) -> Any:
     return {"session_id": args.session_id, **msgspec.to_builtins(session)}
 
 
+async def session_export_trace(rest: RestClient, args: argparse.Namespace) -> Any:
+    if sys.stderr.isatty():  # a failure stays one line on stderr for scripts
+        print(f"exporting the trace of session {args.session_id} (this may take a while)...", file=sys.stderr)
+    url = await rest.export_session_trace(args.session_id)
+    if args.url_only:
+        print(url, file=args.out)  # alone on its line: usable as $(tinkex-trio session export-trace ID --url-only)
+        return {"session_id": args.session_id, "url": url}
+    destination, size = await _download(url, args.output, args.session_id)
+    _pairs(args.out, [("session id", args.session_id), ("trace", str(destination)), ("size", _size(size))])
+    return {"session_id": args.session_id, "destination": str(destination), "file_size_bytes": size}
+
+
+_DOWNLOAD_TIMEOUT: Final = httpx.Timeout(60.0, connect=10.0)
+
+
+async def _download(url: str, output: str | None, session_id: str) -> tuple[Path, int]:
+    """Fetch the trace at ``url`` (a signed URL: no credentials) into ``output``, or into ``<session id>.pftrace``
+    (``.json`` when the server sends JSON, as the simulator does) in the current directory."""
+    try:
+        async with (
+            httpx.AsyncClient(timeout=_DOWNLOAD_TIMEOUT, follow_redirects=True) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise CommandError(f"downloading the trace failed: the storage answered {response.status_code}")
+            json_trace = response.headers.get("content-type", "").startswith("application/json")
+            path = Path(output) if output else Path.cwd() / f"{session_id}{'.json' if json_trace else '.pftrace'}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            size = 0
+            async with await trio.open_file(path, "wb") as fh:
+                async for chunk in response.aiter_bytes():
+                    await fh.write(chunk)
+                    size += len(chunk)
+    except httpx.HTTPError as exc:
+        raise CommandError(f"downloading the trace failed: {type(exc).__name__}: {exc}") from None
+    except OSError as exc:
+        raise CommandError(f"cannot write the trace: {exc.strerror or exc}") from None
+    return path, size
+
+
 # -- running one ------------------------------------------------------------------------------------------------------
 
 
@@ -288,9 +331,19 @@ def add_parsers(sub: Any) -> None:
     p = _add(rs, "info", "show one training run and its checkpoints", run_info, "run info")
     p.add_argument("run_id")
 
-    session = sub.add_parser("session", help="list and inspect sessions")
+    session = sub.add_parser("session", help="list and inspect sessions, export their traces")
     ss = session.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = _add(ss, "list", "list sessions", session_list, "session list")
     p.add_argument("--limit", type=int, default=20, help="at most this many (0: all; default 20)")
     p = _add(ss, "info", "show one session's training runs and samplers", session_info, "session info")
     p.add_argument("session_id")
+    p = _add(
+        ss,
+        "export-trace",
+        "download a trace of the session's requests (open it in https://ui.perfetto.dev)",
+        session_export_trace,
+        "session export-trace",
+    )
+    p.add_argument("session_id")
+    p.add_argument("--output", "-o", default=None, help="where to write it (default: ./<session id>.pftrace)")
+    p.add_argument("--url-only", action="store_true", help="print the signed download URL instead of downloading")

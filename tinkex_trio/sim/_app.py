@@ -14,7 +14,8 @@ found while running a request (unknown loss, missing loss input, shape mismatch)
 ``"user"``.
 
 The handlers live in one module per area (``_session_handlers``, ``_training_handlers``, ``_weights_handlers``,
-``_sampling_handlers``, ``_future_handlers``, ``_rest_handlers``); `tinkex_trio.sim._routes` says which answers what.
+``_sampling_handlers``, ``_future_handlers``, ``_rest_handlers``, ``_trace_handlers``, ``_admin_handlers``);
+`tinkex_trio.sim._routes` says which answers what.
 """
 
 from __future__ import annotations
@@ -43,12 +44,15 @@ from tinkex_trio.sim._future_handlers import on_future_finished
 from tinkex_trio.sim._model_types import SimUserError
 from tinkex_trio.sim._routes import Router
 from tinkex_trio.sim._state import StateError
+from tinkex_trio.sim._trace_handlers import record_span
 
 __all__ = ["SimApp", "create_app"]
 
 logger = logging.getLogger("tinkex_trio.sim")
 
 _ROUTER = Router()
+_NO_AUTH = frozenset({"healthz", "trace_exports/{id}"})
+"""Endpoints answered without an API key (a trace download URL is a capability, as a signed URL is)."""
 
 
 class SimApp(SimCore):
@@ -58,6 +62,7 @@ class SimApp(SimCore):
     def __init__(self, config: SimConfig | None = None) -> None:
         super().__init__(config)
         self.queue.add_completion_listener(partial(on_future_finished, self))
+        self.queue.add_completion_listener(partial(record_span, self))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
@@ -118,7 +123,7 @@ class SimApp(SimCore):
             request.params.update(params)
             name = route.endpoint.name
             self.request_counts[name] += 1
-            if name != "healthz":
+            if name not in _NO_AUTH:
                 self._check_auth(request)
             return await route.handler(self, request)
         except HTTPError as exc:

@@ -69,9 +69,15 @@ class Request:
     headers: dict[str, str]
     body: bytes
     params: dict[str, str] = field(default_factory=dict[str, str])
+    scheme: str = "http"
 
     def header(self, name: str, default: str = "") -> str:
         return self.headers.get(name, default)
+
+    @property
+    def origin(self) -> str:
+        """``scheme://host[:port]`` as the client addressed this server (for URLs that point back at it)."""
+        return f"{self.scheme}://{self.headers.get('host') or 'localhost'}"
 
     @property
     def content_type(self) -> str:
@@ -126,6 +132,7 @@ async def read_request(scope: Scope, receive: Receive) -> Request | Response | N
         query=query,
         headers=headers,
         body=bytes(body),
+        scheme=str(scope.get("scheme") or "http"),
     )
 
 

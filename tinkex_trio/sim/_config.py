@@ -94,6 +94,10 @@ class SimConfig:
     """Run the numpy work in worker threads (always inline under trio's MockClock, which cannot see threads)."""
     owner: str = "sim-user"
     """``model_owner`` of training runs."""
+    trace_export_build_s: float = 1.0
+    """How long (trio time) a session's trace export job runs: ``trace_export`` answers ``pending`` until then."""
+    trace_export_error: str | None = None
+    """Not None → every trace export job fails with this error (``status: failed``)."""
     faults: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:

@@ -90,12 +90,14 @@ def _checkpoint_from_params(sim: SimCore, request: Request) -> tuple[ModelRecord
 async def delete_checkpoint(sim: SimCore, request: Request) -> Response:
     model, checkpoint = _checkpoint_from_params(sim, request)
     del model.checkpoints[checkpoint.checkpoint_id]
+    sim.state.audit_checkpoint("checkpoint_delete", checkpoint)
     return json_response({})
 
 
 async def publish_checkpoint(sim: SimCore, request: Request) -> Response:
     _, checkpoint = _checkpoint_from_params(sim, request)
     checkpoint.public = request.method == "POST"
+    sim.state.audit_checkpoint("checkpoint_publish" if checkpoint.public else "checkpoint_unpublish", checkpoint)
     return json_response({})
 
 
@@ -141,8 +143,12 @@ async def get_session(sim: SimCore, request: Request) -> Response:
 
 
 async def set_session_project(sim: SimCore, request: Request) -> Response:
-    session = sim.state.session(request.params["session_id"])
+    """Move a session into a project: 400 without a project id (a session cannot leave every project), 404 for an
+    unknown session. The simulator has no projects of its own, so any id is one the caller may use."""
     body = decode_body(request, _ProjectBody)
+    if not body.project_id:
+        raise HTTPError(400, "project_id is required (a session cannot be taken out of its project)")
+    session = sim.state.session(request.params["session_id"])
     session.project_id = body.project_id
     return json_response({})
 
@@ -171,7 +177,7 @@ def _status_matches(status: t.SessionStatus, queries: list[t.SessionStatusQuery]
 def _matches(sim: SimCore, record: SessionRecord, body: t.SessionSearchRequest) -> bool:
     if isinstance(body.owner, t.UserSearchOwner) and sim.config.owner not in body.owner.owner_urns:
         return False
-    if body.project_ids is not None and (record.project_id or _DEFAULT_PROJECT) not in body.project_ids:
+    if body.project_ids is not None and record.project not in body.project_ids:
         return False
     if body.session_id is not None or body.display_name is not None:
         by_id = body.session_id is not None and record.session_id == body.session_id
@@ -183,9 +189,6 @@ def _matches(sim: SimCore, record: SessionRecord, body: t.SessionSearchRequest) 
     if any(metadata.get(k) != v for k, v in body.user_metadata.items()):
         return False
     return _status_matches(_status(record), body.statuses)
-
-
-_DEFAULT_PROJECT = "default"
 
 
 async def search_sessions(sim: SimCore, request: Request) -> Response:
@@ -207,7 +210,7 @@ async def search_sessions(sim: SimCore, request: Request) -> Response:
             session_id=r.session_id,
             created_at=r.created_at,
             owner=sim.config.owner,
-            project_id=r.project_id or _DEFAULT_PROJECT,
+            project_id=r.project,
             checkpoints_count=sum(len(sim.state.models[m].checkpoints) for m in r.model_ids if m in sim.state.models),
             status=_status(r),
             display_name=r.display_name,

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 
 from tinkex_trio import _endpoints
 from tinkex_trio._endpoints import Endpoint
+from tinkex_trio.sim import _admin_handlers as admin
 from tinkex_trio.sim import _future_handlers as futures
 from tinkex_trio.sim import _rest_handlers as rest
 from tinkex_trio.sim import _sampling_handlers as sampling
 from tinkex_trio.sim import _session_handlers as session
+from tinkex_trio.sim import _trace_handlers as trace
 from tinkex_trio.sim import _training_handlers as training
 from tinkex_trio.sim import _weights_handlers as weights
 from tinkex_trio.sim._asgi import HTTPError, Request, Response
@@ -84,6 +86,12 @@ ROUTES: tuple[Route, ...] = (
     _route("GET", "sessions/{id}", rest.get_session),
     _route("POST", "sessions/search", rest.search_sessions),
     _route("PUT", "sessions/{id}/project", rest.set_session_project),
+    _route("GET", "sessions/{id}/trace_export", trace.trace_export),
+    _route("GET", "trace_exports/{id}", trace.download_trace),
+    # admin reads
+    _route("GET", "audit", admin.audit_log),
+    _route("GET", "billing/usage/events", admin.billing_usage),
+    _route("GET", "billing/usage/checkpoints/current", admin.checkpoint_storage),
 )
 """Every endpoint the simulator serves."""
 

@@ -41,9 +41,11 @@ CLONE_STRIDE = 1_000_000_000
 def _sampler_from_path(sim: SimCore, model_path: str) -> tuple[str, LoraModel]:
     checkpoint = find_checkpoint(sim, model_path)
     try:
-        return checkpoint.base_model, LoraModel.from_bytes(checkpoint.data)
+        model = LoraModel.from_bytes(checkpoint.data)
     except SimUserError as exc:
         raise HTTPError(422, f"cannot sample from {model_path}: {exc}") from None
+    sim.state.audit_checkpoint("checkpoint_read", checkpoint, purpose="sampling")
+    return checkpoint.base_model, model
 
 
 async def create_sampling_session(sim: SimCore, request: Request) -> Response:
@@ -137,6 +139,10 @@ async def asample(sim: SimCore, request: Request) -> Response:
 
     def commit(result: SampleResult) -> SamplePayload:
         sampler.samples_applied += 1
+        ledger = sim.state.ledger
+        ledger.add_usage("sampling_prefill", sampler.session_id, sampler.base_model, model_input_length(body.prompt))
+        sampled = sum(len(sequence.tokens) for sequence in result.sequences)
+        ledger.add_usage("sampling_sample", sampler.session_id, sampler.base_model, sampled)
         ids: list[str] = record_box[0].extra["sample_sequence_ids"] if record_box else []
         if stability:
             prompt, sequences = stability[0]

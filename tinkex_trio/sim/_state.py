@@ -28,11 +28,14 @@ from typing import Any
 import trio
 
 from tinkex_trio import types as t
+from tinkex_trio.sim._ledger import Ledger
 from tinkex_trio.sim._model import LoraModel
 from tinkex_trio.sim._model_types import ModelConfig, OptimizerFamily, SimUserError
 from tinkex_trio.sim._stability import StabilityStore
+from tinkex_trio.sim._trace import TraceExport, TraceSpan
 
 __all__ = [
+    "DEFAULT_PROJECT",
     "CheckpointKind",
     "CheckpointRecord",
     "ModelRecord",
@@ -45,6 +48,10 @@ __all__ = [
 
 MAX_CACHED_SAMPLERS = 64
 """Sampling weights that keep their cached tables; less recently sampled ones drop them (recomputed when needed)."""
+DEFAULT_PROJECT = "default"
+"""The project of a session created without one (the simulator's stand-in for the key's default project)."""
+MAX_TRACE_SPANS = 50_000
+"""Finished requests a session keeps for its trace export (older ones are dropped)."""
 MAX_COMPLETIONS = 50_000
 """Completion events a sampling session keeps for ``retrieve_futures`` (older ones are dropped)."""
 
@@ -99,6 +106,21 @@ class SessionRecord:
     model_ids: list[str] = field(default_factory=list[str])
     sampler_ids: list[str] = field(default_factory=list[str])
     sampling_clients_joined: int = 0
+    trace: deque[TraceSpan] = field(default_factory=lambda: deque[TraceSpan](maxlen=MAX_TRACE_SPANS))
+    """The latest finished requests of the session's models and samplers, for its trace export."""
+    spans_recorded: int = 0
+    """Spans ever added to ``trace`` (it drops old ones: this keeps counting)."""
+    trace_export: TraceExport | None = None
+    """The session's latest trace export job."""
+
+    @property
+    def project(self) -> str:
+        """The session's project: the one it was created in or moved to, else the key's default project."""
+        return self.project_id or DEFAULT_PROJECT
+
+    def record_span(self, span: TraceSpan) -> None:
+        self.trace.append(span)
+        self.spans_recorded += 1
 
 
 @dataclass
@@ -248,6 +270,10 @@ class SimState:
         self.telemetry_batches: int = 0
         self.issued_jwts: int = 0
         self.copies: dict[str, str] = {}
+        self.trace_exports: dict[str, TraceExport] = {}
+        """Every session's latest trace export job, by ``export_id`` (the key of its download URL)."""
+        self.ledger = Ledger(lambda: self.clock())
+        """The audit log and usage counters of the admin reads (by ``clock``, which a test may replace)."""
         """copy_weights answers by idempotency key: a retried copy is made once."""
         self._base_models: dict[tuple[str, ModelConfig], LoraModel] = {}
         self._base_lock = threading.Lock()
@@ -386,6 +412,12 @@ class SimState:
         found = [c for m in self.models.values() for c in m.checkpoints.values()]
         found.sort(key=lambda c: c.time)
         return found
+
+    def audit_checkpoint(self, event: str, checkpoint: CheckpointRecord, purpose: str | None = None) -> None:
+        """Record ``event`` (``checkpoint_create``, ``checkpoint_read``, ...) on ``checkpoint`` in the audit log."""
+        run = self.models.get(checkpoint.training_run_id)
+        session_id = run.session_id if run is not None else None
+        self.ledger.audit_checkpoint(event, checkpoint.tinker_path, checkpoint.training_run_id, session_id, purpose)
 
     @staticmethod
     def make_checkpoint(

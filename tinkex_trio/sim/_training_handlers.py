@@ -219,6 +219,7 @@ async def forward_backward(sim: SimCore, request: Request) -> Response:
             model.forward_applied += 1
         else:
             model.forward_backward_applied += 1
+        sim.state.ledger.add_usage("training", model.session_id, model.base_model, tokens)
         return FwdBwdPayload(result)
 
     record = submit_model_op(

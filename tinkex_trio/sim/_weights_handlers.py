@@ -57,6 +57,8 @@ def _save_checkpoint(
         model.checkpoints.pop(checkpoint.checkpoint_id, None)
         model.checkpoints[checkpoint.checkpoint_id] = checkpoint
         sim.state.note_expiry(checkpoint.expires_at)
+        sim.state.audit_checkpoint("checkpoint_create", checkpoint)
+        sim.state.ledger.add_usage("checkpoint", model.session_id, model.base_model, 1)
         return respond(checkpoint)
 
     return future_response(submit_model_op(sim, model, request_type, seq_id, compute, commit))
@@ -205,6 +207,7 @@ async def load_weights(sim: SimCore, request: Request) -> Response:
 
     def commit(lora: LoraModel) -> t.LoadWeightsResponse:
         record.model = lora
+        sim.state.audit_checkpoint("checkpoint_read", checkpoint, purpose="load_weights")
         return t.LoadWeightsResponse(path=path, model_id=record.model_id)
 
     future, _ = sim.queue.submit(
@@ -228,6 +231,7 @@ def _load_in_place(sim: SimCore, body: t.LoadWeightsRequest) -> Response:
         lora.load_bytes(data, with_optimizer=with_optimizer)
 
     def commit(_: None) -> t.LoadWeightsResponse:
+        sim.state.audit_checkpoint("checkpoint_read", checkpoint, purpose="load_weights")
         return t.LoadWeightsResponse(path=path, model_id=model.model_id)
 
     record = submit_model_op(sim, model, "LoadWeights", body.seq_id, compute, commit)
@@ -284,6 +288,9 @@ async def copy_weights(sim: SimCore, request: Request) -> Response:
     )
     run.checkpoints[copy.checkpoint_id] = copy
     sim.state.note_expiry(copy.expires_at)
+    sim.state.audit_checkpoint("checkpoint_read", source, purpose="copy_weights")
+    sim.state.audit_checkpoint("checkpoint_create", copy)
+    sim.state.ledger.add_usage("checkpoint", session.session_id, copy.base_model, 1)
     if key:
         sim.state.copies[key] = copy.tinker_path
     return json_response(t.CopyWeightsResponse(tinker_path=copy.tinker_path))

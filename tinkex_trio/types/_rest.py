@@ -14,6 +14,7 @@ __all__ = [
     "AccessScope",
     "AccessibleSearchOwner",
     "ActiveSessionStatusQuery",
+    "AssignSessionProjectRequest",
     "CancelledSessionStatusQuery",
     "Checkpoint",
     "CheckpointType",
@@ -39,6 +40,7 @@ __all__ = [
     "SessionStatus",
     "SessionStatusQuery",
     "SessionSummary",
+    "SessionTraceExportResponse",
     "SetCheckpointTtlRequest",
     "TinkerPath",
     "TrainingRun",
@@ -161,6 +163,22 @@ class SetCheckpointTtlRequest(WireStruct):
 class ExternalWeightsUrlsResponse(WireStruct):
     urls: dict[str, str]
     expires: datetime
+
+
+class AssignSessionProjectRequest(WireStruct):
+    """``PUT /api/v1/sessions/{id}/project``: the project to move the session (its training runs and samplers) to."""
+
+    project_id: str
+
+
+class SessionTraceExportResponse(WireStruct):
+    """``GET /api/v1/sessions/{id}/trace_export``: the state of the job that builds the session's trace. ``status``
+    is ``"ready"`` (then ``url`` is a signed download URL, fetched without credentials), ``"failed"`` (``error`` says
+    why), or anything else while the trace is being built (``"pending"``): ask again later."""
+
+    status: str
+    url: str | None = None
+    error: str | None = None
 
 
 class WhoamiResponse(WireStruct):
