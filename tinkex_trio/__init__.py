@@ -23,15 +23,14 @@ called with a :class:`PoolKind` to build that connection pool's httpx transport 
 
 from tinkex_trio import _public, errors, types
 from tinkex_trio._breaker import (
-    BreakerRegistry,
     BreakerState,
     BreakerStats,
     CircuitBreaker,
     Permit,
     Transition,
     Verdict,
-    breakers,
 )
+from tinkex_trio._breaker_registry import BreakerRegistry, breakers
 from tinkex_trio._config import (
     BatchingConfig,
     CircuitBreakerConfig,

@@ -1,4 +1,4 @@
-"""The circuit breaker: a pure state machine, the process-wide registry, and the trio helper ``call``.
+"""The circuit breaker: a pure state machine, and the trio helper ``call``.
 
 ::
 
@@ -62,14 +62,15 @@ What counts (:func:`classify_exception`, :func:`classify_status`):
 * Never counted at all: ``trio.Cancelled``, ``KeyboardInterrupt``, ``GeneratorExit`` (any ``BaseException`` that is not
   an ``Exception``). The call's trial slot is released and the exception propagates untouched.
 
-The registry (:func:`breakers`) holds one breaker per ``(base_url, sha256(api_key))``: every session of one process
-talking to one service with one key shares it. The raw key is never stored, shown or used as a key.
+The registry (:func:`~tinkex_trio._breaker_registry.breakers`, in :mod:`tinkex_trio._breaker_registry`) holds one
+breaker per ``(base_url, sha256(api_key))``: every session of one process talking to one service with one key shares
+it.
 
 Clocks: ``now`` values of different trio runs are not comparable (each run has its own clock), so a breaker used by
 the trio layer forgets its state (back to CLOSED, listeners dropped) the first time it is used in a new ``trio.run``.
 A process normally has one run; a test suite has one per test, and this keeps the tests independent.
 
-Not thread-safe: use a breaker from one trio run (one thread). The registry's lookups are locked.
+Not thread-safe: use a breaker from one trio run (one thread).
 """
 
 from __future__ import annotations
@@ -77,7 +78,6 @@ from __future__ import annotations
 import enum
 import logging
 import math
-import threading
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -86,13 +86,11 @@ from typing import Any, Final, Protocol, TypeVar, TypeVarTuple
 
 import trio
 
-from tinkex_trio._api_key import key_fingerprint
-from tinkex_trio._config import CircuitBreakerConfig, Config
+from tinkex_trio._config import CircuitBreakerConfig
 from tinkex_trio._telemetry import CIRCUIT_BREAKER_STATE_CHANGE, TelemetryBus
 from tinkex_trio.errors import APIConnectionError, APIStatusError, CircuitOpenError, TLSError
 
 __all__ = [
-    "BreakerRegistry",
     "BreakerState",
     "BreakerStats",
     "CircuitBreaker",
@@ -102,10 +100,9 @@ __all__ = [
     "StatsSink",
     "Transition",
     "Verdict",
-    "breaker_for_config",
-    "breakers",
     "classify_exception",
     "classify_status",
+    "config_settings",
     "supervise",
 ]
 
@@ -386,7 +383,7 @@ class CircuitBreaker:
     @classmethod
     def from_config(cls, config: CircuitBreakerConfig, *, name: str = "circuit breaker") -> CircuitBreaker:
         """A breaker with the settings of a :class:`~tinkex_trio._config.CircuitBreakerConfig`."""
-        return cls(name=name, **_config_settings(config))
+        return cls(name=name, **config_settings(config))
 
     def configure(
         self,
@@ -446,7 +443,8 @@ class CircuitBreaker:
         It stays CLOSED with no failures counted and never moves (:meth:`force_open` does nothing), so its listeners
         are never called; outcomes given to it only settle their permits. It keeps the settings of ``config``, if
         given, for show. This is ``session.breaker`` when ``config.circuit_breaker.enabled`` is false
-        (``TINKEX_CIRCUIT_BREAKER=off``); the registry (:func:`breakers`) holds no disabled breakers.
+        (``TINKEX_CIRCUIT_BREAKER=off``); the registry (:func:`~tinkex_trio._breaker_registry.breakers`) holds no
+        disabled breakers.
         """
         if config is None:
             return _DisabledCircuitBreaker(name=name)
@@ -866,7 +864,7 @@ class _DisabledCircuitBreaker(CircuitBreaker):
         return  # no state to forget
 
 
-def _config_settings(config: CircuitBreakerConfig) -> dict[str, Any]:
+def config_settings(config: CircuitBreakerConfig) -> dict[str, Any]:
     """The keywords of :class:`CircuitBreaker` / :meth:`CircuitBreaker.configure` a config gives (its fields but
     ``enabled``)."""
     return {
@@ -879,77 +877,6 @@ def _config_settings(config: CircuitBreakerConfig) -> dict[str, Any]:
         "slow_call_s": config.slow_call_s,
         "slow_call_rate_threshold": config.slow_call_rate_threshold,
     }
-
-
-def _normalize_base_url(base_url: str) -> str:
-    return base_url.strip().rstrip("/")
-
-
-class BreakerRegistry:
-    """One :class:`CircuitBreaker` per ``(base_url, sha256(api_key))``, shared by the whole process."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
-
-    def __repr__(self) -> str:
-        return f"<BreakerRegistry breakers={len(self)}>"
-
-    def __len__(self) -> int:
-        return len(self._breakers)
-
-    def keys(self) -> list[tuple[str, str]]:
-        """The ``(base_url, sha256 hex of the key)`` of every breaker."""
-        with self._lock:
-            return list(self._breakers)
-
-    def for_key(self, base_url: str, api_key: str, config: CircuitBreakerConfig | None = None) -> CircuitBreaker:
-        """The breaker of ``(base_url, api_key)``, made on first use.
-
-        With ``config``, the breaker takes its thresholds (the last caller's config wins; the state is kept).
-        """
-        url = _normalize_base_url(base_url)
-        key = (url, key_fingerprint(api_key))
-        with self._lock:
-            breaker = self._breakers.get(key)
-            if breaker is None:
-                name = f"{url} (key sha256:{key[1][:12]})"
-                breaker = (
-                    CircuitBreaker.from_config(config, name=name) if config is not None else CircuitBreaker(name=name)
-                )
-                self._breakers[key] = breaker
-            elif config is not None:
-                breaker.configure(**_config_settings(config))
-        breaker.bind_to_current_run()
-        return breaker
-
-    def get(self, base_url: str, api_key: str) -> CircuitBreaker | None:
-        """The breaker of ``(base_url, api_key)`` if one exists."""
-        with self._lock:
-            return self._breakers.get((_normalize_base_url(base_url), key_fingerprint(api_key)))
-
-    def clear(self) -> None:
-        """Forget every breaker."""
-        with self._lock:
-            self._breakers.clear()
-
-
-_REGISTRY: Final = BreakerRegistry()
-
-
-def breakers() -> BreakerRegistry:
-    """The process-wide :class:`BreakerRegistry`: ``breakers().for_key(base_url, api_key).call(fn, *args)``."""
-    return _REGISTRY
-
-
-def breaker_for_config(config: Config) -> CircuitBreaker | None:
-    """The registry's breaker for a session's ``(base_url, api_key)`` with its thresholds, for its transport; None
-    when ``config.circuit_breaker.enabled`` is false (``TINKEX_CIRCUIT_BREAKER=off``): then the transport neither
-    checks nor counts anything, and no supervisor runs (``session.breaker`` is a :meth:`CircuitBreaker.disabled`
-    one, for show)."""
-    if not config.circuit_breaker.enabled:
-        return None
-    return breakers().for_key(config.base_url, config.api_key, config.circuit_breaker)
 
 
 GAUGE_NAME: Final = "tinkex_circuit_breaker_state"
