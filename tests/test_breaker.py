@@ -18,16 +18,15 @@ from _simkit import API_KEY, BASE_URL, Reply, SimStack, decode_create_model, dra
 
 from tinkex_trio._api_key import key_fingerprint
 from tinkex_trio._breaker import (
-    GAUGE_NAME,
     BreakerState,
     CircuitBreaker,
     Transition,
     Verdict,
     classify_exception,
     classify_status,
-    supervise,
 )
 from tinkex_trio._breaker_registry import BreakerRegistry, breaker_for_config, breakers
+from tinkex_trio._breaker_supervisor import GAUGE_NAME, supervise
 from tinkex_trio._config import CircuitBreakerConfig, Config
 from tinkex_trio._session import Session, open_session
 from tinkex_trio._telemetry import CIRCUIT_BREAKER_REJECTED, CIRCUIT_BREAKER_STATE_CHANGE, TelemetryBus

@@ -17,16 +17,14 @@ import trio.testing
 from _simkit import API_KEY, BASE_URL, Reply, drain, sim_stack
 
 import tinkex_trio as tx
-from tinkex_trio._breaker import (
+from tinkex_trio._breaker import BreakerState, CircuitBreaker, Verdict
+from tinkex_trio._breaker_supervisor import (
     CALLS_TOTAL,
     FAILURE_RATE_GAUGE,
     FORCED_GAUGE,
     SLOW_CALL_RATE_GAUGE,
     SLOW_CALLS_TOTAL,
-    BreakerState,
-    CircuitBreaker,
     StatsExport,
-    Verdict,
     supervise,
 )
 from tinkex_trio._config import CircuitBreakerConfig, Config

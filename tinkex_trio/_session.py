@@ -32,8 +32,9 @@ import msgspec
 import trio
 
 from tinkex_trio import types as _types
-from tinkex_trio._breaker import CircuitBreaker, StatsExport, supervise
+from tinkex_trio._breaker import CircuitBreaker
 from tinkex_trio._breaker_registry import breaker_for_config
+from tinkex_trio._breaker_supervisor import StatsExport, supervise
 from tinkex_trio._config import Config
 from tinkex_trio._context import SessionContext
 from tinkex_trio._endpoints import API_PREFIX as _API
