@@ -470,7 +470,7 @@ async def test_an_answer_that_never_comes_is_cut_at_the_deadline_and_retried(
 
 
 def test_tls_and_too_large_errors_are_not_retried_and_neutral_for_the_breaker() -> None:
-    from tinkex_trio._breaker import Verdict, classify_exception
+    from tinkex_trio._breaker_verdict import Verdict, classify_exception
     from tinkex_trio._retry import ConnectionFailure, outcome_from_exception
 
     tls = errors.TLSError("certificate verify failed")

@@ -28,9 +28,9 @@ from tinkex_trio._breaker import (
     CircuitBreaker,
     Permit,
     Transition,
-    Verdict,
 )
 from tinkex_trio._breaker_registry import BreakerRegistry, breakers
+from tinkex_trio._breaker_verdict import Verdict
 from tinkex_trio._config import (
     BatchingConfig,
     CircuitBreakerConfig,

@@ -20,9 +20,11 @@ Admission and outcomes:
 * When OPEN, calls are rejected until ``timeout_s`` has passed since it opened; then the breaker is HALF_OPEN (at the
   first :meth:`~CircuitBreaker.poll`, :meth:`~CircuitBreaker.allow` or :meth:`~CircuitBreaker.before_call` at or
   after that time) and admits up to ``half_open_max_calls`` trial calls at once.
-* The call's outcome is one of three :class:`Verdict` values. ``SUCCESS`` resets the count of failures in a row (and
-  closes a HALF_OPEN breaker); ``FAILURE`` adds one (and re-opens a HALF_OPEN breaker, restarting the timer);
-  ``NEUTRAL`` says nothing about the service's health: it changes no count and only frees the call's trial slot.
+* The call's outcome is one of three :class:`~tinkex_trio._breaker_verdict.Verdict` values (which outcome is which:
+  :mod:`tinkex_trio._breaker_verdict`). ``SUCCESS`` resets the count of failures in a row (and closes a HALF_OPEN
+  breaker); ``FAILURE`` adds one (and re-opens a HALF_OPEN breaker, restarting the timer); ``NEUTRAL`` says nothing
+  about the service's health: it changes no count and only frees the call's trial slot. A cancelled call has no
+  verdict: it only frees its trial slot.
 * A :class:`Permit` remembers the breaker's *generation* (every transition starts a new one). The outcome of a call
   admitted before the last transition is stale and ignored: a slow failure that lands after the breaker opened does not
   restart the timer, and a trial slot is never freed twice.
@@ -49,20 +51,6 @@ Manual control and introspection: :meth:`~CircuitBreaker.force_open` opens the b
 transitions by reason (:class:`BreakerStats`); the session's supervisor (:mod:`tinkex_trio._breaker_supervisor`)
 publishes them with every transition, and in the session's metrics.
 
-What counts (:func:`classify_exception`, :func:`classify_status`):
-
-* FAILURE: no HTTP answer (:class:`~tinkex_trio.errors.APIConnectionError`, including timeouts and a proxy's empty
-  400) and every 5xx. These say the service (or the path to it) is unhealthy.
-* NEUTRAL: 429 and 408 (the service is alive but pushing back; rate limiting is not an outage, and counting it would
-  make the breaker amplify the server's own backpressure), a nested ``CircuitOpenError``, a
-  :class:`~tinkex_trio.errors.TLSError` (a certificate or protocol mismatch is a configuration problem; it is not
-  retried anyway, and an open breaker would hide "certificate verify failed" behind CircuitOpenError), and any
-  exception that is not a transport outcome (a bug in the caller's code, a bad or too large body): none of them
-  measure the service's health.
-* SUCCESS: a return, and every other 4xx: the service answered and judged the request (the fault is ours).
-* Never counted at all: ``trio.Cancelled``, ``KeyboardInterrupt``, ``GeneratorExit`` (any ``BaseException`` that is not
-  an ``Exception``). The call's trial slot is released and the exception propagates untouched.
-
 The registry (:func:`~tinkex_trio._breaker_registry.breakers`, in :mod:`tinkex_trio._breaker_registry`) holds one
 breaker per ``(base_url, sha256(api_key))``: every session of one process talking to one service with one key shares
 it.
@@ -87,8 +75,9 @@ from typing import Any, Final, TypeVar, TypeVarTuple
 
 import trio
 
+from tinkex_trio._breaker_verdict import Verdict, classify_exception
 from tinkex_trio._config import CircuitBreakerConfig
-from tinkex_trio.errors import APIConnectionError, APIStatusError, CircuitOpenError, TLSError
+from tinkex_trio.errors import CircuitOpenError
 
 __all__ = [
     "BreakerState",
@@ -97,9 +86,6 @@ __all__ = [
     "Listener",
     "Permit",
     "Transition",
-    "Verdict",
-    "classify_exception",
-    "classify_status",
     "config_settings",
 ]
 
@@ -126,37 +112,6 @@ class BreakerState(enum.StrEnum):
 
 
 _STATE_CODES: Final = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
-
-
-class Verdict(enum.Enum):
-    """What a call's outcome says about the service's health."""
-
-    SUCCESS = "success"
-    FAILURE = "failure"
-    NEUTRAL = "neutral"
-
-
-def classify_status(status_code: int) -> Verdict:
-    """5xx → FAILURE; 408 and 429 → NEUTRAL; anything else (2xx, 3xx, other 4xx) → SUCCESS."""
-    if status_code >= 500:
-        return Verdict.FAILURE
-    if status_code in (408, 429):
-        return Verdict.NEUTRAL
-    return Verdict.SUCCESS
-
-
-def classify_exception(exc: Exception) -> Verdict:
-    """The verdict of a call that raised ``exc`` (see the module docstring).
-
-    Only ``Exception`` is accepted: cancellation and other ``BaseException`` are not outcomes at all.
-    """
-    if isinstance(exc, APIStatusError):
-        return classify_status(exc.status_code)
-    if isinstance(exc, TLSError):  # configuration, not health (see the module docstring)
-        return Verdict.NEUTRAL
-    if isinstance(exc, APIConnectionError):  # includes APITimeoutError
-        return Verdict.FAILURE
-    return Verdict.NEUTRAL
 
 
 @dataclass(frozen=True, slots=True)
