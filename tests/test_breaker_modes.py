@@ -17,7 +17,7 @@ import trio.testing
 from _simkit import API_KEY, BASE_URL, Reply, drain, sim_stack
 
 import tinkex_trio as tx
-from tinkex_trio._breaker import BreakerState, CircuitBreaker
+from tinkex_trio._breaker import CircuitBreaker
 from tinkex_trio._breaker_supervisor import (
     CALLS_TOTAL,
     FAILURE_RATE_GAUGE,
@@ -27,6 +27,7 @@ from tinkex_trio._breaker_supervisor import (
     StatsExport,
     supervise,
 )
+from tinkex_trio._breaker_types import BreakerState
 from tinkex_trio._breaker_verdict import Verdict
 from tinkex_trio._config import CircuitBreakerConfig, Config
 from tinkex_trio._metrics import Metrics

@@ -22,14 +22,9 @@ called with a :class:`PoolKind` to build that connection pool's httpx transport 
 """
 
 from tinkex_trio import _public, errors, types
-from tinkex_trio._breaker import (
-    BreakerState,
-    BreakerStats,
-    CircuitBreaker,
-    Permit,
-    Transition,
-)
+from tinkex_trio._breaker import CircuitBreaker
 from tinkex_trio._breaker_registry import BreakerRegistry, breakers
+from tinkex_trio._breaker_types import BreakerState, BreakerStats, Permit, Transition
 from tinkex_trio._breaker_verdict import Verdict
 from tinkex_trio._config import (
     BatchingConfig,

@@ -18,7 +18,8 @@ from typing import Final, Protocol
 
 import trio
 
-from tinkex_trio._breaker import BreakerState, CircuitBreaker, Transition
+from tinkex_trio._breaker import CircuitBreaker
+from tinkex_trio._breaker_types import BreakerState, Transition
 from tinkex_trio._telemetry import CIRCUIT_BREAKER_STATE_CHANGE, TelemetryBus
 
 __all__ = [
@@ -114,7 +115,7 @@ async def supervise(
       registry breaker, this task, or a caller's :meth:`~CircuitBreaker.force_open` / :meth:`~CircuitBreaker.reset`)
       as ``tinkex.circuit_breaker.state_change``: measurements ``state`` (0/1/2), ``consecutive_failures``,
       ``retry_after_s`` (``inf`` when forced open), ``forced`` (0/1) and the breaker's :attr:`~CircuitBreaker.stats`
-      (:meth:`~tinkex_trio._breaker.BreakerStats.as_measurements`: ``calls``, ``successes``, ``failures``,
+      (:meth:`~tinkex_trio.BreakerStats.as_measurements`: ``calls``, ``successes``, ``failures``,
       ``slow_calls``, ``neutral``, ``rejections``, and the window's ``failure_rate`` / ``slow_call_rate`` when a
       window mode is on); metadata ``from``, ``to``, ``reason``, ``base_url``.
     * Owns the open timer: sleeps until ``open_until`` on trio's clock, then moves the breaker to HALF_OPEN (so the
