@@ -33,9 +33,9 @@ Modes (all but the first off by default; the resilience4j model):
 
 * **Failures in a row** (the default): ``failure_threshold`` FAILUREs in a row while CLOSED open the breaker.
 * **Failure rate**: with ``failure_rate_threshold`` set, the breaker keeps a sliding window of the verdicts of the last
-  ``window_size`` calls while CLOSED (SUCCESS and FAILURE; NEUTRAL and cancelled calls stay out of it) and opens when
-  the share of failures reaches the threshold, once the window holds ``minimum_calls``. Failures in a row then no
-  longer open it. The window is emptied whenever the breaker closes.
+  ``window_size`` calls while CLOSED (:mod:`tinkex_trio._breaker_window`; SUCCESS and FAILURE, NEUTRAL and cancelled
+  calls stay out of it) and opens when the share of failures reaches the threshold, once the window holds
+  ``minimum_calls``. Failures in a row then no longer open it. The window is emptied whenever the breaker closes.
 * **Slow calls**: with ``slow_call_s`` set, a call whose ``duration`` (given with its outcome, on the clock of
   ``now``; trio's clock in the trio layer) is above ``slow_call_s`` is slow, whatever its verdict; the breaker opens
   (reason ``"slow_call_rate"``) when ``slow_call_rate_threshold`` of the window was slow, even if every call
@@ -75,6 +75,7 @@ import trio
 
 from tinkex_trio._breaker_types import BreakerState, BreakerStats, Listener, Permit, Transition
 from tinkex_trio._breaker_verdict import Verdict, classify_exception
+from tinkex_trio._breaker_window import VerdictWindow
 from tinkex_trio._config import CircuitBreakerConfig
 from tinkex_trio.errors import CircuitOpenError
 
@@ -96,9 +97,6 @@ def _current_run() -> trio.lowlevel.Task | None:
 
 _NEVER: Final = Permit(-1, trial=False)
 """The record fast path's permit when it is off: no caller ever holds it."""
-
-_FAILED: Final = 1
-_SLOW: Final = 2
 
 
 def _rate(name: str, value: object) -> float:
@@ -151,10 +149,6 @@ class CircuitBreaker:
         "_state",
         "_transitions",
         "_trials",
-        "_win_failures",
-        "_win_len",
-        "_win_pos",
-        "_win_slow",
         "_window",
         "_windowed",
         "failure_rate_threshold",
@@ -197,8 +191,7 @@ class CircuitBreaker:
         self._admit_fast: Permit | None = self._closed_permit
         self._record_fast = self._closed_permit
         self._windowed = False
-        self._window = bytearray(1)
-        self._win_pos = self._win_len = self._win_failures = self._win_slow = 0
+        self._window = VerdictWindow(1)
         self._failures = 0
         self._opened_at = 0.0
         self._open_until = math.inf
@@ -269,8 +262,7 @@ class CircuitBreaker:
         self.minimum_calls = minimum
         if size != self.window_size:
             self.window_size = size
-            self._window = bytearray(size)
-            self._clear_window()
+            self._window = VerdictWindow(size)
         self._windowed = self.failure_rate_threshold is not None or self.slow_call_s is not None
         self._refresh_fast_paths()
 
@@ -360,8 +352,7 @@ class CircuitBreaker:
     @property
     def stats(self) -> BreakerStats:
         """What the breaker has counted (a snapshot; see :class:`BreakerStats`)."""
-        n = self._win_len
-        windowed = self._windowed
+        window = self._window
         return BreakerStats(
             state=self._state,
             forced=self._forced,
@@ -373,9 +364,9 @@ class CircuitBreaker:
             rejections=self._n_rejections,
             transitions=dict(self._transitions),
             consecutive_failures=self._failures,
-            window_calls=n if windowed else 0,
-            failure_rate=(self._win_failures / n if n else 0.0) if self.failure_rate_threshold is not None else None,
-            slow_call_rate=(self._win_slow / n if n else 0.0) if self.slow_call_s is not None else None,
+            window_calls=window.calls if self._windowed else 0,
+            failure_rate=window.failure_rate() if self.failure_rate_threshold is not None else None,
+            slow_call_rate=window.slow_call_rate() if self.slow_call_s is not None else None,
         )
 
     # -- listeners -------------------------------------------------------------------------------------------------
@@ -475,7 +466,8 @@ class CircuitBreaker:
             self._failures = 0
             self._n_successes += 1
             if self._windowed:
-                return self._add_to_window(False, self._slow(duration), now)
+                reason = self._window.add(False, self._slow(duration), self)
+                return None if reason is None else self._move(BreakerState.OPEN, now, reason)
         elif state is BreakerState.HALF_OPEN:
             self._n_successes += 1
             if self._slow(duration):
@@ -498,7 +490,8 @@ class CircuitBreaker:
                 self._slow(duration)
                 return self._move(BreakerState.OPEN, now, "failure_threshold")
             if self._windowed:
-                return self._add_to_window(True, self._slow(duration), now)
+                reason = self._window.add(True, self._slow(duration), self)
+                return None if reason is None else self._move(BreakerState.OPEN, now, reason)
         elif state is BreakerState.HALF_OPEN:
             self._n_failures += 1
             self._slow(duration)
@@ -526,35 +519,6 @@ class CircuitBreaker:
         self.release(permit)
         return None
 
-    # -- the window of the rate modes ------------------------------------------------------------------------------
-
-    def _clear_window(self) -> None:
-        self._win_pos = self._win_len = self._win_failures = self._win_slow = 0
-
-    def _add_to_window(self, failed: bool, slow: bool, now: float) -> Transition | None:
-        """Put one CLOSED verdict in the window (the oldest leaves a full one); open if a rate reaches its threshold
-        once ``minimum_calls`` are in."""
-        window, pos = self._window, self._win_pos
-        if self._win_len == self.window_size:
-            old = window[pos]
-            self._win_failures -= old & _FAILED
-            self._win_slow -= (old & _SLOW) >> 1
-        else:
-            self._win_len += 1
-        window[pos] = (_FAILED if failed else 0) | (_SLOW if slow else 0)
-        self._win_pos = pos + 1 if pos + 1 < self.window_size else 0
-        self._win_failures += failed
-        self._win_slow += slow
-        n = self._win_len
-        if n < self.minimum_calls:
-            return None
-        threshold = self.failure_rate_threshold
-        if threshold is not None and self._win_failures / n >= threshold:
-            return self._move(BreakerState.OPEN, now, "failure_rate")
-        if self.slow_call_s is not None and self._win_slow / n >= self.slow_call_rate_threshold:
-            return self._move(BreakerState.OPEN, now, "slow_call_rate")
-        return None
-
     # -- manual control --------------------------------------------------------------------------------------------
 
     def force_open(self, now: float) -> Transition | None:
@@ -575,7 +539,7 @@ class CircuitBreaker:
         self._forced = False
         if self._state is BreakerState.CLOSED:
             self._generation += 1  # outstanding permits become stale
-            self._clear_window()
+            self._window.clear()
             self._refresh_fast_paths()
             return None
         return self._move(BreakerState.CLOSED, now, "reset")
@@ -591,7 +555,7 @@ class CircuitBreaker:
         else:
             self._failures = 0
             if new is BreakerState.CLOSED:
-                self._clear_window()
+                self._window.clear()
         self._transitions[reason] = self._transitions.get(reason, 0) + 1
         self._refresh_fast_paths()
         transition = Transition(old, new, now, reason, self._failures)
@@ -618,7 +582,7 @@ class CircuitBreaker:
             self._generation += 1
             self._failures = 0
             self._trials = 0
-            self._clear_window()
+            self._window.clear()
             self._n_successes = self._n_failures = self._n_slow = self._n_neutral = self._n_rejections = 0
             self._transitions = {}
             if self._forced:
