@@ -23,9 +23,9 @@ from tinkex_trio._breaker_supervisor import GAUGE_NAME, supervise
 from tinkex_trio._breaker_types import BreakerState, Transition
 from tinkex_trio._breaker_verdict import Verdict, classify_exception, classify_status
 from tinkex_trio._config import CircuitBreakerConfig, Config
+from tinkex_trio._pool_set import PoolKind
 from tinkex_trio._session import Session, open_session
 from tinkex_trio._telemetry import CIRCUIT_BREAKER_REJECTED, CIRCUIT_BREAKER_STATE_CHANGE, TelemetryBus
-from tinkex_trio._transport import PoolKind
 from tinkex_trio.errors import (
     APIConnectionError,
     APITimeoutError,
