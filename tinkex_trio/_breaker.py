@@ -668,7 +668,7 @@ class _DisabledCircuitBreaker(CircuitBreaker):
 
 def config_settings(config: CircuitBreakerConfig) -> dict[str, Any]:
     """The keywords of :class:`CircuitBreaker` / :meth:`CircuitBreaker.configure` a config gives (its fields but
-    ``enabled``)."""
+    ``enabled``): for :meth:`CircuitBreaker.from_config`, and for the registry, which reconfigures a shared breaker."""
     return {
         "failure_threshold": config.failure_threshold,
         "timeout_s": config.timeout_s,
