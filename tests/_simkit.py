@@ -24,9 +24,9 @@ import httpx
 import trio
 
 from tinkex_trio import types as t
+from tinkex_trio._pool_set import PoolKind
 from tinkex_trio._session import Session, open_session
 from tinkex_trio._telemetry import TelemetryEvent
-from tinkex_trio._transport import PoolKind
 from tinkex_trio.sim import FaultMiddleware
 from tinkex_trio.sim._app import SimApp, create_app
 from tinkex_trio.sim._config import ServiceTime, SimConfig

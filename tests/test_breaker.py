@@ -17,23 +17,15 @@ import trio.testing
 from _simkit import API_KEY, BASE_URL, Reply, SimStack, decode_create_model, drain, sim_stack, submit_create_model
 
 from tinkex_trio._api_key import key_fingerprint
-from tinkex_trio._breaker import (
-    GAUGE_NAME,
-    BreakerRegistry,
-    BreakerState,
-    CircuitBreaker,
-    Transition,
-    Verdict,
-    breaker_for_config,
-    breakers,
-    classify_exception,
-    classify_status,
-    supervise,
-)
+from tinkex_trio._breaker import CircuitBreaker
+from tinkex_trio._breaker_registry import BreakerRegistry, breaker_for_config, breakers
+from tinkex_trio._breaker_supervisor import GAUGE_NAME, supervise
+from tinkex_trio._breaker_types import BreakerState, Transition
+from tinkex_trio._breaker_verdict import Verdict, classify_exception, classify_status
 from tinkex_trio._config import CircuitBreakerConfig, Config
+from tinkex_trio._pool_set import PoolKind
 from tinkex_trio._session import Session, open_session
 from tinkex_trio._telemetry import CIRCUIT_BREAKER_REJECTED, CIRCUIT_BREAKER_STATE_CHANGE, TelemetryBus
-from tinkex_trio._transport import PoolKind
 from tinkex_trio.errors import (
     APIConnectionError,
     APITimeoutError,

@@ -17,18 +17,18 @@ import trio.testing
 from _simkit import API_KEY, BASE_URL, Reply, drain, sim_stack
 
 import tinkex_trio as tx
-from tinkex_trio._breaker import (
+from tinkex_trio._breaker import CircuitBreaker
+from tinkex_trio._breaker_supervisor import (
     CALLS_TOTAL,
     FAILURE_RATE_GAUGE,
     FORCED_GAUGE,
     SLOW_CALL_RATE_GAUGE,
     SLOW_CALLS_TOTAL,
-    BreakerState,
-    CircuitBreaker,
     StatsExport,
-    Verdict,
     supervise,
 )
+from tinkex_trio._breaker_types import BreakerState
+from tinkex_trio._breaker_verdict import Verdict
 from tinkex_trio._config import CircuitBreakerConfig, Config
 from tinkex_trio._metrics import Metrics
 from tinkex_trio._telemetry import CIRCUIT_BREAKER_STATE_CHANGE, TelemetryBus

@@ -22,9 +22,9 @@ from _simkit import API_KEY, BASE_URL, Reply, SimStack, sim_config, sim_stack
 from tinkex_trio import types as t
 from tinkex_trio._completions import CompletionState
 from tinkex_trio._polling import MAX_BAD_REPLY_RETRIES, MAX_BAD_REQUEST_RETRIES
+from tinkex_trio._pool_set import PoolKind
 from tinkex_trio._sampling import SamplingClient
 from tinkex_trio._session import open_session
-from tinkex_trio._transport import PoolKind
 from tinkex_trio.errors import (
     APIConnectionError,
     APITimeoutError,

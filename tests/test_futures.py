@@ -24,10 +24,10 @@ from tinkex_trio._futures import (
     APIFuture,
 )
 from tinkex_trio._polling import TRY_AGAIN_MIN_INTERVAL_S
+from tinkex_trio._pool_set import PoolKind
 from tinkex_trio._retry import POLL_ERROR_BACKOFF_BASE_S, POLL_ERROR_BACKOFF_MAX_S, poll_backoff
 from tinkex_trio._session import Session
 from tinkex_trio._telemetry import FUTURE_QUEUE_STATE
-from tinkex_trio._transport import PoolKind
 from tinkex_trio.errors import (
     APITimeoutError,
     BadRequestError,

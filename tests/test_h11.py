@@ -22,7 +22,8 @@ import trustme
 from tinkex_trio import errors
 from tinkex_trio._config import Config
 from tinkex_trio._h11 import BodyTooLarge, H11Lane
-from tinkex_trio._transport import PoolKind, Transport
+from tinkex_trio._pool_set import PoolKind
+from tinkex_trio._transport import Transport
 
 KEY = "tml-h11-lane-key-0123456789abcdef"
 LIMIT = 64 * 1024

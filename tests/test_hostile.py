@@ -33,9 +33,10 @@ from _simkit import API_KEY, Reply, sim_stack, submit_create_model
 from tinkex_trio import errors
 from tinkex_trio._config import Config
 from tinkex_trio._futures import MAX_BAD_REPLY_RETRIES
+from tinkex_trio._pool_set import PoolKind
 from tinkex_trio._session import open_session
 from tinkex_trio._telemetry import HTTP_REQUEST_START, RETRY, TelemetryEvent
-from tinkex_trio._transport import PoolKind, Transport
+from tinkex_trio._transport import Transport
 from tinkex_trio.sim import open_sim_server
 from tinkex_trio.types import CreateModelResponse, CreateSessionResponse, decode
 
@@ -217,7 +218,7 @@ async def test_an_endless_body_is_cut_at_the_cap_with_bounded_memory_and_not_ret
         async with hostile_server(endless_chunked) as server:
             transport = hostile_transport(server.port)
             # Build the pool's httpx client first (its SSL context alone is about 1 MiB): only the request is measured.
-            transport._pool(PoolKind.SESSION)  # pyright: ignore[reportPrivateUsage]
+            transport._pool_set.for_kind(PoolKind.SESSION)  # pyright: ignore[reportPrivateUsage]
             tracemalloc.start()
             try:
                 with pytest.raises(errors.ResponseTooLargeError) as info:
@@ -470,7 +471,7 @@ async def test_an_answer_that_never_comes_is_cut_at_the_deadline_and_retried(
 
 
 def test_tls_and_too_large_errors_are_not_retried_and_neutral_for_the_breaker() -> None:
-    from tinkex_trio._breaker import Verdict, classify_exception
+    from tinkex_trio._breaker_verdict import Verdict, classify_exception
     from tinkex_trio._retry import ConnectionFailure, outcome_from_exception
 
     tls = errors.TLSError("certificate verify failed")

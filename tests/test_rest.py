@@ -13,9 +13,10 @@ import trio.testing
 
 from tinkex_trio import types as t
 from tinkex_trio._config import Config
+from tinkex_trio._pool_set import PoolKind
 from tinkex_trio._rest import RestClient, _Pages  # pyright: ignore[reportPrivateUsage]
 from tinkex_trio._session import open_session
-from tinkex_trio._transport import PoolKind, Transport
+from tinkex_trio._transport import Transport
 from tinkex_trio.errors import (
     BadRequestError,
     InternalServerError,

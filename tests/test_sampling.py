@@ -20,7 +20,7 @@ import trio.testing
 from _simkit import API_KEY, BASE_URL, JsonOnly, Reply, Seen, SimStack, sim_config, sim_stack
 
 from tinkex_trio import types as t
-from tinkex_trio._breaker import BreakerState
+from tinkex_trio._breaker_types import BreakerState
 from tinkex_trio._config import CircuitBreakerConfig, Config, RetryConfig
 from tinkex_trio._sampling import (
     BACKPRESSURE_INFLIGHT_SUBMISSIONS,

@@ -12,8 +12,9 @@ import trio.testing
 
 from tinkex_trio import errors
 from tinkex_trio._config import Config
+from tinkex_trio._pool_set import PoolKind
 from tinkex_trio._telemetry import HTTP_REQUEST_EXCEPTION, HTTP_REQUEST_START, HTTP_REQUEST_STOP, RETRY, TelemetryEvent
-from tinkex_trio._transport import USER_AGENT, PoolKind, Transport
+from tinkex_trio._transport import USER_AGENT, Transport
 from tinkex_trio.types import CreateSessionResponse
 
 KEY = "tml-secret-transport-key-123"
@@ -266,7 +267,7 @@ async def test_the_key_is_not_sent_to_another_origin_on_redirect() -> None:
 
 
 def test_which_redirect_targets_may_carry_the_key() -> None:
-    from tinkex_trio._transport import _may_carry_key  # pyright: ignore[reportPrivateUsage]
+    from tinkex_trio._pool_set import _may_carry_key  # pyright: ignore[reportPrivateUsage]
 
     base = httpx.URL("http://sim.test/api")
     assert _may_carry_key(base, httpx.URL("http://sim.test:80/x"))

@@ -22,16 +22,10 @@ called with a :class:`PoolKind` to build that connection pool's httpx transport 
 """
 
 from tinkex_trio import _public, errors, types
-from tinkex_trio._breaker import (
-    BreakerRegistry,
-    BreakerState,
-    BreakerStats,
-    CircuitBreaker,
-    Permit,
-    Transition,
-    Verdict,
-    breakers,
-)
+from tinkex_trio._breaker import CircuitBreaker
+from tinkex_trio._breaker_registry import BreakerRegistry, breakers
+from tinkex_trio._breaker_types import BreakerState, BreakerStats, Permit, Transition
+from tinkex_trio._breaker_verdict import Verdict
 from tinkex_trio._config import (
     BatchingConfig,
     CircuitBreakerConfig,
@@ -45,12 +39,12 @@ from tinkex_trio._config import (
 from tinkex_trio._futures import APIFuture
 from tinkex_trio._loss_handles import LossHandle
 from tinkex_trio._metrics import Metrics, MetricsCollector, serve_metrics
+from tinkex_trio._pool_set import PoolKind, TransportFactory
 from tinkex_trio._rest import RestClient
 from tinkex_trio._sampling import SamplingClient
 from tinkex_trio._session import Session, open_session
 from tinkex_trio._telemetry import TelemetryBus, TelemetryEvent
 from tinkex_trio._training import TrainingClient
-from tinkex_trio._transport import PoolKind, TransportFactory
 from tinkex_trio._version import __version__
 from tinkex_trio.types import (
     AdamParams,

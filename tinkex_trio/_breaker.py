@@ -1,4 +1,4 @@
-"""The circuit breaker: a pure state machine, the process-wide registry, and the trio helper ``call``.
+"""The circuit breaker: a pure state machine, and the trio helper ``call``.
 
 ::
 
@@ -10,7 +10,8 @@
 :class:`CircuitBreaker` is sans I/O, in the manner of h11: every method that depends on time takes ``now`` (seconds on
 any monotonic clock; ``trio.current_time()`` in the trio layer), nothing sleeps and nothing does I/O. The trio layer
 is thin: :meth:`CircuitBreaker.call` (check, await, record), the transport's hot path (plain method calls, no channel
-hop) and the session's breaker supervisor (sleeps until the open timer ends, then calls :meth:`CircuitBreaker.poll`).
+hop) and the session's breaker supervisor (:func:`~tinkex_trio._breaker_supervisor.supervise`: sleeps until the open
+timer ends, then calls :meth:`CircuitBreaker.poll`).
 
 Admission and outcomes:
 
@@ -19,9 +20,11 @@ Admission and outcomes:
 * When OPEN, calls are rejected until ``timeout_s`` has passed since it opened; then the breaker is HALF_OPEN (at the
   first :meth:`~CircuitBreaker.poll`, :meth:`~CircuitBreaker.allow` or :meth:`~CircuitBreaker.before_call` at or
   after that time) and admits up to ``half_open_max_calls`` trial calls at once.
-* The call's outcome is one of three :class:`Verdict` values. ``SUCCESS`` resets the count of failures in a row (and
-  closes a HALF_OPEN breaker); ``FAILURE`` adds one (and re-opens a HALF_OPEN breaker, restarting the timer);
-  ``NEUTRAL`` says nothing about the service's health: it changes no count and only frees the call's trial slot.
+* The call's outcome is one of three :class:`~tinkex_trio._breaker_verdict.Verdict` values (which outcome is which:
+  :mod:`tinkex_trio._breaker_verdict`). ``SUCCESS`` resets the count of failures in a row (and closes a HALF_OPEN
+  breaker); ``FAILURE`` adds one (and re-opens a HALF_OPEN breaker, restarting the timer); ``NEUTRAL`` says nothing
+  about the service's health: it changes no count and only frees the call's trial slot. A cancelled call has no
+  verdict: it only frees its trial slot.
 * A :class:`Permit` remembers the breaker's *generation* (every transition starts a new one). The outcome of a call
   admitted before the last transition is stale and ignored: a slow failure that lands after the breaker opened does not
   restart the timer, and a trial slot is never freed twice.
@@ -30,9 +33,9 @@ Modes (all but the first off by default; the resilience4j model):
 
 * **Failures in a row** (the default): ``failure_threshold`` FAILUREs in a row while CLOSED open the breaker.
 * **Failure rate**: with ``failure_rate_threshold`` set, the breaker keeps a sliding window of the verdicts of the last
-  ``window_size`` calls while CLOSED (SUCCESS and FAILURE; NEUTRAL and cancelled calls stay out of it) and opens when
-  the share of failures reaches the threshold, once the window holds ``minimum_calls``. Failures in a row then no
-  longer open it. The window is emptied whenever the breaker closes.
+  ``window_size`` calls while CLOSED (:mod:`tinkex_trio._breaker_window`; SUCCESS and FAILURE, NEUTRAL and cancelled
+  calls stay out of it) and opens when the share of failures reaches the threshold, once the window holds
+  ``minimum_calls``. Failures in a row then no longer open it. The window is emptied whenever the breaker closes.
 * **Slow calls**: with ``slow_call_s`` set, a call whose ``duration`` (given with its outcome, on the clock of
   ``now``; trio's clock in the trio layer) is above ``slow_call_s`` is slow, whatever its verdict; the breaker opens
   (reason ``"slow_call_rate"``) when ``slow_call_rate_threshold`` of the window was slow, even if every call
@@ -45,162 +48,43 @@ window is only fed when a mode asks for it.
 Manual control and introspection: :meth:`~CircuitBreaker.force_open` opens the breaker and keeps it open (no timer,
 ``retry_after`` is ``math.inf``) until :meth:`~CircuitBreaker.reset`, which closes it whatever its state.
 :attr:`~CircuitBreaker.stats` counts calls, successes, failures, slow calls, neutral outcomes, rejections and
-transitions by reason (:class:`BreakerStats`); :func:`supervise` publishes them with every transition, and
-:class:`StatsExport` in the session's metrics.
+transitions by reason (:class:`BreakerStats`); the session's supervisor (:mod:`tinkex_trio._breaker_supervisor`)
+publishes them with every transition, and in the session's metrics.
 
-What counts (:func:`classify_exception`, :func:`classify_status`):
-
-* FAILURE: no HTTP answer (:class:`~tinkex_trio.errors.APIConnectionError`, including timeouts and a proxy's empty
-  400) and every 5xx. These say the service (or the path to it) is unhealthy.
-* NEUTRAL: 429 and 408 (the service is alive but pushing back; rate limiting is not an outage, and counting it would
-  make the breaker amplify the server's own backpressure), a nested ``CircuitOpenError``, a
-  :class:`~tinkex_trio.errors.TLSError` (a certificate or protocol mismatch is a configuration problem; it is not
-  retried anyway, and an open breaker would hide "certificate verify failed" behind CircuitOpenError), and any
-  exception that is not a transport outcome (a bug in the caller's code, a bad or too large body): none of them
-  measure the service's health.
-* SUCCESS: a return, and every other 4xx: the service answered and judged the request (the fault is ours).
-* Never counted at all: ``trio.Cancelled``, ``KeyboardInterrupt``, ``GeneratorExit`` (any ``BaseException`` that is not
-  an ``Exception``). The call's trial slot is released and the exception propagates untouched.
-
-The registry (:func:`breakers`) holds one breaker per ``(base_url, sha256(api_key))``: every session of one process
-talking to one service with one key shares it. The raw key is never stored, shown or used as a key.
+The registry (:func:`~tinkex_trio._breaker_registry.breakers`, in :mod:`tinkex_trio._breaker_registry`) holds one
+breaker per ``(base_url, sha256(api_key))``: every session of one process talking to one service with one key shares
+it.
 
 Clocks: ``now`` values of different trio runs are not comparable (each run has its own clock), so a breaker used by
 the trio layer forgets its state (back to CLOSED, listeners dropped) the first time it is used in a new ``trio.run``.
 A process normally has one run; a test suite has one per test, and this keeps the tests independent.
 
-Not thread-safe: use a breaker from one trio run (one thread). The registry's lookups are locked.
+Not thread-safe: use a breaker from one trio run (one thread).
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
-import threading
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from types import EllipsisType
-from typing import Any, Final, Protocol, TypeVar, TypeVarTuple
+from typing import Any, Final, TypeVar, TypeVarTuple
 
 import trio
 
-from tinkex_trio._api_key import key_fingerprint
-from tinkex_trio._config import CircuitBreakerConfig, Config
-from tinkex_trio._telemetry import CIRCUIT_BREAKER_STATE_CHANGE, TelemetryBus
-from tinkex_trio.errors import APIConnectionError, APIStatusError, CircuitOpenError, TLSError
+from tinkex_trio._breaker_types import BreakerState, BreakerStats, Listener, Permit, Transition
+from tinkex_trio._breaker_verdict import Verdict, classify_exception
+from tinkex_trio._breaker_window import VerdictWindow
+from tinkex_trio._config import CircuitBreakerConfig
+from tinkex_trio.errors import CircuitOpenError
 
-__all__ = [
-    "BreakerRegistry",
-    "BreakerState",
-    "BreakerStats",
-    "CircuitBreaker",
-    "Listener",
-    "Permit",
-    "StatsExport",
-    "StatsSink",
-    "Transition",
-    "Verdict",
-    "breaker_for_config",
-    "breakers",
-    "classify_exception",
-    "classify_status",
-    "supervise",
-]
+__all__ = ["CircuitBreaker", "config_settings"]
 
 logger = logging.getLogger("tinkex_trio.breaker")
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
-
-
-class BreakerState(enum.StrEnum):
-    """The state of a :class:`CircuitBreaker`."""
-
-    CLOSED = "closed"
-    """Calls pass; failures in a row are counted."""
-    OPEN = "open"
-    """Calls fail fast with :class:`~tinkex_trio.errors.CircuitOpenError` until the timeout has passed."""
-    HALF_OPEN = "half_open"
-    """A limited number of trial calls pass; the first verdict closes or re-opens the breaker."""
-
-    @property
-    def code(self) -> int:
-        """A number for gauges: 0 closed, 1 half-open, 2 open."""
-        return _STATE_CODES[self]
-
-
-_STATE_CODES: Final = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
-
-
-class Verdict(enum.Enum):
-    """What a call's outcome says about the service's health."""
-
-    SUCCESS = "success"
-    FAILURE = "failure"
-    NEUTRAL = "neutral"
-
-
-def classify_status(status_code: int) -> Verdict:
-    """5xx → FAILURE; 408 and 429 → NEUTRAL; anything else (2xx, 3xx, other 4xx) → SUCCESS."""
-    if status_code >= 500:
-        return Verdict.FAILURE
-    if status_code in (408, 429):
-        return Verdict.NEUTRAL
-    return Verdict.SUCCESS
-
-
-def classify_exception(exc: Exception) -> Verdict:
-    """The verdict of a call that raised ``exc`` (see the module docstring).
-
-    Only ``Exception`` is accepted: cancellation and other ``BaseException`` are not outcomes at all.
-    """
-    if isinstance(exc, APIStatusError):
-        return classify_status(exc.status_code)
-    if isinstance(exc, TLSError):  # configuration, not health (see the module docstring)
-        return Verdict.NEUTRAL
-    if isinstance(exc, APIConnectionError):  # includes APITimeoutError
-        return Verdict.FAILURE
-    return Verdict.NEUTRAL
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """A change of state, as given to listeners and returned by the methods that cause it.
-
-    ``reason`` is one of ``"failure_threshold"``, ``"failure_rate"``, ``"slow_call_rate"``, ``"timeout_elapsed"``,
-    ``"trial_succeeded"``, ``"trial_failed"``, ``"trial_slow"``, ``"forced_open"``, ``"reset"`` (short and stable:
-    usable as telemetry metadata and metric labels).
-    """
-
-    old: BreakerState
-    new: BreakerState
-    at: float
-    reason: str
-    consecutive_failures: int
-
-
-Listener = Callable[[Transition], None]
-
-
-class Permit:
-    """An admission by :meth:`CircuitBreaker.before_call`: hand it back with the call's outcome.
-
-    ``trial`` says the call holds one of the HALF_OPEN trial slots. A trial permit is settled once; later outcomes
-    given with it are ignored. The calls admitted while CLOSED share one permit per generation (the hot path makes no
-    allocation), which is never marked settled: report each call's outcome once.
-    """
-
-    __slots__ = ("generation", "settled", "trial")
-
-    def __init__(self, generation: int, trial: bool) -> None:
-        self.generation = generation
-        self.trial = trial
-        self.settled = False
-
-    def __repr__(self) -> str:
-        return f"<Permit generation={self.generation} trial={self.trial} settled={self.settled}>"
 
 
 def _current_run() -> trio.lowlevel.Task | None:
@@ -211,59 +95,8 @@ def _current_run() -> trio.lowlevel.Task | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class BreakerStats:
-    """What a :class:`CircuitBreaker` has counted (:attr:`CircuitBreaker.stats`), since it was made or last forgot
-    another ``trio.run``'s state; :meth:`CircuitBreaker.reset` does not clear it.
-
-    ``calls`` is every admitted call whose outcome the breaker took: ``successes + failures + neutral``. Outcomes of
-    calls admitted before the last transition (stale permits) and outcomes reported while OPEN are ignored and not
-    counted. ``neutral`` holds calls that ended with no verdict: a NEUTRAL outcome (429, 408, TLS, a caller's bug) or
-    a cancellation. ``slow_calls`` (only when ``slow_call_s`` is set) counts calls slower than ``slow_call_s``, of
-    either verdict. ``rejections`` counts calls refused (CircuitOpenError, or ``allow`` answering False).
-    ``transitions`` maps each transition's ``reason`` to how many there were.
-
-    The window figures describe the sliding window of the rate modes: ``window_calls`` (0 when neither
-    ``failure_rate_threshold`` nor ``slow_call_s`` is set), ``failure_rate`` (None unless ``failure_rate_threshold``
-    is set) and ``slow_call_rate`` (None unless ``slow_call_s`` is set).
-    """
-
-    state: BreakerState
-    forced: bool
-    calls: int
-    successes: int
-    failures: int
-    slow_calls: int
-    neutral: int
-    rejections: int
-    transitions: Mapping[str, int]
-    consecutive_failures: int
-    window_calls: int
-    failure_rate: float | None
-    slow_call_rate: float | None
-
-    def as_measurements(self) -> dict[str, float]:
-        """The counts as telemetry measurements (floats; the rates only when a window is kept)."""
-        out = {
-            "calls": float(self.calls),
-            "successes": float(self.successes),
-            "failures": float(self.failures),
-            "slow_calls": float(self.slow_calls),
-            "neutral": float(self.neutral),
-            "rejections": float(self.rejections),
-        }
-        if self.failure_rate is not None:
-            out["failure_rate"] = self.failure_rate
-        if self.slow_call_rate is not None:
-            out["slow_call_rate"] = self.slow_call_rate
-        return out
-
-
 _NEVER: Final = Permit(-1, trial=False)
 """The record fast path's permit when it is off: no caller ever holds it."""
-
-_FAILED: Final = 1
-_SLOW: Final = 2
 
 
 def _rate(name: str, value: object) -> float:
@@ -316,10 +149,6 @@ class CircuitBreaker:
         "_state",
         "_transitions",
         "_trials",
-        "_win_failures",
-        "_win_len",
-        "_win_pos",
-        "_win_slow",
         "_window",
         "_windowed",
         "failure_rate_threshold",
@@ -362,8 +191,7 @@ class CircuitBreaker:
         self._admit_fast: Permit | None = self._closed_permit
         self._record_fast = self._closed_permit
         self._windowed = False
-        self._window = bytearray(1)
-        self._win_pos = self._win_len = self._win_failures = self._win_slow = 0
+        self._window = VerdictWindow(1)
         self._failures = 0
         self._opened_at = 0.0
         self._open_until = math.inf
@@ -386,7 +214,7 @@ class CircuitBreaker:
     @classmethod
     def from_config(cls, config: CircuitBreakerConfig, *, name: str = "circuit breaker") -> CircuitBreaker:
         """A breaker with the settings of a :class:`~tinkex_trio._config.CircuitBreakerConfig`."""
-        return cls(name=name, **_config_settings(config))
+        return cls(name=name, **config_settings(config))
 
     def configure(
         self,
@@ -434,8 +262,7 @@ class CircuitBreaker:
         self.minimum_calls = minimum
         if size != self.window_size:
             self.window_size = size
-            self._window = bytearray(size)
-            self._clear_window()
+            self._window = VerdictWindow(size)
         self._windowed = self.failure_rate_threshold is not None or self.slow_call_s is not None
         self._refresh_fast_paths()
 
@@ -446,7 +273,8 @@ class CircuitBreaker:
         It stays CLOSED with no failures counted and never moves (:meth:`force_open` does nothing), so its listeners
         are never called; outcomes given to it only settle their permits. It keeps the settings of ``config``, if
         given, for show. This is ``session.breaker`` when ``config.circuit_breaker.enabled`` is false
-        (``TINKEX_CIRCUIT_BREAKER=off``); the registry (:func:`breakers`) holds no disabled breakers.
+        (``TINKEX_CIRCUIT_BREAKER=off``); the registry (:func:`~tinkex_trio._breaker_registry.breakers`) holds no
+        disabled breakers.
         """
         if config is None:
             return _DisabledCircuitBreaker(name=name)
@@ -524,8 +352,7 @@ class CircuitBreaker:
     @property
     def stats(self) -> BreakerStats:
         """What the breaker has counted (a snapshot; see :class:`BreakerStats`)."""
-        n = self._win_len
-        windowed = self._windowed
+        window = self._window
         return BreakerStats(
             state=self._state,
             forced=self._forced,
@@ -537,9 +364,9 @@ class CircuitBreaker:
             rejections=self._n_rejections,
             transitions=dict(self._transitions),
             consecutive_failures=self._failures,
-            window_calls=n if windowed else 0,
-            failure_rate=(self._win_failures / n if n else 0.0) if self.failure_rate_threshold is not None else None,
-            slow_call_rate=(self._win_slow / n if n else 0.0) if self.slow_call_s is not None else None,
+            window_calls=window.calls if self._windowed else 0,
+            failure_rate=window.failure_rate() if self.failure_rate_threshold is not None else None,
+            slow_call_rate=window.slow_call_rate() if self.slow_call_s is not None else None,
         )
 
     # -- listeners -------------------------------------------------------------------------------------------------
@@ -639,7 +466,8 @@ class CircuitBreaker:
             self._failures = 0
             self._n_successes += 1
             if self._windowed:
-                return self._add_to_window(False, self._slow(duration), now)
+                reason = self._window.add(False, self._slow(duration), self)
+                return None if reason is None else self._move(BreakerState.OPEN, now, reason)
         elif state is BreakerState.HALF_OPEN:
             self._n_successes += 1
             if self._slow(duration):
@@ -662,7 +490,8 @@ class CircuitBreaker:
                 self._slow(duration)
                 return self._move(BreakerState.OPEN, now, "failure_threshold")
             if self._windowed:
-                return self._add_to_window(True, self._slow(duration), now)
+                reason = self._window.add(True, self._slow(duration), self)
+                return None if reason is None else self._move(BreakerState.OPEN, now, reason)
         elif state is BreakerState.HALF_OPEN:
             self._n_failures += 1
             self._slow(duration)
@@ -690,35 +519,6 @@ class CircuitBreaker:
         self.release(permit)
         return None
 
-    # -- the window of the rate modes ------------------------------------------------------------------------------
-
-    def _clear_window(self) -> None:
-        self._win_pos = self._win_len = self._win_failures = self._win_slow = 0
-
-    def _add_to_window(self, failed: bool, slow: bool, now: float) -> Transition | None:
-        """Put one CLOSED verdict in the window (the oldest leaves a full one); open if a rate reaches its threshold
-        once ``minimum_calls`` are in."""
-        window, pos = self._window, self._win_pos
-        if self._win_len == self.window_size:
-            old = window[pos]
-            self._win_failures -= old & _FAILED
-            self._win_slow -= (old & _SLOW) >> 1
-        else:
-            self._win_len += 1
-        window[pos] = (_FAILED if failed else 0) | (_SLOW if slow else 0)
-        self._win_pos = pos + 1 if pos + 1 < self.window_size else 0
-        self._win_failures += failed
-        self._win_slow += slow
-        n = self._win_len
-        if n < self.minimum_calls:
-            return None
-        threshold = self.failure_rate_threshold
-        if threshold is not None and self._win_failures / n >= threshold:
-            return self._move(BreakerState.OPEN, now, "failure_rate")
-        if self.slow_call_s is not None and self._win_slow / n >= self.slow_call_rate_threshold:
-            return self._move(BreakerState.OPEN, now, "slow_call_rate")
-        return None
-
     # -- manual control --------------------------------------------------------------------------------------------
 
     def force_open(self, now: float) -> Transition | None:
@@ -739,7 +539,7 @@ class CircuitBreaker:
         self._forced = False
         if self._state is BreakerState.CLOSED:
             self._generation += 1  # outstanding permits become stale
-            self._clear_window()
+            self._window.clear()
             self._refresh_fast_paths()
             return None
         return self._move(BreakerState.CLOSED, now, "reset")
@@ -755,7 +555,7 @@ class CircuitBreaker:
         else:
             self._failures = 0
             if new is BreakerState.CLOSED:
-                self._clear_window()
+                self._window.clear()
         self._transitions[reason] = self._transitions.get(reason, 0) + 1
         self._refresh_fast_paths()
         transition = Transition(old, new, now, reason, self._failures)
@@ -782,7 +582,7 @@ class CircuitBreaker:
             self._generation += 1
             self._failures = 0
             self._trials = 0
-            self._clear_window()
+            self._window.clear()
             self._n_successes = self._n_failures = self._n_slow = self._n_neutral = self._n_rejections = 0
             self._transitions = {}
             if self._forced:
@@ -866,9 +666,9 @@ class _DisabledCircuitBreaker(CircuitBreaker):
         return  # no state to forget
 
 
-def _config_settings(config: CircuitBreakerConfig) -> dict[str, Any]:
+def config_settings(config: CircuitBreakerConfig) -> dict[str, Any]:
     """The keywords of :class:`CircuitBreaker` / :meth:`CircuitBreaker.configure` a config gives (its fields but
-    ``enabled``)."""
+    ``enabled``): for :meth:`CircuitBreaker.from_config`, and for the registry, which reconfigures a shared breaker."""
     return {
         "failure_threshold": config.failure_threshold,
         "timeout_s": config.timeout_s,
@@ -879,213 +679,3 @@ def _config_settings(config: CircuitBreakerConfig) -> dict[str, Any]:
         "slow_call_s": config.slow_call_s,
         "slow_call_rate_threshold": config.slow_call_rate_threshold,
     }
-
-
-def _normalize_base_url(base_url: str) -> str:
-    return base_url.strip().rstrip("/")
-
-
-class BreakerRegistry:
-    """One :class:`CircuitBreaker` per ``(base_url, sha256(api_key))``, shared by the whole process."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
-
-    def __repr__(self) -> str:
-        return f"<BreakerRegistry breakers={len(self)}>"
-
-    def __len__(self) -> int:
-        return len(self._breakers)
-
-    def keys(self) -> list[tuple[str, str]]:
-        """The ``(base_url, sha256 hex of the key)`` of every breaker."""
-        with self._lock:
-            return list(self._breakers)
-
-    def for_key(self, base_url: str, api_key: str, config: CircuitBreakerConfig | None = None) -> CircuitBreaker:
-        """The breaker of ``(base_url, api_key)``, made on first use.
-
-        With ``config``, the breaker takes its thresholds (the last caller's config wins; the state is kept).
-        """
-        url = _normalize_base_url(base_url)
-        key = (url, key_fingerprint(api_key))
-        with self._lock:
-            breaker = self._breakers.get(key)
-            if breaker is None:
-                name = f"{url} (key sha256:{key[1][:12]})"
-                breaker = (
-                    CircuitBreaker.from_config(config, name=name) if config is not None else CircuitBreaker(name=name)
-                )
-                self._breakers[key] = breaker
-            elif config is not None:
-                breaker.configure(**_config_settings(config))
-        breaker.bind_to_current_run()
-        return breaker
-
-    def get(self, base_url: str, api_key: str) -> CircuitBreaker | None:
-        """The breaker of ``(base_url, api_key)`` if one exists."""
-        with self._lock:
-            return self._breakers.get((_normalize_base_url(base_url), key_fingerprint(api_key)))
-
-    def clear(self) -> None:
-        """Forget every breaker."""
-        with self._lock:
-            self._breakers.clear()
-
-
-_REGISTRY: Final = BreakerRegistry()
-
-
-def breakers() -> BreakerRegistry:
-    """The process-wide :class:`BreakerRegistry`: ``breakers().for_key(base_url, api_key).call(fn, *args)``."""
-    return _REGISTRY
-
-
-def breaker_for_config(config: Config) -> CircuitBreaker | None:
-    """The registry's breaker for a session's ``(base_url, api_key)`` with its thresholds, for its transport; None
-    when ``config.circuit_breaker.enabled`` is false (``TINKEX_CIRCUIT_BREAKER=off``): then the transport neither
-    checks nor counts anything, and no supervisor runs (``session.breaker`` is a :meth:`CircuitBreaker.disabled`
-    one, for show)."""
-    if not config.circuit_breaker.enabled:
-        return None
-    return breakers().for_key(config.base_url, config.api_key, config.circuit_breaker)
-
-
-GAUGE_NAME: Final = "tinkex_circuit_breaker_state"
-"""The gauge :func:`supervise` sets (0 closed, 1 half-open, 2 open) when given a ``set_gauge``."""
-CALLS_TOTAL: Final = "tinkex_circuit_breaker_calls_total"
-"""Counter of the calls the breaker counted, by ``outcome`` (``success``, ``failure``, ``neutral``)."""
-SLOW_CALLS_TOTAL: Final = "tinkex_circuit_breaker_slow_calls_total"
-"""Counter of the calls slower than ``slow_call_s``."""
-FORCED_GAUGE: Final = "tinkex_circuit_breaker_forced"
-"""Gauge: 1 while the breaker is forced open, else 0."""
-FAILURE_RATE_GAUGE: Final = "tinkex_circuit_breaker_failure_rate"
-"""Gauge: the share of failures in the window (only when a window mode is on)."""
-SLOW_CALL_RATE_GAUGE: Final = "tinkex_circuit_breaker_slow_call_rate"
-"""Gauge: the share of slow calls in the window (only when a window mode is on)."""
-
-
-class StatsSink(Protocol):
-    """Where :func:`supervise` puts a breaker's :attr:`~CircuitBreaker.stats` (a
-    :class:`~tinkex_trio._metrics.Metrics` store is one)."""
-
-    def increment(self, name: str, value: float = 1, *, labels: Mapping[str, str] | None = None) -> None: ...
-
-    def set_gauge(self, name: str, value: float, *, labels: Mapping[str, str] | None = None) -> None: ...
-
-    def add_pending(self, drain: Callable[[], None]) -> None: ...
-
-    def remove_pending(self, drain: Callable[[], None]) -> None: ...
-
-
-class StatsExport:
-    """Keeps ``sink`` up to date with ``breaker.stats`` from the moment it is made: counters grow by what the breaker
-    counted since the last :meth:`sync` (so a reset of the store counts from then on, and a breaker's fresh start in
-    a new run is a new baseline), gauges are set. :meth:`sync` runs on every read of the store
-    (``sink.add_pending``) until :meth:`close`."""
-
-    def __init__(self, breaker: CircuitBreaker, sink: StatsSink) -> None:
-        self._breaker = breaker
-        self._sink = sink
-        self._last = breaker.stats
-        sink.add_pending(self.sync)
-
-    def sync(self) -> None:
-        """Bring the sink up to date."""
-        stats, before, sink = self._breaker.stats, self._last, self._sink
-        self._last = stats
-        for outcome, count, previous in (
-            ("success", stats.successes, before.successes),
-            ("failure", stats.failures, before.failures),
-            ("neutral", stats.neutral, before.neutral),
-        ):
-            if count > previous:
-                sink.increment(CALLS_TOTAL, count - previous, labels={"outcome": outcome})
-        if stats.slow_calls > before.slow_calls:
-            sink.increment(SLOW_CALLS_TOTAL, stats.slow_calls - before.slow_calls)
-        sink.set_gauge(FORCED_GAUGE, 1.0 if stats.forced else 0.0)
-        if stats.failure_rate is not None:
-            sink.set_gauge(FAILURE_RATE_GAUGE, stats.failure_rate)
-        if stats.slow_call_rate is not None:
-            sink.set_gauge(SLOW_CALL_RATE_GAUGE, stats.slow_call_rate)
-
-    def close(self) -> None:
-        """A last :meth:`sync`, then no more."""
-        self.sync()
-        self._sink.remove_pending(self.sync)
-
-
-async def supervise(
-    breaker: CircuitBreaker,
-    telemetry: TelemetryBus,
-    *,
-    base_url: str,
-    set_gauge: Callable[[str, float], object] | None = None,
-    stats: StatsExport | None = None,
-) -> None:
-    """The breaker supervisor (DESIGN §2): runs in the session's nursery until cancelled.
-
-    * Publishes every transition of ``breaker`` (whoever caused it: this session, another session on the same
-      registry breaker, this task, or a caller's :meth:`~CircuitBreaker.force_open` / :meth:`~CircuitBreaker.reset`)
-      as ``tinkex.circuit_breaker.state_change``: measurements ``state`` (0/1/2), ``consecutive_failures``,
-      ``retry_after_s`` (``inf`` when forced open), ``forced`` (0/1) and the breaker's :attr:`~CircuitBreaker.stats`
-      (:meth:`BreakerStats.as_measurements`: ``calls``, ``successes``, ``failures``, ``slow_calls``, ``neutral``,
-      ``rejections``, and the window's ``failure_rate`` / ``slow_call_rate`` when a window mode is on); metadata
-      ``from``, ``to``, ``reason``, ``base_url``.
-    * Owns the open timer: sleeps until ``open_until`` on trio's clock, then moves the breaker to HALF_OPEN (so the
-      state and the event appear on time even when no call comes). A forced breaker has no timer.
-    * Feeds the ``tinkex_circuit_breaker_state`` gauge through ``set_gauge(name, value)`` if given, and syncs
-      ``stats`` (a :class:`StatsExport`, made when the session starts: ``tinkex_circuit_breaker_calls_total{outcome}``,
-      ``..._slow_calls_total``, the ``..._forced`` gauge and the window's rates) on every transition, closing it when
-      it ends.
-    """
-    wake: list[trio.Event] = [trio.Event()]
-
-    def gauge(state: BreakerState) -> None:
-        if set_gauge is not None:
-            try:
-                set_gauge(GAUGE_NAME, float(state.code))
-            except Exception:
-                logger.exception("setting the circuit breaker gauge failed")
-
-    def on_transition(transition: Transition) -> None:
-        snapshot = breaker.stats
-        telemetry.emit(
-            CIRCUIT_BREAKER_STATE_CHANGE,
-            {
-                "state": transition.new.code,
-                "consecutive_failures": transition.consecutive_failures,
-                "retry_after_s": breaker.retry_after(transition.at),
-                "forced": 1.0 if snapshot.forced else 0.0,
-                **snapshot.as_measurements(),
-            },
-            {
-                "from": transition.old.value,
-                "to": transition.new.value,
-                "reason": transition.reason,
-                "base_url": base_url,
-            },
-            time=transition.at,
-        )
-        gauge(transition.new)
-        if stats is not None:
-            stats.sync()
-        wake[0].set()
-
-    breaker.add_listener(on_transition)
-    try:
-        gauge(breaker.state)
-        if stats is not None:
-            stats.sync()
-        # Bounded: every pass waits for a transition or for the end of the open timer (which poll() then applies).
-        while True:
-            wake[0] = trio.Event()
-            until = breaker.open_until
-            with trio.move_on_at(until if until is not None else math.inf):
-                await wake[0].wait()
-            breaker.poll(trio.current_time())
-    finally:
-        breaker.remove_listener(on_transition)
-        if stats is not None:
-            stats.close()

@@ -45,8 +45,9 @@ import trio
 from tinkex_trio import types as _types
 from tinkex_trio._endpoints import API_PREFIX
 from tinkex_trio._polling import MAX_BAD_REPLY_RETRIES, MAX_BAD_REQUEST_RETRIES
+from tinkex_trio._pool_set import PoolKind
 from tinkex_trio._retry import is_retryable_status, poll_backoff
-from tinkex_trio._transport import PoolKind, Transport
+from tinkex_trio._transport import Transport
 from tinkex_trio.errors import (
     APIConnectionError,
     APIStatusError,

@@ -66,9 +66,10 @@ from tinkex_trio._polling import (
     MAX_BAD_REQUEST_RETRIES,
     PollState,
 )
+from tinkex_trio._pool_set import PoolKind
 from tinkex_trio._proto._codec import PROTOBUF_CONTENT_TYPE
 from tinkex_trio._telemetry import FUTURE_QUEUE_STATE, TelemetryBus
-from tinkex_trio._transport import PoolKind, Transport
+from tinkex_trio._transport import Transport
 from tinkex_trio.errors import (
     APIConnectionError,
     APIStatusError,

@@ -15,7 +15,9 @@ from typing import TypeVar, cast
 
 import trio
 
-from tinkex_trio._breaker import CircuitBreaker, Permit, Verdict, classify_exception
+from tinkex_trio._breaker import CircuitBreaker
+from tinkex_trio._breaker_types import Permit
+from tinkex_trio._breaker_verdict import Verdict, classify_exception
 from tinkex_trio._telemetry import CIRCUIT_BREAKER_REJECTED, RETRY, TelemetryBus
 from tinkex_trio.errors import APIError, CircuitOpenError
 

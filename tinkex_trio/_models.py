@@ -16,9 +16,9 @@ from tinkex_trio import types
 from tinkex_trio._context import SessionContext
 from tinkex_trio._endpoints import API_PREFIX as _API
 from tinkex_trio._loss_handles import LossHandle, encode_graph, trace_loss
+from tinkex_trio._pool_set import PoolKind
 from tinkex_trio._results import fetch_info, json_decoder
 from tinkex_trio._training import TrainingClient
-from tinkex_trio._transport import PoolKind
 from tinkex_trio.errors import ResponseValidationError
 
 __all__ = ["create_client_from_state", "create_lora_client"]

@@ -33,7 +33,8 @@ import trio
 
 from tinkex_trio import types as t
 from tinkex_trio._endpoints import API_PREFIX as _API
-from tinkex_trio._transport import PoolKind, Transport
+from tinkex_trio._pool_set import PoolKind
+from tinkex_trio._transport import Transport
 from tinkex_trio.errors import (
     InvalidArgumentError,
     InvalidArgumentTypeError,

@@ -15,8 +15,9 @@ import msgspec
 
 from tinkex_trio import types
 from tinkex_trio._endpoints import API_PREFIX as _API
+from tinkex_trio._pool_set import PoolKind
 from tinkex_trio._proto._codec import PROTOBUF_CONTENT_TYPE, decode_forward_backward_output, decode_sample_response
-from tinkex_trio._transport import PoolKind, Transport
+from tinkex_trio._transport import Transport
 from tinkex_trio.errors import ResponseValidationError
 
 __all__ = ["SampleDecoder", "decode_fwdbwd", "fetch_info", "json_decoder"]

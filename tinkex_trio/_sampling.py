@@ -42,10 +42,10 @@ from tinkex_trio import types
 from tinkex_trio._context import SessionContext
 from tinkex_trio._endpoints import API_PREFIX as _API
 from tinkex_trio._guard import RetryStep, run_with_retries
+from tinkex_trio._pool_set import PoolKind
 from tinkex_trio._results import SampleDecoder
 from tinkex_trio._retry import RetryPolicy, outcome_from_exception, sample_retry_delay
 from tinkex_trio._telemetry import RETRY
-from tinkex_trio._transport import PoolKind
 from tinkex_trio._validation import (
     SampleOptions,
     check_model_input,

@@ -42,7 +42,8 @@ from tinkex_trio._endpoints import API_PREFIX as _API
 from tinkex_trio._groups import lone_exception, reraise
 from tinkex_trio._guard import BreakerGuard
 from tinkex_trio._http_errors import delivery_known
-from tinkex_trio._transport import PoolKind, Transport
+from tinkex_trio._pool_set import PoolKind
+from tinkex_trio._transport import Transport
 from tinkex_trio.errors import PartiallyAppliedError, SequenceInDoubtError, TinkexError, TrainingHaltedError
 
 if TYPE_CHECKING:

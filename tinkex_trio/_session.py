@@ -32,7 +32,9 @@ import msgspec
 import trio
 
 from tinkex_trio import types as _types
-from tinkex_trio._breaker import CircuitBreaker, StatsExport, breaker_for_config, supervise
+from tinkex_trio._breaker import CircuitBreaker
+from tinkex_trio._breaker_registry import breaker_for_config
+from tinkex_trio._breaker_supervisor import StatsExport, supervise
 from tinkex_trio._config import Config
 from tinkex_trio._context import SessionContext
 from tinkex_trio._endpoints import API_PREFIX as _API
@@ -42,11 +44,12 @@ from tinkex_trio._logsink import ResilienceLog
 from tinkex_trio._loss_handles import LossHandle
 from tinkex_trio._metrics import Metrics, MetricsFeed
 from tinkex_trio._models import create_client_from_state, create_custom_loss, create_lora_client
+from tinkex_trio._pool_set import PoolKind, TransportFactory
 from tinkex_trio._rest import RestClient
 from tinkex_trio._sampling import SamplingClient, create_sampling_client
 from tinkex_trio._telemetry import FUTURE_QUEUE_STATE, SESSION_HEARTBEAT, TelemetryBus, TelemetryEvent
 from tinkex_trio._training import TrainingClient
-from tinkex_trio._transport import PoolKind, Transport, TransportFactory
+from tinkex_trio._transport import Transport
 from tinkex_trio._validation import (
     check_bool,
     check_create_lora,

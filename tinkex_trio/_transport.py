@@ -1,12 +1,14 @@
-"""HTTP transport: one ``httpx.AsyncClient`` per pool kind, request/response, retries, status → error mapping.
+"""HTTP transport: one logical request, from its headers to its answer (retries, the circuit breaker, bounded
+attempts, status → error mapping), sent on the pools of :mod:`tinkex_trio._pool_set`.
 
 Every request of the client goes through :meth:`Transport.request`. It
 
 * joins the path to ``config.base_url`` and sets the headers every call carries (``X-API-Key``, ``User-Agent``,
   ``X-Idempotency-Key`` on non-GET requests — the same for every retry of one logical request — ``Accept`` and
   ``Content-Type``);
-* sends on the ``httpx.AsyncClient`` of its pool kind (protocol §1.5: training calls never queue behind a thousand
-  sample submissions or long-polls), each with the limits of ``config.pools``;
+* sends on a lane of the pool of its pool kind (protocol §1.5: training calls never queue behind a thousand sample
+  submissions or long-polls), each with the limits of ``config.pools`` (how a pool is built, h11 lanes or httpx
+  clients, is :mod:`tinkex_trio._pool_set`);
 * maps a non-2xx answer to the :mod:`tinkex_trio.errors` class of its status, and transport failures to
   :class:`~tinkex_trio.errors.APIConnectionError` / :class:`~tinkex_trio.errors.APITimeoutError` (the httpx
   exception as ``__cause__``), or :class:`~tinkex_trio.errors.TLSError` for a certificate or handshake failure that
@@ -50,9 +52,7 @@ records no verdict; it only frees its trial slot.
 
 from __future__ import annotations
 
-import enum
 import logging
-import os
 import platform
 import random
 import ssl
@@ -66,11 +66,11 @@ import trio
 from tinkex_trio import _secrets
 from tinkex_trio import types as _types
 from tinkex_trio._breaker import CircuitBreaker
-from tinkex_trio._config import Config, PoolLimits
+from tinkex_trio._config import Config
 from tinkex_trio._guard import BreakerGuard, RetryStep, run_with_retries
-from tinkex_trio._h11 import ACCEPT_ENCODING, BodyTooLarge, H11Lane
+from tinkex_trio._h11 import ACCEPT_ENCODING, BodyTooLarge
 from tinkex_trio._http_errors import connection_error, error_from_response
-from tinkex_trio._pools import ClientPool
+from tinkex_trio._pool_set import HttpxPool, LeanPool, PoolKind, PoolSet, TransportFactory
 from tinkex_trio._retry import (
     ConnectionFailure,
     RetryPolicy,
@@ -86,7 +86,7 @@ from tinkex_trio.errors import (
     ResponseValidationError,
 )
 
-__all__ = ["USER_AGENT", "PoolKind", "Transport", "TransportFactory"]
+__all__ = ["USER_AGENT", "Transport"]
 
 logger = logging.getLogger("tinkex_trio.transport")
 
@@ -98,46 +98,10 @@ USER_AGENT = (
 )
 
 
-class PoolKind(enum.StrEnum):
-    """The connection pools of protocol §1.5: each kind has its own ``httpx.AsyncClient`` and limits."""
-
-    TRAINING = "training"
-    SAMPLING = "sampling"
-    SESSION = "session"
-    FUTURES = "futures"
-    TELEMETRY = "telemetry"
-
-
-TransportFactory = Callable[[PoolKind], httpx.AsyncBaseTransport]
-"""Builds the httpx transport of a pool: called once per :class:`PoolKind`, when the session first uses that pool, and
-the transport is closed with the pool's client when the session ends. Public as ``tinkex_trio.TransportFactory``
-(``open_session(transport_factory=...)``; tests pass ``lambda pool: httpx.ASGITransport(app=app)``)."""
-
 _UNGUARDED_POOLS = frozenset({PoolKind.FUTURES, PoolKind.TELEMETRY})
 """Pools whose requests the circuit breaker neither checks nor counts (see the module docstring)."""
 
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
-"""httpx's proxy settings (``trust_env``): while any is set, every pool goes through httpx, which honours them."""
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_CLOSE_TIMEOUT_S = 5.0
-"""How long :meth:`Transport.aclose` waits for each pool to close (it runs shielded from cancellation)."""
-
-
-def _may_carry_key(base: httpx.URL, url: httpx.URL) -> bool:
-    """Whether a request to ``url`` may carry the key given to ``base``: the same origin, or its https upgrade.
-
-    httpx drops ``Authorization`` on a redirect to another origin, but knows nothing of ``X-API-Key``.
-    """
-    if url.host != base.host:
-        return False
-    base_port = base.port or _DEFAULT_PORTS.get(base.scheme)
-    port = url.port or _DEFAULT_PORTS.get(url.scheme)
-    if url.scheme == base.scheme:
-        return port == base_port
-    # httpx's "https upgrade": http on port 80 redirected to https on port 443 of the same host.
-    return base.scheme == "http" and url.scheme == "https" and base_port == 80 and port == 443
 
 
 def _declared_length(response: httpx.Response) -> int | None:
@@ -181,43 +145,6 @@ class _Once:
         if data is None:
             raise StopAsyncIteration
         return data
-
-
-class _HttpxPool:
-    """A pool kind served by ``httpx.AsyncClient`` lanes: HTTP/2 (one shared client), a proxy from the environment, or
-    a ``transport_factory``."""
-
-    __slots__ = ("lanes",)
-
-    def __init__(self, lanes: ClientPool[httpx.AsyncClient]) -> None:
-        self.lanes = lanes
-
-    async def aclose(self, timeout_s: float) -> None:
-        await self.lanes.aclose(timeout_s)
-
-
-class _LeanPool:
-    """A pool kind served by :class:`~tinkex_trio._h11.H11Lane` lanes (plain or TLS HTTP/1.1, no proxy), with an
-    ``httpx.AsyncClient`` made only to follow a redirect."""
-
-    __slots__ = ("_fallback", "_make_fallback", "lanes")
-
-    def __init__(self, lanes: ClientPool[H11Lane], make_fallback: Callable[[], httpx.AsyncClient]) -> None:
-        self.lanes = lanes
-        self._make_fallback = make_fallback
-        self._fallback: httpx.AsyncClient | None = None
-
-    def fallback(self) -> httpx.AsyncClient:
-        if self._fallback is None:
-            self._fallback = self._make_fallback()
-        return self._fallback
-
-    async def aclose(self, timeout_s: float) -> None:
-        await self.lanes.aclose(timeout_s)
-        fallback, self._fallback = self._fallback, None
-        if fallback is not None:
-            with trio.CancelScope(shield=True), trio.move_on_after(timeout_s):
-                await fallback.aclose()
 
 
 def _redirected(request: httpx.Request, response: httpx.Response) -> httpx.Request | None:
@@ -272,111 +199,22 @@ class Transport:
         self.config = config
         self.breaker = breaker
         self.telemetry = telemetry if telemetry is not None else TelemetryBus(clock=trio.current_time)
-        self._ssl_context = ssl_context
-        self._transport_factory = transport_factory
+        self._pool_set = PoolSet(config, ssl_context=ssl_context, transport_factory=transport_factory)
         self._policy = RetryPolicy(config.retry, rng=rng)
-        self._pools: dict[PoolKind, _HttpxPool | _LeanPool] = {}
-        self._ssl: ssl.SSLContext | None = None
-        self._closed = False
         self._base_headers = {"X-API-Key": config.api_key, "User-Agent": self._user_agent()}
-        self._base_url = httpx.URL(config.base_url)
-        base = str(self._base_url)
+        base = str(httpx.URL(config.base_url))
         self._url_prefix = base if base.endswith("/") else base + "/"
 
     def __repr__(self) -> str:
-        return f"<Transport base_url={self.config.base_url!r} pools={sorted(self._pools)}>"
+        return f"<Transport base_url={self.config.base_url!r} pools={self._pool_set.kinds()}>"
 
     def _user_agent(self) -> str:
         suffix = self.config.user_agent_suffix
         return f"{USER_AGENT} {suffix}" if suffix else USER_AGENT
 
-    def _verify(self) -> ssl.SSLContext:
-        """The one SSL context of every client of this transport (made on first use)."""
-        if self._ssl is None:
-            if self._ssl_context is not None:
-                self._ssl = self._ssl_context
-            elif self.config.ca_file:
-                self._ssl = ssl.create_default_context(cafile=self.config.ca_file)
-            else:
-                self._ssl = httpx.create_ssl_context(verify=self.config.verify)
-        return self._ssl
-
-    def _lean(self, shared: bool) -> bool:
-        """Whether a pool goes through :class:`~tinkex_trio._h11.H11Lane` lanes: HTTP/1.1 over TCP or TLS to the base
-        URL, with no transport factory and no proxy variable in the environment (httpx would use it)."""
-        if shared or self._transport_factory is not None or self._base_url.scheme not in _DEFAULT_PORTS:
-            return False
-        return not any(os.environ.get(name) for name in _PROXY_VARIABLES)
-
-    def _pool(self, pool: PoolKind) -> _HttpxPool | _LeanPool:
-        client_pool = self._pools.get(pool)
-        if client_pool is not None:
-            return client_pool
-        if self._closed:
-            raise APIConnectionError("the transport is closed (the session has ended)")
-        limits: PoolLimits = getattr(self.config.pools, pool.value)
-        timeouts = self.config.timeouts
-        common: dict[str, Any] = {
-            "base_url": self.config.base_url,
-            "timeout": httpx.Timeout(timeouts.request_s, connect=timeouts.connect_s),
-            "follow_redirects": True,
-            "event_hooks": {"request": [self._drop_key_off_origin]},
-        }
-        # HTTP/2 is offered only over TLS (ALPN): there one client multiplexes every request of the pool.
-        shared = self.config.http2 and self._base_url.scheme == "https"
-        if self._lean(shared):
-            url = self._base_url
-            port = url.port or _DEFAULT_PORTS[url.scheme]
-            tls = self._verify() if url.scheme == "https" else None
-            expiry = limits.keepalive_expiry_s
-            verify = self._verify()
-
-            def make_lane() -> H11Lane:
-                return H11Lane(url.host, port, ssl_context=tls, keepalive_expiry_s=expiry)
-
-            def make_fallback() -> httpx.AsyncClient:
-                return httpx.AsyncClient(verify=verify, **common)
-
-            lean = _LeanPool(ClientPool(make_lane, max_lanes=limits.max_connections), make_fallback)
-            self._pools[pool] = lean
-            return lean
-        if self._transport_factory is not None:
-            factory = self._transport_factory
-
-            def make_client() -> httpx.AsyncClient:
-                return httpx.AsyncClient(transport=factory(pool), **common)
-        else:
-            per_client = limits.max_connections if shared else 1
-            keepalive = limits.max_keepalive if shared else 1
-            verify = self._verify()
-
-            def make_client() -> httpx.AsyncClient:
-                return httpx.AsyncClient(
-                    http2=shared,
-                    verify=verify,
-                    limits=httpx.Limits(
-                        max_connections=per_client,
-                        max_keepalive_connections=keepalive,
-                        keepalive_expiry=limits.keepalive_expiry_s,
-                    ),
-                    **common,
-                )
-
-        client_pool = _HttpxPool(ClientPool(make_client, max_lanes=limits.max_connections, shared=shared))
-        self._pools[pool] = client_pool
-        return client_pool
-
-    async def _drop_key_off_origin(self, request: httpx.Request) -> None:
-        """A request hook (every redirect hop goes through it): the key never leaves the base URL's origin."""
-        if not _may_carry_key(self._base_url, request.url):
-            request.headers.pop("X-API-Key", None)
-
     async def aclose(self) -> None:
         """Close every pool's connections. Idempotent."""
-        self._closed = True
-        pools, self._pools = list(self._pools.values()), {}
-        for client_pool in pools:
-            await client_pool.aclose(_CLOSE_TIMEOUT_S)
+        await self._pool_set.aclose()
 
     async def request(
         self,
@@ -502,9 +340,9 @@ class Transport:
             req_headers.update(headers)
         request_timeout = timeout if timeout is not None else self.config.timeouts.request_s
         httpx_timeout = httpx.Timeout(request_timeout, connect=min(self.config.timeouts.connect_s, request_timeout))
-        client_pool = self._pool(pool)
+        client_pool = self._pool_set.for_kind(pool)
         prepared: httpx.Request | None = None
-        if isinstance(client_pool, _LeanPool):
+        if isinstance(client_pool, LeanPool):
             # Built once for every attempt: the same URL, headers and body (retries repeat the idempotency key).
             req_headers.setdefault("Accept-Encoding", ACCEPT_ENCODING)
             prepared = httpx.Request(
@@ -558,7 +396,7 @@ class Transport:
 
     async def _send_once(
         self,
-        client_pool: _HttpxPool | _LeanPool,
+        client_pool: HttpxPool | LeanPool,
         prepared: httpx.Request | None,
         method: str,
         path: str,
@@ -579,7 +417,7 @@ class Transport:
                 # Our own scope: its Cancelled ends here (cancelled_caught); an outer cancellation propagates. Waiting
                 # for a free lane counts against the deadline too.
                 with trio.move_on_after(deadline_s):
-                    if isinstance(client_pool, _LeanPool):
+                    if isinstance(client_pool, LeanPool):
                         assert prepared is not None
                         response = await self._send_lean(client_pool, prepared, what)
                     else:
@@ -621,7 +459,7 @@ class Transport:
             return min(total, read + timeouts.connect_s)
         return total
 
-    async def _send_lean(self, client_pool: _LeanPool, request: httpx.Request, what: str) -> httpx.Response:
+    async def _send_lean(self, client_pool: LeanPool, request: httpx.Request, what: str) -> httpx.Response:
         """One attempt on an :class:`~tinkex_trio._h11.H11Lane` (a redirect is followed through the pool's httpx
         client, whose request hook keeps the key on the base URL's origin)."""
         limit = self.config.max_response_bytes
