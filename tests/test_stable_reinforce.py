@@ -112,7 +112,8 @@ async def test_the_official_way_to_build_the_datum_is_not_required(autojump_cloc
         a, b = response.sequences[0], response.sequences[1]
         assert a.sequence_id is not None and b.sequence_id is not None
         tokens = PROMPT + [int(x) for x in a.tokens]
-        d = types.datum(tokens[:-1], target_tokens=tokens[1:], advantages=[1.0] * (len(tokens) - 1))
+        advantages = [0.0] * (len(PROMPT) - 1) + [1.0] * (len(tokens) - len(PROMPT))  # sampled targets only
+        d = types.datum(tokens[:-1], target_tokens=tokens[1:], advantages=advantages)
         d = d.with_provenance(
             [
                 types.ProvenanceSpan.prompt(b.sequence_id, 2),
@@ -197,6 +198,15 @@ def _broken(seq: types.SampledSequence, how: str) -> types.Datum:
             model_input_spans=good.model_input_spans,
             loss_fn_input_spans=good.loss_fn_input_spans,
         )
+    if how == "prompt_advantage":
+        advantages = np.array(good.loss_fn_inputs["advantages"].data, dtype=np.float32)
+        advantages[1] = 0.5  # a prompt target: stable_reinforce trains sampled tokens only
+        return types.Datum(
+            model_input=good.model_input,
+            loss_fn_inputs={**good.loss_fn_inputs, "advantages": types.TensorData.from_numpy(advantages)},
+            model_input_spans=good.model_input_spans,
+            loss_fn_input_spans=good.loss_fn_input_spans,
+        )
     if how == "past_end":
         loss = [types.ProvenanceSpan.prompt(sid, len(PROMPT) - 1, offset=1), types.ProvenanceSpan.sampled(sid, n, 1)]
         return _spans(good, good.model_input_spans, loss)
@@ -216,6 +226,7 @@ def _broken(seq: types.SampledSequence, how: str) -> types.Datum:
         ("none", "stable_reinforce needs provenance"),
         ("wrong_token", r"model_input positions \[0, 4\) are not the tokens recorded"),
         ("wrong_target", "target_tokens positions .* are not the tokens recorded"),
+        ("prompt_advantage", "nonzero advantages only on sampled tokens; target position 1 has advantage 0.5"),
         ("past_end", "past the end of"),
         ("untiled", "they must tile it"),
         ("negative", "length >= 0"),

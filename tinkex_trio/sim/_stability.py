@@ -11,7 +11,10 @@ A datum names the records with provenance spans (protocol §4): ``model_input_sp
 length}}`` claiming that those positions are positions ``[offset, offset + length)`` of the named sequence's prompt or
 sampled tokens. :func:`resolve_provenance` checks every claim against the records (the tokens must be the ones
 recorded) and turns the ``loss_fn_input_spans`` into the loss's recorded inputs
-(``tinkex_trio._losses.RECORDED_INPUTS``).
+(``tinkex_trio._losses.RECORDED_INPUTS``). :func:`check_sampled_advantages` refuses a nonzero advantage on a target that
+is not a sampled token: ``stable_reinforce`` trains sampled tokens only, and the official cookbook relies on the service
+refusing the rest (it rejects ``kl_discount_factor > 0`` with this loss because discounting spreads advantages onto
+prompt tokens).
 
 Plain bookkeeping: touched only from the trio thread.
 """
@@ -30,7 +33,14 @@ import numpy.typing as npt
 from tinkex_trio import types as t
 from tinkex_trio.sim._model_types import F64, I64, SimUserError
 
-__all__ = ["MAX_RECORDS", "RECORD_TTL", "SequenceRecord", "StabilityStore", "resolve_provenance"]
+__all__ = [
+    "MAX_RECORDS",
+    "RECORD_TTL",
+    "SequenceRecord",
+    "StabilityStore",
+    "check_sampled_advantages",
+    "resolve_provenance",
+]
 
 RECORD_TTL: Final = timedelta(days=1)
 """How long a record stays usable after it was made or last named by a training request."""
@@ -179,3 +189,16 @@ def resolve_provenance(
             mask[start:stop] = 1.0
             sampler_logprobs[start:stop] = logprobs
     return {"sampled": mask, "sampler_logprobs": sampler_logprobs}
+
+
+def check_sampled_advantages(index: int, advantages: F64, sampled: F64) -> None:
+    """Refuse datum ``index`` if it puts a nonzero advantage on a target its ``loss_fn_input_spans`` do not name as a
+    sampled token (``advantages`` and ``sampled`` are flat, one per target)."""
+    stray = np.flatnonzero((advantages != 0.0) & (sampled == 0.0))
+    if stray.size:
+        first = int(stray[0])
+        more = f" (and {stray.size - 1} more)" if stray.size > 1 else ""
+        raise SimUserError(
+            f"datum {index}: stable_reinforce takes nonzero advantages only on sampled tokens; target position {first}"
+            f"{more} has advantage {float(advantages[first])} but is not in a sampled_tokens run"
+        )

@@ -32,10 +32,11 @@ from tinkex_trio.sim._model_types import (
     DimuonParams,
     FwdBwdResult,
     SimUserError,
+    as_float,
     as_tokens,
 )
 from tinkex_trio.sim._queue import FutureError, Job
-from tinkex_trio.sim._stability import resolve_provenance
+from tinkex_trio.sim._stability import check_sampled_advantages, resolve_provenance
 
 
 class _FwdBwdInput(msgspec.Struct, kw_only=True):
@@ -194,6 +195,11 @@ def _resolve_recorded(sim: SimCore, session_id: str, work: _FwdBwdWork) -> list[
             tokens = as_tokens(arrays.tokens, f"datum {i}: model input", vocab)
             target_ids = as_tokens(targets, f"datum {i}: target_tokens", vocab)
             recorded = resolve_provenance(sim.state.stability, session_id, i, d, tokens, target_ids, vocab, now)
+            advantages = arrays.loss_fn_inputs.get("advantages")
+            if advantages is not None:  # missing or misshapen: refused with the loss's own inputs check
+                flat = as_float(advantages, f"datum {i}: loss_fn_inputs['advantages']").reshape(-1)
+                if flat.shape == recorded["sampled"].shape:
+                    check_sampled_advantages(i, flat, recorded["sampled"])
             out.append(DatumArrays(arrays.tokens, arrays.loss_fn_inputs, recorded))
     except SimUserError as exc:
         return exc
