@@ -1,4 +1,4 @@
-"""Nox sessions: tests (one per supported Python), ray, torch, lint, typecheck, bench, proto."""
+"""Nox sessions: tests (one per supported Python), ray, torch, cookbook, lint, typecheck, bench, proto."""
 
 from __future__ import annotations
 
@@ -9,6 +9,18 @@ nox.options.reuse_existing_virtualenvs = True
 
 PYTHONS = ["3.11", "3.12", "3.13"]
 """The supported Pythons: keep in step with ``requires-python`` and the classifiers in pyproject.toml."""
+
+COOKBOOK = "tinker-cookbook==0.6.1"
+"""The official tinker-cookbook that tests/test_cookbook_referee.py drives: pinned, as its internals move quickly; it
+needs the official SDK at least as new as the test extra's tinker==0.38.0. Installed without its dependencies (one of
+them, tml-renderers>=0.4.1, is not on every index, and the modules we drive never import it): ``COOKBOOK_DEPS`` are the
+ones those modules do import, with the recipe's math-rl extra (pylatexenc, math-verify; sympy comes with torch) that
+recipes/rl_loop.py imports."""
+
+COOKBOOK_DEPS = [
+    *("torch", "chz", "blobfile", "datasets", "pillow", "termcolor", "rich", "tqdm"),
+    *("pylatexenc", "math-verify"),
+]
 
 PROTOC_TOOLS = "grpcio-tools==1.63.2"
 """The protoc that generated tinkex_trio/_proto: its protobuf version (5.26.1) is the runtime floor in pyproject (a
@@ -43,6 +55,16 @@ def torch(session: nox.Session) -> None:
         "tests/test_parity.py",
         *session.posargs,
     )
+
+
+@nox.session(python="3.11")
+def cookbook(session: nox.Session) -> None:
+    """The official tinker-cookbook's RL and supervised paths, and its whole RL and SL trainers, through the official
+    SDK against the simulator (tests/test_cookbook_referee.py). The cookbook pulls PyTorch and transformers, multi-GB
+    installs that CI's default run skips; here a part that cannot be imported fails instead of being skipped."""
+    session.install("-e", ".[test]", *COOKBOOK_DEPS)
+    session.install("--no-deps", COOKBOOK)
+    session.run("pytest", "tests/test_cookbook_referee.py", *session.posargs, env={"TINKEX_COOKBOOK_REQUIRED": "1"})
 
 
 @nox.session
