@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -171,22 +171,37 @@ async def test_a_failed_custom_loss_halts_the_client_until_resume(sim: SimStack,
         assert model.applied_seq_ids == [1, 2, 3]
 
 
-async def test_work_queued_behind_a_failed_custom_loss_is_refused(sim: SimStack, autojump_clock: object) -> None:
-    outcomes: dict[str, BaseException | object] = {}
+async def behind_a_failing_custom_loss(
+    trainer: TrainingClient, calls: dict[str, Callable[[], Awaitable[object]]]
+) -> dict[str, object]:
+    """Start a custom loss that raises; once it holds the turn (its forward in flight), make ``calls`` from their own
+    tasks. Every outcome by name (``"custom"`` and each call's): its result or the exception it raised."""
+    outcomes: dict[str, object] = {}
 
-    async def run(name: str, call: Any) -> None:
+    async def run(name: str, call: Callable[[], Awaitable[object]]) -> None:
         try:
             outcomes[name] = await call()
         except Exception as exc:
             outcomes[name] = exc
 
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run, "custom", lambda: trainer.forward_backward_custom(data(), broken))
+        await trio.testing.wait_all_tasks_blocked()
+        for name, call in calls.items():
+            nursery.start_soon(run, name, call)
+    return outcomes
+
+
+async def test_work_queued_behind_a_failed_custom_loss_is_refused(sim: SimStack, autojump_clock: object) -> None:
     async with sim.session() as session:
         trainer = await _trainer(session)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run, "custom", lambda: trainer.forward_backward_custom(data(), broken))
-            await trio.testing.wait_all_tasks_blocked()  # the custom loss holds the turn, its forward in flight
-            nursery.start_soon(run, "step", lambda: trainer.optim_step(t.AdamParams(learning_rate=0.05)))
-            nursery.start_soon(run, "submit", lambda: trainer.submit_forward_backward(data(), "cross_entropy"))
+        outcomes = await behind_a_failing_custom_loss(
+            trainer,
+            {
+                "step": lambda: trainer.optim_step(t.AdamParams(learning_rate=0.05)),
+                "submit": lambda: trainer.submit_forward_backward(data(), "cross_entropy"),
+            },
+        )
         assert isinstance(outcomes["custom"], ZeroDivisionError)
         # The optim_step was written to apply the custom loss's gradients: it is refused, not run without them.
         assert isinstance(outcomes["step"], TrainingHaltedError)
@@ -199,23 +214,17 @@ async def test_work_queued_behind_a_failed_custom_loss_is_refused(sim: SimStack,
 async def test_work_in_the_batch_window_behind_a_failed_custom_loss_is_refused(
     sim: SimStack, autojump_clock: object
 ) -> None:
-    outcomes: dict[str, BaseException | object] = {}
-
-    async def run(name: str, call: Any) -> None:
-        try:
-            outcomes[name] = await call()
-        except Exception as exc:
-            outcomes[name] = exc
-
     window = Config(api_key=API_KEY, base_url=BASE_URL, batching=BatchingConfig(coalesce=True))
     async with sim.session(config=window) as session:
         trainer = await _trainer(session)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run, "custom", lambda: trainer.forward_backward_custom(data(), broken))
-            await trio.testing.wait_all_tasks_blocked()
-            # Two forward_backward calls wait in the batch window, to be merged and sent after the custom loss.
-            nursery.start_soon(run, "a", lambda: trainer.forward_backward(data(), "cross_entropy"))
-            nursery.start_soon(run, "b", lambda: trainer.forward_backward(data(), "cross_entropy"))
+        # Two forward_backward calls wait in the batch window, to be merged and sent after the custom loss.
+        outcomes = await behind_a_failing_custom_loss(
+            trainer,
+            {
+                "a": lambda: trainer.forward_backward(data(), "cross_entropy"),
+                "b": lambda: trainer.forward_backward(data(), "cross_entropy"),
+            },
+        )
         assert isinstance(outcomes["custom"], ZeroDivisionError)
         assert isinstance(outcomes["a"], TrainingHaltedError) and isinstance(outcomes["b"], TrainingHaltedError)
         assert sim.app.state.models[trainer.model_id].forward_backward_applied == 0
