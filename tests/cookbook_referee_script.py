@@ -56,6 +56,15 @@ MAX_TOKENS = 5
 LR = 0.05
 
 
+def _no_pricing() -> None:
+    """The trainers download a pricing table once per process, for their cost metrics. Have that one download fail
+    at once, through the cookbook's own loader, against a local port that refuses connections: the run stays on this
+    machine and logs token counts only, as it does whenever the download fails."""
+    from tinker_cookbook.utils import cost_estimation
+
+    cost_estimation.load_model_pricing(url="http://127.0.0.1:9/pricing.json", timeout=1.0)
+
+
 def _finite(x: float) -> bool:
     return isinstance(x, float) and math.isfinite(x)
 
@@ -380,7 +389,6 @@ async def rl_main(base_url: str) -> dict[str, Any]:
     from tinker_cookbook.rl import train
     from tinker_cookbook.rl.types import EnvGroupBuilder, RLDataset, RLDatasetBuilder
     from tinker_cookbook.tokenizer_utils import register_tokenizer
-    from tinker_cookbook.utils import cost_estimation
 
     _, builder = _make_env_types()
 
@@ -397,9 +405,7 @@ async def rl_main(base_url: str) -> dict[str, Any]:
             return Dataset(), None
 
     register_tokenizer(BASE, _IdTokenizer)  # type: ignore[arg-type]
-    # The trainer downloads a pricing table once per process, for its cost metrics; mark it fetched (and absent) so
-    # that this run stays on this machine. It then logs token counts only, as it does when the download fails.
-    cost_estimation._pricing_fetched = True  # type: ignore[attr-defined]
+    _no_pricing()
     os.environ["TINKER_API_KEY"] = API_KEY
     out: dict[str, Any] = {}
     for mode in ("sync", "stream", "async"):
@@ -475,7 +481,6 @@ async def sl_main(base_url: str) -> dict[str, Any]:
     from tinker_cookbook.supervised.common import datum_from_model_input_weights
     from tinker_cookbook.supervised.types import SupervisedDataset, SupervisedDatasetBuilder
     from tinker_cookbook.tokenizer_utils import register_tokenizer
-    from tinker_cookbook.utils import cost_estimation
 
     def datum(start: int) -> types.Datum:
         tokens = [(start * 7 + 3 * i) % 200 + 1 for i in range(10)]
@@ -501,7 +506,7 @@ async def sl_main(base_url: str) -> dict[str, Any]:
             return Dataset(0, 3), Dataset(100, 1)
 
     register_tokenizer(BASE, _IdTokenizer)  # type: ignore[arg-type]
-    cost_estimation._pricing_fetched = True  # type: ignore[attr-defined]  # as in rl_main: no download
+    _no_pricing()
     os.environ["TINKER_API_KEY"] = API_KEY
     with tempfile.TemporaryDirectory() as log_path:
         config = train.Config(
