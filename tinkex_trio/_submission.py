@@ -19,7 +19,7 @@ the caller was cancelled while it was being sent. In doubt, the model refuses ev
 :meth:`ModelSubmitter.resend_in_doubt` re-sends the same ids and settles them. A client-side custom loss (a forward,
 the user's function, then the forward_backward with its gradients) that fails between its two calls *halts* the
 model: work queued behind it expected its gradients, so every later call raises
-:class:`~tinkex_trio.errors.TrainingHaltedError` until :meth:`ModelSubmitter.resume` (see :mod:`._sequencing`).
+:class:`~tinkex_trio.errors.TrainingHaltedError` until ``TrainingClient.resume`` (``ModelSequence.resume``).
 
 Chunking. forward / forward_backward split their data (``client_config.fwdbwd_max_chunk_len`` datums and
 ``fwdbwd_max_chunk_bytes_count`` estimated bytes per chunk); each chunk gets its own ``seq_id`` and future, chunks are
